@@ -1,0 +1,430 @@
+//! The account store: users, their argon2id password hashes and their device tokens.
+//!
+//! # Layout
+//!
+//! - [`Accounts`]: the store itself, on a SQLite file shared with the bridge.
+//! - [`schema`]: versioned migrations, used by every component that owns tables in the file.
+//!
+//! Password checks cost tens of milliseconds of CPU (argon2id). Devices therefore
+//! get a device token ([`Accounts::issue_token`]): 32 random bytes, stored as a
+//! SHA-256 hash, accepted as the MQTT password of that one device and checked in
+//! microseconds. A password that verified once is remembered (as a SHA-256 of it,
+//! in memory, tied to the stored hash) so that reconnects during one process's life
+//! cost no argon2 either.
+
+pub mod schema;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use messenger_protocol::{DeviceId, UserId};
+use rand::RngCore;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+/// Failures of the account store.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    /// The SQLite file could not be opened, read or written.
+    #[error("account store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The user already exists.
+    #[error("user {0} already exists")]
+    Exists(UserId),
+    /// The user does not exist.
+    #[error("user {0} does not exist")]
+    NotFound(UserId),
+    /// The password is unacceptable (empty or over 1024 bytes).
+    #[error("password must be 1 to 1024 bytes")]
+    BadPassword,
+    /// Hashing failed.
+    #[error("password hashing: {0}")]
+    Hash(String),
+}
+
+/// What a credential check concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The credential is right.
+    Accepted,
+    /// No such user.
+    UnknownUser,
+    /// The user exists and the credential is wrong.
+    Rejected,
+}
+
+/// Prefix that marks a device token, so the check knows which path to take.
+pub const TOKEN_PREFIX: &str = "mtk_";
+
+/// The account store.
+///
+/// Cheap to share behind an `Arc`; every method is blocking (SQLite, argon2):
+/// call it from a blocking context, never directly on an async worker.
+pub struct Accounts {
+    /// One connection; SQLite serializes writers anyway and every query is short.
+    conn: Mutex<Connection>,
+    /// user -> (stored PHC string, SHA-256 of the password that verified against it).
+    verified: Mutex<HashMap<String, (String, [u8; 32])>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Opens a SQLite file the way every component of the project does: WAL, a busy
+/// timeout so concurrent processes wait for each other instead of failing.
+pub fn open_sqlite(path: &Path) -> Result<Connection, rusqlite::Error> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            // A missing directory surfaces as SQLite's own "unable to open" error below.
+            let _ = std::fs::create_dir_all(dir);
+        }
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        phc TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+     );
+     CREATE TABLE device_tokens (
+        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        device TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (user, device)
+     );
+     CREATE TABLE revocations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+     );"];
+
+impl Accounts {
+    /// Opens (creating if needed) the store in the SQLite file at `path`.
+    pub fn open(path: &Path) -> Result<Self, AccountsError> {
+        let mut conn = open_sqlite(path)?;
+        schema::migrate(&mut conn, "accounts", MIGRATIONS)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (it is
+        // transactional), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn hash_password(password: &str) -> Result<String, AccountsError> {
+        if password.is_empty() || password.len() > 1024 {
+            return Err(AccountsError::BadPassword);
+        }
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AccountsError::Hash(e.to_string()))
+    }
+
+    /// Creates a user.
+    pub fn add(&self, user: &UserId, password: &str) -> Result<(), AccountsError> {
+        let phc = Self::hash_password(password)?;
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO users (name, phc, created_ms) VALUES (?1, ?2, ?3)",
+            params![user.as_str(), phc, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(AccountsError::Exists(user.clone()));
+        }
+        Ok(())
+    }
+
+    /// Changes a user's password; drops their device tokens and signs out their connections.
+    pub fn set_password(&self, user: &UserId, password: &str) -> Result<(), AccountsError> {
+        let phc = Self::hash_password(password)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE users SET phc = ?2 WHERE name = ?1",
+            params![user.as_str(), phc],
+        )?;
+        if n == 0 {
+            return Err(AccountsError::NotFound(user.clone()));
+        }
+        tx.execute("DELETE FROM device_tokens WHERE user = ?1", [user.as_str()])?;
+        tx.execute(
+            "INSERT INTO revocations (user, at_ms) VALUES (?1, ?2)",
+            params![user.as_str(), now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes a user and their tokens, and signs out their connections.
+    pub fn remove(&self, user: &UserId) -> Result<(), AccountsError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute("DELETE FROM users WHERE name = ?1", [user.as_str()])?;
+        if n == 0 {
+            return Err(AccountsError::NotFound(user.clone()));
+        }
+        tx.execute(
+            "INSERT INTO revocations (user, at_ms) VALUES (?1, ?2)",
+            params![user.as_str(), now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every user id, sorted.
+    pub fn list(&self) -> Result<Vec<UserId>, AccountsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name FROM users ORDER BY name")?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        // Rows were validated on insert; skip anything a hand edit broke.
+        Ok(names.iter().filter_map(|n| UserId::parse(n).ok()).collect())
+    }
+
+    /// Whether the user exists.
+    pub fn exists(&self, user: &UserId) -> Result<bool, AccountsError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM users WHERE name = ?1",
+                [user.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Issues a new device token for `user`'s `device`, replacing any earlier one.
+    /// Only its SHA-256 is stored; the token itself is returned once.
+    pub fn issue_token(&self, user: &UserId, device: &DeviceId) -> Result<String, AccountsError> {
+        if !self.exists(user)? {
+            return Err(AccountsError::NotFound(user.clone()));
+        }
+        let mut raw = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let token = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
+        self.conn().execute(
+            "INSERT INTO device_tokens (user, device, hash, created_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user, device) DO UPDATE SET hash = excluded.hash, created_ms = excluded.created_ms",
+            params![user.as_str(), device.as_str(), &sha256(token.as_bytes())[..], now_ms()],
+        )?;
+        Ok(token)
+    }
+
+    /// Checks a sign-in: `secret` is the password or a device token of `device`.
+    ///
+    /// Blocking: a password check may run argon2id (tens of milliseconds).
+    pub fn verify(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        secret: &str,
+    ) -> Result<Verdict, AccountsError> {
+        let conn = self.conn();
+        let phc: Option<String> = conn
+            .query_row(
+                "SELECT phc FROM users WHERE name = ?1",
+                [user.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(phc) = phc else {
+            return Ok(Verdict::UnknownUser);
+        };
+        if secret.starts_with(TOKEN_PREFIX) {
+            let stored: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT hash FROM device_tokens WHERE user = ?1 AND device = ?2",
+                    [user.as_str(), device.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            drop(conn);
+            let ok = stored.is_some_and(|h| constant_time_eq(&h, &sha256(secret.as_bytes())));
+            return Ok(if ok {
+                Verdict::Accepted
+            } else {
+                Verdict::Rejected
+            });
+        }
+        drop(conn);
+        if secret.is_empty() || secret.len() > 1024 {
+            return Ok(Verdict::Rejected);
+        }
+        let digest = sha256(secret.as_bytes());
+        if let Some((cached_phc, cached)) = self.verified_lock().get(user.as_str()) {
+            if *cached_phc == phc && constant_time_eq(cached, &digest) {
+                return Ok(Verdict::Accepted);
+            }
+        }
+        let parsed = PasswordHash::new(&phc).map_err(|e| AccountsError::Hash(e.to_string()))?;
+        if Argon2::default()
+            .verify_password(secret.as_bytes(), &parsed)
+            .is_ok()
+        {
+            self.verified_lock()
+                .insert(user.as_str().to_owned(), (phc, digest));
+            Ok(Verdict::Accepted)
+        } else {
+            Ok(Verdict::Rejected)
+        }
+    }
+
+    fn verified_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, [u8; 32])>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Users whose sessions were revoked (removed, or password changed) after
+    /// revocation number `after`, with the newest revocation number.
+    pub fn revocations_after(&self, after: i64) -> Result<(Vec<String>, i64), AccountsError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT id, user FROM revocations WHERE id > ?1 ORDER BY id")?;
+        let mut last = after;
+        let mut users = Vec::new();
+        let rows = stmt.query_map([after], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (id, user) = row?;
+            last = id;
+            users.push(user);
+        }
+        Ok((users, last))
+    }
+
+    /// The newest revocation number (to start watching from now on).
+    pub fn latest_revocation(&self) -> Result<i64, AccountsError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM revocations", [], |r| {
+                r.get(0)
+            })?)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uid(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let acc = Accounts::open(&dir.path().join("m.db")).unwrap();
+        let (alice, phone) = (uid("alice"), DeviceId::parse("phone").unwrap());
+        acc.add(&alice, "pw1").unwrap();
+        assert!(matches!(
+            acc.add(&alice, "x"),
+            Err(AccountsError::Exists(_))
+        ));
+        assert!(matches!(
+            acc.add(&uid("bob"), ""),
+            Err(AccountsError::BadPassword)
+        ));
+        assert_eq!(
+            acc.verify(&alice, &phone, "pw1").unwrap(),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            acc.verify(&alice, &phone, "pw1").unwrap(),
+            Verdict::Accepted
+        ); // cached
+        assert_eq!(
+            acc.verify(&alice, &phone, "nope").unwrap(),
+            Verdict::Rejected
+        );
+        assert_eq!(
+            acc.verify(&uid("bob"), &phone, "pw1").unwrap(),
+            Verdict::UnknownUser
+        );
+
+        let token = acc.issue_token(&alice, &phone).unwrap();
+        assert_eq!(
+            acc.verify(&alice, &phone, &token).unwrap(),
+            Verdict::Accepted
+        );
+        let laptop = DeviceId::parse("laptop").unwrap();
+        assert_eq!(
+            acc.verify(&alice, &laptop, &token).unwrap(),
+            Verdict::Rejected
+        );
+        assert_eq!(
+            acc.verify(&alice, &phone, "mtk_00").unwrap(),
+            Verdict::Rejected
+        );
+
+        let start = acc.latest_revocation().unwrap();
+        acc.set_password(&alice, "pw2").unwrap();
+        assert_eq!(
+            acc.verify(&alice, &phone, "pw1").unwrap(),
+            Verdict::Rejected
+        );
+        assert_eq!(
+            acc.verify(&alice, &phone, &token).unwrap(),
+            Verdict::Rejected
+        );
+        assert_eq!(
+            acc.verify(&alice, &phone, "pw2").unwrap(),
+            Verdict::Accepted
+        );
+        acc.remove(&alice).unwrap();
+        assert!(matches!(
+            acc.remove(&alice),
+            Err(AccountsError::NotFound(_))
+        ));
+        assert_eq!(
+            acc.verify(&alice, &phone, "pw2").unwrap(),
+            Verdict::UnknownUser
+        );
+        let (users, last) = acc.revocations_after(start).unwrap();
+        assert_eq!(users, vec!["alice".to_owned(), "alice".to_owned()]);
+        assert_eq!(acc.revocations_after(last).unwrap().0.len(), 0);
+        assert!(acc.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn reopen_keeps_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        Accounts::open(&path)
+            .unwrap()
+            .add(&uid("carol"), "pw")
+            .unwrap();
+        let acc = Accounts::open(&path).unwrap();
+        assert_eq!(acc.list().unwrap(), vec![uid("carol")]);
+    }
+}

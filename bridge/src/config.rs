@@ -1,0 +1,114 @@
+//! The bridge's settings: the `[bridge]`, `[storage]` and `[limits]` tables.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// How the bridge reaches the broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// The broker's MQTT address, `host:port` (ignored by `serve`, which uses its embedded broker).
+    pub broker: String,
+    /// The service account's MQTT username.
+    pub username: String,
+    /// The service account's MQTT password (`serve` generates one per run when empty).
+    pub password: String,
+    /// This bridge instance's name: the device part of its client id.
+    pub instance: String,
+    /// MQTT keepalive, in seconds.
+    pub keepalive_secs: u16,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            broker: "127.0.0.1:1883".into(),
+            username: "_bridge".into(),
+            password: String::new(),
+            instance: "main".into(),
+            keepalive_secs: 30,
+        }
+    }
+}
+
+/// When a commit counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Every commit is fsynced before its acks go out (`synchronous = FULL`):
+    /// nothing acked is lost even if the machine loses power.
+    Fsync,
+    /// Commits reach the OS but are not fsynced (`synchronous = NORMAL` in WAL
+    /// mode): survives a crash of the process, not of the machine.
+    Os,
+}
+
+/// Where and how conversations are stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The SQLite file (shared with the account store).
+    pub path: PathBuf,
+    /// The durability policy.
+    pub durability: Durability,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/messenger.db"),
+            durability: Durability::Fsync,
+        }
+    }
+}
+
+/// Limits on requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest page of `sync` and `history`.
+    pub max_page: u32,
+    /// Largest group.
+    pub max_group_members: usize,
+    /// Longest group name, in characters.
+    pub max_group_name_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            max_page: 500,
+            max_group_members: 1024,
+            max_group_name_chars: 100,
+        }
+    }
+}
+
+impl Limits {
+    /// The largest request payload the bridge accepts: a body at its limit,
+    /// JSON-escaped in the worst case (`\u00XX`, 6 bytes a byte), plus the envelope.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_body_bytes * 6 + 4096
+    }
+
+    /// Checks values that parse but make no sense, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes == 0 || self.max_body_bytes > 1024 * 1024 {
+            return Err("limits.max_body_bytes must be between 1 and 1048576".into());
+        }
+        if self.max_page == 0 || self.max_page > 10_000 {
+            return Err("limits.max_page must be between 1 and 10000".into());
+        }
+        if self.max_group_members < 2 || self.max_group_members > 100_000 {
+            return Err("limits.max_group_members must be between 2 and 100000".into());
+        }
+        if self.max_group_name_chars == 0 {
+            return Err("limits.max_group_name_chars must be at least 1".into());
+        }
+        Ok(())
+    }
+}

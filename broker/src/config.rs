@@ -1,0 +1,73 @@
+//! The broker's settings (the `[broker]` table of the configuration).
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// Settings of the embedded broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// MQTT over TCP. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// MQTT over WebSocket; `None` turns the WebSocket listener off. Port 0 picks a free port.
+    pub ws_listen: Option<SocketAddr>,
+    /// Largest MQTT packet accepted from a client, in bytes.
+    pub max_packet_bytes: usize,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// How long a new TCP connection may take to send CONNECT, in milliseconds.
+    pub connect_timeout_ms: u16,
+    /// How long a WebSocket client may take to finish its HTTP upgrade, in milliseconds.
+    pub ws_handshake_timeout_ms: u64,
+    /// Size of one segment of a topic's in-memory log, in bytes.
+    pub segment_bytes: usize,
+    /// Segments kept per topic; with `segment_bytes` this bounds a topic's memory.
+    pub segment_count: usize,
+    /// How often to look for revoked accounts (removed users, changed passwords), in milliseconds.
+    pub revocation_poll_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            ws_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8083))),
+            max_packet_bytes: 128 * 1024,
+            max_connections: 20_000,
+            connect_timeout_ms: 5_000,
+            ws_handshake_timeout_ms: 5_000,
+            segment_bytes: 256 * 1024,
+            segment_count: 2,
+            revocation_poll_ms: 1_000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks values that parse but make no sense, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_packet_bytes < 1024 || self.max_packet_bytes > 16 * 1024 * 1024 {
+            return Err("broker.max_packet_bytes must be between 1024 and 16777216".into());
+        }
+        if self.segment_bytes < self.max_packet_bytes {
+            return Err("broker.segment_bytes must be at least broker.max_packet_bytes".into());
+        }
+        if self.segment_count == 0 {
+            return Err("broker.segment_count must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return Err("broker.max_connections must be at least 1".into());
+        }
+        if self.connect_timeout_ms == 0 || self.ws_handshake_timeout_ms == 0 {
+            return Err(
+                "broker.connect_timeout_ms and broker.ws_handshake_timeout_ms must be above 0"
+                    .into(),
+            );
+        }
+        if self.revocation_poll_ms == 0 {
+            return Err("broker.revocation_poll_ms must be above 0".into());
+        }
+        Ok(())
+    }
+}

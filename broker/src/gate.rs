@@ -1,0 +1,185 @@
+//! The ACL seam: an MQTT 3.1.1 codec that enforces sign-in and the topic ACL.
+//!
+//! rumqttd clones the codec for every accepted connection and passes every
+//! incoming packet through [`Protocol::read_mut`] and every outgoing one through
+//! [`Protocol::write`]. [`Gate`] wraps rumqttd's `V4` codec and:
+//!
+//! - binds the connection's identity at the first CONNECT and refuses any later
+//!   CONNECT (so a client cannot switch identity mid-connection), and any packet
+//!   before CONNECT;
+//! - refuses a bad CONNECT with a real CONNACK code, by steering it into rumqttd's
+//!   own refusal path (empty client id with `clean_session = false`) and
+//!   rewriting the code on the way out;
+//! - drops forbidden filters from a SUBSCRIBE and puts `0x80` back in their
+//!   places in the SUBACK;
+//! - turns a forbidden PUBLISH into an empty, unretained publish on a `$` topic
+//!   that no filter matches (the client still gets its PUBACK; nothing is routed).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use messenger_protocol::acl::{self, Principal};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{ConnectReturnCode, Error, Packet, Protocol, SubscribeReasonCode};
+use tracing::warn;
+
+use crate::auth::Authenticator;
+use crate::sessions::Sessions;
+
+/// The topic a refused publish is moved to: `$` topics match no subscriber's filter.
+const DENIED_TOPIC: &str = "$messenger/denied";
+
+/// State shared by every connection of one listener.
+pub(crate) struct Shared {
+    pub(crate) auth: Authenticator,
+    pub(crate) sessions: Sessions,
+}
+
+/// Where a connection stands.
+enum Phase {
+    /// Waiting for CONNECT.
+    New,
+    /// CONNECT refused; the CONNACK carries this code, then the link ends.
+    Refused(ConnectReturnCode),
+    /// Signed in.
+    Bound(Principal),
+}
+
+struct ConnState {
+    phase: Phase,
+    /// SUBSCRIBE packet id -> which of its filters were allowed, in order.
+    pending_subacks: HashMap<u16, Vec<bool>>,
+    /// Set when the account is revoked; the connection is then cut at its next packet.
+    revoked: Arc<AtomicBool>,
+}
+
+/// The per-connection codec handed to rumqttd. Cloning yields a fresh, unbound connection.
+pub(crate) struct Gate {
+    shared: Arc<Shared>,
+    /// `Server::start` holds the codec across awaits on a multi-threaded runtime, so
+    /// the state sits behind a (never contended) mutex.
+    state: Arc<Mutex<ConnState>>,
+}
+
+impl Gate {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            state: Arc::new(Mutex::new(ConnState {
+                phase: Phase::New,
+                pending_subacks: HashMap::new(),
+                revoked: Arc::new(AtomicBool::new(false)),
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Clone for Gate {
+    fn clone(&self) -> Self {
+        Self::new(self.shared.clone())
+    }
+}
+
+impl Protocol for Gate {
+    fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
+        let packet = V4.read_mut(stream, max_size)?;
+        let shared = self.shared.clone();
+        let mut st = self.lock();
+        if st.revoked.load(Ordering::Acquire) {
+            return Err(Error::InvalidProtocol);
+        }
+        match (&st.phase, packet) {
+            (Phase::New, Packet::Connect(mut connect, props, will, will_props, login)) => {
+                match shared.auth.admit(&connect, will.as_ref(), login.as_ref()) {
+                    Ok(principal) => {
+                        if let Principal::User(user) = &principal {
+                            shared.sessions.register(user.as_str(), &st.revoked);
+                        }
+                        st.phase = Phase::Bound(principal);
+                        Ok(Packet::Connect(connect, props, will, will_props, login))
+                    }
+                    Err(code) => {
+                        st.phase = Phase::Refused(code);
+                        // rumqttd answers an empty client id with clean_session = false by a
+                        // refusing CONNACK; `write` puts our code in it.
+                        connect.client_id.clear();
+                        connect.clean_session = false;
+                        connect.keep_alive = connect.keep_alive.max(1);
+                        Ok(Packet::Connect(connect, None, None, None, None))
+                    }
+                }
+            }
+            (Phase::Bound(who), Packet::Publish(mut publish, props)) => {
+                let allowed =
+                    std::str::from_utf8(&publish.topic).is_ok_and(|t| acl::may_publish(who, t));
+                if !allowed {
+                    warn!(?who, topic = %String::from_utf8_lossy(&publish.topic), "publish refused");
+                    publish.topic = Bytes::from_static(DENIED_TOPIC.as_bytes());
+                    publish.payload = Bytes::new();
+                    publish.retain = false;
+                }
+                Ok(Packet::Publish(publish, props))
+            }
+            (Phase::Bound(who), Packet::Subscribe(mut subscribe, props)) => {
+                let mask: Vec<bool> = subscribe
+                    .filters
+                    .iter()
+                    .map(|f| acl::may_subscribe(who, &f.path))
+                    .collect();
+                if mask.iter().any(|ok| !ok) {
+                    warn!(?who, filters = ?subscribe.filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "subscription refused");
+                    let mut allowed = mask.iter();
+                    subscribe
+                        .filters
+                        .retain(|_| *allowed.next().unwrap_or(&false));
+                    st.pending_subacks.insert(subscribe.pkid, mask);
+                }
+                Ok(Packet::Subscribe(subscribe, props))
+            }
+            // A second CONNECT would let a client re-bind its identity: cut it.
+            (Phase::Bound(_), Packet::Connect(..)) => Err(Error::InvalidProtocol),
+            (Phase::Bound(_), other) => Ok(other),
+            // Nothing but CONNECT before sign-in, nothing at all after a refusal.
+            (Phase::New | Phase::Refused(_), _) => Err(Error::InvalidProtocol),
+        }
+    }
+
+    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
+        let mut st = self.lock();
+        if st.revoked.load(Ordering::Acquire) {
+            return Err(Error::InvalidProtocol);
+        }
+        let packet = match packet {
+            Packet::ConnAck(mut ack, props) => {
+                if let Phase::Refused(code) = st.phase {
+                    ack.code = code;
+                }
+                Packet::ConnAck(ack, props)
+            }
+            Packet::SubAck(mut ack, props) => {
+                if let Some(mask) = st.pending_subacks.remove(&ack.pkid) {
+                    let mut granted = ack.return_codes.into_iter();
+                    ack.return_codes = mask
+                        .into_iter()
+                        .map(|ok| {
+                            if ok {
+                                granted.next().unwrap_or(SubscribeReasonCode::Failure)
+                            } else {
+                                SubscribeReasonCode::Failure
+                            }
+                        })
+                        .collect();
+                }
+                Packet::SubAck(ack, props)
+            }
+            other => other,
+        };
+        V4.write(packet, write)
+    }
+}

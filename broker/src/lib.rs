@@ -1,0 +1,248 @@
+//! The embedded MQTT broker: rumqttd with sign-in against the account store and
+//! the protocol's topic ACL, over TCP and WebSocket.
+//!
+//! # Layout
+//!
+//! - [`config`]: the `[broker]` settings.
+//! - `auth`: CONNECT checks (client id, credentials, last will).
+//! - `gate`: the codec wrapper through which every packet passes; the ACL seam.
+//! - `sessions`: live connections per user, cut when the account is revoked.
+//! - `websocket`: the WebSocket front with a handshake timeout.
+//!
+//! The broker runs on its own multi-threaded Tokio runtime: rumqttd spawns a
+//! task per connection that nothing else can cancel, so stopping the broker
+//! shuts that runtime down, which closes every connection.
+
+pub mod config;
+
+mod auth;
+mod gate;
+mod sessions;
+mod websocket;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use messenger_accounts::Accounts;
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use auth::ServiceAccount;
+pub use config::BrokerConfig;
+
+use gate::{Gate, Shared};
+
+/// Failures to start the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The broker's runtime could not be built.
+    #[error("cannot start the broker runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The MQTT listener did not come up.
+    #[error("the MQTT listener on {0} did not come up")]
+    NotListening(SocketAddr),
+}
+
+/// A running broker. Dropping it (or calling [`RunningBroker::stop`]) closes every connection.
+pub struct RunningBroker {
+    mqtt_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    /// Owns every broker task; shut down on stop.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl RunningBroker {
+    /// The address of the MQTT over TCP listener.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// The address of the MQTT over WebSocket listener, if enabled.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    /// Stops accepting, closes every connection (without firing their wills'
+    /// replacements: the broker's in-memory state is gone) and returns.
+    pub fn stop(mut self) {
+        self.shutdown_now();
+    }
+
+    fn shutdown_now(&mut self) {
+        self.shutdown.cancel();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for RunningBroker {
+    fn drop(&mut self) {
+        self.shutdown_now();
+    }
+}
+
+/// Binds a listener's address up front so a bad or busy address is reported
+/// before anything starts, and resolves port 0 to a free port.
+fn reserve(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    let probe =
+        std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
+    probe
+        .local_addr()
+        .map_err(|source| BrokerError::Bind { addr, source })
+}
+
+/// Starts the broker on its own runtime and returns once its listeners accept connections.
+pub fn start(
+    config: &BrokerConfig,
+    accounts: Arc<Accounts>,
+    service: ServiceAccount,
+) -> Result<RunningBroker, BrokerError> {
+    let mqtt_addr = reserve(config.listen)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("broker")
+        .enable_all()
+        .build()
+        .map_err(BrokerError::Runtime)?;
+    let shutdown = CancellationToken::new();
+
+    let router = Router::new(
+        0,
+        RouterConfig {
+            max_connections: config.max_connections,
+            max_outgoing_packet_count: 200,
+            max_segment_size: config.segment_bytes,
+            max_segment_count: config.segment_count,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+    );
+    let router_tx = router.spawn();
+
+    let shared = Arc::new(Shared {
+        auth: auth::Authenticator::new(accounts.clone(), service),
+        sessions: sessions::Sessions::default(),
+    });
+    let settings = ServerSettings {
+        name: "mqtt".into(),
+        listen: mqtt_addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: config.connect_timeout_ms,
+            max_payload_size: config.max_packet_bytes,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let mut server = Server::new(settings, router_tx, Gate::new(shared.clone()));
+    let server_task = runtime.spawn(async move { server.start(LinkType::Remote).await });
+
+    // Wait until rumqttd's listener accepts (it binds inside `start` and reports nothing).
+    let ready = runtime.block_on(async {
+        for _ in 0..500 {
+            if server_task.is_finished() {
+                return false;
+            }
+            if tokio::net::TcpStream::connect(mqtt_addr).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    });
+    if !ready {
+        runtime.shutdown_background();
+        return Err(BrokerError::NotListening(mqtt_addr));
+    }
+
+    let ws_addr = match config.ws_listen {
+        Some(addr) => {
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .map_err(|source| BrokerError::Bind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| BrokerError::Bind { addr, source })?;
+            runtime.spawn(websocket::run(
+                listener,
+                mqtt_addr,
+                Duration::from_millis(config.ws_handshake_timeout_ms),
+                shutdown.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    runtime.spawn(watch_revocations(
+        accounts,
+        shared,
+        Duration::from_millis(config.revocation_poll_ms),
+        shutdown.clone(),
+    ));
+
+    info!(mqtt = %mqtt_addr, websocket = ?ws_addr, "broker listening");
+    Ok(RunningBroker {
+        mqtt_addr,
+        ws_addr,
+        shutdown,
+        runtime: Some(runtime),
+    })
+}
+
+/// Cuts the connections of users who were removed or changed their password,
+/// possibly by another process (`messenger user ...`) sharing the SQLite file.
+async fn watch_revocations(
+    accounts: Arc<Accounts>,
+    shared: Arc<Shared>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let acc = accounts.clone();
+    let mut last = match tokio::task::spawn_blocking(move || acc.latest_revocation()).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(err)) => {
+            warn!(cause = %err, "cannot read revocations; removed users stay connected until they reconnect");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut seen: HashSet<String> = HashSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let acc = accounts.clone();
+        match tokio::task::spawn_blocking(move || acc.revocations_after(last)).await {
+            Ok(Ok((users, newest))) => {
+                last = newest;
+                seen.clear();
+                for user in users {
+                    if seen.insert(user.clone()) {
+                        let cut = shared.sessions.revoke(&user);
+                        info!(%user, connections = cut, "account revoked");
+                    }
+                }
+            }
+            Ok(Err(err)) => warn!(cause = %err, "cannot read revocations"),
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The process's configuration: `config/messenger.toml` (or `--config FILE`),
+//! then `MESSENGER_*` environment variables (`__` between levels), which win.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use messenger_bridge::config::{BridgeConfig, Limits, StorageConfig};
+use messenger_broker::BrokerConfig;
+use serde::Deserialize;
+
+/// The default configuration file, read when present.
+pub(crate) const DEFAULT_FILE: &str = "config/messenger.toml";
+
+/// Every setting of every role; each command uses the tables it needs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Settings {
+    /// The embedded broker.
+    pub(crate) broker: BrokerConfig,
+    /// The bridge's connection to the broker.
+    pub(crate) bridge: BridgeConfig,
+    /// The SQLite file.
+    pub(crate) storage: StorageConfig,
+    /// Request limits.
+    pub(crate) limits: Limits,
+}
+
+impl Settings {
+    /// Loads the file (required if named explicitly) and the environment, then validates.
+    pub(crate) fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let (path, required) = match file {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_FILE), false),
+        };
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("MESSENGER_") && k.contains("__"))
+            .collect();
+        Self::from_sources(&path, required, env)
+    }
+
+    /// Loads from an explicit file and environment map (what tests call).
+    pub(crate) fn from_sources(
+        path: &Path,
+        required: bool,
+        env: HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        if required && !path.exists() {
+            bail!("config file {} does not exist", path.display());
+        }
+        let settings: Settings = config::Config::builder()
+            .add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(required),
+            )
+            .add_source(
+                config::Environment::with_prefix("MESSENGER")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .with_context(|| {
+                format!(
+                    "invalid configuration (file {}, MESSENGER_* environment)",
+                    path.display()
+                )
+            })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.broker.validate().map_err(anyhow::Error::msg)?;
+        self.limits.validate().map_err(anyhow::Error::msg)?;
+        if self.broker.max_packet_bytes < self.limits.max_request_bytes() {
+            bail!(
+                "broker.max_packet_bytes ({}) must be at least {} to carry a body of limits.max_body_bytes",
+                self.broker.max_packet_bytes,
+                self.limits.max_request_bytes()
+            );
+        }
+        if self.bridge.username.is_empty() {
+            bail!("bridge.username must not be empty");
+        }
+        if messenger_protocol::DeviceId::parse(&self.bridge.instance).is_err() {
+            bail!("bridge.instance must be 1-64 of A-Z a-z 0-9 _ -");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn every_shipped_config_file_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Settings::from_sources(&path, true, HashMap::new()).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn environment_wins_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(&file, "[broker]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let s = Settings::from_sources(
+            &file,
+            true,
+            env(&[
+                ("MESSENGER_BROKER__LISTEN", "127.0.0.1:2"),
+                ("MESSENGER_STORAGE__PATH", "/tmp/x.db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.broker.listen.port(), 2);
+        assert_eq!(s.storage.path, PathBuf::from("/tmp/x.db"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(&file, "[broker]\nlistne = \"127.0.0.1:1\"\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Settings::from_sources(&file, true, HashMap::new()).unwrap_err()
+        );
+        assert!(err.contains("listne"), "{err}");
+        let none = dir.path().join("none.toml");
+        let err = format!(
+            "{:#}",
+            Settings::from_sources(
+                &none,
+                false,
+                env(&[("MESSENGER_BROKER__LISTEN", "nowhere")])
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("broker.listen"), "{err}");
+        let err = format!(
+            "{:#}",
+            Settings::from_sources(&none, false, env(&[("MESSENGER_LIMITS__MAX_PAGE", "0")]))
+                .unwrap_err()
+        );
+        assert!(err.contains("limits.max_page"), "{err}");
+        assert!(Settings::from_sources(&none, true, HashMap::new()).is_err());
+    }
+}
