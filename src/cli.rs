@@ -23,6 +23,8 @@ pub(crate) enum Command {
     Serve,
     /// The embedded broker alone.
     Broker,
+    /// The bridge alone, against any MQTT 3.1.1 broker (`bridge.broker`).
+    Bridge,
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),

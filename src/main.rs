@@ -29,6 +29,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve::serve(settings),
         Command::Broker => serve::broker_only(settings),
+        Command::Bridge => serve::bridge_only(settings),
         Command::User(cmd) => users::run(&settings, cmd),
         Command::Acl { format: _ } => {
             print!(

@@ -6,7 +6,14 @@ use anyhow::Context;
 use messenger_accounts::Accounts;
 use messenger_broker::ServiceAccount;
 use rand::RngCore;
-use tracing::info;
+use std::time::Duration;
+
+use messenger_bridge::Bridge;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How long the bridge may take to finish its batches in flight at shutdown.
+const GRACE: Duration = Duration::from_secs(10);
 
 use crate::settings::Settings;
 
@@ -19,7 +26,7 @@ pub(crate) fn serve(settings: Settings) -> anyhow::Result<()> {
     } else {
         settings.bridge.password.clone()
     };
-    run_broker(&settings, password)
+    run_broker(&settings, password, true)
 }
 
 /// The broker alone; the bridge's credentials come from `bridge.username` / `bridge.password`.
@@ -28,24 +35,79 @@ pub(crate) fn broker_only(settings: Settings) -> anyhow::Result<()> {
         info!("bridge.password is empty: no bridge can sign in to this broker");
     }
     let password = settings.bridge.password.clone();
-    run_broker(&settings, password)
+    run_broker(&settings, password, false)
 }
 
-fn run_broker(settings: &Settings, service_password: String) -> anyhow::Result<()> {
+/// The bridge alone, against the broker at `bridge.broker` (any MQTT 3.1.1 broker).
+pub(crate) fn bridge_only(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let bridge = tokio::spawn(bridge(&settings).run(None, shutdown.clone()));
+        shutdown_signal().await?;
+        info!("shutting down");
+        shutdown.cancel();
+        finish(bridge).await
+    })
+}
+
+fn bridge(settings: &Settings) -> Bridge {
+    Bridge {
+        config: settings.bridge.clone(),
+        storage: settings.storage.clone(),
+        limits: settings.limits.clone(),
+    }
+}
+
+/// Waits for the bridge to drain, within the grace period.
+async fn finish(
+    bridge: tokio::task::JoinHandle<Result<(), messenger_bridge::BridgeError>>,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(GRACE, bridge).await {
+        Ok(Ok(result)) => Ok(result?),
+        Ok(Err(join)) => Err(anyhow::anyhow!("bridge task failed: {join}")),
+        Err(_) => {
+            warn!("bridge did not finish within {GRACE:?}; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+fn run_broker(
+    settings: &Settings,
+    service_password: String,
+    with_bridge: bool,
+) -> anyhow::Result<()> {
     let path = &settings.storage.path;
     let accounts =
         Arc::new(Accounts::open(path).with_context(|| format!("opening {}", path.display()))?);
     let service = ServiceAccount {
         username: settings.bridge.username.clone(),
-        password: service_password,
+        password: service_password.clone(),
     };
     let broker = messenger_broker::start(&settings.broker, accounts, service)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(shutdown_signal())?;
-    info!("shutting down");
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let bridge = with_bridge.then(|| {
+            let mut bridge = bridge(settings);
+            bridge.config.password = service_password;
+            tokio::spawn(bridge.run(Some(broker.mqtt_addr().to_string()), shutdown.clone()))
+        });
+        let signal = shutdown_signal().await;
+        info!("shutting down");
+        shutdown.cancel();
+        if let Some(bridge) = bridge {
+            finish(bridge).await?;
+        }
+        signal
+    });
     broker.stop();
+    result?;
     info!("stopped");
     Ok(())
 }

@@ -76,11 +76,11 @@ impl Settings {
     fn validate(&self) -> anyhow::Result<()> {
         self.broker.validate().map_err(anyhow::Error::msg)?;
         self.limits.validate().map_err(anyhow::Error::msg)?;
-        if self.broker.max_packet_bytes < self.limits.max_request_bytes() {
+        if self.broker.max_packet_bytes < self.limits.max_reply_bytes() {
             bail!(
                 "broker.max_packet_bytes ({}) must be at least {} to carry a body of limits.max_body_bytes",
                 self.broker.max_packet_bytes,
-                self.limits.max_request_bytes()
+                self.limits.max_reply_bytes()
             );
         }
         if self.bridge.username.is_empty() {

@@ -122,7 +122,7 @@ impl Accounts {
     /// Opens (creating if needed) the store in the SQLite file at `path`.
     pub fn open(path: &Path) -> Result<Self, AccountsError> {
         let mut conn = open_sqlite(path)?;
-        schema::migrate(&mut conn, "accounts", MIGRATIONS)?;
+        migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
             verified: Mutex::new(HashMap::new()),
@@ -209,32 +209,13 @@ impl Accounts {
 
     /// Whether the user exists.
     pub fn exists(&self, user: &UserId) -> Result<bool, AccountsError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT 1 FROM users WHERE name = ?1",
-                [user.as_str()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+        Ok(user_exists(&self.conn(), user)?)
     }
 
     /// Issues a new device token for `user`'s `device`, replacing any earlier one.
     /// Only its SHA-256 is stored; the token itself is returned once.
     pub fn issue_token(&self, user: &UserId, device: &DeviceId) -> Result<String, AccountsError> {
-        if !self.exists(user)? {
-            return Err(AccountsError::NotFound(user.clone()));
-        }
-        let mut raw = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut raw);
-        let token = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
-        self.conn().execute(
-            "INSERT INTO device_tokens (user, device, hash, created_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (user, device) DO UPDATE SET hash = excluded.hash, created_ms = excluded.created_ms",
-            params![user.as_str(), device.as_str(), &sha256(token.as_bytes())[..], now_ms()],
-        )?;
-        Ok(token)
+        issue_token(&self.conn(), user, device)
     }
 
     /// Checks a sign-in: `secret` is the password or a device token of `device`.
@@ -327,6 +308,42 @@ impl Accounts {
                 r.get(0)
             })?)
     }
+}
+
+/// Whether `user` exists, on a connection the caller holds (e.g. inside its own transaction).
+pub fn user_exists(conn: &Connection, user: &UserId) -> rusqlite::Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM users WHERE name = ?1")?
+        .query_row([user.as_str()], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Issues a device token on a connection the caller holds (the bridge issues
+/// tokens inside its own transaction). See [`Accounts::issue_token`].
+pub fn issue_token(
+    conn: &Connection,
+    user: &UserId,
+    device: &DeviceId,
+) -> Result<String, AccountsError> {
+    if !user_exists(conn, user)? {
+        return Err(AccountsError::NotFound(user.clone()));
+    }
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
+    conn.execute(
+        "INSERT INTO device_tokens (user, device, hash, created_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (user, device) DO UPDATE SET hash = excluded.hash, created_ms = excluded.created_ms",
+        params![user.as_str(), device.as_str(), &sha256(token.as_bytes())[..], now_ms()],
+    )?;
+    Ok(token)
+}
+
+/// Creates the account tables if needed; for components that open their own
+/// connection to the shared file and query them.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    schema::migrate(conn, "accounts", MIGRATIONS)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -95,6 +95,12 @@ impl Limits {
         self.max_body_bytes * 6 + 4096
     }
 
+    /// The largest reply the bridge publishes (a page of `sync` or `history` is cut to fit):
+    /// room for the largest single event plus its envelope.
+    pub fn max_reply_bytes(&self) -> usize {
+        self.max_request_bytes() + 8 * 1024
+    }
+
     /// Checks values that parse but make no sense, naming the key.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_body_bytes == 0 || self.max_body_bytes > 1024 * 1024 {

@@ -195,6 +195,27 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The request's id, for the kinds that carry one.
+    pub fn id(&self) -> Option<&RequestId> {
+        match self {
+            Self::Send { id, .. }
+            | Self::Sync { id, .. }
+            | Self::History { id, .. }
+            | Self::Conversations { id }
+            | Self::GroupCreate { id, .. }
+            | Self::GroupAdd { id, .. }
+            | Self::GroupRemove { id, .. }
+            | Self::GroupLeave { id, .. }
+            | Self::PushRegister { id, .. }
+            | Self::PushUnregister { id, .. }
+            | Self::Mute { id, .. }
+            | Self::Token { id } => Some(id),
+            Self::Receipt { .. } | Self::Typing { .. } => None,
+        }
+    }
+}
+
 /// Error codes of the `error` reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,0 +1,183 @@
+//! The bridge's MQTT side: consuming requests and publishing results.
+//!
+//! Two tasks share one rumqttc client. The *intake* drives the event loop:
+//! it resubscribes on every (re)connect and hands each inbound publish to the
+//! writer, never blocking (the broker lets at most ~100 publishes be unacked,
+//! which bounds the queue). The *publisher* takes committed batches in order,
+//! publishes their events and replies, then acks the batch's inbound publishes
+//! to the broker, in receive order (rumqttd drops a client that acks out of order).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use messenger_protocol::topics::{self, Topic};
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::writer::{Batch, Job, Work};
+
+/// Drives the event loop until shutdown, then until the publisher is done.
+pub(crate) async fn intake(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    jobs: mpsc::UnboundedSender<Job>,
+    epoch: Arc<AtomicU64>,
+    publisher_done: oneshot::Receiver<()>,
+    shutdown: CancellationToken,
+) {
+    let mut jobs = Some(jobs);
+    let mut publisher_done = publisher_done;
+    let mut draining = false;
+    let mut failures: u32 = 0;
+    loop {
+        let polled = tokio::select! {
+            () = shutdown.cancelled(), if jobs.is_some() => {
+                // Stop taking requests; unacked ones stay with the broker for the next run.
+                info!("bridge stopping: finishing the batches in flight");
+                jobs = None;
+                continue;
+            }
+            _ = &mut publisher_done, if !draining => {
+                draining = true;
+                if client.try_disconnect().is_err() {
+                    return;
+                }
+                continue;
+            }
+            polled = eventloop.poll() => polled,
+        };
+        match polled {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                failures = 0;
+                let n = epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                info!(
+                    session_present = ack.session_present,
+                    epoch = n,
+                    "bridge connected to the broker"
+                );
+                for filter in [topics::OUT_FILTER] {
+                    if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                        warn!(cause = %err, "cannot subscribe");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    warn!("the broker refused the bridge's subscription: check its ACL for the service account");
+                }
+            }
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                let Some(tx) = &jobs else { continue };
+                let work = match Topic::parse(&publish.topic) {
+                    Some(Topic::Out(user, device)) => Work::Request {
+                        user,
+                        device,
+                        payload: publish.payload.clone(),
+                    },
+                    _ => Work::Skip,
+                };
+                let job = Job {
+                    work,
+                    ack: Some(publish),
+                    epoch: epoch.load(Ordering::Acquire),
+                };
+                if tx.send(job).is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) if draining => return,
+            Ok(_) => {}
+            Err(err) => {
+                if draining {
+                    return;
+                }
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures);
+                warn!(cause = %err, retry_in_ms = delay.as_millis() as u64, "bridge lost the broker");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled(), if jobs.is_some() => { jobs = None; }
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: 100 ms doubling to 10 s, each within ±50%.
+fn backoff(failures: u32) -> Duration {
+    let base = 100u64
+        .saturating_mul(1 << failures.min(7).saturating_sub(1))
+        .min(10_000);
+    let jitter = rand::thread_rng().gen_range(base / 2..=base + base / 2);
+    Duration::from_millis(jitter)
+}
+
+/// Publishes committed batches, then acks their inbound publishes, in order.
+pub(crate) async fn publisher(
+    client: AsyncClient,
+    mut batches: mpsc::Receiver<Batch>,
+    epoch: Arc<AtomicU64>,
+    done: oneshot::Sender<()>,
+) {
+    while let Some(batch) = batches.recv().await {
+        for out in batch.publishes {
+            if let Err(err) = client.publish(out.topic, out.qos, false, out.payload).await {
+                warn!(cause = %err, "cannot publish");
+            }
+        }
+        let current = epoch.load(Ordering::Acquire);
+        for (publish, from) in batch.acks {
+            // An ack for an earlier connection would confuse the broker; it redelivers those.
+            if from == current {
+                if let Err(err) = client.ack(&publish).await {
+                    warn!(cause = %err, "cannot ack");
+                }
+            }
+        }
+    }
+    let _ = done.send(());
+}
+
+/// The bridge's MQTT options.
+pub(crate) fn options(
+    host: &str,
+    port: u16,
+    client_id: String,
+    username: &str,
+    password: &str,
+    keepalive: Duration,
+    max_packet: usize,
+) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, host, port);
+    options
+        .set_credentials(username, password)
+        .set_keep_alive(keepalive)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(max_packet, max_packet);
+    options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded() {
+        for n in 0..100 {
+            let d = backoff(n);
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_millis(15_000),
+                "{n}: {d:?}"
+            );
+        }
+    }
+}

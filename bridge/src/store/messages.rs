@@ -1,0 +1,459 @@
+//! 1-1 and group messaging: send, receipts, typing, sync, history, conversations.
+
+use messenger_protocol::topics;
+use messenger_protocol::wire::{ConversationItem, ErrorCode, Event, ReceiptStatus, RequestId};
+use messenger_protocol::{ConvId, UserId};
+use rumqttc::QoS;
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::Ctx;
+use crate::outbox::{encode, Failure, Outgoing};
+
+/// Default page size of `sync` and `history`.
+const DEFAULT_PAGE: u32 = 100;
+
+impl Ctx<'_> {
+    pub(super) fn send(
+        &self,
+        id: &RequestId,
+        conv: &ConvId,
+        body: &str,
+    ) -> Result<Vec<Outgoing>, Failure> {
+        if body.len() > self.limits.max_body_bytes {
+            return Err(Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "body of {} bytes is over the limit of {}",
+                    body.len(),
+                    self.limits.max_body_bytes
+                ),
+            ));
+        }
+        if body.is_empty() {
+            return Err(Failure::bad("body must not be empty"));
+        }
+        // A repeat: the same ack, nothing stored; delivery is repeated in case it was lost.
+        let stored: Option<(String, u64, u64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT conv, seq, ts, body FROM events WHERE sender = ?1 AND req_id = ?2",
+            )?
+            .query_row(params![self.user.as_str(), id.as_str()], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                ))
+            })
+            .optional()?;
+        if let Some((stored_conv, seq, ts, stored_body)) = stored {
+            let stored_conv = ConvId::parse(&stored_conv)
+                .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
+            let message =
+                |useq| self.message_event(&stored_conv, seq, ts, id, &stored_body, Some(useq));
+            let mut out = self.redeliver(&stored_conv, seq, message)?;
+            out.push(self.reply(&Event::Ack {
+                id: id.clone(),
+                conv: Some(stored_conv.clone()),
+                seq: Some(seq),
+                ts: Some(ts),
+            }));
+            return Ok(out);
+        }
+        self.require_member(conv, true)?;
+        let seq = self.next_seq(conv)?;
+        let ts = self.now;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body)
+                 VALUES (?1, ?2, ?3, 'message', ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                conv.to_string(),
+                seq,
+                ts,
+                self.user.as_str(),
+                self.device.as_str(),
+                id.as_str(),
+                body
+            ])?;
+        // The sender has read what they wrote.
+        self.conn
+            .prepare_cached(
+                "UPDATE members SET read_seq = ?3, delivered_seq = MAX(delivered_seq, ?3) WHERE conv = ?1 AND user = ?2",
+            )?
+            .execute(params![conv.to_string(), self.user.as_str(), seq])?;
+        let members = self.members(conv)?;
+        let mut out = self.deliver(conv, seq, &members, |useq| {
+            self.message_event(conv, seq, ts, id, body, Some(useq))
+        })?;
+        out.push(self.reply(&Event::Ack {
+            id: id.clone(),
+            conv: Some(conv.clone()),
+            seq: Some(seq),
+            ts: Some(ts),
+        }));
+        Ok(out)
+    }
+
+    fn message_event(
+        &self,
+        conv: &ConvId,
+        seq: u64,
+        ts: u64,
+        id: &RequestId,
+        body: &str,
+        useq: Option<u64>,
+    ) -> Event {
+        Event::Message {
+            conv: conv.clone(),
+            seq,
+            ts,
+            from: self.user.clone(),
+            device: self.device.to_string(),
+            id: id.clone(),
+            body: body.to_owned(),
+            useq,
+        }
+    }
+
+    pub(super) fn receipt(
+        &self,
+        conv: &ConvId,
+        seq: u64,
+        status: ReceiptStatus,
+    ) -> Result<Vec<Outgoing>, Failure> {
+        let last = self.require_member(conv, false)?;
+        if seq > last {
+            return Err(Failure::bad(format!(
+                "seq {seq} is beyond the newest event {last} of {conv}"
+            )));
+        }
+        let (delivered, read): (u64, u64) = self
+            .conn
+            .prepare_cached(
+                "SELECT delivered_seq, read_seq FROM members WHERE conv = ?1 AND user = ?2",
+            )?
+            .query_row(params![conv.to_string(), self.user.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let stored = match status {
+            ReceiptStatus::Delivered => delivered,
+            ReceiptStatus::Read => read,
+        };
+        if seq <= stored {
+            return Ok(Vec::new());
+        }
+        let sql = match status {
+            ReceiptStatus::Delivered => "UPDATE members SET delivered_seq = ?3 WHERE conv = ?1 AND user = ?2",
+            ReceiptStatus::Read => {
+                "UPDATE members SET read_seq = ?3, delivered_seq = MAX(delivered_seq, ?3) WHERE conv = ?1 AND user = ?2"
+            }
+        };
+        self.conn.prepare_cached(sql)?.execute(params![
+            conv.to_string(),
+            self.user.as_str(),
+            seq
+        ])?;
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO inbox (user, useq, conv, seq, rstatus, ruser, rts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut out = Vec::new();
+        for member in self.members(conv)? {
+            let useq = self.next_useq(&member)?;
+            insert.execute(params![
+                member.as_str(),
+                useq,
+                conv.to_string(),
+                seq,
+                status.as_str(),
+                self.user.as_str(),
+                self.now
+            ])?;
+            let event = Event::Receipt {
+                conv: conv.clone(),
+                user: self.user.clone(),
+                seq,
+                status,
+                ts: self.now,
+                useq: Some(useq),
+            };
+            out.push(Outgoing::event(topics::inbox(&member), &event));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn typing(&self, conv: &ConvId) -> Result<Vec<Outgoing>, Failure> {
+        self.require_member(conv, false)?;
+        let event = encode(&Event::Typing {
+            conv: conv.clone(),
+            user: self.user.clone(),
+        });
+        Ok(self
+            .members(conv)?
+            .into_iter()
+            .filter(|m| m != self.user)
+            .map(|m| Outgoing {
+                topic: topics::inbox(&m),
+                qos: QoS::AtMostOnce,
+                payload: event.clone(),
+            })
+            .collect())
+    }
+
+    pub(super) fn sync(
+        &self,
+        id: &RequestId,
+        after: u64,
+        limit: Option<u32>,
+    ) -> Result<Vec<Outgoing>, Failure> {
+        let limit = self.page(limit, DEFAULT_PAGE)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT i.useq, i.conv, i.seq, i.rstatus, i.ruser, i.rts,
+                    e.ts, e.kind, e.sender, e.device, e.req_id, e.body, e.action, e.target
+             FROM inbox i LEFT JOIN events e ON i.rstatus IS NULL AND e.conv = i.conv AND e.seq = i.seq
+             WHERE i.user = ?1 AND i.useq > ?2 ORDER BY i.useq LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![self.user.as_str(), after, limit + 1], |r| {
+                let useq: u64 = r.get(0)?;
+                let conv: String = r.get(1)?;
+                let seq: u64 = r.get(2)?;
+                let rstatus: Option<String> = r.get(3)?;
+                Ok(match rstatus {
+                    Some(status) => {
+                        receipt_from_row(&conv, seq, &status, r.get(4)?, r.get(5)?, useq)
+                    }
+                    None => event_from_row(r, 6, &conv, seq, Some(useq))?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut more = rows.len() > limit as usize;
+        let mut events = Vec::new();
+        let mut budget = Budget::new(self.limits.max_reply_bytes());
+        let mut next = after;
+        for event in rows.into_iter().take(limit as usize) {
+            // A row that no longer decodes (a hand-edited file) is skipped, not fatal.
+            let Some(event) = event else { continue };
+            if !budget.take(&event) {
+                more = true;
+                break;
+            }
+            next = event.useq().unwrap_or(next);
+            events.push(event);
+        }
+        Ok(vec![self.reply(&Event::Sync {
+            id: id.clone(),
+            events,
+            next,
+            more,
+        })])
+    }
+
+    pub(super) fn history(
+        &self,
+        id: &RequestId,
+        conv: &ConvId,
+        before: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Outgoing>, Failure> {
+        let limit = self.page(limit, DEFAULT_PAGE)?;
+        let (from, to) = match self.require_member(conv, false) {
+            Ok(last) => {
+                let joined = self
+                    .membership(conv, self.user)?
+                    .map_or(1, |m| m.joined_seq);
+                (joined, last)
+            }
+            Err(failure)
+                if failure.code == ErrorCode::NotMember && conv.direct_members().is_none() =>
+            {
+                // A former group member may read what they saw while a member.
+                match self.membership(conv, self.user)? {
+                    Some(m) => (m.joined_seq, m.left_seq.unwrap_or(0)),
+                    None => return Err(failure),
+                }
+            }
+            Err(failure) => return Err(failure),
+        };
+        let upper = before.map_or(to, |b| b.saturating_sub(1).min(to));
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, ts, kind, sender, device, req_id, body, action, target FROM events
+             WHERE conv = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT ?4",
+        )?;
+        let conv_s = conv.to_string();
+        let rows = stmt
+            .query_map(params![conv_s, from, upper, limit + 1], |r| {
+                let seq: u64 = r.get(0)?;
+                event_from_row(r, 1, &conv_s, seq, None)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut more = rows.len() > limit as usize;
+        let mut events = Vec::new();
+        let mut budget = Budget::new(self.limits.max_reply_bytes());
+        for event in rows.into_iter().take(limit as usize).flatten() {
+            if !budget.take(&event) {
+                more = true;
+                break;
+            }
+            events.push(event);
+        }
+        events.reverse();
+        Ok(vec![self.reply(&Event::History {
+            id: id.clone(),
+            conv: conv.clone(),
+            events,
+            more,
+        })])
+    }
+
+    pub(super) fn conversations(&self, id: &RequestId) -> Result<Vec<Outgoing>, Failure> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.conv, c.kind, c.name, c.last_seq, m.read_seq,
+                    (SELECT COUNT(*) FROM events e
+                      WHERE e.conv = c.conv AND e.seq > m.read_seq AND e.kind = 'message' AND e.sender != m.user)
+             FROM members m JOIN conversations c ON c.conv = m.conv
+             WHERE m.user = ?1 AND m.left_seq IS NULL ORDER BY c.last_seq DESC, c.conv",
+        )?;
+        let rows = stmt
+            .query_map([self.user.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, u64>(3)?,
+                    r.get::<_, u64>(4)?,
+                    r.get::<_, u64>(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut items = Vec::with_capacity(rows.len());
+        for (conv, kind, name, last_seq, read_seq, unread) in rows {
+            let Ok(conv) = ConvId::parse(&conv) else {
+                continue;
+            };
+            let members = self.members(&conv)?;
+            let name = if kind == "dm" {
+                members
+                    .iter()
+                    .find(|m| *m != self.user)
+                    .map(UserId::to_string)
+                    .unwrap_or_default()
+            } else {
+                name
+            };
+            items.push(ConversationItem {
+                conv,
+                name,
+                members,
+                last_seq,
+                read_seq,
+                unread,
+            });
+        }
+        Ok(vec![self.reply(&Event::Conversations {
+            id: id.clone(),
+            items,
+        })])
+    }
+}
+
+/// Builds a `message` or `member` event from an `events` row whose columns
+/// `ts, kind, sender, device, req_id, body, action, target` start at `at`.
+pub(super) fn event_from_row(
+    r: &Row<'_>,
+    at: usize,
+    conv: &str,
+    seq: u64,
+    useq: Option<u64>,
+) -> rusqlite::Result<Option<Event>> {
+    let ts: u64 = r.get(at)?;
+    let kind: String = r.get(at + 1)?;
+    let sender: String = r.get(at + 2)?;
+    let device: String = r.get(at + 3)?;
+    let req_id: Option<String> = r.get(at + 4)?;
+    let body: Option<String> = r.get(at + 5)?;
+    let action: Option<String> = r.get(at + 6)?;
+    let target: Option<String> = r.get(at + 7)?;
+    let (Ok(conv), Ok(from)) = (ConvId::parse(conv), UserId::parse(&sender)) else {
+        return Ok(None);
+    };
+    Ok(match kind.as_str() {
+        "message" => req_id
+            .and_then(|id| RequestId::parse(&id).ok())
+            .map(|id| Event::Message {
+                conv,
+                seq,
+                ts,
+                from,
+                device,
+                id,
+                body: body.unwrap_or_default(),
+                useq,
+            }),
+        "member" => target
+            .and_then(|t| UserId::parse(&t).ok())
+            .map(|user| Event::Member {
+                conv,
+                seq,
+                ts,
+                action: action.unwrap_or_default(),
+                user,
+                by: from,
+                name: body.unwrap_or_default(),
+                useq,
+            }),
+        _ => None,
+    })
+}
+
+fn receipt_from_row(
+    conv: &str,
+    seq: u64,
+    status: &str,
+    user: Option<String>,
+    ts: Option<u64>,
+    useq: u64,
+) -> Option<Event> {
+    let status = match status {
+        "delivered" => ReceiptStatus::Delivered,
+        "read" => ReceiptStatus::Read,
+        _ => return None,
+    };
+    Some(Event::Receipt {
+        conv: ConvId::parse(conv).ok()?,
+        user: UserId::parse(&user?).ok()?,
+        seq,
+        status,
+        ts: ts.unwrap_or(0),
+        useq: Some(useq),
+    })
+}
+
+/// Keeps a reply under the largest packet: the first event always fits.
+struct Budget {
+    left: usize,
+    first: bool,
+}
+
+impl Budget {
+    fn new(max: usize) -> Self {
+        // Room for the reply's own fields.
+        Self {
+            left: max.saturating_sub(512),
+            first: true,
+        }
+    }
+
+    fn take(&mut self, event: &Event) -> bool {
+        let size = encode(event).len() + 1;
+        if self.first || size <= self.left {
+            self.first = false;
+            self.left = self.left.saturating_sub(size);
+            true
+        } else {
+            false
+        }
+    }
+}

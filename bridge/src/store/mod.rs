@@ -1,0 +1,275 @@
+//! Durable storage and sequencing on SQLite.
+//!
+//! Every request is handled inside the writer's current transaction (see
+//! [`crate::writer`]); the handlers here read and write through the
+//! connection they are given and return the publishes to make after commit.
+//! `seq` (per conversation) and `useq` (per user) are assigned here, in the
+//! same transaction that stores the event, so both are gap-free.
+
+mod groups;
+mod messages;
+mod schema;
+
+use std::path::Path;
+
+use messenger_protocol::wire::{ErrorCode, Event, Request};
+use messenger_protocol::{ConvId, DeviceId, UserId};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::config::{Durability, Limits};
+use crate::outbox::{Failure, Outgoing};
+
+/// Failures opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("storage: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Opens the SQLite file with the durability policy and runs migrations.
+pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let mut conn = messenger_accounts::open_sqlite(path)?;
+    let sync = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Os => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    messenger_accounts::migrate(&mut conn)?;
+    messenger_accounts::schema::migrate(&mut conn, "bridge", schema::MIGRATIONS)?;
+    Ok(conn)
+}
+
+/// Who sent a request, and the context to handle it in.
+pub(crate) struct Ctx<'a> {
+    pub(crate) conn: &'a Connection,
+    pub(crate) user: &'a UserId,
+    pub(crate) device: &'a DeviceId,
+    pub(crate) limits: &'a Limits,
+    /// The server's clock for this batch, ms since the epoch.
+    pub(crate) now: u64,
+}
+
+impl Ctx<'_> {
+    /// Handles one decoded request.
+    pub(crate) fn handle(&self, request: Request) -> Result<Vec<Outgoing>, Failure> {
+        match request {
+            Request::Send { id, conv, body } => self.send(&id, &conv, &body),
+            Request::Receipt { conv, seq, status } => self.receipt(&conv, seq, status),
+            Request::Sync { id, after, limit } => self.sync(&id, after, limit),
+            Request::History {
+                id,
+                conv,
+                before,
+                limit,
+            } => self.history(&id, &conv, before, limit),
+            Request::Conversations { id } => self.conversations(&id),
+            Request::Typing { conv } => self.typing(&conv),
+            Request::Token { id } => {
+                let token = messenger_accounts::issue_token(self.conn, self.user, self.device)
+                    .map_err(|e| match e {
+                        messenger_accounts::AccountsError::NotFound(_) => {
+                            Failure::new(ErrorCode::UnknownUser, "your account no longer exists")
+                        }
+                        other => {
+                            tracing::error!(cause = %other, "cannot issue a token");
+                            Failure::new(ErrorCode::Internal, "cannot issue a token; retry later")
+                        }
+                    })?;
+                Ok(vec![self.reply(&Event::Token { id, token })])
+            }
+            Request::GroupCreate { id, name, members } => self.group_create(&id, &name, &members),
+            Request::GroupAdd { id, conv, user } => self.group_add(&id, &conv, &user),
+            Request::GroupRemove { id, conv, user } => self.group_remove(&id, &conv, &user),
+            Request::GroupLeave { id, conv } => self.group_leave(&id, &conv),
+            Request::PushRegister { .. }
+            | Request::PushUnregister { .. }
+            | Request::Mute { .. } => Err(Failure::bad(
+                "push notifications are not available on this server yet",
+            )),
+        }
+    }
+
+    /// A reply on the requesting device's `dev` topic.
+    pub(crate) fn reply(&self, event: &Event) -> Outgoing {
+        Outgoing::event(
+            messenger_protocol::topics::dev(self.user, self.device),
+            event,
+        )
+    }
+
+    /// The conversation's row: (kind, name, last_seq), if it exists.
+    fn conversation(&self, conv: &ConvId) -> rusqlite::Result<Option<(String, String, u64)>> {
+        self.conn
+            .prepare_cached("SELECT kind, name, last_seq FROM conversations WHERE conv = ?1")?
+            .query_row([conv.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+    }
+
+    /// The user's membership: (joined_seq, left_seq, role), if they ever were a member.
+    fn membership(&self, conv: &ConvId, user: &UserId) -> rusqlite::Result<Option<Membership>> {
+        self.conn
+            .prepare_cached(
+                "SELECT joined_seq, left_seq, role FROM members WHERE conv = ?1 AND user = ?2",
+            )?
+            .query_row(params![conv.to_string(), user.as_str()], |r| {
+                Ok(Membership {
+                    joined_seq: r.get(0)?,
+                    left_seq: r.get(1)?,
+                    admin: r.get::<_, String>(2)? == "admin",
+                })
+            })
+            .optional()
+    }
+
+    /// Current members, sorted.
+    fn members(&self, conv: &ConvId) -> rusqlite::Result<Vec<UserId>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT user FROM members WHERE conv = ?1 AND left_seq IS NULL ORDER BY user",
+        )?;
+        let names = stmt
+            .query_map([conv.to_string()], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(names.iter().filter_map(|n| UserId::parse(n).ok()).collect())
+    }
+
+    /// Requires the sender to be a current member (creating a dm on first use
+    /// when `create` is set); returns the conversation's last seq.
+    fn require_member(&self, conv: &ConvId, create: bool) -> Result<u64, Failure> {
+        if let Some((a, b)) = conv.direct_members() {
+            if self.user != a && self.user != b {
+                return Err(Failure::new(
+                    ErrorCode::NotMember,
+                    format!("you are not a member of {conv}"),
+                ));
+            }
+            if let Some((_, _, last)) = self.conversation(conv)? {
+                return Ok(last);
+            }
+            let other = if self.user == a { b } else { a };
+            if !messenger_accounts::user_exists(self.conn, other)? {
+                return Err(Failure::new(
+                    ErrorCode::UnknownUser,
+                    format!("user {other} does not exist"),
+                ));
+            }
+            if create {
+                self.conn.execute(
+                    "INSERT INTO conversations (conv, kind, name, created_ms, last_seq) VALUES (?1, 'dm', '', ?2, 0)",
+                    params![conv.to_string(), self.now],
+                )?;
+                for user in [a, b] {
+                    self.conn.execute(
+                        "INSERT INTO members (conv, user, role, joined_seq) VALUES (?1, ?2, 'member', 1)",
+                        params![conv.to_string(), user.as_str()],
+                    )?;
+                }
+            }
+            return Ok(0);
+        }
+        let Some((_, _, last)) = self.conversation(conv)? else {
+            return Err(Failure::new(
+                ErrorCode::UnknownConversation,
+                format!("no conversation {conv}"),
+            ));
+        };
+        match self.membership(conv, self.user)? {
+            Some(m) if m.left_seq.is_none() => Ok(last),
+            _ => Err(Failure::new(
+                ErrorCode::NotMember,
+                format!("you are not a member of {conv}"),
+            )),
+        }
+    }
+
+    /// Takes the conversation's next seq.
+    fn next_seq(&self, conv: &ConvId) -> rusqlite::Result<u64> {
+        self.conn
+            .prepare_cached("UPDATE conversations SET last_seq = last_seq + 1 WHERE conv = ?1 RETURNING last_seq")?
+            .query_row([conv.to_string()], |r| r.get(0))
+    }
+
+    /// Takes the user's next useq.
+    fn next_useq(&self, user: &UserId) -> rusqlite::Result<u64> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO user_seqs (user, last_useq) VALUES (?1, 1)
+                 ON CONFLICT (user) DO UPDATE SET last_useq = last_useq + 1 RETURNING last_useq",
+            )?
+            .query_row([user.as_str()], |r| r.get(0))
+    }
+
+    /// Puts the stored event (conv, seq) into each member's inbox and returns the
+    /// publishes, built by `event` from the member's useq.
+    fn deliver(
+        &self,
+        conv: &ConvId,
+        seq: u64,
+        to: &[UserId],
+        event: impl Fn(u64) -> Event,
+    ) -> rusqlite::Result<Vec<Outgoing>> {
+        let mut out = Vec::with_capacity(to.len());
+        let mut insert = self
+            .conn
+            .prepare_cached("INSERT INTO inbox (user, useq, conv, seq) VALUES (?1, ?2, ?3, ?4)")?;
+        let conv_s = conv.to_string();
+        for user in to {
+            let useq = self.next_useq(user)?;
+            insert.execute(params![user.as_str(), useq, conv_s, seq])?;
+            out.push(Outgoing::event(
+                messenger_protocol::topics::inbox(user),
+                &event(useq),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Re-publishes a stored event to the inboxes it went to, with the same useqs
+    /// (after a crash between commit and publish, a retried request repairs delivery).
+    fn redeliver(
+        &self,
+        conv: &ConvId,
+        seq: u64,
+        event: impl Fn(u64) -> Event,
+    ) -> rusqlite::Result<Vec<Outgoing>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT user, useq FROM inbox WHERE conv = ?1 AND seq = ?2 AND rstatus IS NULL",
+        )?;
+        let rows = stmt
+            .query_map(params![conv.to_string(), seq], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(user, useq)| {
+                let user = UserId::parse(&user).ok()?;
+                Some(Outgoing::event(
+                    messenger_protocol::topics::inbox(&user),
+                    &event(useq),
+                ))
+            })
+            .collect())
+    }
+
+    /// Checks a page size against the limit.
+    fn page(&self, limit: Option<u32>, default: u32) -> Result<u32, Failure> {
+        let limit = limit.unwrap_or(default.min(self.limits.max_page));
+        if limit == 0 || limit > self.limits.max_page {
+            return Err(Failure::bad(format!(
+                "limit must be between 1 and {}",
+                self.limits.max_page
+            )));
+        }
+        Ok(limit)
+    }
+}
+
+/// A row of `members`.
+struct Membership {
+    joined_seq: u64,
+    left_seq: Option<u64>,
+    admin: bool,
+}

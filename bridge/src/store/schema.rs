@@ -1,0 +1,52 @@
+//! The bridge's tables and their migrations.
+
+/// Migration steps; `MIGRATIONS[i]` takes the bridge's schema from version `i` to `i + 1`.
+pub(crate) const MIGRATIONS: &[&str] = &["
+CREATE TABLE conversations (
+    conv       TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL,            -- 'dm' or 'group'
+    name       TEXT NOT NULL,            -- the group's name; '' for a dm
+    created_ms INTEGER NOT NULL,
+    last_seq   INTEGER NOT NULL          -- newest event's seq; seq is gap-free from 1
+);
+CREATE TABLE members (
+    conv          TEXT NOT NULL,
+    user          TEXT NOT NULL,
+    role          TEXT NOT NULL,         -- 'admin' or 'member'
+    joined_seq    INTEGER NOT NULL,      -- first seq the member may see
+    left_seq      INTEGER,               -- last seq the member may see; NULL while a member
+    delivered_seq INTEGER NOT NULL DEFAULT 0,
+    read_seq      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (conv, user)
+) WITHOUT ROWID;
+CREATE INDEX members_by_user ON members (user, conv);
+CREATE TABLE events (
+    conv    TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    ts      INTEGER NOT NULL,
+    kind    TEXT NOT NULL,               -- 'message' or 'member'
+    sender  TEXT NOT NULL,               -- the author; for member events, who did it
+    device  TEXT NOT NULL,
+    req_id  TEXT,                        -- the sender's request id
+    body    TEXT,                        -- message text
+    action  TEXT,                        -- member events: created/added/removed/left
+    target  TEXT,                        -- member events: who joined or went
+    PRIMARY KEY (conv, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX events_by_request ON events (sender, req_id) WHERE req_id IS NOT NULL;
+CREATE TABLE user_seqs (
+    user      TEXT PRIMARY KEY,
+    last_useq INTEGER NOT NULL           -- newest inbox event's useq; gap-free from 1
+) WITHOUT ROWID;
+CREATE TABLE inbox (
+    user    TEXT NOT NULL,
+    useq    INTEGER NOT NULL,
+    conv    TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    rstatus TEXT,                        -- receipts: 'delivered'/'read'; NULL: the event (conv, seq)
+    ruser   TEXT,                        -- receipts: whose receipt
+    rts     INTEGER,                     -- receipts: when
+    PRIMARY KEY (user, useq)
+) WITHOUT ROWID;
+CREATE INDEX inbox_by_event ON inbox (conv, seq) WHERE rstatus IS NULL;
+"];

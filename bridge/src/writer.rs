@@ -1,0 +1,156 @@
+//! The writer: one thread that owns the SQLite connection and commits in groups.
+//!
+//! It blocks for the first job, then takes everything else already queued, and
+//! handles the whole batch in one transaction, each request in its own savepoint
+//! (a failed request rolls back alone and changes nothing). While a commit is
+//! syncing to disk, new jobs queue up and form the next batch, so one fsync
+//! covers many requests. Publishes and broker acks go to the publisher only
+//! after the commit returned: nothing is acked before it is durable.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use messenger_protocol::topics;
+use messenger_protocol::wire::ErrorCode;
+use messenger_protocol::{DeviceId, UserId};
+use rumqttc::Publish;
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::mpsc;
+use tracing::{debug, error};
+
+use crate::config::Limits;
+use crate::outbox::{Failure, Outgoing};
+use crate::request;
+use crate::store::Ctx;
+
+/// Most jobs in one transaction (the broker lets at most ~100 be unacked anyway).
+const MAX_BATCH: usize = 1024;
+
+/// An inbound publish for the writer.
+pub(crate) struct Job {
+    pub(crate) work: Work,
+    /// The inbound publish to ack to the broker once the batch is durable.
+    pub(crate) ack: Option<Publish>,
+    /// The MQTT connection it arrived on (acks for an older connection are dropped).
+    pub(crate) epoch: u64,
+}
+
+/// What a job asks for.
+pub(crate) enum Work {
+    /// A device's request from `chat/<user>/out/<device>`.
+    Request {
+        user: UserId,
+        device: DeviceId,
+        payload: Bytes,
+    },
+    /// Nothing to do but ack (a publish on a topic the bridge does not handle).
+    Skip,
+}
+
+/// The result of one committed batch, in order.
+pub(crate) struct Batch {
+    pub(crate) publishes: Vec<Outgoing>,
+    pub(crate) acks: Vec<(Publish, u64)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the writer until `jobs` closes, then returns (dropping `batches`).
+pub(crate) fn run(
+    mut conn: Connection,
+    limits: Limits,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    batches: mpsc::Sender<Batch>,
+) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let size = batch.len();
+        let out = process(&mut conn, &limits, batch);
+        debug!(size, publishes = out.publishes.len(), "batch committed");
+        if batches.blocking_send(out).is_err() {
+            return;
+        }
+    }
+}
+
+fn process(conn: &mut Connection, limits: &Limits, jobs: Vec<Job>) -> Batch {
+    let now = now_ms();
+    let mut acks = Vec::with_capacity(jobs.len());
+    let mut replies: Vec<(Option<String>, &UserId, &DeviceId)> = Vec::new();
+    let result = (|| -> rusqlite::Result<Vec<Outgoing>> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut publishes = Vec::new();
+        for job in &jobs {
+            let Work::Request {
+                user,
+                device,
+                payload,
+            } = &job.work
+            else {
+                continue;
+            };
+            let outcome = match request::decode(payload, limits.max_request_bytes()) {
+                Err(rejected) => Err((rejected.id, rejected.failure)),
+                Ok(req) => {
+                    let id = req.id().map(|i| i.to_string());
+                    replies.push((id.clone(), user, device));
+                    let sp = tx.savepoint()?;
+                    let ctx = Ctx {
+                        conn: &sp,
+                        user,
+                        device,
+                        limits,
+                        now,
+                    };
+                    match ctx.handle(req) {
+                        Ok(out) => {
+                            sp.commit()?;
+                            Ok(out)
+                        }
+                        Err(failure) => Err((id, failure)),
+                    }
+                }
+            };
+            match outcome {
+                Ok(out) => publishes.extend(out),
+                Err((id, failure)) => publishes.push(Outgoing::event(
+                    topics::dev(user, device),
+                    &failure.reply(id),
+                )),
+            }
+        }
+        tx.commit()?;
+        Ok(publishes)
+    })();
+    let publishes = match result {
+        Ok(p) => p,
+        Err(err) => {
+            // Nothing of the batch is stored: every request that expected a reply learns so.
+            error!(cause = %err, "batch failed; nothing of it was stored");
+            let failure = Failure::new(ErrorCode::Internal, "storage failure; retry later");
+            replies
+                .into_iter()
+                .map(|(id, user, device)| {
+                    Outgoing::event(topics::dev(user, device), &failure.reply(id))
+                })
+                .collect()
+        }
+    };
+    for job in jobs {
+        if let Some(p) = job.ack {
+            acks.push((p, job.epoch));
+        }
+    }
+    Batch { publishes, acks }
+}
