@@ -58,6 +58,7 @@ fn bridge(settings: &Settings) -> Bridge {
         config: settings.bridge.clone(),
         storage: settings.storage.clone(),
         limits: settings.limits.clone(),
+        liveness: None,
     }
 }
 
@@ -96,6 +97,10 @@ fn run_broker(
         let bridge = with_bridge.then(|| {
             let mut bridge = bridge(settings);
             bridge.config.password = service_password;
+            let liveness = broker.liveness();
+            bridge.liveness = Some(Arc::new(move |client_id: &str| {
+                liveness.is_connected(client_id)
+            }));
             tokio::spawn(bridge.run(Some(broker.mqtt_addr().to_string()), shutdown.clone()))
         });
         let signal = shutdown_signal().await;

@@ -47,8 +47,10 @@ pub enum BridgeError {
     Task(String),
 }
 
+pub use writer::Liveness;
+
 /// Everything the bridge needs to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Bridge {
     /// How to reach the broker.
     pub config: BridgeConfig,
@@ -56,6 +58,11 @@ pub struct Bridge {
     pub storage: StorageConfig,
     /// Request limits.
     pub limits: Limits,
+    /// Where the broker can tell which client ids are connected (the embedded
+    /// broker can): devices that look online without a connection are then
+    /// marked offline every keepalive period. `None` with an external broker,
+    /// where last wills alone drive presence.
+    pub liveness: Option<Liveness>,
 }
 
 impl Bridge {
@@ -103,9 +110,18 @@ impl Bridge {
         let epoch = Arc::new(AtomicU64::new(0));
 
         let limits = self.limits.clone();
+        let liveness = self.liveness.clone();
+        let reconcile_every = Duration::from_secs(u64::from(self.config.keepalive_secs.max(1)));
+        if liveness.is_some() {
+            tokio::spawn(reconcile(
+                jobs_tx.clone(),
+                reconcile_every,
+                shutdown.clone(),
+            ));
+        }
         let writer = std::thread::Builder::new()
             .name("bridge-writer".into())
-            .spawn(move || writer::run(conn, limits, jobs_rx, batches_tx))
+            .spawn(move || writer::run(conn, limits, liveness, jobs_rx, batches_tx))
             .map_err(|e| BridgeError::Task(e.to_string()))?;
         let publisher = tokio::spawn(mqtt::publisher(
             client.clone(),
@@ -119,5 +135,27 @@ impl Bridge {
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         info!("bridge stopped");
         Ok(())
+    }
+}
+
+/// Asks the writer to reconcile presence with the broker's connections, periodically.
+async fn reconcile(
+    jobs: mpsc::UnboundedSender<writer::Job>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let job = writer::Job {
+            work: writer::Work::Reconcile,
+            ack: None,
+            epoch: 0,
+        };
+        if jobs.send(job).is_err() {
+            return;
+        }
     }
 }

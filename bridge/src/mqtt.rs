@@ -59,7 +59,16 @@ pub(crate) async fn intake(
                     epoch = n,
                     "bridge connected to the broker"
                 );
-                for filter in [topics::OUT_FILTER] {
+                if !ack.session_present {
+                    if let Some(tx) = &jobs {
+                        let _ = tx.send(Job {
+                            work: Work::Republish,
+                            ack: None,
+                            epoch: n,
+                        });
+                    }
+                }
+                for filter in [topics::OUT_FILTER, topics::PRESENCE_FILTER] {
                     if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
                         warn!(cause = %err, "cannot subscribe");
                     }
@@ -81,6 +90,22 @@ pub(crate) async fn intake(
                         user,
                         device,
                         payload: publish.payload.clone(),
+                    },
+                    Some(Topic::Presence(user, device)) => match &publish.payload[..] {
+                        b"online" => Work::Presence {
+                            user,
+                            device,
+                            online: true,
+                        },
+                        b"offline" => Work::Presence {
+                            user,
+                            device,
+                            online: false,
+                        },
+                        other => {
+                            warn!(%user, %device, payload = %String::from_utf8_lossy(other), "presence payload is neither online nor offline");
+                            Work::Skip
+                        }
                     },
                     _ => Work::Skip,
                 };
@@ -129,7 +154,10 @@ pub(crate) async fn publisher(
 ) {
     while let Some(batch) = batches.recv().await {
         for out in batch.publishes {
-            if let Err(err) = client.publish(out.topic, out.qos, false, out.payload).await {
+            if let Err(err) = client
+                .publish(out.topic, out.qos, out.retain, out.payload)
+                .await
+            {
                 warn!(cause = %err, "cannot publish");
             }
         }

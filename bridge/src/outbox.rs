@@ -9,6 +9,7 @@ use tracing::error;
 pub(crate) struct Outgoing {
     pub(crate) topic: String,
     pub(crate) qos: QoS,
+    pub(crate) retain: bool,
     pub(crate) payload: Vec<u8>,
 }
 
@@ -18,6 +19,7 @@ impl Outgoing {
         Self {
             topic,
             qos: QoS::AtLeastOnce,
+            retain: false,
             payload: encode(event),
         }
     }

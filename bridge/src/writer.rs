@@ -21,7 +21,7 @@ use tracing::{debug, error};
 use crate::config::Limits;
 use crate::outbox::{Failure, Outgoing};
 use crate::request;
-use crate::store::Ctx;
+use crate::store::{presence, Ctx};
 
 /// Most jobs in one transaction (the broker lets at most ~100 be unacked anyway).
 const MAX_BATCH: usize = 1024;
@@ -43,9 +43,22 @@ pub(crate) enum Work {
         device: DeviceId,
         payload: Bytes,
     },
+    /// A device's presence from `presence/<user>/<device>`.
+    Presence {
+        user: UserId,
+        device: DeviceId,
+        online: bool,
+    },
+    /// Mark offline the devices that look online but have no connection.
+    Reconcile,
+    /// Publish every user's status again (the broker lost its retained messages).
+    Republish,
     /// Nothing to do but ack (a publish on a topic the bridge does not handle).
     Skip,
 }
+
+/// Answers whether a client id has an open connection (the embedded broker knows).
+pub type Liveness = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The result of one committed batch, in order.
 pub(crate) struct Batch {
@@ -64,6 +77,7 @@ fn now_ms() -> u64 {
 pub(crate) fn run(
     mut conn: Connection,
     limits: Limits,
+    liveness: Option<Liveness>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     batches: mpsc::Sender<Batch>,
 ) {
@@ -76,7 +90,7 @@ pub(crate) fn run(
             }
         }
         let size = batch.len();
-        let out = process(&mut conn, &limits, batch);
+        let out = process(&mut conn, &limits, liveness.as_ref(), batch);
         debug!(size, publishes = out.publishes.len(), "batch committed");
         if batches.blocking_send(out).is_err() {
             return;
@@ -84,7 +98,12 @@ pub(crate) fn run(
     }
 }
 
-fn process(conn: &mut Connection, limits: &Limits, jobs: Vec<Job>) -> Batch {
+fn process(
+    conn: &mut Connection,
+    limits: &Limits,
+    liveness: Option<&Liveness>,
+    jobs: Vec<Job>,
+) -> Batch {
     let now = now_ms();
     let mut acks = Vec::with_capacity(jobs.len());
     let mut replies: Vec<(Option<String>, &UserId, &DeviceId)> = Vec::new();
@@ -92,13 +111,31 @@ fn process(conn: &mut Connection, limits: &Limits, jobs: Vec<Job>) -> Batch {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut publishes = Vec::new();
         for job in &jobs {
-            let Work::Request {
-                user,
-                device,
-                payload,
-            } = &job.work
-            else {
-                continue;
+            let (user, device, payload) = match &job.work {
+                Work::Request {
+                    user,
+                    device,
+                    payload,
+                } => (user, device, payload),
+                Work::Presence {
+                    user,
+                    device,
+                    online,
+                } => {
+                    publishes.extend(presence::update(&tx, user, device, *online, now)?);
+                    continue;
+                }
+                Work::Reconcile => {
+                    if let Some(is_connected) = liveness {
+                        publishes.extend(presence::reconcile(&tx, is_connected.as_ref(), now)?);
+                    }
+                    continue;
+                }
+                Work::Republish => {
+                    publishes.extend(presence::all(&tx)?);
+                    continue;
+                }
+                Work::Skip => continue,
             };
             let outcome = match request::decode(payload, limits.max_request_bytes()) {
                 Err(rejected) => Err((rejected.id, rejected.failure)),

@@ -26,7 +26,7 @@ use rumqttd::protocol::{ConnectReturnCode, Error, Packet, Protocol, SubscribeRea
 use tracing::warn;
 
 use crate::auth::Authenticator;
-use crate::sessions::Sessions;
+use crate::sessions::{LiveGuard, Sessions};
 
 /// The topic a refused publish is moved to: `$` topics match no subscriber's filter.
 const DENIED_TOPIC: &str = "$messenger/denied";
@@ -34,7 +34,7 @@ const DENIED_TOPIC: &str = "$messenger/denied";
 /// State shared by every connection of one listener.
 pub(crate) struct Shared {
     pub(crate) auth: Authenticator,
-    pub(crate) sessions: Sessions,
+    pub(crate) sessions: Arc<Sessions>,
 }
 
 /// Where a connection stands.
@@ -53,6 +53,8 @@ struct ConnState {
     pending_subacks: HashMap<u16, Vec<bool>>,
     /// Set when the account is revoked; the connection is then cut at its next packet.
     revoked: Arc<AtomicBool>,
+    /// Present while signed in: counts the connection as live until the codec is dropped.
+    _live: Option<LiveGuard>,
 }
 
 /// The per-connection codec handed to rumqttd. Cloning yields a fresh, unbound connection.
@@ -71,6 +73,7 @@ impl Gate {
                 phase: Phase::New,
                 pending_subacks: HashMap::new(),
                 revoked: Arc::new(AtomicBool::new(false)),
+                _live: None,
             })),
         }
     }
@@ -101,6 +104,7 @@ impl Protocol for Gate {
                         if let Principal::User(user) = &principal {
                             shared.sessions.register(user.as_str(), &st.revoked);
                         }
+                        st._live = Some(shared.sessions.live(&connect.client_id));
                         st.phase = Phase::Bound(principal);
                         Ok(Packet::Connect(connect, props, will, will_props, login))
                     }

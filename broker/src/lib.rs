@@ -57,6 +57,7 @@ pub enum BrokerError {
 /// A running broker. Dropping it (or calling [`RunningBroker::stop`]) closes every connection.
 pub struct RunningBroker {
     mqtt_addr: SocketAddr,
+    shared: Arc<Shared>,
     ws_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// Owns every broker task; shut down on stop.
@@ -67,6 +68,17 @@ impl RunningBroker {
     /// The address of the MQTT over TCP listener.
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// Whether a signed-in connection with this client id (`<user>:<device>`) is open:
+    /// lets the bridge correct a device that looks online but whose connection is gone.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.shared.sessions.is_connected(client_id)
+    }
+
+    /// A cheap, shareable handle to [`RunningBroker::is_connected`].
+    pub fn liveness(&self) -> Liveness {
+        Liveness(self.shared.clone())
     }
 
     /// The address of the MQTT over WebSocket listener, if enabled.
@@ -91,6 +103,17 @@ impl RunningBroker {
 impl Drop for RunningBroker {
     fn drop(&mut self) {
         self.shutdown_now();
+    }
+}
+
+/// Answers whether a client id has an open connection, after the broker is gone too (then: no).
+#[derive(Clone)]
+pub struct Liveness(Arc<Shared>);
+
+impl Liveness {
+    /// Whether a signed-in connection with this client id is open.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.0.sessions.is_connected(client_id)
     }
 }
 
@@ -134,7 +157,7 @@ pub fn start(
 
     let shared = Arc::new(Shared {
         auth: auth::Authenticator::new(accounts.clone(), service),
-        sessions: sessions::Sessions::default(),
+        sessions: Arc::new(sessions::Sessions::default()),
     });
     let settings = ServerSettings {
         name: "mqtt".into(),
@@ -190,6 +213,7 @@ pub fn start(
         None => None,
     };
 
+    let shared_for_handle = shared.clone();
     runtime.spawn(watch_revocations(
         accounts,
         shared,
@@ -200,6 +224,7 @@ pub fn start(
     info!(mqtt = %mqtt_addr, websocket = ?ws_addr, "broker listening");
     Ok(RunningBroker {
         mqtt_addr,
+        shared: shared_for_handle,
         ws_addr,
         shutdown,
         runtime: Some(runtime),

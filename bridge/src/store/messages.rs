@@ -197,6 +197,7 @@ impl Ctx<'_> {
             .map(|m| Outgoing {
                 topic: topics::inbox(&m),
                 qos: QoS::AtMostOnce,
+                retain: false,
                 payload: event.clone(),
             })
             .collect())

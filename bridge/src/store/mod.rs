@@ -8,6 +8,7 @@
 
 mod groups;
 mod messages;
+pub(crate) mod presence;
 mod schema;
 
 use std::path::Path;

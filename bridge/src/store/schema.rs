@@ -49,4 +49,18 @@ CREATE TABLE inbox (
     PRIMARY KEY (user, useq)
 ) WITHOUT ROWID;
 CREATE INDEX inbox_by_event ON inbox (conv, seq) WHERE rstatus IS NULL;
+", "
+CREATE TABLE devices (
+    user       TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    online     INTEGER NOT NULL,
+    changed_ms INTEGER NOT NULL,
+    PRIMARY KEY (user, device)
+) WITHOUT ROWID;
+CREATE INDEX devices_online ON devices (online) WHERE online = 1;
+CREATE TABLE presence (
+    user      TEXT PRIMARY KEY,
+    online    INTEGER NOT NULL,          -- the aggregate last published on status/<user>
+    last_seen INTEGER                    -- when the last device went offline
+) WITHOUT ROWID;
 "];

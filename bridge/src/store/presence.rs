@@ -1,0 +1,104 @@
+//! Presence: each device's state, and each user's aggregate on `status/<user>`.
+//!
+//! The `devices` table is the truth; retained messages are for clients. A user
+//! is online while any device is; `last_seen` is stamped by the server when the
+//! last device goes offline. `status/<user>` is published (retained) only when
+//! the aggregate changes.
+
+use messenger_protocol::wire::Status;
+use messenger_protocol::{topics, DeviceId, UserId};
+use rumqttc::QoS;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::outbox::Outgoing;
+
+/// Records a device's presence; returns the status publish if the user's aggregate changed.
+pub(crate) fn update(
+    conn: &Connection,
+    user: &UserId,
+    device: &DeviceId,
+    online: bool,
+    now: u64,
+) -> rusqlite::Result<Vec<Outgoing>> {
+    conn.prepare_cached(
+        "INSERT INTO devices (user, device, online, changed_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (user, device) DO UPDATE SET online = excluded.online, changed_ms = excluded.changed_ms",
+    )?
+    .execute(params![user.as_str(), device.as_str(), online, now])?;
+    aggregate(conn, user, now)
+}
+
+/// Recomputes a user's aggregate and returns the status publish if it changed.
+fn aggregate(conn: &Connection, user: &UserId, now: u64) -> rusqlite::Result<Vec<Outgoing>> {
+    let any_online: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM devices WHERE user = ?1 AND online = 1)")?
+        .query_row([user.as_str()], |r| r.get(0))?;
+    let stored: Option<(bool, Option<u64>)> = conn
+        .prepare_cached("SELECT online, last_seen FROM presence WHERE user = ?1")?
+        .query_row([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if stored.is_some_and(|(was, _)| was == any_online) {
+        return Ok(Vec::new());
+    }
+    let last_seen = if any_online {
+        stored.and_then(|(_, seen)| seen)
+    } else {
+        Some(now)
+    };
+    conn.prepare_cached(
+        "INSERT INTO presence (user, online, last_seen) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user) DO UPDATE SET online = excluded.online, last_seen = excluded.last_seen",
+    )?
+    .execute(params![user.as_str(), any_online, last_seen])?;
+    Ok(vec![status(user, any_online, last_seen)])
+}
+
+fn status(user: &UserId, online: bool, last_seen: Option<u64>) -> Outgoing {
+    let body = Status {
+        user: user.clone(),
+        online,
+        last_seen,
+    };
+    Outgoing {
+        topic: topics::status(user),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        payload: serde_json::to_vec(&body).unwrap_or_default(),
+    }
+}
+
+/// Marks offline every device that looks online but has no open connection.
+pub(crate) fn reconcile(
+    conn: &Connection,
+    is_connected: &dyn Fn(&str) -> bool,
+    now: u64,
+) -> rusqlite::Result<Vec<Outgoing>> {
+    let online: Vec<(String, String)> = conn
+        .prepare_cached("SELECT user, device FROM devices WHERE online = 1")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (user, device) in online {
+        if is_connected(&format!("{user}:{device}")) {
+            continue;
+        }
+        let (Ok(user), Ok(device)) = (UserId::parse(&user), DeviceId::parse(&device)) else {
+            continue;
+        };
+        tracing::info!(%user, %device, "device has no connection: marking it offline");
+        out.extend(update(conn, &user, &device, false, now)?);
+    }
+    Ok(out)
+}
+
+/// Every user's current status, to publish again after the broker lost its retained messages.
+pub(crate) fn all(conn: &Connection) -> rusqlite::Result<Vec<Outgoing>> {
+    let rows: Vec<(String, bool, Option<u64>)> = conn
+        .prepare_cached("SELECT user, online, last_seen FROM presence")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(user, online, seen)| Some(status(&UserId::parse(&user).ok()?, online, seen)))
+        .collect())
+}
