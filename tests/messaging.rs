@@ -1,0 +1,323 @@
+//! Durable 1-1 messaging end to end: real broker (embedded or Mosquitto), real
+//! bridge on a real SQLite file, devices on the real client library.
+
+use std::collections::BTreeSet;
+
+use messenger_client::{ClientError, ClientEvent, HistoryItem};
+use messenger_protocol::wire::{ErrorCode, Event, ReceiptStatus, Request, RequestId};
+use messenger_protocol::ConvId;
+use serde_json::Value;
+
+use crate::util::server::{expect, next_message, on_both_brokers, Backend, TestServer};
+use crate::util::{uid, PATIENCE};
+
+const USERS: &[(&str, &str)] = &[("alice", "alice-pw"), ("bob", "bob-pw"), ("carol", "carol-pw")];
+
+fn dm(a: &str, b: &str) -> ConvId {
+    ConvId::direct(&uid(a), &uid(b)).expect("two distinct users")
+}
+
+on_both_brokers!(send_is_acked_and_reaches_every_device, repeated_send_stores_once, unread_and_read_receipts);
+
+async fn send_is_acked_and_reaches_every_device(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
+    let (alice_phone, mut alice_phone_events) = server.device("alice", "alice-pw", "phone").await;
+    let (_alice_laptop, mut alice_laptop_events) = server.device("alice", "alice-pw", "laptop").await;
+    let (_bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
+    let conv = dm("alice", "bob");
+
+    let ack = alice_phone.send(&conv, "hello bob").await.expect("ack");
+    assert_eq!(ack.seq, 1);
+    assert_eq!(ack.conv, conv);
+    assert!(ack.ts > 0);
+    for events in [&mut bob_events, &mut alice_laptop_events, &mut alice_phone_events] {
+        let m = next_message(events).await;
+        assert_eq!((m.seq, m.ts, m.body.as_str(), m.from.as_str()), (1, ack.ts, "hello bob", "alice"));
+        assert_eq!(m.device, "phone");
+        assert_eq!(m.useq, Some(1));
+    }
+    let ack2 = alice_phone.send(&conv, "second").await.expect("ack");
+    assert_eq!(ack2.seq, 2);
+    assert_eq!(next_message(&mut bob_events).await.seq, 2);
+}
+
+async fn repeated_send_stores_once(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
+    let (alice, _events) = server.device("alice", "alice-pw", "phone").await;
+    let (_bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
+    let conv = dm("alice", "bob");
+    let id = RequestId::parse("fixed-id-1").expect("id");
+    let first = alice.send_with_id(id.clone(), &conv, "once").await.expect("ack");
+    let again = alice.send_with_id(id.clone(), &conv, "once").await.expect("ack");
+    assert_eq!(first, again, "a repeated send gets the same ack");
+    let next = alice.send(&conv, "after").await.expect("ack");
+    assert_eq!(next.seq, 2, "the repeat took no seq");
+    let page = alice.history(&conv, None, 50).await.expect("history");
+    let bodies: Vec<String> = page
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            HistoryItem::Message(m) => Some(m.body.clone()),
+            HistoryItem::Member(_) => None,
+        })
+        .collect();
+    assert_eq!(bodies, ["once", "after"]);
+    // Bob's device shows each message once, however often delivery was repeated.
+    assert_eq!(next_message(&mut bob_events).await.body, "once");
+    assert_eq!(next_message(&mut bob_events).await.body, "after");
+}
+
+async fn unread_and_read_receipts(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
+    let (alice, mut alice_events) = server.device("alice", "alice-pw", "phone").await;
+    let conv = dm("alice", "bob");
+    for text in ["one", "two", "three"] {
+        alice.send(&conv, text).await.expect("ack");
+    }
+    let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
+    let items = bob.conversations().await.expect("conversations");
+    assert_eq!(items.len(), 1);
+    assert_eq!((items[0].unread, items[0].last_seq, items[0].read_seq), (3, 3, 0));
+    assert_eq!(items[0].name, "alice");
+    // Bob's device receives the three (sync on connect) and confirms delivery by itself.
+    for seq in 1..=3 {
+        assert_eq!(next_message(&mut bob_events).await.seq, seq);
+    }
+    let delivered = expect(&mut alice_events, |e| match e {
+        ClientEvent::Receipt(r) if r.user.as_str() == "bob" && r.status == ReceiptStatus::Delivered && r.seq == 3 => {
+            Some(r)
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(delivered.conv, conv);
+    bob.mark_read(&conv, 3).await.expect("receipt");
+    let read = expect(&mut alice_events, |e| match e {
+        ClientEvent::Receipt(r) if r.status == ReceiptStatus::Read => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!((read.user.as_str(), read.seq), ("bob", 3));
+    let items = bob.conversations().await.expect("conversations");
+    assert_eq!((items[0].unread, items[0].read_seq), (0, 3));
+    // The sender's own messages never count as unread for them.
+    assert_eq!(alice.conversations().await.expect("conversations")[0].unread, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_device_catches_up_without_gaps_or_repeats() {
+    let server = TestServer::start(Backend::Embedded, USERS).await;
+    let (alice, _a) = server.device("alice", "alice-pw", "phone").await;
+    let conv = dm("alice", "bob");
+    alice.send(&conv, "before").await.expect("ack");
+    let (bob, mut bob_events) = server.device("bob", "bob-pw", "tablet").await;
+    assert_eq!(next_message(&mut bob_events).await.body, "before");
+    let cursor = bob.cursor();
+    bob.disconnect().await;
+    for i in 0..10 {
+        alice.send(&conv, &format!("while away {i}")).await.expect("ack");
+    }
+    // The device comes back with its persisted cursor: broker queue and sync overlap.
+    let (_bob, mut bob_events) = server
+        .device_with("bob", "bob-pw", "tablet", |c| c.start_after_useq = cursor)
+        .await;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seen.push(next_message(&mut bob_events).await.body);
+    }
+    let expected: Vec<String> = (0..10).map(|i| format!("while away {i}")).collect();
+    assert_eq!(seen, expected);
+    // Nothing more: a later message is the very next event.
+    alice.send(&conv, "control").await.expect("ack");
+    assert_eq!(next_message(&mut bob_events).await.body, "control");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_from_a_cursor_and_history_pages() {
+    let server = TestServer::start(Backend::Embedded, USERS).await;
+    let (alice, _a) = server.device("alice", "alice-pw", "phone").await;
+    let conv = dm("alice", "bob");
+    for i in 1..=5 {
+        alice.send(&conv, &format!("m{i}")).await.expect("ack");
+    }
+    let reply = alice
+        .call(Request::Sync {
+            id: RequestId::parse("s1").expect("id"),
+            after: 2,
+            limit: Some(2),
+        })
+        .await
+        .expect("sync");
+    let Event::Sync { events, next, more, .. } = reply else {
+        panic!("not a sync reply: {reply:?}");
+    };
+    let useqs: Vec<Option<u64>> = events.iter().map(Event::useq).collect();
+    assert_eq!((useqs, next, more), (vec![Some(3), Some(4)], 4, true));
+
+    let page = alice.history(&conv, None, 2).await.expect("history");
+    assert_eq!(page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(), [4, 5]);
+    assert!(page.more);
+    let page = alice.history(&conv, Some(4), 2).await.expect("history");
+    assert_eq!(page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(), [2, 3]);
+    assert!(page.more);
+    let page = alice.history(&conv, Some(2), 2).await.expect("history");
+    assert_eq!(page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(), [1]);
+    assert!(!page.more);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_seq_continue_across_a_bridge_restart() {
+    let mut server = TestServer::start(Backend::Embedded, USERS).await;
+    let (alice, _a) = server.device("alice", "alice-pw", "phone").await;
+    let conv = dm("alice", "bob");
+    alice.send(&conv, "one").await.expect("ack");
+    alice.send(&conv, "two").await.expect("ack");
+    server.stop_bridge().await;
+    server.start_bridge();
+    let ack = alice.send(&conv, "three").await.expect("ack after restart");
+    assert_eq!(ack.seq, 3);
+    let page = alice.history(&conv, None, 10).await.expect("history");
+    assert_eq!(page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(), [1, 2, 3]);
+}
+
+/// Publishes `payload` as alice's device and returns the bridge's reply.
+async fn reply_to(device: &mut crate::util::Client, payload: &[u8]) -> Value {
+    device
+        .mqtt
+        .publish("chat/alice/out/raw", rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+        .await
+        .expect("publish");
+    let (topic, body) = device.next_publish().await;
+    assert_eq!(topic, "chat/alice/dev/raw");
+    serde_json::from_str(&body).expect("replies are JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
+    let server = TestServer::start(Backend::Embedded, USERS).await;
+    let mut raw = server.raw("alice:raw", "alice-pw").connect().await.expect("connect");
+    raw.subscribe(&["chat/alice/dev/raw", "chat/alice/inbox"]).await;
+    let big = "x".repeat(16 * 1024 + 1);
+    let cases: Vec<(Vec<u8>, Option<&str>, &str)> = vec![
+        (b"{not json".to_vec(), None, "bad_request"),
+        (b"\xff\xfe\xfd".to_vec(), None, "bad_request"),
+        (b"[1,2,3]".to_vec(), None, "bad_request"),
+        (br#"{"id":"t1"}"#.to_vec(), Some("t1"), "bad_request"),
+        (br#"{"type":"fly","id":"t2"}"#.to_vec(), Some("t2"), "bad_request"),
+        (br#"{"type":"send","id":"t3","conv":"dm:alice:bob","body":42}"#.to_vec(), Some("t3"), "bad_request"),
+        (br#"{"type":"send","id":"t4","conv":"dm:bob:alice","body":"x"}"#.to_vec(), Some("t4"), "bad_request"),
+        (br#"{"type":"send","id":"t5","conv":"dm:alice:bob","body":""}"#.to_vec(), Some("t5"), "bad_request"),
+        (
+            format!(r#"{{"type":"send","id":"t6","conv":"dm:alice:bob","body":"{big}"}}"#).into_bytes(),
+            Some("t6"),
+            "too_large",
+        ),
+        (br#"{"type":"send","id":"t7","conv":"dm:alice:zed","body":"x"}"#.to_vec(), Some("t7"), "unknown_user"),
+        (br#"{"type":"send","id":"t8","conv":"g:nosuchgroup","body":"x"}"#.to_vec(), Some("t8"), "unknown_conversation"),
+        (br#"{"type":"send","id":"t9","conv":"dm:bob:carol","body":"x"}"#.to_vec(), Some("t9"), "not_member"),
+        (br#"{"type":"sync","id":"t10","after":0,"limit":100000}"#.to_vec(), Some("t10"), "bad_request"),
+        (br#"{"type":"sync","id":"t11","after":0,"limit":0}"#.to_vec(), Some("t11"), "bad_request"),
+        (br#"{"type":"history","id":"t12","conv":"dm:bob:carol"}"#.to_vec(), Some("t12"), "not_member"),
+        (br#"{"type":"sync","id":"t13","after":-1}"#.to_vec(), Some("t13"), "bad_request"),
+        (br#"{"type":"receipt","conv":"dm:alice:bob","seq":99,"status":"read"}"#.to_vec(), None, "bad_request"),
+        (br#"{"type":"receipt","conv":"dm:alice:bob","seq":1,"status":"seen"}"#.to_vec(), None, "bad_request"),
+        (br#"{"type":"group_create","id":"t14","name":"g","members":["zed"]}"#.to_vec(), Some("t14"), "unknown_user"),
+        (br#"{"type":"group_create","id":"t15","name":"","members":["bob"]}"#.to_vec(), Some("t15"), "bad_request"),
+        (br#"{"type":"send","id":"","conv":"dm:alice:bob","body":"x"}"#.to_vec(), None, "bad_request"),
+    ];
+    for (payload, id, code) in &cases {
+        let reply = reply_to(&mut raw, payload).await;
+        assert_eq!(reply["type"], "error", "{}: {reply}", String::from_utf8_lossy(payload));
+        assert_eq!(reply["code"], *code, "{}: {reply}", String::from_utf8_lossy(payload));
+        assert_eq!(reply["id"].as_str(), *id, "{reply}");
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Nothing changed: no conversation, no inbox event; the next good send is seq 1, useq 1.
+    let list = reply_to(&mut raw, br#"{"type":"conversations","id":"c"}"#).await;
+    assert_eq!(list["items"], serde_json::json!([]));
+    let sync = reply_to(&mut raw, br#"{"type":"sync","id":"s","after":0}"#).await;
+    assert_eq!(sync["events"], serde_json::json!([]));
+    raw.mqtt
+        .publish(
+            "chat/alice/out/raw",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"type":"send","id":"ok","conv":"dm:alice:bob","body":"fine"}"#.to_vec(),
+        )
+        .await
+        .expect("publish");
+    let mut got = raw.next_publishes(2).await;
+    got.sort();
+    let ack: Value = serde_json::from_str(&got[0].1).expect("json");
+    let message: Value = serde_json::from_str(&got[1].1).expect("json");
+    assert_eq!((ack["type"].as_str(), ack["seq"].as_u64()), (Some("ack"), Some(1)));
+    assert_eq!((message["type"].as_str(), message["useq"].as_u64()), (Some("message"), Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_surface_as_typed_errors() {
+    let server = TestServer::start(Backend::Embedded, USERS).await;
+    let (alice, _a) = server.device("alice", "alice-pw", "phone").await;
+    match alice.send(&dm("bob", "carol"), "x").await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::NotMember),
+        other => panic!("expected not_member, got {other:?}"),
+    }
+    match alice.send(&dm("alice", "bob"), &"y".repeat(20_000)).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::TooLarge),
+        Err(ClientError::TooLarge { .. }) => {}
+        other => panic!("expected too_large, got {other:?}"),
+    }
+}
+
+/// A device that retries its unacked sends, a server killed with SIGKILL in the
+/// middle of the stream and started again: every message ends up stored exactly
+/// once, with gap-free seqs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_nothing_and_stores_nothing_twice() {
+    let messenger = crate::util::process::Messenger::new();
+    messenger.run(&["user", "add", "alice", "--password", "alice-pw"]).await.ok();
+    messenger.run(&["user", "add", "bob", "--password", "bob-pw"]).await.ok();
+    let mut server = messenger.serve().await;
+    let addr = server.mqtt;
+    let mut config = messenger_client::ClientConfig::new(addr.to_string(), uid("alice"), crate::util::did("phone"), "alice-pw");
+    config.keepalive = std::time::Duration::from_secs(5);
+    config.request_timeout = PATIENCE * 6;
+    let (alice, _events) = messenger_client::Client::connect(config).await.expect("connect");
+    let conv = dm("alice", "bob");
+    const N: usize = 60;
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let alice = alice.clone();
+        let conv = conv.clone();
+        sends.spawn(async move { alice.send(&conv, &format!("msg {i}")).await });
+        if i == N / 3 {
+            // Kill in the middle of the stream, with sends in flight.
+            server.kill();
+            server = messenger.serve_on(server.mqtt, server.ws).await;
+        }
+    }
+    let mut seqs = BTreeSet::new();
+    while let Some(result) = sends.join_next().await {
+        let ack = result.expect("send task").expect("every send is acked in the end");
+        assert!(seqs.insert(ack.seq), "two messages got seq {}", ack.seq);
+    }
+    assert_eq!(seqs, (1..=N as u64).collect::<BTreeSet<_>>(), "gap-free seqs");
+    let mut bodies = Vec::new();
+    let mut before = None;
+    loop {
+        let page = alice.history(&conv, before, 500).await.expect("history");
+        for item in &page.events {
+            if let HistoryItem::Message(m) = item {
+                bodies.push(m.body.clone());
+            }
+        }
+        if !page.more {
+            break;
+        }
+        before = page.events.first().map(HistoryItem::seq);
+    }
+    assert_eq!(bodies.len(), N, "every message exactly once");
+    let distinct: BTreeSet<_> = bodies.iter().collect();
+    assert_eq!(distinct.len(), N);
+    drop(server);
+}

@@ -1,0 +1,166 @@
+//! Presence end to end: last wills, the bridge's device table, the retained
+//! aggregate on `status/<user>`, reconciliation after restarts.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use messenger_client::ClientEvent;
+use messenger_protocol::wire::Status;
+
+use crate::util::proxy::FreezingProxy;
+use crate::util::server::{expect, Backend, TestServer};
+use crate::util::{uid, PATIENCE};
+
+const USERS: &[(&str, &str)] = &[("alice", "alice-pw"), ("bob", "bob-pw")];
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64
+}
+
+/// Waits for alice's status to say `online`.
+async fn status(events: &mut messenger_client::EventStream, online: bool) -> Status {
+    expect(events, |e| match e {
+        ClientEvent::Status(s) if s.user.as_str() == "alice" && s.online == online => Some(s),
+        _ => None,
+    })
+    .await
+}
+
+/// A plain MQTT device of alice's with the presence last will, `online` published.
+async fn device(server: &TestServer, name: &str, keepalive: Duration, via: Option<std::net::SocketAddr>) -> crate::util::Client {
+    let client_id = format!("alice:{name}");
+    let addr = via.unwrap_or_else(|| server.addr());
+    let mut options = crate::util::ClientOptions::new((addr, addr), crate::util::Transport::Tcp, &client_id, "alice-pw")
+        .will(&format!("presence/alice/{name}"), "offline");
+    options.tune(|o| {
+        o.set_keep_alive(keepalive).set_clean_session(false);
+    });
+    let mut client = options.connect().await.expect("device connects");
+    client.publish(&format!("presence/alice/{name}"), "online", true).await;
+    client
+}
+
+/// Polls the bridge's device table until `device` has the state `online`.
+async fn bridge_sees(server: &TestServer, device: &str, online: bool) {
+    let db = server.db().clone();
+    let device = device.to_owned();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (db2, device2) = (db.clone(), device.clone());
+        let state: Option<bool> = tokio::task::spawn_blocking(move || {
+            let conn = rusqlite::Connection::open(db2).ok()?;
+            conn.query_row(
+                "SELECT online FROM devices WHERE user = 'alice' AND device = ?1",
+                [device2],
+                |r| r.get(0),
+            )
+            .ok()
+        })
+        .await
+        .expect("join");
+        if state == Some(online) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "bridge never saw {device} online={online}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_goes_offline_only_when_the_last_device_goes() {
+    let server = TestServer::start(Backend::Embedded, USERS).await;
+    let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
+    bob.subscribe_status(&uid("alice")).await.expect("subscribe");
+    let phone = device(&server, "phone", Duration::from_secs(5), None).await;
+    let laptop = device(&server, "laptop", Duration::from_secs(5), None).await;
+    assert!(status(&mut bob_events, true).await.online);
+    bridge_sees(&server, "laptop", true).await;
+
+    // The phone's socket closes without DISCONNECT: its will fires, alice stays online.
+    drop(phone);
+    bridge_sees(&server, "phone", false).await;
+    let before_last = now_ms();
+    drop(laptop);
+    let offline = status(&mut bob_events, false).await;
+    let last_seen = offline.last_seen.expect("last_seen is set");
+    assert!(last_seen >= before_last && last_seen <= now_ms(), "last_seen {last_seen} not when the laptop went");
+
+    // A later subscriber gets the retained status.
+    let (carol_view, mut later) = server.device("bob", "bob-pw", "tablet").await;
+    carol_view.subscribe_status(&uid("alice")).await.expect("subscribe");
+    let retained = status(&mut later, false).await;
+    assert_eq!(retained.last_seen, Some(last_seen));
+
+    // Coming back turns alice online again.
+    let _phone = device(&server, "phone", Duration::from_secs(5), None).await;
+    assert!(status(&mut bob_events, true).await.online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_connection_is_declared_dead() {
+    let server = TestServer::start(Backend::Embedded, USERS).await;
+    let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
+    bob.subscribe_status(&uid("alice")).await.expect("subscribe");
+    let proxy = FreezingProxy::start(server.addr()).await;
+    let _phone = device(&server, "phone", Duration::from_secs(1), Some(proxy.addr())).await;
+    status(&mut bob_events, true).await;
+    let frozen_at = now_ms();
+    proxy.freeze();
+    // The broker gives up after 1.5 x keepalive and fires the will.
+    let offline = status(&mut bob_events, false).await;
+    assert!(offline.last_seen.expect("last_seen") >= frozen_at + 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_disconnect_turns_the_user_offline() {
+    let server = TestServer::start(Backend::Embedded, USERS).await;
+    let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
+    bob.subscribe_status(&uid("alice")).await.expect("subscribe");
+    let (alice, _events) = server.device("alice", "alice-pw", "phone").await;
+    status(&mut bob_events, true).await;
+    alice.disconnect().await;
+    status(&mut bob_events, false).await;
+    let (_alice, _events) = server.device("alice", "alice-pw", "phone").await;
+    status(&mut bob_events, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_right_after_a_bridge_restart() {
+    let mut server = TestServer::build(Backend::Embedded, USERS, Default::default(), 1).await;
+    let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
+    bob.subscribe_status(&uid("alice")).await.expect("subscribe");
+    let phone = device(&server, "phone", Duration::from_secs(5), None).await;
+    status(&mut bob_events, true).await;
+    bridge_sees(&server, "phone", true).await;
+
+    // The device goes while the bridge is down: the broker keeps the will for it.
+    server.stop_bridge().await;
+    drop(phone);
+    server.start_bridge();
+    status(&mut bob_events, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_without_a_connection_is_reconciled_offline() {
+    // The bridge's table says online, but the broker has no such connection (as
+    // after the whole server restarted): within one keepalive period it is corrected.
+    let mut server = TestServer::build(Backend::Embedded, USERS, Default::default(), 1).await;
+    let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
+    bob.subscribe_status(&uid("alice")).await.expect("subscribe");
+    server.stop_bridge().await;
+    let db = server.db().clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open(db).expect("db");
+        conn.execute_batch(
+            "INSERT INTO devices (user, device, online, changed_ms) VALUES ('alice', 'ghost', 1, 0);
+             INSERT INTO presence (user, online, last_seen) VALUES ('alice', 1, NULL);",
+        )
+        .expect("seed");
+    })
+    .await
+    .expect("join");
+    server.start_bridge();
+    // First the republished (stale) status, then the correction.
+    status(&mut bob_events, true).await;
+    let offline = status(&mut bob_events, false).await;
+    assert!(offline.last_seen.is_some());
+}

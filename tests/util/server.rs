@@ -1,0 +1,234 @@
+//! A whole server for end-to-end tests: a broker (the embedded one, or a real
+//! Mosquitto) and the real bridge on the test's own SQLite file, plus devices
+//! running the real client library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use messenger_accounts::Accounts;
+use messenger_bridge::config::{BridgeConfig, Durability, Limits, StorageConfig};
+use messenger_bridge::Bridge;
+use messenger_client::{ClientConfig, ClientEvent, EventStream};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::mosquitto::Mosquitto;
+use super::{did, uid, ClientOptions, TestBroker, Transport, BRIDGE_PASSWORD, BRIDGE_USER, PATIENCE};
+
+/// Which broker the bridge and devices meet on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// The embedded rumqttd broker with our sign-in and ACL.
+    Embedded,
+    /// Mosquitto with a password file and the generated pattern ACL.
+    Mosquitto,
+}
+
+enum Broker {
+    Embedded(TestBroker),
+    Mosquitto {
+        broker: Mosquitto,
+        _dir: TempDir,
+    },
+}
+
+/// Runs one test body against both brokers: `on_both_brokers!(name)` next to
+/// `async fn name(backend: Backend)` yields `name::embedded` and `name::mosquitto`.
+macro_rules! on_both_brokers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::util::server::Backend::Embedded).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mosquitto() {
+                super::$name($crate::util::server::Backend::Mosquitto).await;
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_brokers;
+
+/// A broker and a bridge. Dropping it stops both.
+pub(crate) struct TestServer {
+    broker: Broker,
+    db: PathBuf,
+    accounts: Arc<Accounts>,
+    bridge: Option<(CancellationToken, JoinHandle<()>)>,
+    /// The bridge's settings, kept for restarts.
+    pub(crate) limits: Limits,
+    pub(crate) keepalive_secs: u16,
+}
+
+impl TestServer {
+    /// Starts a broker with these users and a bridge in front of it.
+    pub(crate) async fn start(backend: Backend, users: &[(&str, &str)]) -> Self {
+        Self::build(backend, users, Limits::default(), 30).await
+    }
+
+    /// Like [`TestServer::start`], with the bridge's limits and keepalive (which
+    /// is also how often presence is reconciled with the embedded broker).
+    pub(crate) async fn build(backend: Backend, users: &[(&str, &str)], limits: Limits, keepalive_secs: u16) -> Self {
+        let (broker, db, accounts) = match backend {
+            Backend::Embedded => {
+                let broker = TestBroker::start().users(users).await;
+                let db = broker.db_path();
+                let accounts = broker.accounts();
+                (Broker::Embedded(broker), db, accounts)
+            }
+            Backend::Mosquitto => {
+                let users: Vec<(String, String)> = users.iter().map(|(u, p)| ((*u).into(), (*p).into())).collect();
+                tokio::task::spawn_blocking(move || {
+                    let refs: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+                    let broker = Mosquitto::start(&refs);
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let db = dir.path().join("messenger.db");
+                    // The bridge checks users against the account store; Mosquitto has its own password file.
+                    let accounts = Arc::new(Accounts::open(&db).expect("account store"));
+                    for (user, password) in &refs {
+                        accounts.add(&uid(user), password).expect("add user");
+                    }
+                    (Broker::Mosquitto { broker, _dir: dir }, db, accounts)
+                })
+                .await
+                .expect("starting mosquitto panicked")
+            }
+        };
+        let mut server = Self {
+            broker,
+            db,
+            accounts,
+            bridge: None,
+            limits,
+            keepalive_secs,
+        };
+        server.start_bridge();
+        server
+    }
+
+    /// The broker's MQTT address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        match &self.broker {
+            Broker::Embedded(b) => b.mqtt_addr(),
+            Broker::Mosquitto { broker, .. } => broker.addr(),
+        }
+    }
+
+    /// The SQLite file.
+    pub(crate) fn db(&self) -> &PathBuf {
+        &self.db
+    }
+
+    /// The account store.
+    pub(crate) fn accounts(&self) -> Arc<Accounts> {
+        self.accounts.clone()
+    }
+
+    /// Starts the bridge (again) on the same SQLite file.
+    pub(crate) fn start_bridge(&mut self) {
+        assert!(self.bridge.is_none(), "the bridge is already running");
+        let liveness = match &self.broker {
+            Broker::Embedded(b) => Some(b.liveness()),
+            Broker::Mosquitto { .. } => None,
+        };
+        let bridge = Bridge {
+            config: BridgeConfig {
+                broker: self.addr().to_string(),
+                username: BRIDGE_USER.into(),
+                password: BRIDGE_PASSWORD.into(),
+                instance: "main".into(),
+                keepalive_secs: self.keepalive_secs,
+            },
+            storage: StorageConfig {
+                path: self.db.clone(),
+                durability: Durability::Fsync,
+            },
+            limits: self.limits.clone(),
+            liveness,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                bridge.run(None, shutdown).await.expect("bridge runs");
+            }
+        });
+        self.bridge = Some((shutdown, task));
+    }
+
+    /// Stops the bridge cleanly and waits for it.
+    pub(crate) async fn stop_bridge(&mut self) {
+        if let Some((shutdown, task)) = self.bridge.take() {
+            shutdown.cancel();
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("bridge stops in time")
+                .expect("bridge task");
+        }
+    }
+
+    /// A device on the real client library, connected.
+    pub(crate) async fn device(&self, user: &str, password: &str, device: &str) -> (messenger_client::Client, EventStream) {
+        self.device_with(user, password, device, |_| {}).await
+    }
+
+    /// A device with adjusted settings, connected.
+    pub(crate) async fn device_with(
+        &self,
+        user: &str,
+        password: &str,
+        device: &str,
+        edit: impl FnOnce(&mut ClientConfig),
+    ) -> (messenger_client::Client, EventStream) {
+        let mut config = ClientConfig::new(self.addr().to_string(), uid(user), did(device), password);
+        config.keepalive = Duration::from_secs(5);
+        config.request_timeout = PATIENCE;
+        edit(&mut config);
+        tokio::time::timeout(PATIENCE, messenger_client::Client::connect(config))
+            .await
+            .expect("device connects in time")
+            .expect("device connects")
+    }
+
+    /// A plain MQTT client (no client library) signing in as `<user>:<device>`.
+    pub(crate) fn raw(&self, client_id: &str, password: &str) -> ClientOptions {
+        let addr = self.addr();
+        ClientOptions::new((addr, addr), Transport::Tcp, client_id, password)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some((shutdown, _)) = &self.bridge {
+            shutdown.cancel();
+        }
+    }
+}
+
+/// Waits for the first event that `pick` accepts, skipping the others.
+pub(crate) async fn expect<T>(events: &mut EventStream, mut pick: impl FnMut(ClientEvent) -> Option<T>) -> T {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let event = events.next().await.expect("event stream ended");
+            if let Some(found) = pick(event) {
+                return found;
+            }
+        }
+    })
+    .await
+    .expect("the expected event did not come in time")
+}
+
+/// Waits for the next chat message.
+pub(crate) async fn next_message(events: &mut EventStream) -> messenger_client::Message {
+    expect(events, |e| match e {
+        ClientEvent::Message(m) => Some(m),
+        _ => None,
+    })
+    .await
+}
