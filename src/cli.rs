@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// An instant messenger on MQTT.
 #[derive(Debug, Parser)]
@@ -34,6 +34,73 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = AclFormat::Mosquitto)]
         format: AclFormat,
     },
+    /// Chat commands (send, listen, history, chat), signed in as one user.
+    #[command(flatten)]
+    Chat(ChatCommand),
+}
+
+/// The chat commands: a device of a user, through the client library.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ChatCommand {
+    /// Send one message; prints its seq and time.
+    Send {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// A user id (the 1-1 conversation with them) or a group, `g:<id>`.
+        to: String,
+        /// The message.
+        text: String,
+    },
+    /// Print events as they come, one line each, until Ctrl-C.
+    Listen {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+    },
+    /// Print a page of a conversation's history, oldest first.
+    History {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// A user id (the 1-1 conversation with them) or a group, `g:<id>`.
+        with: String,
+        /// Only events before this seq (default: the newest).
+        #[arg(long)]
+        before: Option<u64>,
+        /// Page size.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Chat interactively: each line of input is sent; /quit or end of input leaves.
+    Chat {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// A user id (the 1-1 conversation with them) or a group, `g:<id>`.
+        with: String,
+    },
+}
+
+/// Sign-in options of the chat commands.
+#[derive(Debug, Args)]
+pub(crate) struct Account {
+    /// User id.
+    #[arg(long, env = "MESSENGER_USER")]
+    pub(crate) user: String,
+    /// Password (or a device token).
+    #[arg(long, env = "MESSENGER_PASSWORD", hide_env_values = true)]
+    pub(crate) password: String,
+    /// Device id of this command line.
+    #[arg(long, default_value = "cli")]
+    pub(crate) device: String,
+    /// Broker address, host:port (default: the configuration's broker.listen).
+    #[arg(long)]
+    pub(crate) broker: Option<String>,
+    /// Where the inbox cursor of each user and device is kept between runs
+    /// (default: $XDG_STATE_HOME/messenger or ~/.local/state/messenger).
+    #[arg(long, env = "MESSENGER_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
 /// ACL file formats.

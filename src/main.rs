@@ -1,6 +1,7 @@
 //! `messenger`: the one binary. Loads the configuration before anything binds,
 //! exits 64 on bad configuration, and stops cleanly on SIGINT/SIGTERM.
 
+mod chat;
 mod cli;
 mod serve;
 mod settings;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Command::Broker => serve::broker_only(settings),
         Command::Bridge => serve::bridge_only(settings),
         Command::User(cmd) => users::run(&settings, cmd),
+        Command::Chat(cmd) => chat::run(&settings, cmd),
         Command::Acl { format: _ } => {
             print!(
                 "{}",

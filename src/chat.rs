@@ -1,0 +1,414 @@
+//! `messenger send | listen | history | chat`: one device of a user, through the
+//! client library, on the command line.
+//!
+//! Each run signs in as `--user` on `--device` (default `cli`). The inbox cursor
+//! of each broker, user and device is kept in a small file between runs of
+//! `listen` and `chat`, so that they print what arrived since the last run once,
+//! not the whole inbox every time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use messenger_client::{Client, ClientConfig, ClientEvent, EventStream, HistoryItem};
+use messenger_protocol::{ConvId, DeviceId, UserId};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+mod lines;
+
+use crate::cli::{Account, ChatCommand};
+use crate::settings::Settings;
+use lines::{
+    chat_message_line, chat_receipt_line, event_line, format_ts, member_line, message_line,
+};
+
+/// Messages of history shown when `chat` starts.
+const CHAT_BACKLOG: u32 = 10;
+
+/// Runs one chat command on its own runtime.
+pub(crate) fn run(settings: &Settings, cmd: ChatCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        match cmd {
+            ChatCommand::Send { account, to, text } => send(settings, &account, &to, &text).await,
+            ChatCommand::Listen { account } => listen(settings, &account).await,
+            ChatCommand::History {
+                account,
+                with,
+                before,
+                limit,
+            } => history(settings, &account, &with, before, limit).await,
+            ChatCommand::Chat { account, with } => chat(settings, &account, &with).await,
+        }
+    });
+    // The stdin reader of `chat` may still be blocked in a read; do not wait for it.
+    runtime.shutdown_background();
+    result
+}
+
+/// A signed-in client with its cursor file.
+struct Session {
+    client: Client,
+    events: EventStream,
+    cursor: CursorFile,
+}
+
+impl Session {
+    fn me(&self) -> &UserId {
+        self.client.user()
+    }
+
+    /// Saves the cursor (for `listen` and `chat`, which show what they applied)
+    /// and disconnects cleanly.
+    async fn close(self, save_cursor: bool) {
+        if save_cursor {
+            self.cursor.save(self.client.cursor());
+        }
+        self.client.disconnect().await;
+    }
+}
+
+async fn connect(settings: &Settings, account: &Account) -> anyhow::Result<Session> {
+    let user = UserId::parse(&account.user).context("--user")?;
+    let device = DeviceId::parse(&account.device).context("--device")?;
+    let broker = match &account.broker {
+        Some(b) => b.clone(),
+        None => connect_addr(settings.broker.listen).to_string(),
+    };
+    let cursor = CursorFile::new(account.state_dir.as_deref(), &broker, &user, &device);
+    let mut config = ClientConfig::new(
+        broker.clone(),
+        user.clone(),
+        device,
+        account.password.clone(),
+    );
+    config.start_after_useq = cursor.load();
+    config.max_packet_bytes = settings.broker.max_packet_bytes;
+    let (client, events) = Client::connect(config)
+        .await
+        .with_context(|| format!("cannot sign in to {broker} as {user}"))?;
+    Ok(Session {
+        client,
+        events,
+        cursor,
+    })
+}
+
+/// Where to connect for a listen address: a wildcard address means this machine.
+fn connect_addr(listen: SocketAddr) -> SocketAddr {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    addr
+}
+
+/// The conversation `target` names for `account`'s user, checked before signing in.
+fn target(account: &Account, target: &str) -> anyhow::Result<ConvId> {
+    let me = UserId::parse(&account.user).context("--user")?;
+    conversation(&me, target)
+}
+
+/// A user id means the 1-1 conversation with that user; `g:...` (or `dm:...`) is taken as is.
+fn conversation(me: &UserId, target: &str) -> anyhow::Result<ConvId> {
+    if target.starts_with("g:") || target.starts_with("dm:") {
+        return ConvId::parse(target).map_err(Into::into);
+    }
+    let other = UserId::parse(target)?;
+    ConvId::direct(me, &other).map_err(|_| anyhow!("that is you: pick another user"))
+}
+
+async fn send(settings: &Settings, account: &Account, to: &str, text: &str) -> anyhow::Result<()> {
+    let conv = target(account, to)?;
+    let session = connect(settings, account).await?;
+    let result = session.client.send(&conv, text).await;
+    session.close(false).await;
+    let ack = result.context("not sent")?;
+    println!(
+        "sent to {}: seq {}, ts {} ({})",
+        ack.conv,
+        ack.seq,
+        ack.ts,
+        format_ts(ack.ts)
+    );
+    Ok(())
+}
+
+async fn history(
+    settings: &Settings,
+    account: &Account,
+    with: &str,
+    before: Option<u64>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let conv = target(account, with)?;
+    let session = connect(settings, account).await?;
+    let result = session.client.history(&conv, before, limit).await;
+    session.close(false).await;
+    let page = result.context("no history")?;
+    for item in &page.events {
+        match item {
+            HistoryItem::Message(m) => println!("{}", message_line(m)),
+            HistoryItem::Member(m) => println!("{}", member_line(m)),
+        }
+    }
+    if page.more {
+        if let Some(first) = page.events.first() {
+            eprintln!("(older: --before {})", first.seq());
+        }
+    }
+    Ok(())
+}
+
+async fn listen(settings: &Settings, account: &Account) -> anyhow::Result<()> {
+    let mut session = connect(settings, account).await?;
+    eprintln!(
+        "listening as {} on {}; Ctrl-C to stop",
+        session.me(),
+        session.client.device()
+    );
+    let mut first = true;
+    let outcome = loop {
+        tokio::select! {
+            event = session.events.next() => match event {
+                Some(ClientEvent::Refused(code)) => break Err(anyhow!("signed out: {code}")),
+                Some(ClientEvent::Connected) if first => first = false,
+                Some(event) => println!("{}", event_line(&event)),
+                None => break Err(anyhow!("the connection ended")),
+            },
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+        }
+    };
+    session.close(true).await;
+    outcome
+}
+
+async fn chat(settings: &Settings, account: &Account, with: &str) -> anyhow::Result<()> {
+    let conv = target(account, with)?;
+    let mut session = connect(settings, account).await?;
+    let me = session.me().clone();
+    let my_device = session.client.device().to_string();
+    if let Some((a, b)) = conv.direct_members() {
+        let other = if *a == me { b } else { a };
+        session.client.subscribe_status(other).await?;
+    }
+    eprintln!("chatting in {conv} as {me}; type a line and Enter to send it, /quit to leave");
+
+    // The last few messages, marked read.
+    let mut shown = 0;
+    let backlog = match session.client.history(&conv, None, CHAT_BACKLOG).await {
+        Ok(page) => page.events,
+        Err(err) => {
+            eprintln!("(no history: {err})");
+            Vec::new()
+        }
+    };
+    let mut last_from_others = None;
+    for item in &backlog {
+        match item {
+            HistoryItem::Message(m) => {
+                println!("{}", chat_message_line(&me, m));
+                if m.from != me {
+                    last_from_others = Some(m.seq);
+                }
+            }
+            HistoryItem::Member(m) => println!("{}", member_line(m)),
+        }
+        shown = item.seq();
+    }
+    if let Some(seq) = last_from_others {
+        session.client.mark_read(&conv, seq).await?;
+    }
+
+    // Lines from stdin, sent one after the other (in order) by their own task.
+    let (lines_tx, mut lines_rx) = mpsc::channel::<String>(64);
+    std::thread::spawn(move || read_lines(lines_tx));
+    let sender = {
+        let client = session.client.clone();
+        let conv = conv.clone();
+        tokio::spawn(async move {
+            while let Some(line) = lines_rx.recv().await {
+                if let Err(err) = client.send(&conv, &line).await {
+                    eprintln!("not sent ({err}): {line}");
+                }
+            }
+        })
+    };
+    tokio::pin!(sender);
+
+    let mut first = true;
+    let outcome = loop {
+        tokio::select! {
+            event = session.events.next() => {
+                let Some(event) = event else { break Err(anyhow!("the connection ended")) };
+                match event {
+                    ClientEvent::Message(m) if m.conv == conv => {
+                        if m.seq <= shown {
+                            continue;
+                        }
+                        shown = m.seq;
+                        if m.from == me && m.device == my_device {
+                            continue; // our own line, already on the screen
+                        }
+                        println!("{}", chat_message_line(&me, &m));
+                        if m.from != me {
+                            session.client.mark_read(&conv, m.seq).await?;
+                        }
+                    }
+                    ClientEvent::Receipt(r) if r.conv == conv => {
+                        if r.user != me {
+                            println!("{}", chat_receipt_line(&conv, &r));
+                        }
+                    }
+                    ClientEvent::Typing { conv: c, user } if c == conv => {
+                        println!("{user} is typing…");
+                    }
+                    ClientEvent::Member(m) if m.conv == conv => {
+                        shown = shown.max(m.seq);
+                        println!("{}", member_line(&m));
+                    }
+                    ClientEvent::Message(m) => println!("{}", message_line(&m)),
+                    ClientEvent::Receipt(_) | ClientEvent::Typing { .. } => {}
+                    ClientEvent::Connected if first => first = false,
+                    ClientEvent::Refused(code) => break Err(anyhow!("signed out: {code}")),
+                    event => println!("{}", event_line(&event)),
+                }
+            }
+            _ = &mut sender => break Ok(()),
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+        }
+    };
+    session.close(true).await;
+    outcome
+}
+
+/// Reads stdin line by line until end of input or `/quit`.
+fn read_lines(lines: mpsc::Sender<String>) {
+    use std::io::BufRead;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { return };
+        let line = line.trim_end().to_owned();
+        if line == "/quit" {
+            return;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        if lines.blocking_send(line).is_err() {
+            return;
+        }
+    }
+}
+
+/// The inbox cursor of one broker, user and device, kept between runs.
+struct CursorFile {
+    /// `None` when no state directory is known: every run starts from 0.
+    path: Option<PathBuf>,
+}
+
+impl CursorFile {
+    fn new(dir: Option<&Path>, broker: &str, user: &UserId, device: &DeviceId) -> Self {
+        let dir = dir.map(Path::to_path_buf).or_else(default_state_dir);
+        // Ids contain no '.', so the name is unambiguous; ':' would upset some file systems.
+        let broker: String = broker
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Self {
+            path: dir.map(|d| d.join(format!("{user}.{device}.{broker}.cursor"))),
+        }
+    }
+
+    fn load(&self) -> u64 {
+        let Some(path) = &self.path else { return 0 };
+        match std::fs::read_to_string(path) {
+            Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+                warn!(path = %path.display(), "unreadable cursor file; starting from 0");
+                0
+            }),
+            Err(_) => 0,
+        }
+    }
+
+    fn save(&self, cursor: u64) {
+        let Some(path) = &self.path else { return };
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(path, format!("{cursor}\n")));
+        if let Err(err) = written {
+            warn!(path = %path.display(), cause = %err, "cannot save the inbox cursor");
+        }
+    }
+}
+
+/// `$XDG_STATE_HOME/messenger`, else `~/.local/state/messenger`.
+fn default_state_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
+    };
+    Some(base.join("messenger"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let alice = UserId::parse("alice").unwrap();
+        assert_eq!(
+            conversation(&alice, "bob").unwrap().to_string(),
+            "dm:alice:bob"
+        );
+        assert_eq!(
+            conversation(&alice, "aaron").unwrap().to_string(),
+            "dm:aaron:alice"
+        );
+        assert_eq!(
+            conversation(&alice, "g:team").unwrap().to_string(),
+            "g:team"
+        );
+        assert!(conversation(&alice, "alice").is_err());
+        assert!(conversation(&alice, "Bob").is_err());
+        assert!(conversation(&alice, "g:a.b").is_err());
+    }
+
+    #[test]
+    fn wildcard_listen_addresses_connect_locally() {
+        let a: SocketAddr = "0.0.0.0:1883".parse().unwrap();
+        assert_eq!(connect_addr(a).to_string(), "127.0.0.1:1883");
+        let a: SocketAddr = "[::]:1883".parse().unwrap();
+        assert_eq!(connect_addr(a).to_string(), "[::1]:1883");
+        let a: SocketAddr = "10.0.0.5:1".parse().unwrap();
+        assert_eq!(connect_addr(a), a);
+    }
+
+    #[test]
+    fn cursor_files_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = UserId::parse("alice").unwrap();
+        let device = DeviceId::parse("cli").unwrap();
+        let f = CursorFile::new(Some(dir.path()), "127.0.0.1:1883", &user, &device);
+        assert_eq!(f.load(), 0);
+        f.save(42);
+        assert_eq!(f.load(), 42);
+        let other = CursorFile::new(Some(dir.path()), "127.0.0.1:1884", &user, &device);
+        assert_eq!(other.load(), 0);
+    }
+}
