@@ -59,6 +59,7 @@ fn bridge(settings: &Settings) -> Bridge {
         storage: settings.storage.clone(),
         limits: settings.limits.clone(),
         liveness: None,
+        ready: None,
     }
 }
 

@@ -30,7 +30,12 @@ async fn create(client: &messenger_client::Client, name: &str, members: &[&str])
         })
         .await
         .expect("group created");
-    let Event::Ack { conv: Some(conv), seq: Some(1), .. } = reply else {
+    let Event::Ack {
+        conv: Some(conv),
+        seq: Some(1),
+        ..
+    } = reply
+    else {
         panic!("unexpected reply {reply:?}");
     };
     conv
@@ -43,7 +48,10 @@ fn code(result: Result<Event, ClientError>) -> ErrorCode {
     }
 }
 
-async fn member_event(events: &mut messenger_client::EventStream, action: &str) -> messenger_client::Member {
+async fn member_event(
+    events: &mut messenger_client::EventStream,
+    action: &str,
+) -> messenger_client::Member {
     expect(events, |e| match e {
         ClientEvent::Member(m) if m.action == action => Some(m),
         _ => None,
@@ -70,9 +78,17 @@ async fn a_group_lives_its_whole_life() {
     let (dave, mut dave_ev) = server.device("dave", "pw-d", "phone").await;
 
     let conv = create(&alice, "trip", &["bob", "carol"]).await;
-    for events in [&mut alice_ev, &mut bob_ev, &mut bob_laptop_ev, &mut carol_ev] {
+    for events in [
+        &mut alice_ev,
+        &mut bob_ev,
+        &mut bob_laptop_ev,
+        &mut carol_ev,
+    ] {
         let created = member_event(events, "created").await;
-        assert_eq!((created.conv.clone(), created.seq, created.by.as_str()), (conv.clone(), 1, "alice"));
+        assert_eq!(
+            (created.conv.clone(), created.seq, created.by.as_str()),
+            (conv.clone(), 1, "alice")
+        );
     }
 
     // A member sends; every other member's devices receive.
@@ -88,28 +104,64 @@ async fn a_group_lives_its_whole_life() {
     }
     // A non-admin cannot remove.
     let refused = bob
-        .call(Request::GroupRemove { id: rid("r1"), conv: conv.clone(), user: uid("carol") })
+        .call(Request::GroupRemove {
+            id: rid("r1"),
+            conv: conv.clone(),
+            user: uid("carol"),
+        })
         .await;
     assert_eq!(code(refused), ErrorCode::Forbidden);
     // Any member may add; the added member gets new messages.
-    bob.call(Request::GroupAdd { id: rid("a1"), conv: conv.clone(), user: uid("dave") })
-        .await
-        .expect("dave added");
-    assert_eq!(member_event(&mut dave_ev, "added").await.user.as_str(), "dave");
+    bob.call(Request::GroupAdd {
+        id: rid("a1"),
+        conv: conv.clone(),
+        user: uid("dave"),
+    })
+    .await
+    .expect("dave added");
+    assert_eq!(
+        member_event(&mut dave_ev, "added").await.user.as_str(),
+        "dave"
+    );
     // Adding an existing member, an unknown user, or past the size limit changes nothing.
-    let again = bob.call(Request::GroupAdd { id: rid("a2"), conv: conv.clone(), user: uid("dave") }).await;
+    let again = bob
+        .call(Request::GroupAdd {
+            id: rid("a2"),
+            conv: conv.clone(),
+            user: uid("dave"),
+        })
+        .await;
     assert_eq!(code(again), ErrorCode::BadRequest);
-    let ghost = bob.call(Request::GroupAdd { id: rid("a3"), conv: conv.clone(), user: uid("zed") }).await;
+    let ghost = bob
+        .call(Request::GroupAdd {
+            id: rid("a3"),
+            conv: conv.clone(),
+            user: uid("zed"),
+        })
+        .await;
     assert_eq!(code(ghost), ErrorCode::UnknownUser);
-    let full = bob.call(Request::GroupAdd { id: rid("a4"), conv: conv.clone(), user: uid("erin") }).await;
+    let full = bob
+        .call(Request::GroupAdd {
+            id: rid("a4"),
+            conv: conv.clone(),
+            user: uid("erin"),
+        })
+        .await;
     assert_eq!(code(full), ErrorCode::TooLarge);
 
     // The admin removes carol: she gets the removal, then nothing new, and cannot send.
     alice
-        .call(Request::GroupRemove { id: rid("r2"), conv: conv.clone(), user: uid("carol") })
+        .call(Request::GroupRemove {
+            id: rid("r2"),
+            conv: conv.clone(),
+            user: uid("carol"),
+        })
         .await
         .expect("carol removed");
-    assert_eq!(member_event(&mut carol_ev, "removed").await.user.as_str(), "carol");
+    assert_eq!(
+        member_event(&mut carol_ev, "removed").await.user.as_str(),
+        "carol"
+    );
     alice.send(&conv, "after carol left").await.expect("ack");
     assert_eq!(next_message(&mut dave_ev).await.body, "after carol left");
     match carol.send(&conv, "still here?").await {
@@ -122,7 +174,10 @@ async fn a_group_lives_its_whole_life() {
     let next = next_message(&mut carol_ev).await;
     assert_eq!((next.conv, next.body.as_str()), (dm, "control"));
     // Carol's history ends at her removal.
-    let carol_page = carol.history(&conv, None, 50).await.expect("history up to her removal");
+    let carol_page = carol
+        .history(&conv, None, 50)
+        .await
+        .expect("history up to her removal");
     assert_eq!(carol_page.events.last().map(HistoryItem::seq), Some(4));
 
     // History: member events and messages in one gap-free order.
@@ -147,20 +202,58 @@ async fn a_group_lives_its_whole_life() {
     );
     // Dave sees history from his joining on.
     let dave_page = dave.history(&conv, None, 50).await.expect("history");
-    assert_eq!(dave_page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(), [3, 4, 5]);
+    assert_eq!(
+        dave_page
+            .events
+            .iter()
+            .map(HistoryItem::seq)
+            .collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
 
     // Unread counts per member; a member leaving.
-    let bob_item = bob.conversations().await.expect("list").into_iter().find(|c| c.conv == conv).expect("group listed");
-    assert_eq!((bob_item.name.as_str(), bob_item.unread, bob_item.members.len()), ("trip", 1, 3));
-    bob.call(Request::GroupLeave { id: rid("l1"), conv: conv.clone() }).await.expect("left");
-    assert_eq!(member_event(&mut alice_ev, "left").await.user.as_str(), "bob");
+    let bob_item = bob
+        .conversations()
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|c| c.conv == conv)
+        .expect("group listed");
+    assert_eq!(
+        (
+            bob_item.name.as_str(),
+            bob_item.unread,
+            bob_item.members.len()
+        ),
+        ("trip", 1, 3)
+    );
+    bob.call(Request::GroupLeave {
+        id: rid("l1"),
+        conv: conv.clone(),
+    })
+    .await
+    .expect("left");
+    assert_eq!(
+        member_event(&mut alice_ev, "left").await.user.as_str(),
+        "bob"
+    );
 
     // A restart keeps the group and its membership.
     server.stop_bridge().await;
-    server.start_bridge();
-    let ack = dave.send(&conv, "still here").await.expect("ack after restart");
+    server.start_bridge().await;
+    let ack = dave
+        .send(&conv, "still here")
+        .await
+        .expect("ack after restart");
     assert_eq!(ack.seq, 7);
-    let members = alice.conversations().await.expect("list").into_iter().find(|c| c.conv == conv).expect("listed").members;
+    let members = alice
+        .conversations()
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|c| c.conv == conv)
+        .expect("listed")
+        .members;
     assert_eq!(members, [uid("alice"), uid("dave")]);
 }
 
@@ -179,21 +272,40 @@ async fn group_limits_hold() {
     .await;
     let (alice, _ev) = server.device("alice", "pw-a", "phone").await;
     let too_many = alice
-        .call(Request::GroupCreate { id: rid("g1"), name: "big".into(), members: vec![uid("bob"), uid("carol"), uid("dave")] })
+        .call(Request::GroupCreate {
+            id: rid("g1"),
+            name: "big".into(),
+            members: vec![uid("bob"), uid("carol"), uid("dave")],
+        })
         .await;
     assert_eq!(code(too_many), ErrorCode::TooLarge);
     let long_name = alice
-        .call(Request::GroupCreate { id: rid("g2"), name: "x".repeat(11), members: vec![uid("bob")] })
+        .call(Request::GroupCreate {
+            id: rid("g2"),
+            name: "x".repeat(11),
+            members: vec![uid("bob")],
+        })
         .await;
     assert_eq!(code(long_name), ErrorCode::BadRequest);
-    assert!(alice.conversations().await.expect("list").is_empty(), "nothing was created");
+    assert!(
+        alice.conversations().await.expect("list").is_empty(),
+        "nothing was created"
+    );
     // A repeated create is answered with the same group.
     let first = alice
-        .call(Request::GroupCreate { id: rid("g3"), name: "ok".into(), members: vec![uid("bob")] })
+        .call(Request::GroupCreate {
+            id: rid("g3"),
+            name: "ok".into(),
+            members: vec![uid("bob")],
+        })
         .await
         .expect("created");
     let again = alice
-        .call(Request::GroupCreate { id: rid("g3"), name: "ok".into(), members: vec![uid("bob")] })
+        .call(Request::GroupCreate {
+            id: rid("g3"),
+            name: "ok".into(),
+            members: vec![uid("bob")],
+        })
         .await
         .expect("same answer");
     assert_eq!(first, again);

@@ -11,18 +11,27 @@ use serde_json::Value;
 use crate::util::server::{expect, next_message, on_both_brokers, Backend, TestServer};
 use crate::util::{uid, PATIENCE};
 
-const USERS: &[(&str, &str)] = &[("alice", "alice-pw"), ("bob", "bob-pw"), ("carol", "carol-pw")];
+const USERS: &[(&str, &str)] = &[
+    ("alice", "alice-pw"),
+    ("bob", "bob-pw"),
+    ("carol", "carol-pw"),
+];
 
 fn dm(a: &str, b: &str) -> ConvId {
     ConvId::direct(&uid(a), &uid(b)).expect("two distinct users")
 }
 
-on_both_brokers!(send_is_acked_and_reaches_every_device, repeated_send_stores_once, unread_and_read_receipts);
+on_both_brokers!(
+    send_is_acked_and_reaches_every_device,
+    repeated_send_stores_once,
+    unread_and_read_receipts
+);
 
 async fn send_is_acked_and_reaches_every_device(backend: Backend) {
     let server = TestServer::start(backend, USERS).await;
     let (alice_phone, mut alice_phone_events) = server.device("alice", "alice-pw", "phone").await;
-    let (_alice_laptop, mut alice_laptop_events) = server.device("alice", "alice-pw", "laptop").await;
+    let (_alice_laptop, mut alice_laptop_events) =
+        server.device("alice", "alice-pw", "laptop").await;
     let (_bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
     let conv = dm("alice", "bob");
 
@@ -30,9 +39,16 @@ async fn send_is_acked_and_reaches_every_device(backend: Backend) {
     assert_eq!(ack.seq, 1);
     assert_eq!(ack.conv, conv);
     assert!(ack.ts > 0);
-    for events in [&mut bob_events, &mut alice_laptop_events, &mut alice_phone_events] {
+    for events in [
+        &mut bob_events,
+        &mut alice_laptop_events,
+        &mut alice_phone_events,
+    ] {
         let m = next_message(events).await;
-        assert_eq!((m.seq, m.ts, m.body.as_str(), m.from.as_str()), (1, ack.ts, "hello bob", "alice"));
+        assert_eq!(
+            (m.seq, m.ts, m.body.as_str(), m.from.as_str()),
+            (1, ack.ts, "hello bob", "alice")
+        );
         assert_eq!(m.device, "phone");
         assert_eq!(m.useq, Some(1));
     }
@@ -47,8 +63,14 @@ async fn repeated_send_stores_once(backend: Backend) {
     let (_bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
     let conv = dm("alice", "bob");
     let id = RequestId::parse("fixed-id-1").expect("id");
-    let first = alice.send_with_id(id.clone(), &conv, "once").await.expect("ack");
-    let again = alice.send_with_id(id.clone(), &conv, "once").await.expect("ack");
+    let first = alice
+        .send_with_id(id.clone(), &conv, "once")
+        .await
+        .expect("ack");
+    let again = alice
+        .send_with_id(id.clone(), &conv, "once")
+        .await
+        .expect("ack");
     assert_eq!(first, again, "a repeated send gets the same ack");
     let next = alice.send(&conv, "after").await.expect("ack");
     assert_eq!(next.seq, 2, "the repeat took no seq");
@@ -77,14 +99,19 @@ async fn unread_and_read_receipts(backend: Backend) {
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
     let items = bob.conversations().await.expect("conversations");
     assert_eq!(items.len(), 1);
-    assert_eq!((items[0].unread, items[0].last_seq, items[0].read_seq), (3, 3, 0));
+    assert_eq!(
+        (items[0].unread, items[0].last_seq, items[0].read_seq),
+        (3, 3, 0)
+    );
     assert_eq!(items[0].name, "alice");
     // Bob's device receives the three (sync on connect) and confirms delivery by itself.
     for seq in 1..=3 {
         assert_eq!(next_message(&mut bob_events).await.seq, seq);
     }
     let delivered = expect(&mut alice_events, |e| match e {
-        ClientEvent::Receipt(r) if r.user.as_str() == "bob" && r.status == ReceiptStatus::Delivered && r.seq == 3 => {
+        ClientEvent::Receipt(r)
+            if r.user.as_str() == "bob" && r.status == ReceiptStatus::Delivered && r.seq == 3 =>
+        {
             Some(r)
         }
         _ => None,
@@ -101,7 +128,10 @@ async fn unread_and_read_receipts(backend: Backend) {
     let items = bob.conversations().await.expect("conversations");
     assert_eq!((items[0].unread, items[0].read_seq), (0, 3));
     // The sender's own messages never count as unread for them.
-    assert_eq!(alice.conversations().await.expect("conversations")[0].unread, 0);
+    assert_eq!(
+        alice.conversations().await.expect("conversations")[0].unread,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,11 +141,16 @@ async fn offline_device_catches_up_without_gaps_or_repeats() {
     let conv = dm("alice", "bob");
     alice.send(&conv, "before").await.expect("ack");
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "tablet").await;
-    assert_eq!(next_message(&mut bob_events).await.body, "before");
-    let cursor = bob.cursor();
+    let before = next_message(&mut bob_events).await;
+    assert_eq!(before.body, "before");
+    // What an app persists: the useq of the last event it handled.
+    let cursor = before.useq.expect("inbox events carry useq");
     bob.disconnect().await;
     for i in 0..10 {
-        alice.send(&conv, &format!("while away {i}")).await.expect("ack");
+        alice
+            .send(&conv, &format!("while away {i}"))
+            .await
+            .expect("ack");
     }
     // The device comes back with its persisted cursor: broker queue and sync overlap.
     let (_bob, mut bob_events) = server
@@ -148,20 +183,32 @@ async fn sync_from_a_cursor_and_history_pages() {
         })
         .await
         .expect("sync");
-    let Event::Sync { events, next, more, .. } = reply else {
+    let Event::Sync {
+        events, next, more, ..
+    } = reply
+    else {
         panic!("not a sync reply: {reply:?}");
     };
     let useqs: Vec<Option<u64>> = events.iter().map(Event::useq).collect();
     assert_eq!((useqs, next, more), (vec![Some(3), Some(4)], 4, true));
 
     let page = alice.history(&conv, None, 2).await.expect("history");
-    assert_eq!(page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(
+        page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(),
+        [4, 5]
+    );
     assert!(page.more);
     let page = alice.history(&conv, Some(4), 2).await.expect("history");
-    assert_eq!(page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(
+        page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(),
+        [2, 3]
+    );
     assert!(page.more);
     let page = alice.history(&conv, Some(2), 2).await.expect("history");
-    assert_eq!(page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(), [1]);
+    assert_eq!(
+        page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(),
+        [1]
+    );
     assert!(!page.more);
 }
 
@@ -173,18 +220,26 @@ async fn history_and_seq_continue_across_a_bridge_restart() {
     alice.send(&conv, "one").await.expect("ack");
     alice.send(&conv, "two").await.expect("ack");
     server.stop_bridge().await;
-    server.start_bridge();
+    server.start_bridge().await;
     let ack = alice.send(&conv, "three").await.expect("ack after restart");
     assert_eq!(ack.seq, 3);
     let page = alice.history(&conv, None, 10).await.expect("history");
-    assert_eq!(page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        page.events.iter().map(HistoryItem::seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
 }
 
 /// Publishes `payload` as alice's device and returns the bridge's reply.
 async fn reply_to(device: &mut crate::util::Client, payload: &[u8]) -> Value {
     device
         .mqtt
-        .publish("chat/alice/out/raw", rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+        .publish(
+            "chat/alice/out/raw",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload.to_vec(),
+        )
         .await
         .expect("publish");
     let (topic, body) = device.next_publish().await;
@@ -195,40 +250,120 @@ async fn reply_to(device: &mut crate::util::Client, payload: &[u8]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
     let server = TestServer::start(Backend::Embedded, USERS).await;
-    let mut raw = server.raw("alice:raw", "alice-pw").connect().await.expect("connect");
-    raw.subscribe(&["chat/alice/dev/raw", "chat/alice/inbox"]).await;
+    let mut raw = server
+        .raw("alice:raw", "alice-pw")
+        .connect()
+        .await
+        .expect("connect");
+    raw.subscribe(&["chat/alice/dev/raw", "chat/alice/inbox"])
+        .await;
     let big = "x".repeat(16 * 1024 + 1);
     let cases: Vec<(Vec<u8>, Option<&str>, &str)> = vec![
         (b"{not json".to_vec(), None, "bad_request"),
         (b"\xff\xfe\xfd".to_vec(), None, "bad_request"),
         (b"[1,2,3]".to_vec(), None, "bad_request"),
         (br#"{"id":"t1"}"#.to_vec(), Some("t1"), "bad_request"),
-        (br#"{"type":"fly","id":"t2"}"#.to_vec(), Some("t2"), "bad_request"),
-        (br#"{"type":"send","id":"t3","conv":"dm:alice:bob","body":42}"#.to_vec(), Some("t3"), "bad_request"),
-        (br#"{"type":"send","id":"t4","conv":"dm:bob:alice","body":"x"}"#.to_vec(), Some("t4"), "bad_request"),
-        (br#"{"type":"send","id":"t5","conv":"dm:alice:bob","body":""}"#.to_vec(), Some("t5"), "bad_request"),
         (
-            format!(r#"{{"type":"send","id":"t6","conv":"dm:alice:bob","body":"{big}"}}"#).into_bytes(),
+            br#"{"type":"fly","id":"t2"}"#.to_vec(),
+            Some("t2"),
+            "bad_request",
+        ),
+        (
+            br#"{"type":"send","id":"t3","conv":"dm:alice:bob","body":42}"#.to_vec(),
+            Some("t3"),
+            "bad_request",
+        ),
+        (
+            br#"{"type":"send","id":"t4","conv":"dm:bob:alice","body":"x"}"#.to_vec(),
+            Some("t4"),
+            "bad_request",
+        ),
+        (
+            br#"{"type":"send","id":"t5","conv":"dm:alice:bob","body":""}"#.to_vec(),
+            Some("t5"),
+            "bad_request",
+        ),
+        (
+            format!(r#"{{"type":"send","id":"t6","conv":"dm:alice:bob","body":"{big}"}}"#)
+                .into_bytes(),
             Some("t6"),
             "too_large",
         ),
-        (br#"{"type":"send","id":"t7","conv":"dm:alice:zed","body":"x"}"#.to_vec(), Some("t7"), "unknown_user"),
-        (br#"{"type":"send","id":"t8","conv":"g:nosuchgroup","body":"x"}"#.to_vec(), Some("t8"), "unknown_conversation"),
-        (br#"{"type":"send","id":"t9","conv":"dm:bob:carol","body":"x"}"#.to_vec(), Some("t9"), "not_member"),
-        (br#"{"type":"sync","id":"t10","after":0,"limit":100000}"#.to_vec(), Some("t10"), "bad_request"),
-        (br#"{"type":"sync","id":"t11","after":0,"limit":0}"#.to_vec(), Some("t11"), "bad_request"),
-        (br#"{"type":"history","id":"t12","conv":"dm:bob:carol"}"#.to_vec(), Some("t12"), "not_member"),
-        (br#"{"type":"sync","id":"t13","after":-1}"#.to_vec(), Some("t13"), "bad_request"),
-        (br#"{"type":"receipt","conv":"dm:alice:bob","seq":99,"status":"read"}"#.to_vec(), None, "bad_request"),
-        (br#"{"type":"receipt","conv":"dm:alice:bob","seq":1,"status":"seen"}"#.to_vec(), None, "bad_request"),
-        (br#"{"type":"group_create","id":"t14","name":"g","members":["zed"]}"#.to_vec(), Some("t14"), "unknown_user"),
-        (br#"{"type":"group_create","id":"t15","name":"","members":["bob"]}"#.to_vec(), Some("t15"), "bad_request"),
-        (br#"{"type":"send","id":"","conv":"dm:alice:bob","body":"x"}"#.to_vec(), None, "bad_request"),
+        (
+            br#"{"type":"send","id":"t7","conv":"dm:alice:zed","body":"x"}"#.to_vec(),
+            Some("t7"),
+            "unknown_user",
+        ),
+        (
+            br#"{"type":"send","id":"t8","conv":"g:nosuchgroup","body":"x"}"#.to_vec(),
+            Some("t8"),
+            "unknown_conversation",
+        ),
+        (
+            br#"{"type":"send","id":"t9","conv":"dm:bob:carol","body":"x"}"#.to_vec(),
+            Some("t9"),
+            "not_member",
+        ),
+        (
+            br#"{"type":"sync","id":"t10","after":0,"limit":100000}"#.to_vec(),
+            Some("t10"),
+            "bad_request",
+        ),
+        (
+            br#"{"type":"sync","id":"t11","after":0,"limit":0}"#.to_vec(),
+            Some("t11"),
+            "bad_request",
+        ),
+        (
+            br#"{"type":"history","id":"t12","conv":"dm:bob:carol"}"#.to_vec(),
+            Some("t12"),
+            "not_member",
+        ),
+        (
+            br#"{"type":"sync","id":"t13","after":-1}"#.to_vec(),
+            Some("t13"),
+            "bad_request",
+        ),
+        (
+            br#"{"type":"receipt","conv":"dm:alice:bob","seq":99,"status":"read"}"#.to_vec(),
+            None,
+            "bad_request",
+        ),
+        (
+            br#"{"type":"receipt","conv":"dm:alice:bob","seq":1,"status":"seen"}"#.to_vec(),
+            None,
+            "bad_request",
+        ),
+        (
+            br#"{"type":"group_create","id":"t14","name":"g","members":["zed"]}"#.to_vec(),
+            Some("t14"),
+            "unknown_user",
+        ),
+        (
+            br#"{"type":"group_create","id":"t15","name":"","members":["bob"]}"#.to_vec(),
+            Some("t15"),
+            "bad_request",
+        ),
+        (
+            br#"{"type":"send","id":"","conv":"dm:alice:bob","body":"x"}"#.to_vec(),
+            None,
+            "bad_request",
+        ),
     ];
     for (payload, id, code) in &cases {
         let reply = reply_to(&mut raw, payload).await;
-        assert_eq!(reply["type"], "error", "{}: {reply}", String::from_utf8_lossy(payload));
-        assert_eq!(reply["code"], *code, "{}: {reply}", String::from_utf8_lossy(payload));
+        assert_eq!(
+            reply["type"],
+            "error",
+            "{}: {reply}",
+            String::from_utf8_lossy(payload)
+        );
+        assert_eq!(
+            reply["code"],
+            *code,
+            "{}: {reply}",
+            String::from_utf8_lossy(payload)
+        );
         assert_eq!(reply["id"].as_str(), *id, "{reply}");
         assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
@@ -250,8 +385,14 @@ async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
     got.sort();
     let ack: Value = serde_json::from_str(&got[0].1).expect("json");
     let message: Value = serde_json::from_str(&got[1].1).expect("json");
-    assert_eq!((ack["type"].as_str(), ack["seq"].as_u64()), (Some("ack"), Some(1)));
-    assert_eq!((message["type"].as_str(), message["useq"].as_u64()), (Some("message"), Some(1)));
+    assert_eq!(
+        (ack["type"].as_str(), ack["seq"].as_u64()),
+        (Some("ack"), Some(1))
+    );
+    assert_eq!(
+        (message["type"].as_str(), message["useq"].as_u64()),
+        (Some("message"), Some(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,14 +416,27 @@ async fn refusals_surface_as_typed_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_nothing_and_stores_nothing_twice() {
     let messenger = crate::util::process::Messenger::new();
-    messenger.run(&["user", "add", "alice", "--password", "alice-pw"]).await.ok();
-    messenger.run(&["user", "add", "bob", "--password", "bob-pw"]).await.ok();
+    messenger
+        .run(&["user", "add", "alice", "--password", "alice-pw"])
+        .await
+        .ok();
+    messenger
+        .run(&["user", "add", "bob", "--password", "bob-pw"])
+        .await
+        .ok();
     let mut server = messenger.serve().await;
     let addr = server.mqtt;
-    let mut config = messenger_client::ClientConfig::new(addr.to_string(), uid("alice"), crate::util::did("phone"), "alice-pw");
+    let mut config = messenger_client::ClientConfig::new(
+        addr.to_string(),
+        uid("alice"),
+        crate::util::did("phone"),
+        "alice-pw",
+    );
     config.keepalive = std::time::Duration::from_secs(5);
     config.request_timeout = PATIENCE * 6;
-    let (alice, _events) = messenger_client::Client::connect(config).await.expect("connect");
+    let (alice, _events) = messenger_client::Client::connect(config)
+        .await
+        .expect("connect");
     let conv = dm("alice", "bob");
     const N: usize = 60;
     let mut sends = tokio::task::JoinSet::new();
@@ -298,10 +452,16 @@ async fn kill_9_mid_stream_loses_nothing_and_stores_nothing_twice() {
     }
     let mut seqs = BTreeSet::new();
     while let Some(result) = sends.join_next().await {
-        let ack = result.expect("send task").expect("every send is acked in the end");
+        let ack = result
+            .expect("send task")
+            .expect("every send is acked in the end");
         assert!(seqs.insert(ack.seq), "two messages got seq {}", ack.seq);
     }
-    assert_eq!(seqs, (1..=N as u64).collect::<BTreeSet<_>>(), "gap-free seqs");
+    assert_eq!(
+        seqs,
+        (1..=N as u64).collect::<BTreeSet<_>>(),
+        "gap-free seqs"
+    );
     let mut bodies = Vec::new();
     let mut before = None;
     loop {

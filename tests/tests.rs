@@ -1,1 +1,25 @@
-//! End-to-end tests.
+//! The one integration-test binary: every end-to-end test, built on `util`'s fixtures.
+
+// Fixtures: embedded brokers, MQTT clients, raw packets, the real binary, stock clients.
+mod util;
+
+// The embedded broker over TCP and WebSocket: sign-in, topic ACL, revocation, WebSocket front.
+mod broker;
+
+// Stock clients (mosquitto_pub, mosquitto_sub) against the embedded broker.
+mod mosquitto;
+
+// `messenger serve` as a process: start, sign-in, SIGTERM, bad configuration (exit 64).
+mod serve;
+
+// `messenger user ...` from the command line, alone and while `serve` runs.
+mod users;
+
+// Durable 1-1 messaging through the real bridge, on the embedded broker and on Mosquitto.
+mod messaging;
+
+// Presence: last wills, status aggregation, half-open connections, restarts.
+mod presence;
+
+// Group chats: membership events, fan-out, admin rights, limits.
+mod groups;

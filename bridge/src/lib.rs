@@ -63,6 +63,9 @@ pub struct Bridge {
     /// marked offline every keepalive period. `None` with an external broker,
     /// where last wills alone drive presence.
     pub liveness: Option<Liveness>,
+    /// Notified each time the bridge has (re)subscribed to the requests: from
+    /// then on nothing a device publishes is missed.
+    pub ready: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Bridge {
@@ -130,7 +133,16 @@ impl Bridge {
             done_tx,
         ));
         info!(broker = %address, "bridge starting");
-        mqtt::intake(eventloop, client, jobs_tx, epoch, done_rx, shutdown).await;
+        mqtt::intake(
+            eventloop,
+            client,
+            jobs_tx,
+            epoch,
+            done_rx,
+            self.ready.clone(),
+            shutdown,
+        )
+        .await;
         let _ = publisher.await;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         info!("bridge stopped");

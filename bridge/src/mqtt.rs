@@ -14,7 +14,7 @@ use std::time::Duration;
 use messenger_protocol::topics::{self, Topic};
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -27,6 +27,7 @@ pub(crate) async fn intake(
     jobs: mpsc::UnboundedSender<Job>,
     epoch: Arc<AtomicU64>,
     publisher_done: oneshot::Receiver<()>,
+    ready: Option<Arc<Notify>>,
     shutdown: CancellationToken,
 ) {
     let mut jobs = Some(jobs);
@@ -81,6 +82,8 @@ pub(crate) async fn intake(
                     .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
                 {
                     warn!("the broker refused the bridge's subscription: check its ACL for the service account");
+                } else if let Some(ready) = &ready {
+                    ready.notify_one();
                 }
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {

@@ -51,7 +51,8 @@ struct ConnState {
     phase: Phase,
     /// SUBSCRIBE packet id -> which of its filters were allowed, in order.
     pending_subacks: HashMap<u16, Vec<bool>>,
-    /// Set when the account is revoked; the connection is then cut at its next packet.
+    /// Set when the account is revoked: any later packet, either way, ends the connection
+    /// (the revocation watcher also takes its session over, which ends it at once).
     revoked: Arc<AtomicBool>,
     /// Present while signed in: counts the connection as live until the codec is dropped.
     _live: Option<LiveGuard>,
@@ -102,7 +103,13 @@ impl Protocol for Gate {
                 match shared.auth.admit(&connect, will.as_ref(), login.as_ref()) {
                     Ok(principal) => {
                         if let Principal::User(user) = &principal {
-                            shared.sessions.register(user.as_str(), &st.revoked);
+                            shared.sessions.register(
+                                user.as_str(),
+                                &connect.client_id,
+                                connect.clean_session,
+                                will.clone(),
+                                &st.revoked,
+                            );
                         }
                         st._live = Some(shared.sessions.live(&connect.client_id));
                         st.phase = Phase::Bound(principal);

@@ -6,7 +6,7 @@
 //! - [`config`]: the `[broker]` settings.
 //! - `auth`: CONNECT checks (client id, credentials, last will).
 //! - `gate`: the codec wrapper through which every packet passes; the ACL seam.
-//! - `sessions`: live connections per user, cut when the account is revoked.
+//! - `sessions`: live connections per user, cut (by a session takeover) when the account is revoked.
 //! - `websocket`: the WebSocket front with a handshake timeout.
 //!
 //! The broker runs on its own multi-threaded Tokio runtime: rumqttd spawns a
@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_accounts::Accounts;
+use rumqttd::local::LinkBuilder;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -154,6 +155,8 @@ pub fn start(
         },
     );
     let router_tx = router.spawn();
+    let takeover_tx = router_tx.clone();
+    let links = sessions::links(move |client_id| LinkBuilder::new(client_id, takeover_tx.clone()));
 
     let shared = Arc::new(Shared {
         auth: auth::Authenticator::new(accounts.clone(), service),
@@ -217,6 +220,7 @@ pub fn start(
     runtime.spawn(watch_revocations(
         accounts,
         shared,
+        links,
         Duration::from_millis(config.revocation_poll_ms),
         shutdown.clone(),
     ));
@@ -236,6 +240,7 @@ pub fn start(
 async fn watch_revocations(
     accounts: Arc<Accounts>,
     shared: Arc<Shared>,
+    links: sessions::Links,
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -261,8 +266,13 @@ async fn watch_revocations(
                 seen.clear();
                 for user in users {
                     if seen.insert(user.clone()) {
-                        let cut = shared.sessions.revoke(&user);
-                        info!(%user, connections = cut, "account revoked");
+                        let live = shared.sessions.revoke(&user);
+                        for conn in &live {
+                            if let Err(err) = sessions::cut(&links, conn).await {
+                                warn!(cause = %err, client_id = %conn.client_id, "cannot cut a revoked connection; it ends at its next packet");
+                            }
+                        }
+                        info!(%user, connections = live.len(), "account revoked");
                     }
                 }
             }

@@ -1,13 +1,36 @@
 //! Live connections per user, so that revoking an account cuts its connections.
+//!
+//! A revoked connection is marked (the gate then refuses its next packet either
+//! way) and taken over: a local link with the same client id connects to the
+//! router, which drops the device's link at once, as MQTT requires for a
+//! duplicate client id; the local link publishes the device's last will and
+//! disconnects. Without the takeover an idle device would stay connected until
+//! its next packet, up to its keepalive.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use rumqttd::local::{LinkBuilder, LinkError};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, LastWill, Packet, Publish};
+
+/// What is needed to cut one signed-in connection.
+pub(crate) struct Live {
+    /// Its MQTT client id.
+    pub(crate) client_id: String,
+    /// Whether it asked for a clean session; the takeover keeps a persistent
+    /// session (the device's queued messages) for its next sign-in.
+    pub(crate) clean_session: bool,
+    /// Its last will, published when it is cut.
+    pub(crate) will: Option<LastWill>,
+    /// Set on revocation; dropped with the connection.
+    revoked: Weak<AtomicBool>,
+}
+
 /// A registry of every signed-in user's live connections.
 #[derive(Default)]
 pub(crate) struct Sessions {
-    by_user: Mutex<HashMap<String, Vec<Weak<AtomicBool>>>>,
+    by_user: Mutex<HashMap<String, Vec<Live>>>,
     /// client id -> number of open connections with it (briefly 2 while one replaces another).
     live: Mutex<HashMap<String, usize>>,
 }
@@ -32,11 +55,23 @@ impl Drop for LiveGuard {
 
 impl Sessions {
     /// Records a connection; `revoked` is set when the user is revoked.
-    pub(crate) fn register(&self, user: &str, revoked: &Arc<AtomicBool>) {
+    pub(crate) fn register(
+        &self,
+        user: &str,
+        client_id: &str,
+        clean_session: bool,
+        will: Option<LastWill>,
+        revoked: &Arc<AtomicBool>,
+    ) {
         let mut map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
         let list = map.entry(user.to_owned()).or_default();
-        list.retain(|w| w.strong_count() > 0);
-        list.push(Arc::downgrade(revoked));
+        list.retain(|live| live.revoked.strong_count() > 0);
+        list.push(Live {
+            client_id: client_id.to_owned(),
+            clean_session,
+            will,
+            revoked: Arc::downgrade(revoked),
+        });
     }
 
     /// Counts a signed-in connection as live for as long as the guard lives.
@@ -57,15 +92,61 @@ impl Sessions {
             .contains_key(client_id)
     }
 
-    /// Marks every live connection of `user` revoked; returns how many there were.
-    pub(crate) fn revoke(&self, user: &str) -> usize {
+    /// Marks every live connection of `user` revoked and returns them, to be [`cut`].
+    pub(crate) fn revoke(&self, user: &str) -> Vec<Live> {
         let mut map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
         let Some(list) = map.remove(user) else {
-            return 0;
+            return Vec::new();
         };
-        list.iter()
-            .filter_map(Weak::upgrade)
-            .map(|flag| flag.store(true, Ordering::Release))
-            .count()
+        list.into_iter()
+            .filter(|live| match live.revoked.upgrade() {
+                Some(flag) => {
+                    flag.store(true, Ordering::Release);
+                    true
+                }
+                None => false,
+            })
+            .collect()
     }
+}
+
+/// Makes local links to the router (for takeovers). A closure because the
+/// router's channel type is not nameable outside rumqttd.
+pub(crate) type Links = Arc<dyn for<'a> Fn(&'a str) -> LinkBuilder<'a> + Send + Sync>;
+
+/// Wraps `make` as [`Links`] (a function, so the closure's signature is inferred).
+pub(crate) fn links(
+    make: impl for<'a> Fn(&'a str) -> LinkBuilder<'a> + Send + Sync + 'static,
+) -> Links {
+    Arc::new(make)
+}
+
+/// Ends a revoked connection now by taking its session over (see the module docs).
+///
+/// Must run on a multi-threaded runtime: waiting for the router's answer blocks.
+pub(crate) async fn cut(links: &Links, live: &Live) -> Result<(), Box<LinkError>> {
+    let (mut tx, rx, _connack) = tokio::task::block_in_place(|| {
+        links(&live.client_id)
+            .clean_session(live.clean_session)
+            .build()
+            .map_err(Box::new)
+    })?;
+    // The router may or may not publish the dropped link's will before it sees the
+    // DISCONNECT below (which forgets the will): publish it here so it goes out at least once.
+    if let Some(will) = &live.will {
+        tx.send(Packet::Publish(
+            Publish::new(will.topic.clone(), will.message.clone(), will.retain),
+            None,
+        ))
+        .await?;
+    }
+    tx.send(Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    ))
+    .await?;
+    drop(rx);
+    Ok(())
 }

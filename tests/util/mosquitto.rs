@@ -65,7 +65,8 @@ impl Mosquitto {
             add_password(&passwords, user, password, false);
         }
         let acl = dir.path().join("acl");
-        std::fs::write(&acl, messenger_protocol::acl::mosquitto_acl(BRIDGE_USER)).expect("write acl");
+        std::fs::write(&acl, messenger_protocol::acl::mosquitto_acl(BRIDGE_USER))
+            .expect("write acl");
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
@@ -95,7 +96,10 @@ impl Mosquitto {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let started = Instant::now();
         while std::net::TcpStream::connect(addr).is_err() {
-            assert!(started.elapsed() < PATIENCE, "mosquitto did not listen on {addr}");
+            assert!(
+                started.elapsed() < PATIENCE,
+                "mosquitto did not listen on {addr}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Self {

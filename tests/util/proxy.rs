@@ -52,7 +52,11 @@ impl Drop for FreezingProxy {
     }
 }
 
-async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mut frozen: watch::Receiver<bool>) {
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = tokio::select! {
@@ -60,13 +64,14 @@ async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             },
-            _ = frozen.wait_for(|f| *f) => {
+            () = async { let _ = frozen.wait_for(|f| *f).await; } => {
                 // Hold both halves open and silent until the test ends.
                 std::future::pending::<()>().await;
                 return;
             }
         };
-        if *frozen.borrow() {
+        let is_frozen = *frozen.borrow();
+        if is_frozen {
             std::future::pending::<()>().await;
         }
         if to.write_all(&buf[..n]).await.is_err() {

@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::mosquitto::Mosquitto;
-use super::{did, uid, ClientOptions, TestBroker, Transport, BRIDGE_PASSWORD, BRIDGE_USER, PATIENCE};
+use super::{
+    did, uid, ClientOptions, TestBroker, Transport, BRIDGE_PASSWORD, BRIDGE_USER, PATIENCE,
+};
 
 /// Which broker the bridge and devices meet on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,10 +31,7 @@ pub(crate) enum Backend {
 
 enum Broker {
     Embedded(TestBroker),
-    Mosquitto {
-        broker: Mosquitto,
-        _dir: TempDir,
-    },
+    Mosquitto { broker: Mosquitto, _dir: TempDir },
 }
 
 /// Runs one test body against both brokers: `on_both_brokers!(name)` next to
@@ -58,7 +57,6 @@ pub(crate) use on_both_brokers;
 pub(crate) struct TestServer {
     broker: Broker,
     db: PathBuf,
-    accounts: Arc<Accounts>,
     bridge: Option<(CancellationToken, JoinHandle<()>)>,
     /// The bridge's settings, kept for restarts.
     pub(crate) limits: Limits,
@@ -73,27 +71,37 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with the bridge's limits and keepalive (which
     /// is also how often presence is reconciled with the embedded broker).
-    pub(crate) async fn build(backend: Backend, users: &[(&str, &str)], limits: Limits, keepalive_secs: u16) -> Self {
-        let (broker, db, accounts) = match backend {
+    pub(crate) async fn build(
+        backend: Backend,
+        users: &[(&str, &str)],
+        limits: Limits,
+        keepalive_secs: u16,
+    ) -> Self {
+        let (broker, db) = match backend {
             Backend::Embedded => {
                 let broker = TestBroker::start().users(users).await;
                 let db = broker.db_path();
-                let accounts = broker.accounts();
-                (Broker::Embedded(broker), db, accounts)
+                (Broker::Embedded(broker), db)
             }
             Backend::Mosquitto => {
-                let users: Vec<(String, String)> = users.iter().map(|(u, p)| ((*u).into(), (*p).into())).collect();
+                let users: Vec<(String, String)> = users
+                    .iter()
+                    .map(|(u, p)| ((*u).into(), (*p).into()))
+                    .collect();
                 tokio::task::spawn_blocking(move || {
-                    let refs: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+                    let refs: Vec<(&str, &str)> = users
+                        .iter()
+                        .map(|(u, p)| (u.as_str(), p.as_str()))
+                        .collect();
                     let broker = Mosquitto::start(&refs);
                     let dir = tempfile::tempdir().expect("temp dir");
                     let db = dir.path().join("messenger.db");
                     // The bridge checks users against the account store; Mosquitto has its own password file.
-                    let accounts = Arc::new(Accounts::open(&db).expect("account store"));
+                    let accounts = Accounts::open(&db).expect("account store");
                     for (user, password) in &refs {
                         accounts.add(&uid(user), password).expect("add user");
                     }
-                    (Broker::Mosquitto { broker, _dir: dir }, db, accounts)
+                    (Broker::Mosquitto { broker, _dir: dir }, db)
                 })
                 .await
                 .expect("starting mosquitto panicked")
@@ -102,12 +110,11 @@ impl TestServer {
         let mut server = Self {
             broker,
             db,
-            accounts,
             bridge: None,
             limits,
             keepalive_secs,
         };
-        server.start_bridge();
+        server.start_bridge().await;
         server
     }
 
@@ -124,14 +131,10 @@ impl TestServer {
         &self.db
     }
 
-    /// The account store.
-    pub(crate) fn accounts(&self) -> Arc<Accounts> {
-        self.accounts.clone()
-    }
-
-    /// Starts the bridge (again) on the same SQLite file.
-    pub(crate) fn start_bridge(&mut self) {
+    /// Starts the bridge (again) on the same SQLite file; returns once it consumes requests.
+    pub(crate) async fn start_bridge(&mut self) {
         assert!(self.bridge.is_none(), "the bridge is already running");
+        let ready = Arc::new(tokio::sync::Notify::new());
         let liveness = match &self.broker {
             Broker::Embedded(b) => Some(b.liveness()),
             Broker::Mosquitto { .. } => None,
@@ -150,6 +153,7 @@ impl TestServer {
             },
             limits: self.limits.clone(),
             liveness,
+            ready: Some(ready.clone()),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
@@ -159,6 +163,9 @@ impl TestServer {
             }
         });
         self.bridge = Some((shutdown, task));
+        tokio::time::timeout(PATIENCE, ready.notified())
+            .await
+            .expect("the bridge subscribes in time");
     }
 
     /// Stops the bridge cleanly and waits for it.
@@ -173,7 +180,12 @@ impl TestServer {
     }
 
     /// A device on the real client library, connected.
-    pub(crate) async fn device(&self, user: &str, password: &str, device: &str) -> (messenger_client::Client, EventStream) {
+    pub(crate) async fn device(
+        &self,
+        user: &str,
+        password: &str,
+        device: &str,
+    ) -> (messenger_client::Client, EventStream) {
         self.device_with(user, password, device, |_| {}).await
     }
 
@@ -185,7 +197,8 @@ impl TestServer {
         device: &str,
         edit: impl FnOnce(&mut ClientConfig),
     ) -> (messenger_client::Client, EventStream) {
-        let mut config = ClientConfig::new(self.addr().to_string(), uid(user), did(device), password);
+        let mut config =
+            ClientConfig::new(self.addr().to_string(), uid(user), did(device), password);
         config.keepalive = Duration::from_secs(5);
         config.request_timeout = PATIENCE;
         edit(&mut config);
@@ -211,7 +224,10 @@ impl Drop for TestServer {
 }
 
 /// Waits for the first event that `pick` accepts, skipping the others.
-pub(crate) async fn expect<T>(events: &mut EventStream, mut pick: impl FnMut(ClientEvent) -> Option<T>) -> T {
+pub(crate) async fn expect<T>(
+    events: &mut EventStream,
+    mut pick: impl FnMut(ClientEvent) -> Option<T>,
+) -> T {
     tokio::time::timeout(PATIENCE, async {
         loop {
             let event = events.next().await.expect("event stream ended");

@@ -187,6 +187,15 @@ impl Session {
                     self.send_sync(after).await;
                 }
             }
+            Some(Pending {
+                waiter: Waiter::Caller(caller),
+                ..
+            }) => {
+                // The app's own `sync` through `Client::call`: it gets the page as well.
+                let parsed = serde_json::from_slice::<wire::Event>(payload)
+                    .map_err(|err| ClientError::Decode(err.to_string()));
+                let _ = caller.send(parsed);
+            }
             Some(other) => {
                 // Not a sync request after all: put it back for its real reply.
                 self.requests.insert(id.to_owned(), other);

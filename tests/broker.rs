@@ -1,0 +1,477 @@
+//! The embedded broker: sign-in, the topic ACL, revocation and the WebSocket front,
+//! each shown over TCP and over WebSocket.
+
+use std::time::{Duration, Instant};
+
+use rumqttc::ConnectReturnCode;
+use tokio::io::AsyncReadExt;
+
+use crate::util::client::{GRANTED, REFUSED};
+use crate::util::raw::{self, RawConnection};
+use crate::util::{did, over_tcp_and_ws, refusal, uid, Client, TestBroker, Transport, PATIENCE};
+
+/// alice, bob and carol, each with password `<name>-pw`.
+async fn three_users() -> TestBroker {
+    TestBroker::start()
+        .users(&[
+            ("alice", "alice-pw"),
+            ("bob", "bob-pw"),
+            ("carol", "carol-pw"),
+        ])
+        .await
+}
+
+async fn sign_in(broker: &TestBroker, transport: Transport, client_id: &str) -> Client {
+    let user = client_id.split(':').next().unwrap_or_default();
+    broker
+        .device(transport, client_id, &format!("{user}-pw"))
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("{client_id} cannot sign in: {err}"))
+}
+
+over_tcp_and_ws!(
+    right_password_is_accepted,
+    bad_credentials_are_refused_with_4,
+    client_id_of_another_user_is_refused_with_5,
+    malformed_client_ids_are_refused_with_2,
+    last_will_off_own_presence_is_refused_with_5,
+    forbidden_filters_get_0x80_and_leak_nothing,
+    publishing_as_another_user_is_acked_and_dropped,
+    users_cannot_publish_to_inbox_dev_or_status,
+    forged_retained_status_is_not_kept,
+    second_connect_on_a_connection_is_refused,
+    device_token_signs_in_only_its_device,
+    removing_a_user_cuts_their_connection,
+);
+
+/// A right password gets CONNACK 0, and the session works: a message the bridge
+/// sends to the user's inbox arrives.
+async fn right_password_is_accepted(transport: Transport) {
+    let broker = three_users().await;
+    let mut alice = sign_in(&broker, transport, "alice:phone").await;
+    assert_eq!(
+        alice
+            .subscribe(&["chat/alice/inbox", "chat/alice/dev/phone"])
+            .await,
+        [GRANTED, GRANTED]
+    );
+    let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
+    bridge.publish("chat/alice/inbox", "hello", false).await;
+    assert_eq!(
+        alice.next_publish().await,
+        ("chat/alice/inbox".into(), "hello".into())
+    );
+}
+
+/// A wrong password and an unknown user both get CONNACK 4, over the right
+/// transport; the right password still works afterwards.
+async fn bad_credentials_are_refused_with_4(transport: Transport) {
+    let broker = three_users().await;
+    for (client_id, password) in [
+        ("alice:phone", "wrong"),
+        ("alice:phone", "bob-pw"),
+        ("alice:phone", "mtk_0123"),
+        ("zed:phone", "zed-pw"),
+    ] {
+        let result = broker
+            .device(transport, client_id, password)
+            .connect()
+            .await;
+        assert_eq!(
+            refusal(result),
+            ConnectReturnCode::BadUserNamePassword,
+            "{client_id} with {password:?}"
+        );
+    }
+    // A username that cannot be a user id at all.
+    let result = broker
+        .device(transport, "Alice:phone", "alice-pw")
+        .connect()
+        .await;
+    assert_eq!(refusal(result), ConnectReturnCode::BadUserNamePassword);
+    sign_in(&broker, transport, "alice:phone").await;
+}
+
+/// A client id whose user part is not the username gets CONNACK 5, even with
+/// that other user's own valid password.
+async fn client_id_of_another_user_is_refused_with_5(transport: Transport) {
+    let broker = three_users().await;
+    for password in ["alice-pw", "bob-pw"] {
+        let result = broker
+            .device(transport, "bob:phone", password)
+            .username("alice")
+            .connect()
+            .await;
+        assert_eq!(refusal(result), ConnectReturnCode::NotAuthorized);
+    }
+    // Nor may a user take the service account's client id.
+    let result = broker
+        .device(transport, "_bridge:main", "alice-pw")
+        .username("alice")
+        .connect()
+        .await;
+    assert_eq!(refusal(result), ConnectReturnCode::NotAuthorized);
+}
+
+/// Client ids that are not `<user>:<device>` get CONNACK 2.
+async fn malformed_client_ids_are_refused_with_2(transport: Transport) {
+    let broker = three_users().await;
+    for client_id in [
+        "",
+        "alice",
+        "alice:",
+        ":phone",
+        "alice:ph/one",
+        "alice:ph.one",
+        "alice:ph+",
+        "alice:#",
+        "alice:ph:one",
+        &format!("alice:{}", "p".repeat(65)),
+    ] {
+        let result = broker
+            .device(transport, client_id, "alice-pw")
+            .username("alice")
+            .connect()
+            .await;
+        assert_eq!(
+            refusal(result),
+            ConnectReturnCode::BadClientId,
+            "client id {client_id:?}"
+        );
+    }
+}
+
+/// A last will anywhere but the device's own user's `presence` topic gets
+/// CONNACK 5; on its own presence topic it is accepted.
+async fn last_will_off_own_presence_is_refused_with_5(transport: Transport) {
+    let broker = three_users().await;
+    for topic in [
+        "presence/bob/phone",
+        "status/alice",
+        "status/bob",
+        "chat/alice/out/phone",
+        "chat/bob/inbox",
+        "anything",
+    ] {
+        let result = broker
+            .device(transport, "alice:phone", "alice-pw")
+            .will(topic, "offline")
+            .connect()
+            .await;
+        assert_eq!(
+            refusal(result),
+            ConnectReturnCode::NotAuthorized,
+            "will on {topic}"
+        );
+    }
+    broker
+        .device(transport, "alice:phone", "alice-pw")
+        .will("presence/alice/phone", "offline")
+        .connect()
+        .await
+        .expect("a will on the device's own presence topic is allowed");
+}
+
+/// Subscribing to another user's inbox or dev topics, or to `#` / `chat/#`, gets
+/// 0x80 in the SUBACK while allowed filters of the same SUBSCRIBE are granted;
+/// messages on the refused filters never reach the subscriber.
+async fn forbidden_filters_get_0x80_and_leak_nothing(transport: Transport) {
+    let broker = three_users().await;
+    let mut alice = sign_in(&broker, transport, "alice:phone").await;
+    let mut bob = sign_in(&broker, transport, "bob:phone").await;
+    assert_eq!(
+        bob.subscribe(&["chat/bob/inbox", "chat/bob/dev/+"]).await,
+        [GRANTED, GRANTED]
+    );
+    assert_eq!(
+        alice
+            .subscribe(&[
+                "chat/bob/inbox",
+                "chat/alice/inbox",
+                "chat/bob/dev/+",
+                "#",
+                "status/bob",
+                "chat/#",
+            ])
+            .await,
+        [REFUSED, GRANTED, REFUSED, REFUSED, GRANTED, REFUSED]
+    );
+    for filter in ["chat/bob/inbox", "chat/bob/dev/+", "#", "chat/#"] {
+        assert_eq!(alice.subscribe(&[filter]).await, [REFUSED], "{filter}");
+    }
+
+    let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
+    bridge.publish("chat/bob/inbox", "secret-1", false).await;
+    bridge
+        .publish("chat/bob/dev/phone", "secret-2", false)
+        .await;
+    // Routed: bob has them, so any subscriber's copy is already on its way.
+    assert_eq!(
+        bob.next_publishes(2).await,
+        [
+            ("chat/bob/dev/phone".into(), "secret-2".into()),
+            ("chat/bob/inbox".into(), "secret-1".into()),
+        ]
+    );
+    // Positive control: alice receives what she may, and nothing before it.
+    bridge.publish("chat/alice/inbox", "marker", false).await;
+    assert_eq!(
+        alice.next_publish().await,
+        ("chat/alice/inbox".into(), "marker".into())
+    );
+}
+
+/// Publishing to another user's `out` or `presence` topic still gets a PUBACK,
+/// but nothing is routed: the bridge, subscribed to every `out` and `presence`
+/// topic, receives alice's own later messages and never the forged ones.
+async fn publishing_as_another_user_is_acked_and_dropped(transport: Transport) {
+    let broker = three_users().await;
+    let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
+    assert_eq!(
+        bridge.subscribe(&["chat/+/out/+", "presence/+/+"]).await,
+        [GRANTED, GRANTED]
+    );
+    let mut alice = sign_in(&broker, transport, "alice:phone").await;
+    alice.publish("chat/bob/out/phone", "forged", false).await;
+    alice.publish("presence/bob/phone", "online", true).await;
+    alice.publish("chat/alice/out/phone", "marker", false).await;
+    alice.publish("presence/alice/phone", "online", true).await;
+    assert_eq!(
+        bridge.next_publishes(2).await,
+        [
+            ("chat/alice/out/phone".into(), "marker".into()),
+            ("presence/alice/phone".into(), "online".into()),
+        ]
+    );
+    // A later subscriber finds alice's retained presence and none for bob: the
+    // retained messages come first, then alice's next publish.
+    let mut late = broker.bridge().connect().await.expect("bridge signs in");
+    assert_eq!(late.subscribe(&["presence/+/+"]).await, [GRANTED]);
+    alice
+        .publish("presence/alice/phone", "online-2", true)
+        .await;
+    assert_eq!(
+        late.next_publish().await,
+        ("presence/alice/phone".into(), "online".into())
+    );
+    assert_eq!(
+        late.next_publish().await,
+        ("presence/alice/phone".into(), "online-2".into())
+    );
+}
+
+/// Users may publish to no `inbox`, `dev` or `status` topic, their own included:
+/// PUBACK, then nothing. The owners' first messages are the bridge's later ones.
+async fn users_cannot_publish_to_inbox_dev_or_status(transport: Transport) {
+    let broker = three_users().await;
+    let mut bob = sign_in(&broker, transport, "bob:phone").await;
+    bob.subscribe(&["chat/bob/inbox", "chat/bob/dev/+", "status/bob"])
+        .await;
+    let mut laptop = sign_in(&broker, transport, "alice:laptop").await;
+    laptop
+        .subscribe(&["chat/alice/inbox", "chat/alice/dev/+", "status/alice"])
+        .await;
+
+    let mut alice = sign_in(&broker, transport, "alice:phone").await;
+    let forged = [
+        "chat/bob/inbox",
+        "chat/bob/dev/phone",
+        "status/bob",
+        "chat/alice/inbox",
+        "chat/alice/dev/laptop",
+        "status/alice",
+    ];
+    for topic in forged {
+        alice.publish(topic, "forged", false).await;
+    }
+    // Every forged publish was acked, so handled; now the real ones, on the same topics.
+    let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
+    for topic in forged {
+        bridge.publish(topic, "real", false).await;
+    }
+    let real = |topics: &[&str]| -> Vec<(String, String)> {
+        topics
+            .iter()
+            .map(|t| ((*t).to_owned(), "real".to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        bob.next_publishes(3).await,
+        real(&["chat/bob/dev/phone", "chat/bob/inbox", "status/bob"])
+    );
+    assert_eq!(
+        laptop.next_publishes(3).await,
+        real(&["chat/alice/dev/laptop", "chat/alice/inbox", "status/alice"])
+    );
+}
+
+/// A user's forged *retained* `status/<user>` is not kept: a later subscriber
+/// gets the bridge's retained status, which the forgery would have replaced.
+async fn forged_retained_status_is_not_kept(transport: Transport) {
+    let broker = three_users().await;
+    let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
+    bridge
+        .publish("status/bob", r#"{"user":"bob","online":false}"#, true)
+        .await;
+    let mut alice = sign_in(&broker, transport, "alice:phone").await;
+    alice
+        .publish("status/bob", r#"{"user":"bob","online":true}"#, true)
+        .await;
+    alice
+        .publish("status/alice", r#"{"user":"alice","online":true}"#, true)
+        .await;
+
+    let mut carol = sign_in(&broker, transport, "carol:phone").await;
+    assert_eq!(carol.subscribe(&["status/bob"]).await, [GRANTED]);
+    assert_eq!(
+        carol.next_publish().await,
+        (
+            "status/bob".into(),
+            r#"{"user":"bob","online":false}"#.into()
+        )
+    );
+    // Nothing retained on alice's status: the bridge's later one is the first carol sees.
+    assert_eq!(carol.subscribe(&["status/alice"]).await, [GRANTED]);
+    bridge.publish("status/alice", "real", false).await;
+    assert_eq!(
+        carol.next_publish().await,
+        ("status/alice".into(), "real".into())
+    );
+}
+
+/// A second CONNECT on a signed-in connection (here, trying to become bob)
+/// closes the connection without a CONNACK.
+async fn second_connect_on_a_connection_is_refused(transport: Transport) {
+    let broker = three_users().await;
+    let mut conn = RawConnection::open(&broker, transport).await;
+    conn.send(&raw::connect_packet("alice:phone", "alice", "alice-pw"))
+        .await;
+    assert_eq!(
+        conn.recv().await.as_deref(),
+        Some(&raw::CONNACK_ACCEPTED[..])
+    );
+    conn.send(&raw::PINGREQ).await;
+    assert_eq!(conn.recv().await.as_deref(), Some(&raw::PINGRESP[..]));
+
+    conn.send(&raw::connect_packet("bob:phone", "bob", "bob-pw"))
+        .await;
+    assert_eq!(
+        conn.recv().await,
+        None,
+        "the second CONNECT must end the connection"
+    );
+
+    // Before sign-in, anything but CONNECT ends the connection too.
+    let mut conn = RawConnection::open(&broker, transport).await;
+    conn.send(&raw::PINGREQ).await;
+    assert_eq!(conn.recv().await, None);
+}
+
+/// A device token is that device's password and no other's.
+async fn device_token_signs_in_only_its_device(transport: Transport) {
+    let broker = three_users().await;
+    let token = broker
+        .with_accounts(|acc| acc.issue_token(&uid("alice"), &did("phone")))
+        .await
+        .expect("token issued");
+    assert!(token.starts_with("mtk_"), "{token}");
+
+    let mut phone = broker
+        .device(transport, "alice:phone", &token)
+        .connect()
+        .await
+        .expect("the token signs in its own device");
+    assert_eq!(phone.subscribe(&["chat/alice/inbox"]).await, [GRANTED]);
+    for (client_id, username) in [("alice:laptop", "alice"), ("bob:phone", "bob")] {
+        let result = broker
+            .device(transport, client_id, &token)
+            .username(username)
+            .connect()
+            .await;
+        assert_eq!(
+            refusal(result),
+            ConnectReturnCode::BadUserNamePassword,
+            "{client_id}"
+        );
+    }
+    // The password still works for any device.
+    sign_in(&broker, transport, "alice:laptop").await;
+}
+
+/// Removing a connected, idle user cuts every connection of theirs within a few
+/// poll intervals and refuses them afterwards; other users stay connected.
+async fn removing_a_user_cuts_their_connection(transport: Transport) {
+    let broker = three_users().await;
+    let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
+    assert_eq!(bridge.subscribe(&["presence/+/+"]).await, [GRANTED]);
+    let mut phone = broker
+        .device(transport, "alice:phone", "alice-pw")
+        .will("presence/alice/phone", "offline")
+        .connect()
+        .await
+        .expect("alice signs in");
+    let mut laptop = sign_in(&broker, Transport::Tcp, "alice:laptop").await;
+    let mut bob = sign_in(&broker, transport, "bob:phone").await;
+
+    broker
+        .with_accounts(|acc| acc.remove(&uid("alice")))
+        .await
+        .expect("alice removed");
+    phone.disconnected().await;
+    laptop.disconnected().await;
+    // Cut, not signed off: the device's last will goes out.
+    assert_eq!(
+        bridge.next_publish().await,
+        ("presence/alice/phone".into(), "offline".into())
+    );
+
+    let result = broker
+        .device(transport, "alice:phone", "alice-pw")
+        .connect()
+        .await;
+    assert_eq!(refusal(result), ConnectReturnCode::BadUserNamePassword);
+    assert_eq!(bob.subscribe(&["chat/bob/inbox"]).await, [GRANTED]);
+}
+
+/// An idle TCP connection to the WebSocket port that never sends its HTTP
+/// upgrade does not hold up a later WebSocket client: the later one is served
+/// while the idle one is still open (its handshake timeout is far away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websocket_handshake_does_not_block_others() {
+    let broker = TestBroker::start()
+        .users(&[("alice", "alice-pw")])
+        .config(|c| c.ws_handshake_timeout_ms = 60_000)
+        .await;
+    let idle = tokio::net::TcpStream::connect(broker.ws_addr())
+        .await
+        .expect("TCP connect");
+
+    let mut alice = sign_in(&broker, Transport::Ws, "alice:phone").await;
+    assert_eq!(alice.subscribe(&["chat/alice/inbox"]).await, [GRANTED]);
+    let mut probe = [0u8; 1];
+    assert!(
+        matches!(idle.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the idle connection must still be open while the later client is served"
+    );
+}
+
+/// A WebSocket client that does not finish its HTTP upgrade within
+/// `ws_handshake_timeout_ms` is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websocket_handshake_times_out() {
+    let timeout = Duration::from_millis(300);
+    let broker = TestBroker::start()
+        .config(|c| c.ws_handshake_timeout_ms = 300)
+        .await;
+    let started = Instant::now();
+    let mut idle = tokio::net::TcpStream::connect(broker.ws_addr())
+        .await
+        .expect("TCP connect");
+    let mut probe = [0u8; 1];
+    let closed = tokio::time::timeout(PATIENCE, idle.read(&mut probe))
+        .await
+        .expect("the idle connection was not closed by the handshake timeout");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    assert!(started.elapsed() >= timeout, "closed before the timeout");
+}

@@ -1,0 +1,104 @@
+//! `messenger serve` as a process: it starts, signs clients in, stops on SIGTERM,
+//! and refuses bad configuration (exit 64) before binding anything.
+
+use std::time::Duration;
+
+use rumqttc::ConnectReturnCode;
+
+use crate::util::client::GRANTED;
+use crate::util::process::{free_addr, is_free, Messenger};
+use crate::util::{refusal, Transport};
+
+/// How long `serve` may take to stop after SIGTERM.
+const STOP_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The exit code for bad configuration (EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
+
+/// `serve` accepts a user added from the CLI over TCP and WebSocket, refuses a
+/// wrong password, and exits 0 within seconds of SIGTERM, releasing its ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_signs_clients_in_and_stops_on_sigterm() {
+    let messenger = Messenger::new();
+    messenger
+        .run(&["user", "add", "alice", "--password", "alice-pw"])
+        .await
+        .ok();
+    let mut server = messenger.serve().await;
+
+    // One device per transport: rumqttd may cut a new connection that takes over
+    // the client id of one closing at the same instant (a stale disconnect).
+    for (transport, client_id) in [
+        (Transport::Tcp, "alice:phone"),
+        (Transport::Ws, "alice:web"),
+    ] {
+        let mut alice = server
+            .device(transport, client_id, "alice-pw")
+            .connect()
+            .await
+            .unwrap_or_else(|err| panic!("{transport:?}: {err}\n{}", server.log()));
+        assert_eq!(alice.subscribe(&["chat/alice/inbox"]).await, [GRANTED]);
+        let result = server
+            .device(transport, "alice:tablet", "wrong")
+            .connect()
+            .await;
+        assert_eq!(refusal(result), ConnectReturnCode::BadUserNamePassword);
+    }
+
+    server.terminate();
+    let status = server.exit_status(STOP_PATIENCE).await;
+    assert!(status.success(), "{status}:\n{}", server.log());
+    assert!(is_free(server.mqtt) && is_free(server.ws));
+}
+
+/// An unknown key in a `--config` file: exit 64 naming the key, nothing bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_config_key_exits_64_without_binding() {
+    let messenger = Messenger::new();
+    let (mqtt, ws) = (free_addr(), free_addr());
+    let file = messenger.dir().join("bad.toml");
+    std::fs::write(
+        &file,
+        format!("[broker]\nlisten = \"{mqtt}\"\nws_listen = \"{ws}\"\nlistne = \"{mqtt}\"\n"),
+    )
+    .expect("write config");
+    let config = file.to_string_lossy();
+
+    let outcome = messenger.run(&["--config", &config, "serve"]).await;
+    assert_eq!(outcome.status.code(), Some(EXIT_CONFIG), "{outcome:#?}");
+    assert!(outcome.stderr.contains("listne"), "{outcome:#?}");
+    assert!(!outcome.stderr.contains("listening"), "{outcome:#?}");
+    assert!(is_free(mqtt) && is_free(ws));
+
+    // The same file without the typo is fine (checked without serving: `acl` loads it too).
+    std::fs::write(&file, format!("[broker]\nlisten = \"{mqtt}\"\n")).expect("write config");
+    messenger.run(&["--config", &config, "acl"]).await.ok();
+    // A --config file that does not exist is bad configuration too.
+    let outcome = messenger.run(&["--config", "missing.toml", "serve"]).await;
+    assert_eq!(outcome.status.code(), Some(EXIT_CONFIG), "{outcome:#?}");
+    assert!(outcome.stderr.contains("missing.toml"), "{outcome:#?}");
+}
+
+/// A bad address in `MESSENGER_BROKER__LISTEN`: exit 64 naming `broker.listen`,
+/// and the WebSocket port given next to it stays free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_listen_address_in_environment_exits_64() {
+    let messenger = Messenger::new();
+    let ws = free_addr();
+    for bad in ["nowhere", "127.0.0.1", "127.0.0.1:99999"] {
+        let mut cmd = messenger.command(&["serve"]);
+        cmd.env("MESSENGER_BROKER__LISTEN", bad)
+            .env("MESSENGER_BROKER__WS_LISTEN", ws.to_string());
+        let outcome = messenger.run_command(cmd).await;
+        assert_eq!(
+            outcome.status.code(),
+            Some(EXIT_CONFIG),
+            "{bad}: {outcome:#?}"
+        );
+        assert!(
+            outcome.stderr.contains("broker.listen"),
+            "{bad}: {outcome:#?}"
+        );
+        assert!(is_free(ws));
+    }
+}

@@ -1,0 +1,147 @@
+//! `messenger user ...`: managing accounts from the command line, alone and
+//! while `messenger serve` runs on the same SQLite file.
+
+use messenger_accounts::Verdict;
+use rumqttc::ConnectReturnCode;
+
+use crate::util::client::GRANTED;
+use crate::util::process::Messenger;
+use crate::util::{refusal, Transport};
+
+/// add, list, passwd, token and remove do what they say, in the SQLite file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_manage_accounts() {
+    let m = Messenger::new();
+    let out = m
+        .run(&["user", "add", "bob", "--password", "bob-pw"])
+        .await
+        .ok();
+    assert_eq!(out, "added bob\n");
+    // The password may come from the environment instead of the command line.
+    let mut cmd = m.command(&["user", "add", "alice"]);
+    cmd.env("MESSENGER_PASSWORD", "alice-pw");
+    m.run_command(cmd).await.ok();
+    assert_eq!(m.run(&["user", "list"]).await.ok(), "alice\nbob\n");
+    assert_eq!(m.verify("alice", "alice-pw").await, Verdict::Accepted);
+
+    m.run(&["user", "passwd", "alice", "--password", "new-pw"])
+        .await
+        .ok();
+    assert_eq!(m.verify("alice", "alice-pw").await, Verdict::Rejected);
+    assert_eq!(m.verify("alice", "new-pw").await, Verdict::Accepted);
+
+    let token = m
+        .run(&["user", "token", "alice", "--device", "phone"])
+        .await
+        .ok();
+    let token = token.trim();
+    assert!(token.starts_with("mtk_"), "{token}");
+    assert_eq!(m.verify("alice", token).await, Verdict::Accepted);
+
+    assert_eq!(
+        m.run(&["user", "remove", "bob"]).await.ok(),
+        "removed bob\n"
+    );
+    assert_eq!(m.run(&["user", "list"]).await.ok(), "alice\n");
+    assert_eq!(m.verify("bob", "bob-pw").await, Verdict::UnknownUser);
+}
+
+/// Bad input fails with a clear message and leaves the store as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_user_input_fails_and_changes_nothing() {
+    let m = Messenger::new();
+    m.run(&["user", "add", "alice", "--password", "alice-pw"])
+        .await
+        .ok();
+    for (args, message) in [
+        (
+            &["user", "add", "Alice", "--password", "pw"][..],
+            "invalid user id",
+        ),
+        (
+            &["user", "add", "a.b", "--password", "pw"],
+            "invalid user id",
+        ),
+        (
+            &["user", "add", "_x", "--password", "pw"],
+            "invalid user id",
+        ),
+        (
+            &["user", "add", "alice", "--password", "other"],
+            "user alice already exists",
+        ),
+        (
+            &["user", "add", "carol", "--password", ""],
+            "password must be 1 to 1024 bytes",
+        ),
+        (
+            &["user", "passwd", "alice", "--password", ""],
+            "password must be 1 to 1024 bytes",
+        ),
+        (
+            &["user", "passwd", "zed", "--password", "pw"],
+            "user zed does not exist",
+        ),
+        (&["user", "remove", "zed"], "user zed does not exist"),
+        (
+            &["user", "token", "zed", "--device", "phone"],
+            "user zed does not exist",
+        ),
+        (
+            &["user", "token", "alice", "--device", "a/b"],
+            "invalid device id",
+        ),
+        (&["user", "add", "carol"], "--password"),
+    ] {
+        let stderr = m.run(args).await.failed();
+        assert!(
+            stderr.contains(message),
+            "{args:?}: expected {message:?} in {stderr:?}"
+        );
+    }
+    assert_eq!(m.run(&["user", "list"]).await.ok(), "alice\n");
+    assert_eq!(m.verify("alice", "alice-pw").await, Verdict::Accepted);
+    assert_eq!(m.verify("alice", "other").await, Verdict::Rejected);
+}
+
+/// While `serve` runs: a user added from the CLI can sign in at once; `passwd`
+/// cuts their connection and only the new password works; `remove` cuts them
+/// and refuses them from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_work_while_serve_runs() {
+    let m = Messenger::new();
+    let server = m.serve().await;
+    m.run(&["user", "add", "alice", "--password", "alice-pw"])
+        .await
+        .ok();
+    let mut phone = server
+        .device(Transport::Tcp, "alice:phone", "alice-pw")
+        .connect()
+        .await
+        .expect("a user added while serving signs in");
+
+    m.run(&["user", "passwd", "alice", "--password", "new-pw"])
+        .await
+        .ok();
+    phone.disconnected().await;
+    let result = server
+        .device(Transport::Tcp, "alice:phone", "alice-pw")
+        .connect()
+        .await;
+    assert_eq!(refusal(result), ConnectReturnCode::BadUserNamePassword);
+    let mut phone = server
+        .device(Transport::Ws, "alice:phone", "new-pw")
+        .connect()
+        .await
+        .expect("the new password signs in");
+    assert_eq!(phone.subscribe(&["chat/alice/inbox"]).await, [GRANTED]);
+
+    m.run(&["user", "remove", "alice"]).await.ok();
+    phone.disconnected().await;
+    let result = server
+        .device(Transport::Ws, "alice:phone", "new-pw")
+        .connect()
+        .await;
+    assert_eq!(refusal(result), ConnectReturnCode::BadUserNamePassword);
+    assert_eq!(m.run(&["user", "list"]).await.ok(), "");
+}

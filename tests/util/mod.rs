@@ -1,0 +1,239 @@
+//! Fixtures shared by every integration test.
+//!
+//! # Layout
+//!
+//! - this file: [`TestBroker`], an embedded broker with its own temp directory,
+//!   SQLite file and users, listening on `127.0.0.1:0` over TCP and WebSocket;
+//!   [`PATIENCE`], the budget every wait gets; small id helpers.
+//! - [`client`]: rumqttc devices and the bridge's service account, with waits on
+//!   their events ([`Client`]).
+//! - [`raw`]: hand-written MQTT packets over TCP or WebSocket, for what no
+//!   well-behaved client library sends (a second CONNECT).
+//! - [`process`]: the real `messenger` binary in its own temp directory.
+//! - [`stock`]: `mosquitto_pub`, `mosquitto_sub` and a Mosquitto broker.
+//!
+//! Nothing here sleeps in place of waiting: every wait is on an event (or, for a
+//! process or a port, a short poll), under [`PATIENCE`]. To show that something did *not* happen, tests use a positive
+//! control (a later, allowed message on the same path arrives, the forbidden one
+//! never does).
+
+pub(crate) mod client;
+pub(crate) mod mosquitto;
+pub(crate) mod process;
+pub(crate) mod proxy;
+pub(crate) mod raw;
+pub(crate) mod server;
+pub(crate) mod stock;
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use messenger_accounts::Accounts;
+use messenger_broker::{BrokerConfig, RunningBroker, ServiceAccount};
+use messenger_protocol::{DeviceId, UserId};
+use tempfile::TempDir;
+
+pub(crate) use client::{refusal, Client, ClientOptions, Transport};
+
+/// How long any single wait may take before the test fails. Generous, so a
+/// loaded CI machine does not make tests flaky; passing tests never wait this long.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The bridge's service account on every test broker.
+pub(crate) const BRIDGE_USER: &str = "_bridge";
+/// Its password.
+pub(crate) const BRIDGE_PASSWORD: &str = "bridge-secret";
+
+/// Runs one test body over TCP and over WebSocket: `over_tcp_and_ws!(name)` next
+/// to `async fn name(transport: Transport)` yields the tests `name::tcp` and `name::ws`.
+macro_rules! over_tcp_and_ws {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                super::$name($crate::util::Transport::Tcp).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ws() {
+                super::$name($crate::util::Transport::Ws).await;
+            }
+        }
+    )*};
+}
+pub(crate) use over_tcp_and_ws;
+
+/// A user id, for tests.
+pub(crate) fn uid(s: &str) -> UserId {
+    UserId::parse(s).expect("valid user id in test")
+}
+
+/// A device id, for tests.
+pub(crate) fn did(s: &str) -> DeviceId {
+    DeviceId::parse(s).expect("valid device id in test")
+}
+
+/// Log to the test's captured output; `RUST_LOG=debug cargo test` shows the broker's logs.
+pub(crate) fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+/// An embedded broker on free ports, with its own temp directory and SQLite file.
+///
+/// `TestBroker::start().users(&[("alice", "pw")]).await` starts one. Dropping it
+/// stops the broker (closing every connection) and deletes the directory.
+pub(crate) struct TestBroker {
+    /// Declared first so it stops before the directory goes away.
+    broker: RunningBroker,
+    accounts: Arc<Accounts>,
+    /// Holds the SQLite file.
+    _dir: TempDir,
+}
+
+/// What [`TestBroker::start`] will start; `.await` it.
+pub(crate) struct TestBrokerBuilder {
+    users: Vec<(String, String)>,
+    config: BrokerConfig,
+}
+
+impl TestBroker {
+    /// A broker with test settings: both listeners on `127.0.0.1:0`, revocations
+    /// polled every 50 ms, WebSocket handshakes cut after 1 s.
+    pub(crate) fn start() -> TestBrokerBuilder {
+        let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        TestBrokerBuilder {
+            users: Vec::new(),
+            config: BrokerConfig {
+                listen: localhost,
+                ws_listen: Some(localhost),
+                ws_handshake_timeout_ms: 1_000,
+                revocation_poll_ms: 50,
+                ..BrokerConfig::default()
+            },
+        }
+    }
+
+    /// The MQTT over TCP address.
+    pub(crate) fn mqtt_addr(&self) -> std::net::SocketAddr {
+        self.broker.mqtt_addr()
+    }
+
+    /// The MQTT over WebSocket address.
+    pub(crate) fn ws_addr(&self) -> std::net::SocketAddr {
+        self.broker
+            .ws_addr()
+            .expect("test brokers always listen on WebSocket")
+    }
+
+    /// A device signing in as `client_id` (`<user>:<device>`, the user part is the username).
+    pub(crate) fn device(
+        &self,
+        transport: Transport,
+        client_id: &str,
+        password: &str,
+    ) -> ClientOptions {
+        ClientOptions::new(
+            (self.mqtt_addr(), self.ws_addr()),
+            transport,
+            client_id,
+            password,
+        )
+    }
+
+    /// The bridge's service account, over TCP.
+    pub(crate) fn bridge(&self) -> ClientOptions {
+        self.device(
+            Transport::Tcp,
+            &format!("{BRIDGE_USER}:main"),
+            BRIDGE_PASSWORD,
+        )
+    }
+
+    /// The SQLite file (the bridge of a [`server::TestServer`] shares it).
+    pub(crate) fn db_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("messenger.db")
+    }
+
+    /// What the bridge asks to reconcile presence with open connections.
+    pub(crate) fn liveness(&self) -> messenger_bridge::Liveness {
+        let liveness = self.broker.liveness();
+        Arc::new(move |client_id: &str| liveness.is_connected(client_id))
+    }
+
+    /// Runs `f` on the broker's account store, off the async workers (SQLite and argon2 block).
+    pub(crate) async fn with_accounts<T, F>(&self, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(&Accounts) -> T + Send + 'static,
+    {
+        let accounts = self.accounts.clone();
+        tokio::task::spawn_blocking(move || f(&accounts))
+            .await
+            .expect("account store call panicked")
+    }
+}
+
+impl TestBrokerBuilder {
+    /// Creates these users (name, password) before the broker starts.
+    pub(crate) fn users(mut self, users: &[(&str, &str)]) -> Self {
+        self.users.extend(
+            users
+                .iter()
+                .map(|(name, password)| ((*name).to_owned(), (*password).to_owned())),
+        );
+        self
+    }
+
+    /// Changes the broker's settings.
+    pub(crate) fn config(mut self, edit: impl FnOnce(&mut BrokerConfig)) -> Self {
+        edit(&mut self.config);
+        self
+    }
+
+    /// Blocking: creates the store and users, then starts the broker (which
+    /// builds and blocks on its own runtime, so it cannot run on an async worker).
+    fn start_blocking(self) -> TestBroker {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let accounts =
+            Arc::new(Accounts::open(&dir.path().join("messenger.db")).expect("account store"));
+        for (name, password) in &self.users {
+            accounts
+                .add(&uid(name), password)
+                .expect("adding a test user");
+        }
+        let service = ServiceAccount {
+            username: BRIDGE_USER.into(),
+            password: BRIDGE_PASSWORD.into(),
+        };
+        let broker = messenger_broker::start(&self.config, accounts.clone(), service)
+            .expect("broker starts");
+        TestBroker {
+            broker,
+            accounts,
+            _dir: dir,
+        }
+    }
+}
+
+impl IntoFuture for TestBrokerBuilder {
+    type Output = TestBroker;
+    type IntoFuture = Pin<Box<dyn Future<Output = TestBroker> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || self.start_blocking())
+                .await
+                .expect("starting the test broker panicked")
+        })
+    }
+}

@@ -1,0 +1,242 @@
+//! The real `messenger` binary, run in its own temp directory.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use messenger_accounts::{Accounts, Verdict};
+use tempfile::TempDir;
+
+use super::{did, uid, ClientOptions, Transport, PATIENCE};
+
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_messenger");
+
+/// How often a wait on a process looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A free port on 127.0.0.1: bound, read, released.
+pub(crate) fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// Whether nothing listens on `addr` (binding it succeeds).
+pub(crate) fn is_free(addr: SocketAddr) -> bool {
+    TcpListener::bind(addr).is_ok()
+}
+
+/// A `messenger` installation: a temp directory (the working directory of every
+/// command, so no `config/messenger.toml` is picked up) and its SQLite file.
+pub(crate) struct Messenger {
+    dir: TempDir,
+}
+
+/// How a finished command went.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// Its exit status.
+    pub(crate) status: ExitStatus,
+    /// Everything it printed on stdout.
+    pub(crate) stdout: String,
+    /// Everything it printed on stderr.
+    pub(crate) stderr: String,
+}
+
+impl Outcome {
+    /// Asserts success and returns stdout.
+    pub(crate) fn ok(self) -> String {
+        assert!(self.status.success(), "command failed: {self:#?}");
+        self.stdout
+    }
+
+    /// Asserts failure and returns stderr.
+    pub(crate) fn failed(self) -> String {
+        assert!(!self.status.success(), "command succeeded: {self:#?}");
+        self.stderr
+    }
+}
+
+impl Messenger {
+    /// A fresh installation with no users.
+    pub(crate) fn new() -> Self {
+        super::init_logs();
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The temp directory.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The SQLite file, set through `MESSENGER_STORAGE__PATH`.
+    pub(crate) fn db(&self) -> PathBuf {
+        self.dir.path().join("data").join("messenger.db")
+    }
+
+    /// `messenger <args>` with a clean environment: no inherited `MESSENGER_*`
+    /// variables, the storage path set, the temp directory as working directory.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MESSENGER_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("MESSENGER_STORAGE__PATH", self.db())
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
+    /// Runs `messenger <args>` to completion (off the async workers).
+    pub(crate) async fn run(&self, args: &[&str]) -> Outcome {
+        self.run_command(self.command(args)).await
+    }
+
+    /// Runs a command from [`Messenger::command`] to completion.
+    pub(crate) async fn run_command(&self, mut cmd: Command) -> Outcome {
+        let output = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("join")
+            .expect("running the messenger binary");
+        Outcome {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Checks a password against the SQLite file directly, as the broker would.
+    pub(crate) async fn verify(&self, user: &str, password: &str) -> Verdict {
+        let (db, user, password) = (self.db(), uid(user), password.to_owned());
+        tokio::task::spawn_blocking(move || {
+            Accounts::open(&db)
+                .expect("account store")
+                .verify(&user, &did("phone"), &password)
+                .expect("verify")
+        })
+        .await
+        .expect("join")
+    }
+
+    /// `messenger serve` on free ports (revocations polled every 100 ms); returns
+    /// once its MQTT port accepts connections.
+    pub(crate) async fn serve(&self) -> Server {
+        self.serve_on(free_addr(), free_addr()).await
+    }
+
+    /// `messenger serve` on these addresses (e.g. again, after [`Server::kill`]).
+    pub(crate) async fn serve_on(&self, mqtt: SocketAddr, ws: SocketAddr) -> Server {
+        let log = self.dir.path().join("serve.log");
+        let mut cmd = self.command(&["serve"]);
+        cmd.env("MESSENGER_BROKER__LISTEN", mqtt.to_string())
+            .env("MESSENGER_BROKER__WS_LISTEN", ws.to_string())
+            .env("MESSENGER_BROKER__REVOCATION_POLL_MS", "100")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"));
+        let child = cmd.spawn().expect("spawning messenger serve");
+        let mut server = Server {
+            child,
+            mqtt,
+            ws,
+            log,
+        };
+        server.wait_until_accepting().await;
+        server
+    }
+}
+
+/// A running `messenger serve`; killed when dropped if still running.
+pub(crate) struct Server {
+    child: Child,
+    /// Its MQTT over TCP address.
+    pub(crate) mqtt: SocketAddr,
+    /// Its MQTT over WebSocket address.
+    pub(crate) ws: SocketAddr,
+    /// Where its stderr goes.
+    log: PathBuf,
+}
+
+impl Server {
+    /// What it has logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_until_accepting(&mut self) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if tokio::net::TcpStream::connect(self.mqtt).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("messenger serve exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "messenger serve did not accept on {} within {PATIENCE:?}:\n{}",
+                self.mqtt,
+                self.log()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// A device signing in to this server.
+    pub(crate) fn device(
+        &self,
+        transport: Transport,
+        client_id: &str,
+        password: &str,
+    ) -> ClientOptions {
+        ClientOptions::new((self.mqtt, self.ws), transport, client_id, password)
+    }
+
+    /// Sends SIGTERM (through `kill`, to need no signal crate).
+    pub(crate) fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Kills the process with SIGKILL (no cleanup of any kind) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// Waits up to `patience` for the process to exit.
+    pub(crate) async fn exit_status(&mut self, patience: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "messenger serve still running after {patience:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
