@@ -366,6 +366,32 @@ async fn forget(db: PathBuf, target: Target, not_after_ms: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Durability;
+
+    #[tokio::test]
+    async fn a_dead_token_registered_again_since_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("m.db");
+        let conn = crate::store::open(&db, Durability::Os).unwrap();
+        conn.execute(
+            "INSERT INTO push_tokens (platform, token, user, device, registered_ms)
+             VALUES ('apns', 'aa', 'u', 'd', 5000)",
+            [],
+        )
+        .unwrap();
+        let count = || -> u32 {
+            conn.query_row("SELECT COUNT(*) FROM push_tokens", [], |r| r.get(0))
+                .unwrap()
+        };
+        let target = Target {
+            platform: Platform::Apns,
+            token: "aa".into(),
+        };
+        forget(db.clone(), target.clone(), 4999).await;
+        assert_eq!(count(), 1, "registered after APNs saw it die: kept");
+        forget(db.clone(), target, 5000).await;
+        assert_eq!(count(), 0);
+    }
 
     #[test]
     fn backoff_doubles_within_jitter_and_is_bounded() {
