@@ -136,7 +136,7 @@ pub struct PushConfig {
     pub max_retries: u32,
     /// The first retry's delay, in ms (doubled each time, with jitter), unless `Retry-After` says.
     pub retry_base_ms: u64,
-    /// How long one request to a push service may take, in ms.
+    /// How long one request to a push service (or fetching an FCM access token) may take, in ms.
     pub timeout_ms: u64,
     /// A PEM certificate to trust besides the public roots (a private relay; tests).
     pub ca_cert_path: Option<PathBuf>,

@@ -257,20 +257,22 @@ fn backoff(base: Duration, retry: u32) -> Duration {
 
 /// One notification to one token: the request, its retries, and what its outcome calls for.
 async fn deliver(shared: &Shared, target: &Target, alert: &Alert) {
-    let Ok(_permit) = shared.permits.acquire().await else {
-        return;
-    };
     let platform = platform_name(target.platform);
     let token = short(&target.token);
     let mut retries = 0;
     let mut reauthorized = false;
     loop {
+        // A permit per attempt: waiting out a backoff holds none.
+        let Ok(permit) = shared.permits.acquire().await else {
+            return;
+        };
         let sent_ms = now_ms();
         let outcome = match (target.platform, &shared.apns, &shared.fcm) {
             (Platform::Apns, Some(apns), _) => apns.send(&target.token, alert).await,
             (Platform::Fcm, _, Some(fcm)) => fcm.send(&target.token, alert).await,
             _ => return,
         };
+        drop(permit);
         match outcome {
             Outcome::Sent => {
                 Stats::add(&shared.stats.sent);

@@ -21,6 +21,8 @@ pub(super) struct Fcm {
     /// `{base_url}/v1/projects/{project_id}/messages:send`.
     url: String,
     auth: CustomServiceAccount,
+    /// Bounds fetching an access token (gcp_auth's client has no timeout of its own).
+    timeout: Duration,
 }
 
 /// The JSON body of an FCM error (Google's `google.rpc.Status`).
@@ -58,7 +60,11 @@ impl FcmError {
 
 impl Fcm {
     /// Reads the service account's key (blocking: a file).
-    pub(super) fn new(config: &FcmConfig, http: reqwest::Client) -> Result<Self, PushError> {
+    pub(super) fn new(
+        config: &FcmConfig,
+        http: reqwest::Client,
+        timeout: Duration,
+    ) -> Result<Self, PushError> {
         let path = &config.service_account_path;
         let invalid = |reason: String| PushError::Invalid {
             key: "push.fcm.service_account_path",
@@ -93,17 +99,25 @@ impl Fcm {
                 config.base_url.trim_end_matches('/')
             ),
             auth,
+            timeout,
         })
     }
 
     /// Sends one notification to one registration token.
     pub(super) async fn send(&self, token: &str, alert: &Alert) -> Outcome {
-        let access = match self.auth.token(&[SCOPE]).await {
-            Ok(access) => access,
-            Err(err) => {
+        let access = match tokio::time::timeout(self.timeout, self.auth.token(&[SCOPE])).await {
+            Ok(Ok(access)) => access,
+            Ok(Err(err)) => {
                 return Outcome::Retry {
                     status: None,
                     reason: format!("cannot get an OAuth2 access token: {err}"),
+                    after: None,
+                }
+            }
+            Err(_) => {
+                return Outcome::Retry {
+                    status: None,
+                    reason: "the OAuth2 token endpoint did not answer in time".into(),
                     after: None,
                 }
             }

@@ -227,7 +227,7 @@ impl Service {
         let fcm = config
             .fcm
             .as_ref()
-            .map(|c| fcm::Fcm::new(c, http.clone()))
+            .map(|c| fcm::Fcm::new(c, http.clone(), Duration::from_millis(config.timeout_ms)))
             .transpose()?;
         let stats = Arc::new(Stats::default());
         info!(
