@@ -58,6 +58,7 @@ fn bridge(settings: &Settings) -> Bridge {
         config: settings.bridge.clone(),
         storage: settings.storage.clone(),
         limits: settings.limits.clone(),
+        push: settings.push.clone(),
         liveness: None,
         ready: None,
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use messenger_bridge::config::{BridgeConfig, Limits, StorageConfig};
+use messenger_bridge::config::{BridgeConfig, Limits, PushConfig, StorageConfig};
 use messenger_broker::BrokerConfig;
 use serde::Deserialize;
 
@@ -24,6 +24,8 @@ pub(crate) struct Settings {
     pub(crate) storage: StorageConfig,
     /// Request limits.
     pub(crate) limits: Limits,
+    /// Push notifications to offline users.
+    pub(crate) push: PushConfig,
 }
 
 impl Settings {
@@ -76,6 +78,7 @@ impl Settings {
     fn validate(&self) -> anyhow::Result<()> {
         self.broker.validate().map_err(anyhow::Error::msg)?;
         self.limits.validate().map_err(anyhow::Error::msg)?;
+        self.push.validate().map_err(anyhow::Error::msg)?;
         if self.broker.max_packet_bytes < self.limits.max_reply_bytes() {
             bail!(
                 "broker.max_packet_bytes ({}) must be at least {} to carry a body of limits.max_body_bytes",
@@ -164,5 +167,57 @@ mod tests {
         );
         assert!(err.contains("limits.max_page"), "{err}");
         assert!(Settings::from_sources(&none, true, HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn push_is_off_by_default_and_checked_when_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = dir.path().join("none.toml");
+        let s = Settings::from_sources(&none, false, HashMap::new()).unwrap();
+        assert!(!s.push.enabled());
+        assert!(s.push.preview);
+
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "[push]\npreview = false\n[push.apns]\nkey_path = \"k.p8\"\nkey_id = \"K\"\nteam_id = \"T\"\n",
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            Settings::from_sources(&file, true, HashMap::new()).unwrap_err()
+        );
+        assert!(err.contains("push.apns.topic"), "{err}");
+        let s = Settings::from_sources(
+            &file,
+            true,
+            env(&[
+                ("MESSENGER_PUSH__APNS__TOPIC", "com.example.app"),
+                ("MESSENGER_PUSH__FCM__SERVICE_ACCOUNT_PATH", "sa.json"),
+            ]),
+        )
+        .unwrap();
+        assert!(s.push.enabled() && !s.push.preview);
+        let apns = s.push.apns.unwrap();
+        assert_eq!(apns.base_url, "https://api.push.apple.com");
+        assert_eq!(apns.topic, "com.example.app");
+        assert_eq!(s.push.fcm.unwrap().base_url, "https://fcm.googleapis.com");
+
+        std::fs::write(
+            &file,
+            "[push.fcm]\nbase_url = \"ftp://x\"\nservice_account_path = \"a\"\n",
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            Settings::from_sources(&file, true, HashMap::new()).unwrap_err()
+        );
+        assert!(err.contains("push.fcm.base_url"), "{err}");
+        std::fs::write(&file, "[push]\ncoalesce = 5\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Settings::from_sources(&file, true, HashMap::new()).unwrap_err()
+        );
+        assert!(err.contains("coalesce"), "{err}");
     }
 }

@@ -23,3 +23,6 @@ mod presence;
 
 // Group chats: membership events, fan-out, admin rights, limits.
 mod groups;
+
+// Push notifications to offline users through fake APNs, FCM and OAuth servers (HTTP/2, TLS).
+mod push;

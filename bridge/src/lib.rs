@@ -2,20 +2,24 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the `[bridge]`, `[storage]` and `[limits]` settings.
+//! - [`config`]: the `[bridge]`, `[storage]`, `[limits]` and `[push]` settings.
 //! - `request`: decoding a request payload; every bad input becomes an `error` reply.
 //! - `store`: the SQLite schema and the handler of each request; assigns `seq` and `useq`.
 //! - `writer`: the thread that owns the database and commits in groups.
 //! - `mqtt`: the intake (event loop) and publisher (fan-out, replies, broker acks) tasks.
 //! - `outbox`: what a handled request produces.
+//! - `push`: notifications to offline users through APNs and FCM, off the message path.
 //!
 //! A request travels: broker -> intake -> writer (batch, transaction, commit)
 //! -> publisher (events to inboxes, reply to the device, PUBACK to the broker).
+//! A stored message for a user with no device online also goes, after the
+//! commit, writer -> push queue -> push dispatcher -> APNs / FCM.
 
 pub mod config;
 
 mod mqtt;
 mod outbox;
+mod push;
 mod request;
 mod store;
 mod writer;
@@ -29,9 +33,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use push::PushError;
 pub use store::StoreError;
 
-use config::{BridgeConfig, Limits, StorageConfig};
+use config::{BridgeConfig, Limits, PushConfig, StorageConfig};
 
 /// Failures of the bridge.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,9 @@ pub enum BridgeError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The push service could not be set up.
+    #[error(transparent)]
+    Push(#[from] PushError),
     /// `bridge.broker` is not `host:port`.
     #[error("bridge.broker must be host:port, got {0:?}")]
     BrokerAddress(String),
@@ -58,6 +66,8 @@ pub struct Bridge {
     pub storage: StorageConfig,
     /// Request limits.
     pub limits: Limits,
+    /// Push notifications to offline users (off unless APNs or FCM is configured).
+    pub push: PushConfig,
     /// Where the broker can tell which client ids are connected (the embedded
     /// broker can): devices that look online without a connection are then
     /// marked offline every keepalive period. `None` with an external broker,
@@ -91,6 +101,18 @@ impl Bridge {
             tokio::task::spawn_blocking(move || store::open(&storage.path, storage.durability))
                 .await
                 .map_err(|e| BridgeError::Task(e.to_string()))??;
+        let push = if self.push.enabled() {
+            let config = self.push.clone();
+            let db = self.storage.path.clone();
+            let service = tokio::task::spawn_blocking(move || push::Service::new(&config, &db))
+                .await
+                .map_err(|e| BridgeError::Task(e.to_string()))??;
+            Some(service)
+        } else {
+            info!("push notifications are off: neither [push.apns] nor [push.fcm] is configured");
+            None
+        };
+        let sink = push.as_ref().map(push::Service::sink);
 
         let max_packet = self
             .limits
@@ -124,8 +146,9 @@ impl Bridge {
         }
         let writer = std::thread::Builder::new()
             .name("bridge-writer".into())
-            .spawn(move || writer::run(conn, limits, liveness, jobs_rx, batches_tx))
+            .spawn(move || writer::run(conn, limits, liveness, sink, jobs_rx, batches_tx))
             .map_err(|e| BridgeError::Task(e.to_string()))?;
+        let pusher = push.map(|service| tokio::spawn(service.run(shutdown.clone())));
         let publisher = tokio::spawn(mqtt::publisher(
             client.clone(),
             batches_rx,
@@ -145,6 +168,9 @@ impl Bridge {
         .await;
         let _ = publisher.await;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        if let Some(pusher) = pusher {
+            let _ = pusher.await;
+        }
         info!("bridge stopped");
         Ok(())
     }

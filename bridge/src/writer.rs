@@ -5,8 +5,11 @@
 //! (a failed request rolls back alone and changes nothing). While a commit is
 //! syncing to disk, new jobs queue up and form the next batch, so one fsync
 //! covers many requests. Publishes and broker acks go to the publisher only
-//! after the commit returned: nothing is acked before it is durable.
+//! after the commit returned: nothing is acked before it is durable. Push
+//! notifications the batch calls for go to the push queue then too; handing
+//! them over never blocks.
 
+use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -20,8 +23,9 @@ use tracing::{debug, error};
 
 use crate::config::Limits;
 use crate::outbox::{Failure, Outgoing};
+use crate::push::{Notification, Sink};
 use crate::request;
-use crate::store::{presence, Ctx};
+use crate::store::{presence, Ctx, Notify};
 
 /// Most jobs in one transaction (the broker lets at most ~100 be unacked anyway).
 const MAX_BATCH: usize = 1024;
@@ -74,13 +78,21 @@ fn now_ms() -> u64 {
 }
 
 /// Runs the writer until `jobs` closes, then returns (dropping `batches`).
+/// Notifications go to `push` when push is configured.
 pub(crate) fn run(
     mut conn: Connection,
     limits: Limits,
     liveness: Option<Liveness>,
+    push: Option<Sink>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     batches: mpsc::Sender<Batch>,
 ) {
+    let notify = match &push {
+        Some(sink) => Notify::On {
+            preview: sink.preview,
+        },
+        None => Notify::Off,
+    };
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -90,23 +102,37 @@ pub(crate) fn run(
             }
         }
         let size = batch.len();
-        let out = process(&mut conn, &limits, liveness.as_ref(), batch);
-        debug!(size, publishes = out.publishes.len(), "batch committed");
+        let (out, pushes) = process(&mut conn, &limits, liveness.as_ref(), notify, batch);
+        debug!(
+            size,
+            publishes = out.publishes.len(),
+            pushes = pushes.len(),
+            "batch committed"
+        );
+        if let Some(sink) = &push {
+            for notification in pushes {
+                sink.queue.push(notification);
+            }
+        }
         if batches.blocking_send(out).is_err() {
             return;
         }
     }
 }
 
+/// Handles a batch in one transaction; returns what to publish and ack, and the
+/// push notifications the committed requests call for (none if the commit failed).
 fn process(
     conn: &mut Connection,
     limits: &Limits,
     liveness: Option<&Liveness>,
+    notify: Notify,
     jobs: Vec<Job>,
-) -> Batch {
+) -> (Batch, Vec<Notification>) {
     let now = now_ms();
     let mut acks = Vec::with_capacity(jobs.len());
     let mut replies: Vec<(Option<String>, &UserId, &DeviceId)> = Vec::new();
+    let mut pushes = Vec::new();
     let result = (|| -> rusqlite::Result<Vec<Outgoing>> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut publishes = Vec::new();
@@ -149,10 +175,14 @@ fn process(
                         device,
                         limits,
                         now,
+                        notify,
+                        pushes: RefCell::new(Vec::new()),
                     };
                     match ctx.handle(req) {
                         Ok(out) => {
+                            let calls_for = ctx.pushes.take();
                             sp.commit()?;
+                            pushes.extend(calls_for);
                             Ok(out)
                         }
                         Err(failure) => Err((id, failure)),
@@ -173,6 +203,7 @@ fn process(
     let publishes = match result {
         Ok(p) => p,
         Err(err) => {
+            pushes.clear();
             // Nothing of the batch is stored: every request that expected a reply learns so.
             error!(cause = %err, "batch failed; nothing of it was stored");
             let failure = Failure::new(ErrorCode::Internal, "storage failure; retry later");
@@ -189,5 +220,5 @@ fn process(
             acks.push((p, job.epoch));
         }
     }
-    Batch { publishes, acks }
+    (Batch { publishes, acks }, pushes)
 }

@@ -154,6 +154,7 @@ impl TestServer {
             limits: self.limits.clone(),
             liveness,
             ready: Some(ready.clone()),
+            push: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({

@@ -88,6 +88,7 @@ impl Ctx<'_> {
         let mut out = self.deliver(conv, seq, &members, |useq| {
             self.message_event(conv, seq, ts, id, body, Some(useq))
         })?;
+        self.notify_offline(conv, seq, body)?;
         out.push(self.reply(&Event::Ack {
             id: id.clone(),
             conv: Some(conv.clone()),

@@ -9,8 +9,12 @@
 mod groups;
 mod messages;
 pub(crate) mod presence;
+mod push;
 mod schema;
 
+pub(crate) use push::Notify;
+
+use std::cell::RefCell;
 use std::path::Path;
 
 use messenger_protocol::wire::{ErrorCode, Event, Request};
@@ -19,6 +23,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::config::{Durability, Limits};
 use crate::outbox::{Failure, Outgoing};
+use crate::push::Notification;
 
 /// Failures opening the store.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,11 @@ pub(crate) struct Ctx<'a> {
     pub(crate) limits: &'a Limits,
     /// The server's clock for this batch, ms since the epoch.
     pub(crate) now: u64,
+    /// Whether stored messages call for push notifications.
+    pub(crate) notify: Notify,
+    /// The notifications this request calls for, to hand to the push workers
+    /// once the transaction is committed (dropped if the request fails).
+    pub(crate) pushes: RefCell<Vec<Notification>>,
 }
 
 impl Ctx<'_> {
@@ -83,11 +93,17 @@ impl Ctx<'_> {
             Request::GroupAdd { id, conv, user } => self.group_add(&id, &conv, &user),
             Request::GroupRemove { id, conv, user } => self.group_remove(&id, &conv, &user),
             Request::GroupLeave { id, conv } => self.group_leave(&id, &conv),
-            Request::PushRegister { .. }
-            | Request::PushUnregister { .. }
-            | Request::Mute { .. } => Err(Failure::bad(
-                "push notifications are not available on this server yet",
-            )),
+            Request::PushRegister {
+                id,
+                platform,
+                token,
+            } => self.push_register(&id, platform, &token),
+            Request::PushUnregister {
+                id,
+                platform,
+                token,
+            } => self.push_unregister(&id, platform, &token),
+            Request::Mute { id, conv, until } => self.mute(&id, &conv, until),
         }
     }
 

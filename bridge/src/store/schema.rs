@@ -63,4 +63,20 @@ CREATE TABLE presence (
     online    INTEGER NOT NULL,          -- the aggregate last published on status/<user>
     last_seen INTEGER                    -- when the last device went offline
 ) WITHOUT ROWID;
+", "
+CREATE TABLE push_tokens (
+    platform      TEXT NOT NULL,         -- 'apns' or 'fcm'
+    token         TEXT NOT NULL,         -- belongs to one app install: one (user, device) at a time
+    user          TEXT NOT NULL,
+    device        TEXT NOT NULL,
+    registered_ms INTEGER NOT NULL,      -- last push_register; a later 410 from APNs may not drop it
+    PRIMARY KEY (platform, token)
+) WITHOUT ROWID;
+CREATE INDEX push_tokens_by_user ON push_tokens (user, device);
+CREATE TABLE mutes (
+    user  TEXT NOT NULL,
+    conv  TEXT NOT NULL,
+    until INTEGER,                       -- no pushes before this ts; NULL: for ever
+    PRIMARY KEY (user, conv)
+) WITHOUT ROWID;
 "];
