@@ -17,7 +17,7 @@ use tracing::warn;
 
 mod lines;
 
-use crate::cli::{Account, ChatCommand};
+use crate::cli::{Account, ChatCommand, GroupCommand};
 use crate::settings::Settings;
 use lines::{
     chat_message_line, chat_receipt_line, event_line, format_ts, member_line, message_line,
@@ -43,6 +43,12 @@ pub(crate) fn run(settings: &Settings, cmd: ChatCommand) -> anyhow::Result<()> {
                 limit,
             } => history(settings, &account, &with, before, limit).await,
             ChatCommand::Chat { account, with } => chat(settings, &account, &with).await,
+            ChatCommand::Status {
+                account,
+                users,
+                follow,
+            } => status(settings, &account, &users, follow).await,
+            ChatCommand::Group(cmd) => group(settings, cmd).await,
         }
     });
     // The stdin reader of `chat` may still be blocked in a read; do not wait for it.
@@ -166,6 +172,110 @@ async fn history(
         }
     }
     Ok(())
+}
+
+/// How long `status` waits for a user's retained status before saying "never seen".
+const STATUS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn status(
+    settings: &Settings,
+    account: &Account,
+    users: &[String],
+    follow: bool,
+) -> anyhow::Result<()> {
+    let users = users
+        .iter()
+        .map(|u| UserId::parse(u).with_context(|| format!("user {u:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut session = connect(settings, account).await?;
+    for user in &users {
+        session.client.subscribe_status(user).await?;
+    }
+    let mut pending: std::collections::BTreeSet<UserId> = users.iter().cloned().collect();
+    let deadline = tokio::time::Instant::now() + STATUS_PATIENCE;
+    let outcome = loop {
+        let event = tokio::select! {
+            event = session.events.next() => event,
+            () = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
+                for user in std::mem::take(&mut pending) {
+                    println!("{user}: never seen");
+                }
+                if follow { continue } else { break Ok(()) }
+            }
+            _ = tokio::signal::ctrl_c(), if follow => break Ok(()),
+        };
+        match event {
+            Some(ClientEvent::Status(s)) => {
+                pending.remove(&s.user);
+                println!("{}", event_line(&ClientEvent::Status(s)));
+                if pending.is_empty() && !follow {
+                    break Ok(());
+                }
+            }
+            Some(ClientEvent::Refused(code)) => break Err(anyhow!("signed out: {code}")),
+            Some(_) => {}
+            None => break Err(anyhow!("the connection ended")),
+        }
+    };
+    session.close(false).await;
+    outcome
+}
+
+async fn group(settings: &Settings, cmd: GroupCommand) -> anyhow::Result<()> {
+    use messenger_protocol::wire::{Event, Request};
+    let id = messenger_client::new_request_id();
+    let group = |g: &str| ConvId::parse(g).with_context(|| format!("group {g:?}"));
+    let user = |u: &str| UserId::parse(u).with_context(|| format!("user {u:?}"));
+    let (account, request) = match cmd {
+        GroupCommand::Create {
+            account,
+            name,
+            members,
+        } => {
+            let members = members
+                .iter()
+                .map(|m| user(m))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            (account, Request::GroupCreate { id, name, members })
+        }
+        GroupCommand::Add {
+            account,
+            group: g,
+            member: u,
+        } => {
+            let (conv, user) = (group(&g)?, user(&u)?);
+            (account, Request::GroupAdd { id, conv, user })
+        }
+        GroupCommand::Remove {
+            account,
+            group: g,
+            member: u,
+        } => {
+            let (conv, user) = (group(&g)?, user(&u)?);
+            (account, Request::GroupRemove { id, conv, user })
+        }
+        GroupCommand::Leave { account, group: g } => (
+            account,
+            Request::GroupLeave {
+                id,
+                conv: group(&g)?,
+            },
+        ),
+    };
+    let session = connect(settings, &account).await?;
+    let result = session.client.call(request).await;
+    session.close(false).await;
+    match result.context("refused")? {
+        Event::Ack {
+            conv: Some(conv),
+            seq: Some(seq),
+            ..
+        } => {
+            println!("{conv}: seq {seq}");
+            Ok(())
+        }
+        other => Err(anyhow!("unexpected reply: {other:?}")),
+    }
 }
 
 async fn listen(settings: &Settings, account: &Account) -> anyhow::Result<()> {

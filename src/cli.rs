@@ -72,6 +72,21 @@ pub(crate) enum ChatCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Print users' presence (online, or when last seen); `--follow` keeps printing changes.
+    Status {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// The users to look at.
+        #[arg(required = true)]
+        users: Vec<String>,
+        /// Keep printing changes until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Group chats: create, add, remove, leave.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Chat interactively: each line of input is sent; /quit or end of input leaves.
     Chat {
         /// Who signs in.
@@ -79,6 +94,51 @@ pub(crate) enum ChatCommand {
         account: Account,
         /// A user id (the 1-1 conversation with them) or a group, `g:<id>`.
         with: String,
+    },
+}
+
+/// Group commands; each prints the group's id and the event's seq.
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Create a group with you as its admin.
+    Create {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// The group's name.
+        name: String,
+        /// Its first members besides you.
+        members: Vec<String>,
+    },
+    /// Add a member (any member may).
+    Add {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// The group, `g:<id>`.
+        group: String,
+        /// Who to add.
+        #[arg(value_name = "USER")]
+        member: String,
+    },
+    /// Remove a member (admins only).
+    Remove {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// The group, `g:<id>`.
+        group: String,
+        /// Who to remove.
+        #[arg(value_name = "USER")]
+        member: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// The group, `g:<id>`.
+        group: String,
     },
 }
 
@@ -144,4 +204,14 @@ pub(crate) enum UserCommand {
         #[arg(long)]
         device: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

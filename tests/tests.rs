@@ -26,3 +26,6 @@ mod groups;
 
 // Push notifications to offline users through fake APNs, FCM and OAuth servers (HTTP/2, TLS).
 mod push;
+
+// The chat commands of the binary (send, history, status, group) against `messenger serve`.
+mod cli;

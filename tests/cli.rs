@@ -1,0 +1,124 @@
+//! The chat commands of the `messenger` binary against `messenger serve`:
+//! send, history, status and group management, as a user types them.
+
+use crate::util::process::{Messenger, Server};
+
+async fn as_user(
+    messenger: &Messenger,
+    server: &Server,
+    user: &str,
+    args: &[&str],
+) -> crate::util::process::Outcome {
+    let mut full: Vec<&str> = args.to_vec();
+    let broker = server.mqtt.to_string();
+    let state = messenger.dir().join("state").display().to_string();
+    full.extend([
+        "--user",
+        user,
+        "--password",
+        "pw",
+        "--broker",
+        &broker,
+        "--state-dir",
+        &state,
+    ]);
+    messenger.run(&full).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_commands_work_against_a_running_server() {
+    let messenger = Messenger::new();
+    for user in ["alice", "bob", "carol"] {
+        messenger
+            .run(&["user", "add", user, "--password", "pw"])
+            .await
+            .ok();
+    }
+    let server = messenger.serve().await;
+
+    let sent = as_user(
+        &messenger,
+        &server,
+        "alice",
+        &["send", "bob", "hello from the cli"],
+    )
+    .await
+    .ok();
+    assert!(sent.starts_with("sent to dm:alice:bob: seq 1"), "{sent}");
+    let history = as_user(&messenger, &server, "bob", &["history", "alice"])
+        .await
+        .ok();
+    assert!(
+        history.contains("#1") && history.contains("alice: hello from the cli"),
+        "{history}"
+    );
+
+    // Nobody of carol's is connected: she has never been seen.
+    let status = as_user(&messenger, &server, "bob", &["status", "carol"])
+        .await
+        .ok();
+    assert_eq!(status.trim(), "carol: never seen");
+
+    let created = as_user(
+        &messenger,
+        &server,
+        "alice",
+        &["group", "create", "trip", "bob"],
+    )
+    .await
+    .ok();
+    let group = created.split(':').take(2).collect::<Vec<_>>().join(":");
+    assert!(
+        group.starts_with("g:") && created.trim().ends_with("seq 1"),
+        "{created}"
+    );
+    let added = as_user(
+        &messenger,
+        &server,
+        "bob",
+        &["group", "add", &group, "carol"],
+    )
+    .await
+    .ok();
+    assert!(added.trim().ends_with("seq 2"), "{added}");
+    let refused = as_user(
+        &messenger,
+        &server,
+        "bob",
+        &["group", "remove", &group, "carol"],
+    )
+    .await
+    .failed();
+    assert!(refused.contains("only an admin"), "{refused}");
+    let sent = as_user(&messenger, &server, "carol", &["send", &group, "hi group"])
+        .await
+        .ok();
+    assert!(sent.contains("seq 3"), "{sent}");
+    let left = as_user(&messenger, &server, "carol", &["group", "leave", &group])
+        .await
+        .ok();
+    assert!(left.trim().ends_with("seq 4"), "{left}");
+    let history = as_user(&messenger, &server, "alice", &["history", &group])
+        .await
+        .ok();
+    for expected in ["created", "added carol", "carol: hi group", "left"] {
+        assert!(
+            history.contains(expected),
+            "{expected:?} missing from:\n{history}"
+        );
+    }
+    // Bad input fails with a message and changes nothing.
+    let bad = as_user(
+        &messenger,
+        &server,
+        "alice",
+        &["group", "add", "g:nope", "bob"],
+    )
+    .await
+    .failed();
+    assert!(bad.contains("no conversation"), "{bad}");
+    let bad = as_user(&messenger, &server, "alice", &["send", "Not A User", "x"])
+        .await
+        .failed();
+    assert!(bad.contains("invalid user id"), "{bad}");
+}
