@@ -12,32 +12,21 @@ use crate::outbox::{Failure, Outgoing};
 impl Ctx<'_> {
     /// A repeated group request: the stored ack, and its event delivered again.
     fn repeated(&self, id: &RequestId) -> Result<Option<Vec<Outgoing>>, Failure> {
-        let stored: Option<(String, u64)> = self
-            .conn
-            .prepare_cached("SELECT conv, seq FROM events WHERE sender = ?1 AND req_id = ?2 AND kind = 'member'")?
-            .query_row(params![self.user.as_str(), id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some((conv, seq)) = stored else {
+        let Some((conv, seq)) = self.prior(id, "member")? else {
             return Ok(None);
         };
-        let conv =
-            ConvId::parse(&conv).map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
-        let event = self.stored_event(&conv, seq)?;
-        let Some(Event::Member { ts, .. }) = event.clone() else {
-            return Err(Failure::new(
-                ErrorCode::Internal,
-                "stored member event is unreadable",
-            ));
+        let unreadable = || Failure::new(ErrorCode::Internal, "stored member event is unreadable");
+        let event = self.stored_event(&conv, seq)?.ok_or_else(unreadable)?;
+        let Event::Member { ts, .. } = event else {
+            return Err(unreadable());
         };
-        let mut out = match event {
-            Some(event) => self.redeliver(&conv, seq, |useq| with_useq(event.clone(), useq))?,
-            None => Vec::new(),
-        };
+        let mut out = self.redeliver(&conv, seq, |useq| with_useq(event.clone(), useq))?;
         out.push(self.ack(id, &conv, seq, ts));
         Ok(Some(out))
     }
 
-    fn stored_event(&self, conv: &ConvId, seq: u64) -> rusqlite::Result<Option<Event>> {
+    /// A stored `message` or `member` event, as published (without `useq`).
+    pub(super) fn stored_event(&self, conv: &ConvId, seq: u64) -> rusqlite::Result<Option<Event>> {
         let conv_s = conv.to_string();
         Ok(self
             .conn
@@ -293,7 +282,8 @@ impl Ctx<'_> {
     }
 }
 
-fn with_useq(mut event: Event, value: u64) -> Event {
+/// The event with the recipient's inbox sequence number.
+pub(super) fn with_useq(mut event: Event, value: u64) -> Event {
     if let Event::Member { useq, .. } | Event::Message { useq, .. } = &mut event {
         *useq = Some(value);
     }

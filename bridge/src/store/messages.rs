@@ -4,8 +4,9 @@ use messenger_protocol::topics;
 use messenger_protocol::wire::{ConversationItem, ErrorCode, Event, ReceiptStatus, RequestId};
 use messenger_protocol::{ConvId, UserId};
 use rumqttc::QoS;
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Row};
 
+use super::groups::with_useq;
 use super::Ctx;
 use crate::outbox::{encode, Failure, Outgoing};
 
@@ -33,29 +34,21 @@ impl Ctx<'_> {
             return Err(Failure::bad("body must not be empty"));
         }
         // A repeat: the same ack, nothing stored; delivery is repeated in case it was lost.
-        let stored: Option<(String, u64, u64, String)> = self
-            .conn
-            .prepare_cached(
-                "SELECT conv, seq, ts, body FROM events WHERE sender = ?1 AND req_id = ?2",
-            )?
-            .query_row(params![self.user.as_str(), id.as_str()], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                ))
-            })
-            .optional()?;
-        if let Some((stored_conv, seq, ts, stored_body)) = stored {
-            let stored_conv = ConvId::parse(&stored_conv)
-                .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
-            let message =
-                |useq| self.message_event(&stored_conv, seq, ts, id, &stored_body, Some(useq));
-            let mut out = self.redeliver(&stored_conv, seq, message)?;
+        if let Some((stored_conv, seq)) = self.prior(id, "message")? {
+            let event = self
+                .stored_event(&stored_conv, seq)?
+                .ok_or_else(|| Failure::new(ErrorCode::Internal, "stored message is unreadable"))?;
+            let Event::Message { ts, .. } = event else {
+                return Err(Failure::new(
+                    ErrorCode::Internal,
+                    "stored message is unreadable",
+                ));
+            };
+            let mut out =
+                self.redeliver(&stored_conv, seq, |useq| with_useq(event.clone(), useq))?;
             out.push(self.reply(&Event::Ack {
                 id: id.clone(),
-                conv: Some(stored_conv.clone()),
+                conv: Some(stored_conv),
                 seq: Some(seq),
                 ts: Some(ts),
             }));

@@ -17,7 +17,7 @@ pub(crate) use push::Notify;
 use std::cell::RefCell;
 use std::path::Path;
 
-use messenger_protocol::wire::{ErrorCode, Event, Request};
+use messenger_protocol::wire::{ErrorCode, Event, Request, RequestId};
 use messenger_protocol::{ConvId, DeviceId, UserId};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -269,6 +269,30 @@ impl Ctx<'_> {
                 ))
             })
             .collect())
+    }
+
+    /// The event an earlier request of the sender's with this id stored: (conv, seq).
+    /// Request ids are unique per sender across kinds, so an id reused for a
+    /// request of another kind is refused.
+    fn prior(&self, id: &RequestId, kind: &str) -> Result<Option<(ConvId, u64)>, Failure> {
+        let stored: Option<(String, u64, String)> = self
+            .conn
+            .prepare_cached("SELECT conv, seq, kind FROM events WHERE sender = ?1 AND req_id = ?2")?
+            .query_row(params![self.user.as_str(), id.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        let Some((conv, seq, stored_kind)) = stored else {
+            return Ok(None);
+        };
+        if stored_kind != kind {
+            return Err(Failure::bad(format!(
+                "request id {id} was already used for another request"
+            )));
+        }
+        let conv =
+            ConvId::parse(&conv).map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
+        Ok(Some((conv, seq)))
     }
 
     /// Checks a page size against the limit.
