@@ -12,14 +12,19 @@ use crate::outbox::{Failure, Outgoing};
 impl Ctx<'_> {
     /// A repeated group request: the stored ack, and its event delivered again.
     fn repeated(&self, id: &RequestId) -> Result<Option<Vec<Outgoing>>, Failure> {
-        let stored: Option<(String, u64)> = self
+        let stored: Option<(String, u64, String)> = self
             .conn
-            .prepare_cached("SELECT conv, seq FROM events WHERE sender = ?1 AND req_id = ?2 AND kind = 'member'")?
-            .query_row(params![self.user.as_str(), id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT conv, seq, kind FROM events WHERE sender = ?1 AND req_id = ?2")?
+            .query_row(params![self.user.as_str(), id.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        let Some((conv, seq)) = stored else {
+        let Some((conv, seq, kind)) = stored else {
             return Ok(None);
         };
+        if kind != "member" {
+            return Err(super::id_taken(id));
+        }
         let conv =
             ConvId::parse(&conv).map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
         let event = self.stored_event(&conv, seq)?;

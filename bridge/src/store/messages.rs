@@ -33,10 +33,10 @@ impl Ctx<'_> {
             return Err(Failure::bad("body must not be empty"));
         }
         // A repeat: the same ack, nothing stored; delivery is repeated in case it was lost.
-        let stored: Option<(String, u64, u64, String)> = self
+        let stored: Option<(String, u64, u64, String, String, String)> = self
             .conn
             .prepare_cached(
-                "SELECT conv, seq, ts, body FROM events WHERE sender = ?1 AND req_id = ?2",
+                "SELECT conv, seq, ts, body, device, kind FROM events WHERE sender = ?1 AND req_id = ?2",
             )?
             .query_row(params![self.user.as_str(), id.as_str()], |r| {
                 Ok((
@@ -44,14 +44,26 @@ impl Ctx<'_> {
                     r.get(1)?,
                     r.get(2)?,
                     r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    r.get(4)?,
+                    r.get(5)?,
                 ))
             })
             .optional()?;
-        if let Some((stored_conv, seq, ts, stored_body)) = stored {
+        if let Some((stored_conv, seq, ts, stored_body, stored_device, kind)) = stored {
+            if kind != "message" {
+                return Err(super::id_taken(id));
+            }
             let stored_conv = ConvId::parse(&stored_conv)
                 .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
-            let message =
-                |useq| self.message_event(&stored_conv, seq, ts, id, &stored_body, Some(useq));
+            // The event as first published: from the device that sent it first.
+            let message = |useq| {
+                let mut event =
+                    self.message_event(&stored_conv, seq, ts, id, &stored_body, Some(useq));
+                if let Event::Message { device, .. } = &mut event {
+                    device.clone_from(&stored_device);
+                }
+                event
+            };
             let mut out = self.redeliver(&stored_conv, seq, message)?;
             out.push(self.reply(&Event::Ack {
                 id: id.clone(),
@@ -130,6 +142,7 @@ impl Ctx<'_> {
                 "seq {seq} is beyond the newest event {last} of {conv}"
             )));
         }
+        // No row yet for a 1-1 conversation before its first message: nothing to confirm.
         let (delivered, read): (u64, u64) = self
             .conn
             .prepare_cached(
@@ -137,7 +150,9 @@ impl Ctx<'_> {
             )?
             .query_row(params![conv.to_string(), self.user.as_str()], |r| {
                 Ok((r.get(0)?, r.get(1)?))
-            })?;
+            })
+            .optional()?
+            .unwrap_or((0, 0));
         let stored = match status {
             ReceiptStatus::Delivered => delivered,
             ReceiptStatus::Read => read,

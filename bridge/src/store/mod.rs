@@ -13,7 +13,7 @@ mod schema;
 
 use std::path::Path;
 
-use messenger_protocol::wire::{ErrorCode, Event, Request};
+use messenger_protocol::wire::{ErrorCode, Event, Request, RequestId};
 use messenger_protocol::{ConvId, DeviceId, UserId};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -266,6 +266,15 @@ impl Ctx<'_> {
         }
         Ok(limit)
     }
+}
+
+/// The refusal of a request whose id the user already gave a request of another
+/// kind: `send` and group requests share one id space per user (a repeat must
+/// be the same kind of request to get the stored answer).
+fn id_taken(id: &RequestId) -> Failure {
+    Failure::bad(format!(
+        "request id {id} was already used by another kind of request"
+    ))
 }
 
 /// A row of `members`.
