@@ -19,7 +19,13 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs();
+    // The chat commands print connection changes themselves; library logs would
+    // only interleave with the conversation.
+    init_logs(if matches!(cli.command, Command::Chat(_)) {
+        "warn,messenger_client=error,rumqttc=error"
+    } else {
+        "info,rumqttd=off"
+    });
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(err) => {
@@ -50,11 +56,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logs() {
+/// Logs to stderr, filtered by `RUST_LOG` or else `default`; colours only on a terminal.
+fn init_logs(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -310,4 +310,10 @@ async fn group_limits_hold() {
         .expect("same answer");
     assert_eq!(first, again);
     assert_eq!(alice.conversations().await.expect("list").len(), 1);
+    // The id of a group request cannot be reused for a message.
+    let dm = ConvId::direct(&uid("alice"), &uid("bob")).expect("dm");
+    match alice.send_with_id(rid("g3"), &dm, "x").await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::BadRequest),
+        other => panic!("expected bad_request, got {other:?}"),
+    }
 }

@@ -393,6 +393,27 @@ async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         (message["type"].as_str(), message["useq"].as_u64()),
         (Some("message"), Some(1))
     );
+    // A receipt for a 1-1 conversation before its first message confirms nothing and
+    // gets no reply; then a group request cannot reuse the id of a send.
+    raw.mqtt
+        .publish(
+            "chat/alice/out/raw",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"type":"receipt","conv":"dm:alice:carol","seq":0,"status":"read"}"#.to_vec(),
+        )
+        .await
+        .expect("publish");
+    let reused = reply_to(
+        &mut raw,
+        br#"{"type":"group_create","id":"ok","name":"g","members":[]}"#,
+    )
+    .await;
+    assert_eq!(
+        (reused["code"].as_str(), reused["id"].as_str()),
+        (Some("bad_request"), Some("ok")),
+        "{reused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

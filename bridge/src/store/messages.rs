@@ -4,7 +4,7 @@ use messenger_protocol::topics;
 use messenger_protocol::wire::{ConversationItem, ErrorCode, Event, ReceiptStatus, RequestId};
 use messenger_protocol::{ConvId, UserId};
 use rumqttc::QoS;
-use rusqlite::{params, Row};
+use rusqlite::{params, OptionalExtension, Row};
 
 use super::groups::with_useq;
 use super::Ctx;
@@ -124,6 +124,7 @@ impl Ctx<'_> {
                 "seq {seq} is beyond the newest event {last} of {conv}"
             )));
         }
+        // No row yet for a 1-1 conversation before its first message: nothing to confirm.
         let (delivered, read): (u64, u64) = self
             .conn
             .prepare_cached(
@@ -131,7 +132,9 @@ impl Ctx<'_> {
             )?
             .query_row(params![conv.to_string(), self.user.as_str()], |r| {
                 Ok((r.get(0)?, r.get(1)?))
-            })?;
+            })
+            .optional()?
+            .unwrap_or((0, 0));
         let stored = match status {
             ReceiptStatus::Delivered => delivered,
             ReceiptStatus::Read => read,

@@ -286,9 +286,7 @@ impl Ctx<'_> {
             return Ok(None);
         };
         if stored_kind != kind {
-            return Err(Failure::bad(format!(
-                "request id {id} was already used for another request"
-            )));
+            return Err(id_taken(id));
         }
         let conv =
             ConvId::parse(&conv).map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
@@ -306,6 +304,15 @@ impl Ctx<'_> {
         }
         Ok(limit)
     }
+}
+
+/// The refusal of a request whose id the user already gave a request of another
+/// kind: `send` and group requests share one id space per user (a repeat must
+/// be the same kind of request to get the stored answer).
+fn id_taken(id: &RequestId) -> Failure {
+    Failure::bad(format!(
+        "request id {id} was already used by another kind of request"
+    ))
 }
 
 /// A row of `members`.
