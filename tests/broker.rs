@@ -475,3 +475,32 @@ async fn idle_websocket_handshake_times_out() {
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     assert!(started.elapsed() >= timeout, "closed before the timeout");
 }
+
+/// A password change cuts the connections signed in before it, not a device
+/// that signed in with the new password before the broker's next look at the
+/// revocations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_spares_sign_ins_made_after_it() {
+    let broker = TestBroker::start()
+        .users(&[("alice", "alice-pw")])
+        .config(|c| c.revocation_poll_ms = 500)
+        .await;
+    let mut old = broker
+        .device(Transport::Tcp, "alice:phone", "alice-pw")
+        .connect()
+        .await
+        .expect("old password signs in");
+    broker
+        .with_accounts(|acc| acc.set_password(&uid("alice"), "new-pw"))
+        .await
+        .expect("password changed");
+    let mut new = broker
+        .device(Transport::Tcp, "alice:laptop", "new-pw")
+        .connect()
+        .await
+        .expect("new password signs in");
+    // The revocation has been acted on once the old connection is gone...
+    old.disconnected().await;
+    // ...and the new one still works.
+    assert_eq!(new.subscribe(&["chat/alice/inbox"]).await, [GRANTED]);
+}

@@ -282,20 +282,28 @@ impl Accounts {
     }
 
     /// Users whose sessions were revoked (removed, or password changed) after
-    /// revocation number `after`, with the newest revocation number.
-    pub fn revocations_after(&self, after: i64) -> Result<(Vec<String>, i64), AccountsError> {
+    /// revocation number `after`, each with when (ms since the epoch), and the
+    /// newest revocation number.
+    pub fn revocations_after(
+        &self,
+        after: i64,
+    ) -> Result<(Vec<(String, i64)>, i64), AccountsError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT id, user FROM revocations WHERE id > ?1 ORDER BY id")?;
+        let mut stmt = conn
+            .prepare_cached("SELECT id, user, at_ms FROM revocations WHERE id > ?1 ORDER BY id")?;
         let mut last = after;
         let mut users = Vec::new();
         let rows = stmt.query_map([after], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })?;
         for row in rows {
-            let (id, user) = row?;
+            let (id, user, at_ms) = row?;
             last = id;
-            users.push(user);
+            users.push((user, at_ms));
         }
         Ok((users, last))
     }
@@ -428,7 +436,8 @@ mod tests {
             Verdict::UnknownUser
         );
         let (users, last) = acc.revocations_after(start).unwrap();
-        assert_eq!(users, vec!["alice".to_owned(), "alice".to_owned()]);
+        let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(names, ["alice", "alice"]);
         assert_eq!(acc.revocations_after(last).unwrap().0.len(), 0);
         assert!(acc.list().unwrap().is_empty());
     }

@@ -100,10 +100,14 @@ impl Protocol for Gate {
         }
         match (&st.phase, packet) {
             (Phase::New, Packet::Connect(mut connect, props, will, will_props, login)) => {
+                // Taken before the credentials are checked: a revocation after this
+                // instant may have invalidated what was checked.
+                let since_ms = crate::sessions::now_ms();
                 match shared.auth.admit(&connect, will.as_ref(), login.as_ref()) {
                     Ok(principal) => {
                         if let Principal::User(user) = &principal {
                             shared.sessions.register(
+                                since_ms,
                                 user.as_str(),
                                 &connect.client_id,
                                 connect.clean_session,

@@ -20,7 +20,6 @@ mod gate;
 mod sessions;
 mod websocket;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -253,7 +252,6 @@ async fn watch_revocations(
         }
         Err(_) => return,
     };
-    let mut seen: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -263,15 +261,14 @@ async fn watch_revocations(
         match tokio::task::spawn_blocking(move || acc.revocations_after(last)).await {
             Ok(Ok((users, newest))) => {
                 last = newest;
-                seen.clear();
-                for user in users {
-                    if seen.insert(user.clone()) {
-                        let live = shared.sessions.revoke(&user);
-                        for conn in &live {
-                            if let Err(err) = sessions::cut(&links, conn).await {
-                                warn!(cause = %err, client_id = %conn.client_id, "cannot cut a revoked connection; it ends at its next packet");
-                            }
+                for (user, at_ms) in users {
+                    let live = shared.sessions.revoke(&user, at_ms);
+                    for conn in &live {
+                        if let Err(err) = sessions::cut(&links, conn).await {
+                            warn!(cause = %err, client_id = %conn.client_id, "cannot cut a revoked connection; it ends at its next packet");
                         }
+                    }
+                    if !live.is_empty() {
                         info!(%user, connections = live.len(), "account revoked");
                     }
                 }

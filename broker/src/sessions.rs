@@ -25,6 +25,16 @@ pub(crate) struct Live {
     pub(crate) will: Option<LastWill>,
     /// Set on revocation; dropped with the connection.
     revoked: Weak<AtomicBool>,
+    /// When its sign-in began (ms since the epoch): revocations after it cut it,
+    /// earlier ones (e.g. the password change it signed in after) do not.
+    since_ms: i64,
+}
+
+/// The wall clock in ms since the epoch, the unit of the revocations table.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A registry of every signed-in user's live connections.
@@ -57,6 +67,7 @@ impl Sessions {
     /// Records a connection; `revoked` is set when the user is revoked.
     pub(crate) fn register(
         &self,
+        since_ms: i64,
         user: &str,
         client_id: &str,
         clean_session: bool,
@@ -71,6 +82,7 @@ impl Sessions {
             clean_session,
             will,
             revoked: Arc::downgrade(revoked),
+            since_ms,
         });
     }
 
@@ -92,13 +104,21 @@ impl Sessions {
             .contains_key(client_id)
     }
 
-    /// Marks every live connection of `user` revoked and returns them, to be [`cut`].
-    pub(crate) fn revoke(&self, user: &str) -> Vec<Live> {
+    /// Marks revoked every live connection of `user` that signed in before the
+    /// revocation at `at_ms`, and returns them, to be [`cut`]. Later sign-ins
+    /// (with the new password) stay.
+    pub(crate) fn revoke(&self, user: &str, at_ms: i64) -> Vec<Live> {
         let mut map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
         let Some(list) = map.remove(user) else {
             return Vec::new();
         };
-        list.into_iter()
+        let (before, after): (Vec<Live>, Vec<Live>) =
+            list.into_iter().partition(|live| live.since_ms <= at_ms);
+        if !after.is_empty() {
+            map.insert(user.to_owned(), after);
+        }
+        before
+            .into_iter()
             .filter(|live| match live.revoked.upgrade() {
                 Some(flag) => {
                     flag.store(true, Ordering::Release);
