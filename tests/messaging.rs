@@ -168,6 +168,32 @@ async fn offline_device_catches_up_without_gaps_or_repeats() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_device_chats_like_any_other() {
+    let server = TestServer::start(Backend::Embedded, USERS).await;
+    let ws = server.ws_addr().to_string();
+    let (alice, mut alice_events) = server
+        .device_with("alice", "alice-pw", "browser", |c| {
+            c.transport = messenger_client::Transport::WebSocket;
+            c.broker = ws;
+        })
+        .await;
+    let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
+    let conv = dm("alice", "bob");
+    assert_eq!(
+        alice.send(&conv, "over websocket").await.expect("ack").seq,
+        1
+    );
+    assert_eq!(next_message(&mut bob_events).await.body, "over websocket");
+    bob.send(&conv, "over tcp").await.expect("ack");
+    let m = expect(&mut alice_events, |e| match e {
+        ClientEvent::Message(m) if m.from.as_str() == "bob" => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!((m.seq, m.body.as_str()), (2, "over tcp"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_from_a_cursor_and_history_pages() {
     let server = TestServer::start(Backend::Embedded, USERS).await;
     let (alice, _a) = server.device("alice", "alice-pw", "phone").await;

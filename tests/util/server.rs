@@ -126,6 +126,16 @@ impl TestServer {
         }
     }
 
+    /// The embedded broker's MQTT over WebSocket address.
+    pub(crate) fn ws_addr(&self) -> SocketAddr {
+        match &self.broker {
+            Broker::Embedded(b) => b.ws_addr(),
+            Broker::Mosquitto { .. } => {
+                panic!("the Mosquitto test broker has no WebSocket listener")
+            }
+        }
+    }
+
     /// The SQLite file.
     pub(crate) fn db(&self) -> &PathBuf {
         &self.db
