@@ -89,8 +89,11 @@ impl Settings {
         if self.bridge.username.is_empty() {
             bail!("bridge.username must not be empty");
         }
-        if messenger_protocol::DeviceId::parse(&self.bridge.instance).is_err() {
-            bail!("bridge.instance must be 1-64 of A-Z a-z 0-9 _ -");
+        // The bridge also connects as `<instance>-out`, which must be a device id too.
+        if messenger_protocol::DeviceId::parse(&format!("{}-out", self.bridge.instance)).is_err()
+            || self.bridge.instance.is_empty()
+        {
+            bail!("bridge.instance must be 1-60 of A-Z a-z 0-9 _ -");
         }
         Ok(())
     }

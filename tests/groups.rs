@@ -317,3 +317,35 @@ async fn group_limits_hold() {
         other => panic!("expected bad_request, got {other:?}"),
     }
 }
+
+/// Bursts of concurrent sends into a group: every batch fans out to many
+/// inboxes at once. On one MQTT connection the bridge's acks to the broker
+/// would queue behind those publishes until both sides stalled for good; the
+/// bridge publishes and acks on separate connections, so all are acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_group_messages_never_stall_the_bridge() {
+    let server = TestServer::start(Backend::Embedded, USERS).await;
+    let (alice, _a) = server.device("alice", "pw-a", "phone").await;
+    let (bob, _b) = server.device("bob", "pw-b", "phone").await;
+    let (carol, mut carol_events) = server.device("carol", "pw-c", "phone").await;
+    let conv = create(&alice, "burst", &["bob", "carol", "dave", "erin"]).await;
+    const EACH: usize = 100;
+    let mut sends = tokio::task::JoinSet::new();
+    for (who, client) in [("alice", alice.clone()), ("bob", bob.clone())] {
+        for i in 0..EACH {
+            let (client, conv) = (client.clone(), conv.clone());
+            sends.spawn(async move { client.send(&conv, &format!("{who} {i}")).await });
+        }
+    }
+    let mut seqs = Vec::new();
+    while let Some(result) = sends.join_next().await {
+        seqs.push(result.expect("task").expect("acked").seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..2 + 2 * EACH as u64).collect::<Vec<_>>());
+    // Carol's device got every one of them, in order.
+    for seq in 2..2 + 2 * EACH as u64 {
+        assert_eq!(next_message(&mut carol_events).await.seq, seq);
+    }
+    drop(carol);
+}

@@ -128,7 +128,11 @@ impl Bridge {
             Duration::from_secs(u64::from(self.config.keepalive_secs.max(5))),
             max_packet,
         );
-        let (client, eventloop) = AsyncClient::new(options, 10_000);
+        let (producer, mut producer_loop) =
+            AsyncClient::new(mqtt::producer_options(&options, max_packet), 10_000);
+        producer_loop.set_network_options(mqtt::network());
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        eventloop.set_network_options(mqtt::network());
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let (batches_tx, batches_rx) = mpsc::channel(64);
         let (done_tx, done_rx) = oneshot::channel();
@@ -149,7 +153,9 @@ impl Bridge {
             .spawn(move || writer::run(conn, limits, liveness, sink, jobs_rx, batches_tx))
             .map_err(|e| BridgeError::Task(e.to_string()))?;
         let pusher = push.map(|service| tokio::spawn(service.run(shutdown.clone())));
+        let producing = tokio::spawn(mqtt::produce(producer_loop, shutdown.clone()));
         let publisher = tokio::spawn(mqtt::publisher(
+            producer,
             client.clone(),
             batches_rx,
             epoch.clone(),
@@ -167,6 +173,7 @@ impl Bridge {
         )
         .await;
         let _ = publisher.await;
+        let _ = producing.await;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         if let Some(pusher) = pusher {
             let _ = pusher.await;

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use messenger_protocol::topics::{self, Topic};
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, MqttOptions, NetworkOptions, Outgoing, QoS,
+};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -148,16 +150,19 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(jitter)
 }
 
-/// Publishes committed batches, then acks their inbound publishes, in order.
+/// Publishes committed batches on the producer connection, then acks their
+/// inbound publishes on the consumer connection, in receive order. Once the
+/// writer is done, disconnects the producer and reports.
 pub(crate) async fn publisher(
-    client: AsyncClient,
+    producer: AsyncClient,
+    consumer: AsyncClient,
     mut batches: mpsc::Receiver<Batch>,
     epoch: Arc<AtomicU64>,
     done: oneshot::Sender<()>,
 ) {
     while let Some(batch) = batches.recv().await {
         for out in batch.publishes {
-            if let Err(err) = client
+            if let Err(err) = producer
                 .publish(out.topic, out.qos, out.retain, out.payload)
                 .await
             {
@@ -168,16 +173,63 @@ pub(crate) async fn publisher(
         for (publish, from) in batch.acks {
             // An ack for an earlier connection would confuse the broker; it redelivers those.
             if from == current {
-                if let Err(err) = client.ack(&publish).await {
+                if let Err(err) = consumer.ack(&publish).await {
                     warn!(cause = %err, "cannot ack");
                 }
             }
         }
     }
+    let _ = producer.disconnect().await;
     let _ = done.send(());
 }
 
-/// The bridge's MQTT options.
+/// Drives the producer connection's event loop (it only publishes) until it has
+/// sent its DISCONNECT, reconnecting with backoff meanwhile.
+pub(crate) async fn produce(mut eventloop: EventLoop, shutdown: CancellationToken) {
+    let mut failures: u32 = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => failures = 0,
+            Ok(_) => {}
+            Err(err) => {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures);
+                warn!(cause = %err, retry_in_ms = delay.as_millis() as u64, "bridge's producer lost the broker");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The producer's window of unacknowledged outgoing QoS 1 publishes: the most rumqttc allows.
+///
+/// The bridge publishes and acks on two connections. rumqttd (0.20) parks a
+/// connection whose 100 slots of unacked publishes *to* it are full and then sends
+/// it nothing, PUBACKs included, until it acks something. Were the bridge's acks
+/// queued behind its publishes on one connection (rumqttc has one request channel,
+/// and takes no request while its outgoing window is full), a large batch would
+/// fill both windows and neither side would ever move again. The producer
+/// subscribes to nothing, so the broker never parks it, and the consumer's acks
+/// never wait behind publishes.
+const OUTGOING_INFLIGHT: u16 = u16::MAX;
+
+/// The bridge's socket options: TCP_NODELAY. rumqttc writes every packet on its
+/// own; with Nagle's algorithm, a packet written while the previous one is unacked
+/// waits for the broker's delayed ACK (40 ms on Linux) whenever the broker has
+/// nothing to send back at once — the bridge's acks to the broker, mostly.
+pub(crate) fn network() -> NetworkOptions {
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network
+}
+
+/// The options of the consumer connection (`<username>:<instance>`): a persistent
+/// session with manual acks, so that requests the bridge has not handled stay
+/// with the broker across reconnects and restarts.
 pub(crate) fn options(
     host: &str,
     port: u16,
@@ -193,6 +245,22 @@ pub(crate) fn options(
         .set_keep_alive(keepalive)
         .set_clean_session(false)
         .set_manual_acks(true)
+        .set_max_packet_size(max_packet, max_packet);
+    options
+}
+
+/// The options of the producer connection (`<username>:<instance>-out`): it
+/// only publishes, so it needs no session.
+pub(crate) fn producer_options(consumer: &MqttOptions, max_packet: usize) -> MqttOptions {
+    let (host, port) = consumer.broker_address();
+    let mut options = MqttOptions::new(format!("{}-out", consumer.client_id()), host, port);
+    if let Some(login) = consumer.credentials() {
+        options.set_credentials(login.username, login.password);
+    }
+    options
+        .set_keep_alive(consumer.keep_alive())
+        .set_clean_session(true)
+        .set_inflight(OUTGOING_INFLIGHT)
         .set_max_packet_size(max_packet, max_packet);
     options
 }
