@@ -34,6 +34,8 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = AclFormat::Mosquitto)]
         format: AclFormat,
     },
+    /// Measure throughput, latency, connections and memory against a server child process.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// ACL file formats.

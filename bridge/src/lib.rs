@@ -103,7 +103,8 @@ impl Bridge {
             Duration::from_secs(u64::from(self.config.keepalive_secs.max(5))),
             max_packet,
         );
-        let (client, eventloop) = AsyncClient::new(options, 10_000);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        eventloop.set_network_options(mqtt::network());
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let (batches_tx, batches_rx) = mpsc::channel(64);
         let (done_tx, done_rx) = oneshot::channel();

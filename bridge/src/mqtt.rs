@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use messenger_protocol::topics::{self, Topic};
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, MqttOptions, NetworkOptions, Outgoing, QoS,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -174,6 +176,29 @@ pub(crate) async fn publisher(
     let _ = done.send(());
 }
 
+/// The bridge's window of unacknowledged outgoing QoS 1 publishes: the most rumqttc allows.
+///
+/// rumqttd (0.20) parks a connection whose 100 slots of unacked publishes to it are
+/// full, and then sends it nothing, its PUBACKs included, until that client acks
+/// something. The bridge's acks queue behind its publishes in rumqttc's one request
+/// channel, and rumqttc takes no request while its own outgoing window is full. With
+/// rumqttc's default window of 100, a batch of 100 requests (300 publishes for 1-1
+/// messages) filled both windows and neither side ever moved again. A batch holds at
+/// most 100 requests, so this window covers every batch of 1-1 messages and any batch
+/// with fewer than 64 messages to 1024-member groups; beyond that the stall remains
+/// possible until rumqttd sends PUBACKs to a parked connection (docs/BENCHMARKS.md).
+const OUTGOING_INFLIGHT: u16 = u16::MAX;
+
+/// The bridge's socket options: TCP_NODELAY. rumqttc writes every packet on its
+/// own; with Nagle's algorithm, a packet written while the previous one is unacked
+/// waits for the broker's delayed ACK (40 ms on Linux) whenever the broker has
+/// nothing to send back at once — the bridge's acks to the broker, mostly.
+pub(crate) fn network() -> NetworkOptions {
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network
+}
+
 /// The bridge's MQTT options.
 pub(crate) fn options(
     host: &str,
@@ -190,6 +215,7 @@ pub(crate) fn options(
         .set_keep_alive(keepalive)
         .set_clean_session(false)
         .set_manual_acks(true)
+        .set_inflight(OUTGOING_INFLIGHT)
         .set_max_packet_size(max_packet, max_packet);
     options
 }

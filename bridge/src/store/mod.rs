@@ -36,6 +36,9 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, St
         Durability::Os => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
+    // Every request runs in its own savepoint; its statement journal stays in memory
+    // instead of a temporary file written (not synced) for every request.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     messenger_accounts::migrate(&mut conn)?;
     messenger_accounts::schema::migrate(&mut conn, "bridge", schema::MIGRATIONS)?;
     Ok(conn)
