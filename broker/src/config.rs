@@ -24,6 +24,11 @@ pub struct BrokerConfig {
     pub segment_bytes: usize,
     /// Segments kept per topic; with `segment_bytes` this bounds a topic's memory.
     pub segment_count: usize,
+    /// Size of one segment of the logs behind the bridge's subscriptions (`chat/+/out/+`
+    /// and `presence/+/+`), in bytes. Every device's requests share one such log, and the
+    /// broker drops its oldest segment even when the bridge has not read it yet: this
+    /// bounds how far the bridge may fall behind a burst before requests are lost.
+    pub service_segment_bytes: usize,
     /// How often to look for revoked accounts (removed users, changed passwords), in milliseconds.
     pub revocation_poll_ms: u64,
 }
@@ -39,6 +44,7 @@ impl Default for BrokerConfig {
             ws_handshake_timeout_ms: 5_000,
             segment_bytes: 256 * 1024,
             segment_count: 2,
+            service_segment_bytes: 8 * 1024 * 1024,
             revocation_poll_ms: 1_000,
         }
     }
@@ -52,6 +58,11 @@ impl BrokerConfig {
         }
         if self.segment_bytes < self.max_packet_bytes {
             return Err("broker.segment_bytes must be at least broker.max_packet_bytes".into());
+        }
+        if self.service_segment_bytes < self.segment_bytes {
+            return Err(
+                "broker.service_segment_bytes must be at least broker.segment_bytes".into(),
+            );
         }
         if self.segment_count == 0 {
             return Err("broker.segment_count must be at least 1".into());

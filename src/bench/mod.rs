@@ -63,7 +63,7 @@ pub(crate) struct BenchArgs {
     /// E2E: 1-1 pairs of devices [50; quick 4].
     #[arg(long)]
     pairs: Option<usize>,
-    /// E2E saturated: unacknowledged sends per device [8; quick 16].
+    /// E2E saturated: unacknowledged sends per device [4; quick 16].
     #[arg(long)]
     window: Option<usize>,
     /// Paced phases: messages per second [1000; quick 200].
@@ -168,7 +168,7 @@ impl Options {
             raw_paced_secs: if q { 0.5 } else { 3.0 },
             raw_publishers: count(a.raw_publishers, 4, 2),
             pairs: count(a.pairs, 50, 4),
-            window: count(a.window, 8, 16),
+            window: count(a.window, 4, 16),
             paced_rate: pick(a.paced_rate, 1000.0, 200.0),
             paced_secs: pick(a.paced_secs, 10.0, 1.0),
             messages: a.messages.unwrap_or(if q { 3_000 } else { 2_000_000 }),
