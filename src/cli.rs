@@ -35,7 +35,7 @@ pub(crate) enum Command {
         format: AclFormat,
     },
     /// Measure throughput, latency, connections and memory against a server child process.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// ACL file formats.

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

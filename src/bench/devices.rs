@@ -252,9 +252,10 @@ impl Fleet {
         for spec in specs {
             let (client, mut eventloop) =
                 AsyncClient::new(mqtt_options(addr, &spec, options), options.channel);
-            // Chat clients send small packets that must not wait for the previous one's ACK.
+            // User devices send each small packet at once (TCP_NODELAY), as a chat app
+            // does; the raw phase's clients let the kernel coalesce, to find the ceiling.
             let mut network = NetworkOptions::new();
-            network.set_tcp_nodelay(true);
+            network.set_tcp_nodelay(matches!(spec.kind, Kind::User));
             eventloop.set_network_options(network);
             let mut device = Device {
                 client,

@@ -57,7 +57,7 @@ pub(crate) struct BenchArgs {
     /// Raw: seconds of saturated publishing [5; quick 1].
     #[arg(long)]
     raw_secs: Option<f64>,
-    /// Raw: publishing devices [4; quick 2].
+    /// Raw: publishing devices [2; quick 2].
     #[arg(long)]
     raw_publishers: Option<usize>,
     /// E2E: 1-1 pairs of devices [50; quick 4].
@@ -72,7 +72,7 @@ pub(crate) struct BenchArgs {
     /// E2E paced: seconds [10; quick 1].
     #[arg(long)]
     paced_secs: Option<f64>,
-    /// E2E saturated: messages in the long run [2000000; quick 3000].
+    /// E2E saturated: messages in the long run [1000000; quick 3000].
     #[arg(long)]
     messages: Option<u64>,
     /// E2E saturated: messages before the baseline memory reading and the throughput window [100000; quick 1000].
@@ -90,6 +90,10 @@ pub(crate) struct BenchArgs {
     /// Connections: devices per user [100; quick 10].
     #[arg(long)]
     devices_per_user: Option<usize>,
+    /// Extra configuration for the servers under test, as NAME=VALUE environment
+    /// variables (e.g. MESSENGER_BROKER__SEGMENT_BYTES=131072); repeatable.
+    #[arg(long = "server-env", value_parser = parse_env)]
+    server_env: Vec<(String, String)>,
     /// Keep the servers' directories (databases, logs) and print where.
     #[arg(long)]
     keep: bool,
@@ -146,6 +150,7 @@ pub(crate) struct Options {
     group_messages: usize,
     connections: usize,
     devices_per_user: usize,
+    server_env: Vec<(String, String)>,
     keep: bool,
 }
 
@@ -166,12 +171,12 @@ impl Options {
             durability: a.durability,
             raw_secs: pick(a.raw_secs, 5.0, 1.0),
             raw_paced_secs: if q { 0.5 } else { 3.0 },
-            raw_publishers: count(a.raw_publishers, 4, 2),
+            raw_publishers: count(a.raw_publishers, 2, 2),
             pairs: count(a.pairs, 50, 4),
             window: count(a.window, 4, 16),
             paced_rate: pick(a.paced_rate, 1000.0, 200.0),
             paced_secs: pick(a.paced_secs, 10.0, 1.0),
-            messages: a.messages.unwrap_or(if q { 3_000 } else { 2_000_000 }),
+            messages: a.messages.unwrap_or(if q { 3_000 } else { 1_000_000 }),
             baseline_messages: a
                 .baseline_messages
                 .unwrap_or(if q { 1_000 } else { 100_000 }),
@@ -179,6 +184,7 @@ impl Options {
             group_messages: count(a.group_messages, 50, 5),
             connections: count(a.connections, 10_000, 100),
             devices_per_user: count(a.devices_per_user, 100, 10),
+            server_env: a.server_env.clone(),
             keep: a.keep,
         };
         options.validate()?;
@@ -269,6 +275,7 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
             durability: options.durability.as_str().to_owned(),
             service_password: hex::encode(password),
             max_connections: (options.peak_connections() + 100).max(20_000),
+            env: options.server_env.clone(),
         })
     };
     let raw = if options.runs(Phase::Raw) {
@@ -300,6 +307,18 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
         &connections,
         started.elapsed(),
     ))
+}
+
+/// Parses `--server-env NAME=VALUE`.
+fn parse_env(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if name.starts_with("MESSENGER_") => {
+            Ok((name.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "expected MESSENGER_<TABLE>__<KEY>=VALUE, got {arg:?}"
+        )),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

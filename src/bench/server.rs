@@ -39,6 +39,8 @@ pub(crate) struct ServerSpec {
     pub(crate) service_password: String,
     /// `broker.max_connections`.
     pub(crate) max_connections: usize,
+    /// More `MESSENGER_*` variables for the server (`--server-env`), applied last.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl ServerSpec {
@@ -150,6 +152,7 @@ impl Server {
         .env("MESSENGER_STORAGE__PATH", spec.db())
         .env("MESSENGER_STORAGE__DURABILITY", &spec.durability)
         .env("MESSENGER_BRIDGE__PASSWORD", &spec.service_password)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
