@@ -37,6 +37,8 @@ pub(crate) enum Command {
     /// Chat commands (send, listen, history, chat), signed in as one user.
     #[command(flatten)]
     Chat(ChatCommand),
+    /// Measure throughput, latency, connections and memory against a server child process.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// The chat commands: a device of a user, through the client library.

@@ -29,3 +29,6 @@ mod push;
 
 // The chat commands of the binary (send, history, status, group) against `messenger serve`.
 mod cli;
+
+// `messenger bench --quick`: the benchmark runs end to end (no timing assertions).
+mod bench;

@@ -245,6 +245,7 @@ pub(crate) fn options(
         .set_keep_alive(keepalive)
         .set_clean_session(false)
         .set_manual_acks(true)
+        .set_inflight(OUTGOING_INFLIGHT)
         .set_max_packet_size(max_packet, max_packet);
     options
 }

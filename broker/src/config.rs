@@ -20,10 +20,18 @@ pub struct BrokerConfig {
     pub connect_timeout_ms: u16,
     /// How long a WebSocket client may take to finish its HTTP upgrade, in milliseconds.
     pub ws_handshake_timeout_ms: u64,
-    /// Size of one segment of a topic's in-memory log, in bytes.
+    /// Size of one segment of a subscription's in-memory log, in bytes. The log of
+    /// `chat/<user>/inbox` or `chat/<user>/dev/<device>` is that device's offline queue;
+    /// older events are dropped (devices fill gaps with `sync`). A message larger than
+    /// a segment still fits: a segment overflows by its last message.
     pub segment_bytes: usize,
-    /// Segments kept per topic; with `segment_bytes` this bounds a topic's memory.
+    /// Segments kept per subscription log; with `segment_bytes` this bounds its memory.
     pub segment_count: usize,
+    /// Size of one segment of the logs behind the bridge's subscriptions (`chat/+/out/+`
+    /// and `presence/+/+`), in bytes. Every device's requests share one such log, and the
+    /// broker drops its oldest segment even when the bridge has not read it yet: this
+    /// bounds how far the bridge may fall behind a burst before requests are lost.
+    pub service_segment_bytes: usize,
     /// How often to look for revoked accounts (removed users, changed passwords), in milliseconds.
     pub revocation_poll_ms: u64,
 }
@@ -37,8 +45,9 @@ impl Default for BrokerConfig {
             max_connections: 20_000,
             connect_timeout_ms: 5_000,
             ws_handshake_timeout_ms: 5_000,
-            segment_bytes: 256 * 1024,
+            segment_bytes: 32 * 1024,
             segment_count: 2,
+            service_segment_bytes: 8 * 1024 * 1024,
             revocation_poll_ms: 1_000,
         }
     }
@@ -50,8 +59,13 @@ impl BrokerConfig {
         if self.max_packet_bytes < 1024 || self.max_packet_bytes > 16 * 1024 * 1024 {
             return Err("broker.max_packet_bytes must be between 1024 and 16777216".into());
         }
-        if self.segment_bytes < self.max_packet_bytes {
-            return Err("broker.segment_bytes must be at least broker.max_packet_bytes".into());
+        if self.segment_bytes < 1024 {
+            return Err("broker.segment_bytes must be at least 1024".into());
+        }
+        if self.service_segment_bytes < self.segment_bytes {
+            return Err(
+                "broker.service_segment_bytes must be at least broker.segment_bytes".into(),
+            );
         }
         if self.segment_count == 0 {
             return Err("broker.segment_count must be at least 1".into());

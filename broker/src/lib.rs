@@ -20,13 +20,17 @@ mod gate;
 mod sessions;
 mod websocket;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_accounts::Accounts;
+use messenger_protocol::topics;
 use rumqttd::local::LinkBuilder;
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, LinkType, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -117,6 +121,21 @@ impl Liveness {
     }
 }
 
+/// Bigger logs for the bridge's subscriptions, which carry every device's traffic
+/// (rumqttd picks a log's segment size by matching its filter against these).
+fn service_segments(config: &BrokerConfig) -> HashMap<String, SegmentConfig> {
+    [topics::OUT_FILTER, topics::PRESENCE_FILTER]
+        .into_iter()
+        .map(|filter| {
+            let segments = SegmentConfig {
+                max_segment_size: config.service_segment_bytes,
+                max_segment_count: config.segment_count,
+            };
+            (filter.to_owned(), segments)
+        })
+        .collect()
+}
+
 /// Binds a listener's address up front so a bad or busy address is reported
 /// before anything starts, and resolves port 0 to a free port.
 fn reserve(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
@@ -148,7 +167,7 @@ pub fn start(
             max_outgoing_packet_count: 200,
             max_segment_size: config.segment_bytes,
             max_segment_count: config.segment_count,
-            custom_segment: None,
+            custom_segment: Some(service_segments(config)),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },

@@ -1,0 +1,626 @@
+//! Simulated devices: one rumqttc client and one event-loop task each.
+//!
+//! A [`Fleet`] connects its devices (at most [`CONNECTING`] attempts at a time),
+//! keeps them connected (reconnecting with a little jitter after any error) and
+//! records what they receive into shared [`Metrics`]. Senders stamp each request
+//! id with [`now_us`]; the receivers of the ack and of the message turn that stamp
+//! into a latency. In closed-loop mode every ack makes its device send again,
+//! while the fleet's budget lasts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use messenger_protocol::wire::Event;
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, NetworkOptions, Outgoing,
+    Packet, QoS,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::seed::Identity;
+use super::stats::{now_us, Recorder};
+
+/// Most connection attempts in flight per fleet: enough to connect thousands of
+/// devices a second without overflowing the server's listen backlog.
+const CONNECTING: usize = 128;
+/// Largest MQTT packet a device sends or accepts (a 1024-member `group_create` is ~10 KiB).
+const MAX_PACKET: usize = 256 * 1024;
+/// Prefix of the ids of control requests, whose replies are kept for the orchestrator.
+const CONTROL: &str = "ctl-";
+/// Size of every message body and raw payload, in bytes.
+pub(crate) const BODY_BYTES: usize = 100;
+
+/// What a simulated client is.
+#[derive(Debug, Clone)]
+pub(crate) enum Kind {
+    /// A user's device: a last will and `online` on its presence topic,
+    /// subscribed to its inbox and dev topics.
+    User,
+    /// A user's device that only publishes (a raw publisher): no will, no subscriptions.
+    Publisher,
+    /// The service account subscribed to one filter (the raw consumer).
+    Service {
+        /// The topic filter.
+        filter: String,
+    },
+}
+
+/// One device to simulate.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    /// Who it signs in as.
+    pub(crate) id: Identity,
+    /// What it does.
+    pub(crate) kind: Kind,
+    /// The conversation it sends to in closed-loop mode, if any.
+    pub(crate) conv: Option<String>,
+}
+
+/// Client settings of a fleet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FleetOptions {
+    /// rumqttc's outgoing QoS 1 window per device.
+    pub(crate) inflight: u16,
+    /// rumqttc's request channel capacity per device.
+    pub(crate) channel: usize,
+}
+
+/// What the devices of a fleet observed.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    /// Send -> ack on the sender's dev topic.
+    pub(crate) acks: Recorder,
+    /// Send -> message in another member's inbox (raw: publish -> the consumer).
+    pub(crate) deliveries: Recorder,
+    /// Requests (or raw publishes) handed to the clients.
+    pub(crate) sent: AtomicU64,
+    /// `error` replies, and sends the client refused.
+    pub(crate) errors: AtomicU64,
+}
+
+impl Metrics {
+    /// Starts a new phase: every sample and counter back to zero.
+    pub(crate) fn reset(&self) {
+        self.acks.take();
+        self.deliveries.take();
+        self.sent.store(0, Ordering::Relaxed);
+        self.errors.store(0, Ordering::Relaxed);
+    }
+
+    /// The counters, for error messages.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} sent, {} acked, {} delivered, {} errors",
+            self.sent.load(Ordering::Relaxed),
+            self.acks.count(),
+            self.deliveries.count(),
+            self.errors.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// State shared by a fleet's device tasks and the orchestrator.
+pub(crate) struct Shared {
+    /// What the devices observed.
+    pub(crate) metrics: Metrics,
+    /// Devices connected (and subscribed, for those that subscribe) right now.
+    ready: AtomicUsize,
+    /// Times a device became ready, reconnections included.
+    connects: AtomicU64,
+    /// CONNECTs the server refused (bad credentials would otherwise retry silently).
+    refused: AtomicU64,
+    /// Closed-loop sends left: each ack takes one and sends again while it was positive.
+    budget: AtomicI64,
+    /// Connection attempts in flight, at most [`CONNECTING`].
+    connecting: Semaphore,
+    /// Replies to control requests (ids starting with [`CONTROL`]), by id.
+    control: Mutex<HashMap<String, Event>>,
+}
+
+/// The request side of a user's device: builds and publishes `send` requests.
+pub(crate) struct Sender {
+    client: AsyncClient,
+    /// `chat/<user>/out/<device>`.
+    topic: String,
+    conv: String,
+    /// Unique among the senders of one user, so request ids never repeat.
+    tag: String,
+    next: AtomicU64,
+    body: String,
+}
+
+impl Sender {
+    /// A sender for `device` into `conv`; `tag` must differ from the user's other senders'.
+    pub(crate) fn new(device: &Device, conv: &str, tag: &str) -> Self {
+        Self {
+            client: device.client.clone(),
+            topic: device.out_topic(),
+            conv: conv.to_owned(),
+            tag: tag.to_owned(),
+            next: AtomicU64::new(0),
+            body: body(),
+        }
+    }
+
+    /// A `send` request whose id carries the current time.
+    fn payload(&self) -> Vec<u8> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}.{n}.{}", self.tag, now_us());
+        let request =
+            serde_json::json!({"type": "send", "id": id, "conv": self.conv, "body": self.body});
+        request.to_string().into_bytes()
+    }
+
+    /// Publishes one message, waiting for room in the client's queue.
+    pub(crate) async fn send(&self, metrics: &Metrics) -> anyhow::Result<()> {
+        self.client
+            .publish(&self.topic, QoS::AtLeastOnce, false, self.payload())
+            .await
+            .context("the device's client stopped")?;
+        metrics.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Publishes one message if the client's queue has room.
+    fn try_send(&self, metrics: &Metrics) {
+        match self
+            .client
+            .try_publish(&self.topic, QoS::AtLeastOnce, false, self.payload())
+        {
+            Ok(()) => metrics.sent.fetch_add(1, Ordering::Relaxed),
+            Err(_) => metrics.errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// A 100-byte message body.
+fn body() -> String {
+    "The quick brown fox jumps over the lazy dog; "
+        .chars()
+        .cycle()
+        .take(BODY_BYTES)
+        .collect()
+}
+
+/// A raw publish: the send time in 20 digits, padded to [`BODY_BYTES`].
+pub(crate) fn raw_payload() -> Vec<u8> {
+    let mut payload = format!("{:020}", now_us()).into_bytes();
+    payload.resize(BODY_BYTES, b'.');
+    payload
+}
+
+fn raw_stamp(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload.get(..20)?).ok()?.parse().ok()
+}
+
+/// The send time carried by a request id made by [`Sender`].
+fn stamp(id: &str) -> Option<u64> {
+    id.rsplit('.').next()?.parse().ok()
+}
+
+/// A connected (or connecting) simulated device.
+pub(crate) struct Device {
+    /// Its client.
+    pub(crate) client: AsyncClient,
+    /// Its user id (or the service account's name).
+    pub(crate) user: String,
+    /// Its device id.
+    pub(crate) device: String,
+    /// Its closed-loop sender, if it has a conversation.
+    pub(crate) sender: Option<Arc<Sender>>,
+}
+
+impl Device {
+    /// `chat/<user>/out/<device>`.
+    pub(crate) fn out_topic(&self) -> String {
+        format!("chat/{}/out/{}", self.user, self.device)
+    }
+}
+
+/// A set of simulated devices sharing metrics.
+pub(crate) struct Fleet {
+    /// Metrics and counters.
+    pub(crate) shared: Arc<Shared>,
+    /// The devices, in the order of their specs.
+    pub(crate) devices: Vec<Device>,
+    tasks: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Fleet {
+    /// Creates the clients and starts connecting them to `addr`.
+    pub(crate) fn start(addr: SocketAddr, specs: Vec<Spec>, options: FleetOptions) -> Self {
+        let shared = Arc::new(Shared {
+            metrics: Metrics::default(),
+            ready: AtomicUsize::new(0),
+            connects: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            budget: AtomicI64::new(0),
+            connecting: Semaphore::new(CONNECTING),
+            control: Mutex::new(HashMap::new()),
+        });
+        let stop = CancellationToken::new();
+        let mut devices = Vec::with_capacity(specs.len());
+        let mut tasks = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let (client, mut eventloop) =
+                AsyncClient::new(mqtt_options(addr, &spec, options), options.channel);
+            // User devices send each small packet at once (TCP_NODELAY), as a chat app
+            // does; the raw phase's clients let the kernel coalesce, to find the ceiling.
+            let mut network = NetworkOptions::new();
+            network.set_tcp_nodelay(matches!(spec.kind, Kind::User));
+            eventloop.set_network_options(network);
+            let mut device = Device {
+                client,
+                user: spec.id.user.clone(),
+                device: spec.id.device.clone(),
+                sender: None,
+            };
+            if let Some(conv) = &spec.conv {
+                device.sender = Some(Arc::new(Sender::new(&device, conv, &spec.id.device)));
+            }
+            let task = DeviceTask {
+                client: device.client.clone(),
+                user: device.user.clone(),
+                inbox: format!("chat/{}/inbox", device.user),
+                dev: format!("chat/{}/dev/{}", device.user, device.device),
+                presence: format!("presence/{}/{}", device.user, device.device),
+                kind: spec.kind,
+                sender: device.sender.clone(),
+                shared: shared.clone(),
+            };
+            tasks.push(tokio::spawn(task.run(eventloop, stop.clone())));
+            devices.push(device);
+        }
+        Self {
+            shared,
+            devices,
+            tasks,
+            stop,
+        }
+    }
+
+    /// Devices connected (and subscribed) right now.
+    pub(crate) fn ready(&self) -> usize {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
+    /// Times a device became ready since the fleet started.
+    pub(crate) fn connects(&self) -> u64 {
+        self.shared.connects.load(Ordering::Acquire)
+    }
+
+    /// Waits until `connects()` reaches `n`.
+    pub(crate) async fn wait_connects(&self, n: u64, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        while self.connects() < n {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {n} connections were made within {patience:?} ({} refused by the server)",
+                    self.connects(),
+                    self.shared.refused.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until every device is connected (and subscribed).
+    pub(crate) async fn wait_ready(&self, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        while self.ready() < self.devices.len() {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {} devices connected within {patience:?} ({} refused by the server)",
+                    self.ready(),
+                    self.devices.len(),
+                    self.shared.refused.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Sends `total` messages in closed loop: `window` outstanding per sender,
+    /// each ack (or error) sending the next. Returns once the first ones are out.
+    pub(crate) async fn closed_loop(&self, total: u64, window: usize) -> anyhow::Result<()> {
+        let senders: Vec<&Arc<Sender>> = self
+            .devices
+            .iter()
+            .filter_map(|d| d.sender.as_ref())
+            .collect();
+        if senders.is_empty() {
+            bail!("no device of this fleet has a conversation to send to");
+        }
+        let initial = (senders.len() as u64 * window as u64).min(total);
+        self.shared
+            .budget
+            .store((total - initial) as i64, Ordering::Release);
+        for k in 0..initial as usize {
+            senders[k % senders.len()]
+                .send(&self.shared.metrics)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a control request (its id must start with `ctl-`) from device `index`
+    /// and waits for the reply with that id.
+    pub(crate) async fn control(
+        &self,
+        index: usize,
+        request: serde_json::Value,
+        patience: Duration,
+    ) -> anyhow::Result<Event> {
+        let id = request["id"].as_str().unwrap_or_default().to_owned();
+        let device = self.devices.get(index).context("no such device")?;
+        device
+            .client
+            .publish(
+                device.out_topic(),
+                QoS::AtLeastOnce,
+                false,
+                request.to_string(),
+            )
+            .await?;
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(event) = self.control_lock().remove(&id) {
+                return Ok(event);
+            }
+            if Instant::now() > deadline {
+                bail!("no reply to {id} within {patience:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits until the bridge answers device `index` (requests sent before the
+    /// bridge subscribed are lost, so every phase waits for this first).
+    pub(crate) async fn wait_bridge(&self, index: usize, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        for n in 0.. {
+            let id = format!("{CONTROL}probe-{n}");
+            let probe = serde_json::json!({"type": "conversations", "id": id});
+            match self.control(index, probe, Duration::from_millis(300)).await {
+                Ok(_) => return Ok(()),
+                Err(_) if Instant::now() < deadline => continue,
+                Err(err) => return Err(err.context("the bridge does not answer")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Disconnects every device (cleanly, so no last will fires) and ends their tasks.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn control_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Event>> {
+        self.shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn mqtt_options(addr: SocketAddr, spec: &Spec, options: FleetOptions) -> MqttOptions {
+    let id = &spec.id;
+    let mut mqtt = MqttOptions::new(
+        format!("{}:{}", id.user, id.device),
+        addr.ip().to_string(),
+        addr.port(),
+    );
+    mqtt.set_credentials(id.user.as_str(), id.token.as_str())
+        .set_keep_alive(Duration::from_secs(60))
+        .set_clean_session(false)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_inflight(options.inflight);
+    if matches!(spec.kind, Kind::User) {
+        mqtt.set_last_will(LastWill::new(
+            format!("presence/{}/{}", id.user, id.device),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    mqtt
+}
+
+/// One device's event loop.
+struct DeviceTask {
+    client: AsyncClient,
+    user: String,
+    inbox: String,
+    dev: String,
+    presence: String,
+    kind: Kind,
+    sender: Option<Arc<Sender>>,
+    shared: Arc<Shared>,
+}
+
+impl DeviceTask {
+    async fn run(self, mut eventloop: EventLoop, stop: CancellationToken) {
+        let mut connected = false;
+        let mut ready = false;
+        loop {
+            let permit = if connected {
+                None
+            } else {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    permit = self.shared.connecting.acquire() => permit.ok(),
+                }
+            };
+            let polled = tokio::select! {
+                () = stop.cancelled() => break,
+                polled = eventloop.poll() => polled,
+            };
+            drop(permit);
+            match polled {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
+                    if self.on_connect() {
+                        ready = self.mark_ready(ready);
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => ready = self.mark_ready(ready),
+                Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
+                    self.on_publish(&publish.payload);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    if matches!(err, ConnectionError::ConnectionRefused(_)) {
+                        self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if ready {
+                        self.shared.ready.fetch_sub(1, Ordering::AcqRel);
+                        ready = false;
+                    }
+                    connected = false;
+                    let pause = Duration::from_millis(rand::thread_rng().gen_range(50..150));
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+        if connected && self.client.try_disconnect().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+        }
+        if ready {
+            self.shared.ready.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Subscribes and announces presence; true when the device needs no SUBACK to be ready.
+    fn on_connect(&self) -> bool {
+        let subscribed = match &self.kind {
+            Kind::User => {
+                let filters = [&self.inbox, &self.dev]
+                    .map(|t| rumqttc::SubscribeFilter::new(t.to_string(), QoS::AtLeastOnce));
+                let subscribed = self.client.try_subscribe_many(filters);
+                let _ = self
+                    .client
+                    .try_publish(&self.presence, QoS::AtLeastOnce, true, "online");
+                subscribed
+            }
+            Kind::Service { filter } => self.client.try_subscribe(filter, QoS::AtLeastOnce),
+            Kind::Publisher => return true,
+        };
+        if subscribed.is_err() {
+            self.shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    }
+
+    fn mark_ready(&self, ready: bool) -> bool {
+        if !ready {
+            self.shared.ready.fetch_add(1, Ordering::AcqRel);
+            self.shared.connects.fetch_add(1, Ordering::AcqRel);
+        }
+        true
+    }
+
+    fn on_publish(&self, payload: &[u8]) {
+        let metrics = &self.shared.metrics;
+        if matches!(self.kind, Kind::Service { .. }) {
+            if let Some(sent) = raw_stamp(payload) {
+                metrics.deliveries.record_since(sent);
+            }
+            return;
+        }
+        let Ok(event) = serde_json::from_slice::<Event>(payload) else {
+            return;
+        };
+        match &event {
+            Event::Message { from, id, .. } => {
+                if from.as_str() != self.user {
+                    if let Some(sent) = stamp(id.as_str()) {
+                        metrics.deliveries.record_since(sent);
+                    }
+                }
+            }
+            Event::Ack { id, .. } if !id.as_str().starts_with(CONTROL) => {
+                if let Some(sent) = stamp(id.as_str()) {
+                    metrics.acks.record_since(sent);
+                }
+                self.next();
+            }
+            Event::Error { id, .. } if !id.as_deref().unwrap_or("").starts_with(CONTROL) => {
+                metrics.errors.fetch_add(1, Ordering::Relaxed);
+                self.next();
+            }
+            _ => {
+                if let Some(id) = reply_id(&event) {
+                    if id.starts_with(CONTROL) {
+                        let mut control = self
+                            .shared
+                            .control
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        control.insert(id.to_owned(), event);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closed loop: one reply in, one more send out, while the budget lasts.
+    fn next(&self) {
+        if let Some(sender) = &self.sender {
+            if self.shared.budget.fetch_sub(1, Ordering::AcqRel) > 0 {
+                sender.try_send(&self.shared.metrics);
+            }
+        }
+    }
+}
+
+/// The request id a reply echoes.
+fn reply_id(event: &Event) -> Option<&str> {
+    match event {
+        Event::Ack { id, .. }
+        | Event::Sync { id, .. }
+        | Event::History { id, .. }
+        | Event::Conversations { id, .. }
+        | Event::Token { id, .. } => Some(id.as_str()),
+        Event::Error { id, .. } => id.as_deref(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip() {
+        let payload = raw_payload();
+        assert_eq!(payload.len(), BODY_BYTES);
+        assert!(raw_stamp(&payload).is_some());
+        assert_eq!(stamp("p.12.3456"), Some(3456));
+        assert_eq!(stamp("ctl-group"), None);
+        assert_eq!(body().len(), BODY_BYTES);
+    }
+}

@@ -1,0 +1,242 @@
+//! The server under test: a child process running `messenger serve` or
+//! `messenger broker` from this same executable, so its memory is measured alone.
+//!
+//! Each server gets its own directory (SQLite file, log) and ports chosen up
+//! front, so that it can be killed and started again on the same ports and data.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// How long a server may take to start listening.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a server may take to stop after SIGTERM before it is killed.
+const STOP_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Which long-running command the child runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// `messenger serve`: broker and bridge.
+    Serve,
+    /// `messenger broker`: the broker alone (the raw ceiling).
+    Broker,
+}
+
+/// Everything needed to start (and restart) one server.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerSpec {
+    /// The command.
+    pub(crate) role: Role,
+    /// Working directory: holds `m.db` and `server.log`; no config file, so built-in defaults apply.
+    pub(crate) dir: PathBuf,
+    /// `storage.durability`: `fsync` or `os`.
+    pub(crate) durability: String,
+    /// The service account's password (`bridge.password`).
+    pub(crate) service_password: String,
+    /// `broker.max_connections`.
+    pub(crate) max_connections: usize,
+    /// More `MESSENGER_*` variables for the server (`--server-env`), applied last.
+    pub(crate) env: Vec<(String, String)>,
+}
+
+impl ServerSpec {
+    /// The SQLite file.
+    pub(crate) fn db(&self) -> PathBuf {
+        self.dir.join("m.db")
+    }
+}
+
+/// A running (or crashed, or stopped) server child.
+pub(crate) struct Server {
+    spec: ServerSpec,
+    /// MQTT over TCP, fixed for the server's life across restarts.
+    addr: SocketAddr,
+    /// MQTT over WebSocket (unused, but it must not collide with anything).
+    ws_addr: SocketAddr,
+    /// `None` once stopped or killed.
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts the child on two free loopback ports; returns once it accepts connections.
+    pub(crate) async fn start(spec: ServerSpec) -> anyhow::Result<Self> {
+        let mut server = Self {
+            addr: free_port()?,
+            ws_addr: free_port()?,
+            spec,
+            child: None,
+        };
+        server.spawn()?;
+        server.wait_listening().await?;
+        Ok(server)
+    }
+
+    /// The MQTT address devices connect to.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The child's resident memory, from `/proc/<pid>/status` (`VmRSS`).
+    pub(crate) fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let child = self.child.as_ref().context("the server is not running")?;
+        rss_of(child.id())
+    }
+
+    /// Kills the child at once (SIGKILL), as a crash would.
+    pub(crate) fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().context("killing the server")?;
+            child.wait().context("waiting for the killed server")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the child again on the same ports and data; returns once it listens.
+    pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill()?;
+        self.spawn()?;
+        self.wait_listening().await
+    }
+
+    /// Stops the child with SIGTERM (a clean shutdown), killing it if it takes too long.
+    pub(crate) async fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // std can only SIGKILL, and unsafe code is forbidden here: ask kill(1).
+        let termed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + STOP_PATIENCE;
+        while termed && Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.kill().context("killing the server")?;
+        child.wait()?;
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let spec = &self.spec;
+        let exe = std::env::current_exe().context("locating the messenger executable")?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("creating the server log")?;
+        let mut cmd = Command::new(exe);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MESSENGER_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg(match spec.role {
+            Role::Serve => "serve",
+            Role::Broker => "broker",
+        })
+        .current_dir(&spec.dir)
+        .env("MESSENGER_BROKER__LISTEN", self.addr.to_string())
+        .env("MESSENGER_BROKER__WS_LISTEN", self.ws_addr.to_string())
+        .env(
+            "MESSENGER_BROKER__MAX_CONNECTIONS",
+            spec.max_connections.to_string(),
+        )
+        .env("MESSENGER_STORAGE__PATH", spec.db())
+        .env("MESSENGER_STORAGE__DURABILITY", &spec.durability)
+        .env("MESSENGER_BRIDGE__PASSWORD", &spec.service_password)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+        self.child = Some(cmd.spawn().context("starting the server")?);
+        Ok(())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.spec.dir.join("server.log")
+    }
+
+    async fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_PATIENCE;
+        loop {
+            let exited = match self.child.as_mut() {
+                Some(child) => child.try_wait()?,
+                None => bail!("the server is not running"),
+            };
+            if let Some(status) = exited {
+                self.child = None;
+                bail!(
+                    "the server exited ({status}) while starting:\n{}",
+                    tail(&self.log_path())
+                );
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the server did not listen on {} within {START_PATIENCE:?}:\n{}",
+                    self.addr,
+                    tail(&self.log_path())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A free loopback port (bound, read and released; nothing else binds ports here).
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let probe = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(probe.local_addr()?)
+}
+
+/// Resident memory of a process, in bytes.
+pub(crate) fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    parse_vm_rss(&status).context("no VmRSS in /proc/<pid>/status")
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_vm_rss() {
+        let status = "Name:\tmessenger\nVmPeak:\t  9000 kB\nVmRSS:\t  1234 kB\nThreads:\t4\n";
+        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert!(rss_of(std::process::id()).unwrap() > 0);
+    }
+}
