@@ -3,9 +3,17 @@
 //! A [`Fleet`] connects its devices (at most [`CONNECTING`] attempts at a time),
 //! keeps them connected (reconnecting with a little jitter after any error) and
 //! records what they receive into shared [`Metrics`]. Senders stamp each request
-//! id with [`now_us`]; the receivers of the ack and of the message turn that stamp
-//! into a latency. In closed-loop mode every ack makes its device send again,
+//! id with the bench's clock; the receivers of the ack and of the message turn that
+//! stamp into a latency. In closed-loop mode every ack makes its device send again,
 //! while the fleet's budget lasts.
+//!
+//! # Layout
+//!
+//! - `sender`: `send` requests and raw payloads, stamped with the time they were made.
+//! - `task`: one device's event loop: connecting, subscribing, recording, closed loop.
+
+mod sender;
+mod task;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,17 +23,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use messenger_protocol::wire::Event;
-use rand::Rng;
-use rumqttc::{
-    AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, NetworkOptions, Outgoing,
-    Packet, QoS,
-};
+use rumqttc::{AsyncClient, LastWill, MqttOptions, NetworkOptions, QoS};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::seed::Identity;
-use super::stats::{now_us, Recorder};
+use super::stats::Recorder;
+
+pub(crate) use sender::{raw_payload, Sender};
+use task::DeviceTask;
 
 /// Most connection attempts in flight per fleet: enough to connect thousands of
 /// devices a second without overflowing the server's listen backlog.
@@ -34,8 +41,6 @@ const CONNECTING: usize = 128;
 const MAX_PACKET: usize = 256 * 1024;
 /// Prefix of the ids of control requests, whose replies are kept for the orchestrator.
 const CONTROL: &str = "ctl-";
-/// Size of every message body and raw payload, in bytes.
-pub(crate) const BODY_BYTES: usize = 100;
 
 /// What a simulated client is.
 #[derive(Debug, Clone)]
@@ -122,87 +127,6 @@ pub(crate) struct Shared {
     connecting: Semaphore,
     /// Replies to control requests (ids starting with [`CONTROL`]), by id.
     control: Mutex<HashMap<String, Event>>,
-}
-
-/// The request side of a user's device: builds and publishes `send` requests.
-pub(crate) struct Sender {
-    client: AsyncClient,
-    /// `chat/<user>/out/<device>`.
-    topic: String,
-    conv: String,
-    /// Unique among the senders of one user, so request ids never repeat.
-    tag: String,
-    next: AtomicU64,
-    body: String,
-}
-
-impl Sender {
-    /// A sender for `device` into `conv`; `tag` must differ from the user's other senders'.
-    pub(crate) fn new(device: &Device, conv: &str, tag: &str) -> Self {
-        Self {
-            client: device.client.clone(),
-            topic: device.out_topic(),
-            conv: conv.to_owned(),
-            tag: tag.to_owned(),
-            next: AtomicU64::new(0),
-            body: body(),
-        }
-    }
-
-    /// A `send` request whose id carries the current time.
-    fn payload(&self) -> Vec<u8> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}.{n}.{}", self.tag, now_us());
-        let request =
-            serde_json::json!({"type": "send", "id": id, "conv": self.conv, "body": self.body});
-        request.to_string().into_bytes()
-    }
-
-    /// Publishes one message, waiting for room in the client's queue.
-    pub(crate) async fn send(&self, metrics: &Metrics) -> anyhow::Result<()> {
-        self.client
-            .publish(&self.topic, QoS::AtLeastOnce, false, self.payload())
-            .await
-            .context("the device's client stopped")?;
-        metrics.sent.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Publishes one message if the client's queue has room.
-    fn try_send(&self, metrics: &Metrics) {
-        match self
-            .client
-            .try_publish(&self.topic, QoS::AtLeastOnce, false, self.payload())
-        {
-            Ok(()) => metrics.sent.fetch_add(1, Ordering::Relaxed),
-            Err(_) => metrics.errors.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-}
-
-/// A 100-byte message body.
-fn body() -> String {
-    "The quick brown fox jumps over the lazy dog; "
-        .chars()
-        .cycle()
-        .take(BODY_BYTES)
-        .collect()
-}
-
-/// A raw publish: the send time in 20 digits, padded to [`BODY_BYTES`].
-pub(crate) fn raw_payload() -> Vec<u8> {
-    let mut payload = format!("{:020}", now_us()).into_bytes();
-    payload.resize(BODY_BYTES, b'.');
-    payload
-}
-
-fn raw_stamp(payload: &[u8]) -> Option<u64> {
-    std::str::from_utf8(payload.get(..20)?).ok()?.parse().ok()
-}
-
-/// The send time carried by a request id made by [`Sender`].
-fn stamp(id: &str) -> Option<u64> {
-    id.rsplit('.').next()?.parse().ok()
 }
 
 /// A connected (or connecting) simulated device.
@@ -437,190 +361,4 @@ fn mqtt_options(addr: SocketAddr, spec: &Spec, options: FleetOptions) -> MqttOpt
         ));
     }
     mqtt
-}
-
-/// One device's event loop.
-struct DeviceTask {
-    client: AsyncClient,
-    user: String,
-    inbox: String,
-    dev: String,
-    presence: String,
-    kind: Kind,
-    sender: Option<Arc<Sender>>,
-    shared: Arc<Shared>,
-}
-
-impl DeviceTask {
-    async fn run(self, mut eventloop: EventLoop, stop: CancellationToken) {
-        let mut connected = false;
-        let mut ready = false;
-        loop {
-            let permit = if connected {
-                None
-            } else {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    permit = self.shared.connecting.acquire() => permit.ok(),
-                }
-            };
-            let polled = tokio::select! {
-                () = stop.cancelled() => break,
-                polled = eventloop.poll() => polled,
-            };
-            drop(permit);
-            match polled {
-                Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
-                    connected = true;
-                    if self.on_connect() {
-                        ready = self.mark_ready(ready);
-                    }
-                }
-                Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => ready = self.mark_ready(ready),
-                Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
-                    self.on_publish(&publish.payload);
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    if matches!(err, ConnectionError::ConnectionRefused(_)) {
-                        self.shared.refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if ready {
-                        self.shared.ready.fetch_sub(1, Ordering::AcqRel);
-                        ready = false;
-                    }
-                    connected = false;
-                    let pause = Duration::from_millis(rand::thread_rng().gen_range(50..150));
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                }
-            }
-        }
-        if connected && self.client.try_disconnect().is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                loop {
-                    match eventloop.poll().await {
-                        Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
-            })
-            .await;
-        }
-        if ready {
-            self.shared.ready.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Subscribes and announces presence; true when the device needs no SUBACK to be ready.
-    fn on_connect(&self) -> bool {
-        let subscribed = match &self.kind {
-            Kind::User => {
-                let filters = [&self.inbox, &self.dev]
-                    .map(|t| rumqttc::SubscribeFilter::new(t.to_string(), QoS::AtLeastOnce));
-                let subscribed = self.client.try_subscribe_many(filters);
-                let _ = self
-                    .client
-                    .try_publish(&self.presence, QoS::AtLeastOnce, true, "online");
-                subscribed
-            }
-            Kind::Service { filter } => self.client.try_subscribe(filter, QoS::AtLeastOnce),
-            Kind::Publisher => return true,
-        };
-        if subscribed.is_err() {
-            self.shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        false
-    }
-
-    fn mark_ready(&self, ready: bool) -> bool {
-        if !ready {
-            self.shared.ready.fetch_add(1, Ordering::AcqRel);
-            self.shared.connects.fetch_add(1, Ordering::AcqRel);
-        }
-        true
-    }
-
-    fn on_publish(&self, payload: &[u8]) {
-        let metrics = &self.shared.metrics;
-        if matches!(self.kind, Kind::Service { .. }) {
-            if let Some(sent) = raw_stamp(payload) {
-                metrics.deliveries.record_since(sent);
-            }
-            return;
-        }
-        let Ok(event) = serde_json::from_slice::<Event>(payload) else {
-            return;
-        };
-        match &event {
-            Event::Message { from, id, .. } => {
-                if from.as_str() != self.user {
-                    if let Some(sent) = stamp(id.as_str()) {
-                        metrics.deliveries.record_since(sent);
-                    }
-                }
-            }
-            Event::Ack { id, .. } if !id.as_str().starts_with(CONTROL) => {
-                if let Some(sent) = stamp(id.as_str()) {
-                    metrics.acks.record_since(sent);
-                }
-                self.next();
-            }
-            Event::Error { id, .. } if !id.as_deref().unwrap_or("").starts_with(CONTROL) => {
-                metrics.errors.fetch_add(1, Ordering::Relaxed);
-                self.next();
-            }
-            _ => {
-                if let Some(id) = reply_id(&event) {
-                    if id.starts_with(CONTROL) {
-                        let mut control = self
-                            .shared
-                            .control
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
-                        control.insert(id.to_owned(), event);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Closed loop: one reply in, one more send out, while the budget lasts.
-    fn next(&self) {
-        if let Some(sender) = &self.sender {
-            if self.shared.budget.fetch_sub(1, Ordering::AcqRel) > 0 {
-                sender.try_send(&self.shared.metrics);
-            }
-        }
-    }
-}
-
-/// The request id a reply echoes.
-fn reply_id(event: &Event) -> Option<&str> {
-    match event {
-        Event::Ack { id, .. }
-        | Event::Sync { id, .. }
-        | Event::History { id, .. }
-        | Event::Conversations { id, .. }
-        | Event::Token { id, .. } => Some(id.as_str()),
-        Event::Error { id, .. } => id.as_deref(),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stamps_round_trip() {
-        let payload = raw_payload();
-        assert_eq!(payload.len(), BODY_BYTES);
-        assert!(raw_stamp(&payload).is_some());
-        assert_eq!(stamp("p.12.3456"), Some(3456));
-        assert_eq!(stamp("ctl-group"), None);
-        assert_eq!(body().len(), BODY_BYTES);
-    }
 }
