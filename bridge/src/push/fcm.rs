@@ -21,6 +21,9 @@ pub(super) struct Fcm {
     /// `{base_url}/v1/projects/{project_id}/messages:send`.
     url: String,
     auth: CustomServiceAccount,
+    /// One token request at a time: gcp_auth caches the token but does not merge
+    /// concurrent fetches, so a burst to several devices would fetch it several times.
+    fetching: tokio::sync::Mutex<()>,
     /// Bounds fetching an access token (gcp_auth's client has no timeout of its own).
     timeout: Duration,
 }
@@ -99,13 +102,19 @@ impl Fcm {
                 config.base_url.trim_end_matches('/')
             ),
             auth,
+            fetching: tokio::sync::Mutex::new(()),
             timeout,
         })
     }
 
     /// Sends one notification to one registration token.
     pub(super) async fn send(&self, token: &str, alert: &Alert) -> Outcome {
-        let access = match tokio::time::timeout(self.timeout, self.auth.token(&[SCOPE])).await {
+        let fetched = tokio::time::timeout(self.timeout, async {
+            let _one_at_a_time = self.fetching.lock().await;
+            self.auth.token(&[SCOPE]).await
+        })
+        .await;
+        let access = match fetched {
             Ok(Ok(access)) => access,
             Ok(Err(err)) => {
                 return Outcome::Retry {
