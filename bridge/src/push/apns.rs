@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{collapse_id, retry_after, transport, Alert, Outcome, PushError};
+use super::{collapse_id, exchange, Alert, Outcome, PushError};
 use crate::config::ApnsConfig;
 
 /// How long one provider token is used before a new one is signed.
@@ -129,23 +129,10 @@ impl Apns {
             .header("apns-priority", "10")
             .header("apns-collapse-id", collapse_id(&alert.conv))
             .json(&payload(alert));
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(err) => {
-                return Outcome::Retry {
-                    status: None,
-                    reason: transport(&err),
-                    after: None,
-                }
-            }
-        };
-        let status = response.status().as_u16();
-        if response.status().is_success() {
-            return Outcome::Sent;
-        }
-        let after = retry_after(response.headers());
-        let error: ApnsError = response.json().await.unwrap_or_default();
-        let outcome = classify(status, error, after);
+        let outcome = exchange(request, |status, error: ApnsError, after| {
+            classify(status, error, after)
+        })
+        .await;
         if matches!(outcome, Outcome::Reauthorize { .. }) {
             self.expire(&jwt);
         }

@@ -9,7 +9,7 @@ use gcp_auth::{CustomServiceAccount, TokenProvider};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{collapse_id, retry_after, transport, Alert, Outcome, PushError};
+use super::{collapse_id, exchange, Alert, Outcome, PushError};
 use crate::config::FcmConfig;
 
 /// The OAuth2 scope that lets a service account send messages.
@@ -136,23 +136,10 @@ impl Fcm {
             .post(&self.url)
             .bearer_auth(access.as_str())
             .json(&message(token, alert));
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(err) => {
-                return Outcome::Retry {
-                    status: None,
-                    reason: transport(&err),
-                    after: None,
-                }
-            }
-        };
-        let status = response.status().as_u16();
-        if response.status().is_success() {
-            return Outcome::Sent;
-        }
-        let after = retry_after(response.headers());
-        let body: FcmErrorBody = response.json().await.unwrap_or_default();
-        classify(status, &body.error, after)
+        exchange(request, |status, body: FcmErrorBody, after| {
+            classify(status, &body.error, after)
+        })
+        .await
     }
 }
 

@@ -337,6 +337,32 @@ fn collapse_id(conv: &ConvId) -> String {
     hex
 }
 
+/// Sends one request to a push provider and reads its answer: [`Outcome::Sent`]
+/// on success, a retry when the provider could not be reached, otherwise what
+/// `classify` makes of the status, the provider's error body and `Retry-After`.
+async fn exchange<E: serde::de::DeserializeOwned + Default>(
+    request: reqwest::RequestBuilder,
+    classify: impl FnOnce(u16, E, Option<Duration>) -> Outcome,
+) -> Outcome {
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(err) => {
+            return Outcome::Retry {
+                status: None,
+                reason: transport(&err),
+                after: None,
+            }
+        }
+    };
+    if response.status().is_success() {
+        return Outcome::Sent;
+    }
+    let status = response.status().as_u16();
+    let after = retry_after(response.headers());
+    let error: E = response.json().await.unwrap_or_default();
+    classify(status, error, after)
+}
+
 /// The `Retry-After` header, in seconds (the form push services use).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers

@@ -123,22 +123,9 @@ impl Ctx<'_> {
             .collect();
         all.sort();
         all.dedup();
-        if all.len() + 1 > self.limits.max_group_members {
-            return Err(Failure::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "a group has at most {} members",
-                    self.limits.max_group_members
-                ),
-            ));
-        }
+        self.require_group_size(all.len() + 1)?;
         for member in &all {
-            if !messenger_accounts::user_exists(self.conn, member)? {
-                return Err(Failure::new(
-                    ErrorCode::UnknownUser,
-                    format!("user {member} does not exist"),
-                ));
-            }
+            self.require_user(member)?;
         }
         all.push(self.user.clone());
         let mut raw = [0u8; 8];
@@ -177,12 +164,7 @@ impl Ctx<'_> {
             return Ok(out);
         }
         let name = self.group(conv)?;
-        if !messenger_accounts::user_exists(self.conn, user)? {
-            return Err(Failure::new(
-                ErrorCode::UnknownUser,
-                format!("user {user} does not exist"),
-            ));
-        }
+        self.require_user(user)?;
         if self
             .membership(conv, user)?
             .is_some_and(|m| m.left_seq.is_none())
@@ -192,15 +174,7 @@ impl Ctx<'_> {
             )));
         }
         let mut members = self.members(conv)?;
-        if members.len() >= self.limits.max_group_members {
-            return Err(Failure::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "a group has at most {} members",
-                    self.limits.max_group_members
-                ),
-            ));
-        }
+        self.require_group_size(members.len() + 1)?;
         let seq = self.conversation(conv)?.map_or(0, |c| c.2) + 1;
         // Joins see history from their joining on, and have nothing unread from before.
         self.conn.execute(

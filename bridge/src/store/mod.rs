@@ -169,12 +169,7 @@ impl Ctx<'_> {
                 return Ok(last);
             }
             let other = if self.user == a { b } else { a };
-            if !messenger_accounts::user_exists(self.conn, other)? {
-                return Err(Failure::new(
-                    ErrorCode::UnknownUser,
-                    format!("user {other} does not exist"),
-                ));
-            }
+            self.require_user(other)?;
             if create {
                 self.conn.execute(
                     "INSERT INTO conversations (conv, kind, name, created_ms, last_seq) VALUES (?1, 'dm', '', ?2, 0)",
@@ -202,6 +197,32 @@ impl Ctx<'_> {
                 format!("you are not a member of {conv}"),
             )),
         }
+    }
+
+    /// Requires `user` to exist.
+    fn require_user(&self, user: &UserId) -> Result<(), Failure> {
+        if messenger_accounts::user_exists(self.conn, user)? {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                ErrorCode::UnknownUser,
+                format!("user {user} does not exist"),
+            ))
+        }
+    }
+
+    /// Requires a group of `members` to be within `limits.max_group_members`.
+    fn require_group_size(&self, members: usize) -> Result<(), Failure> {
+        if members > self.limits.max_group_members {
+            return Err(Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "a group has at most {} members",
+                    self.limits.max_group_members
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Takes the conversation's next seq.
