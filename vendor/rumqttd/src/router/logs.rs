@@ -380,8 +380,9 @@ impl AckLog {
     /// New log
     pub fn new() -> AckLog {
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            // messenger patch: grow on demand (was 100 entries each, ~22 KB, per connection).
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 
