@@ -6,6 +6,7 @@
 //! - `request`: decoding a request payload; every bad input becomes an `error` reply.
 //! - `store`: the SQLite schema and the handler of each request; assigns `seq` and `useq`.
 //! - `writer`: the thread that owns the database and commits in groups.
+//! - `checkpoint`: the thread that copies the WAL into the database file, off the commit path.
 //! - `mqtt`: the intake (event loop) and publisher (fan-out, replies, broker acks) tasks.
 //! - `outbox`: what a handled request produces.
 //! - `push`: notifications to offline users through APNs and FCM, off the message path.
@@ -17,6 +18,7 @@
 
 pub mod config;
 
+mod checkpoint;
 mod mqtt;
 mod outbox;
 mod push;
@@ -101,6 +103,8 @@ impl Bridge {
             tokio::task::spawn_blocking(move || store::open(&storage.path, storage.durability))
                 .await
                 .map_err(|e| BridgeError::Task(e.to_string()))??;
+        let checkpointer =
+            checkpoint::Checkpointer::start(self.storage.path.clone(), checkpoint::RESTART_FRAMES)?;
         let push = if self.push.enabled() {
             let config = self.push.clone();
             let db = self.storage.path.clone();
@@ -174,7 +178,11 @@ impl Bridge {
         .await;
         let _ = publisher.await;
         let _ = producing.await;
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = writer.join();
+            checkpointer.stop();
+        })
+        .await;
         if let Some(pusher) = pusher {
             let _ = pusher.await;
         }

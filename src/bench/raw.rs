@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use rumqttc::QoS;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -79,10 +80,15 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<R
     while let Some(due) = pacer.next_batch().await {
         for _ in 0..due {
             let device = &publishers.devices[k % publishers.devices.len()];
-            device
-                .client
-                .publish(device.out_topic(), QoS::AtLeastOnce, false, raw_payload())
-                .await?;
+            // Bounded: if the broker died, rumqttc's request queue fills and never drains.
+            tokio::time::timeout(
+                PATIENCE,
+                device
+                    .client
+                    .publish(device.out_topic(), QoS::AtLeastOnce, false, raw_payload()),
+            )
+            .await
+            .context("the broker stopped taking raw messages")??;
             k += 1;
         }
     }

@@ -178,7 +178,10 @@ impl Server {
                     tail(&self.log_path())
                 );
             }
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            // Both listeners: until the second one is bound, its port is only reserved by chance.
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
+                && tokio::net::TcpStream::connect(self.ws_addr).await.is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -202,10 +205,47 @@ impl Drop for Server {
     }
 }
 
-/// A free loopback port (bound, read and released; nothing else binds ports here).
+/// A free loopback port for a server, below the kernel's ephemeral range.
+///
+/// The servers are started again on the same ports while thousands of devices
+/// reconnect, and the ports are chosen before the server binds them: a port
+/// from the ephemeral range could meanwhile become a device's source port, and
+/// the server would fail to listen ("address already in use"). Outside that
+/// range only another program binding it on purpose can take it.
 fn free_port() -> anyhow::Result<SocketAddr> {
+    let (low, _) = ephemeral_range();
+    let floor = 10_000u16.min(low.saturating_sub(1));
+    let span = u32::from(low.saturating_sub(floor)).max(1);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for attempt in 0..span.min(4096) {
+        let offset = (seed.wrapping_add(attempt.wrapping_mul(7919))) % span;
+        let port = floor + offset as u16;
+        if let Ok(probe) = TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(probe.local_addr()?);
+        }
+    }
     let probe = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(probe.local_addr()?)
+}
+
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), Linux's default if unreadable.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| parse_port_range(&text))
+        .unwrap_or((32768, 60999))
+}
+
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut fields = text.split_whitespace().map(str::parse::<u16>);
+    match (fields.next(), fields.next()) {
+        (Some(Ok(low)), Some(Ok(high))) if low <= high => Some((low, high)),
+        _ => None,
+    }
 }
 
 /// Resident memory of a process, in bytes.
@@ -238,5 +278,18 @@ mod tests {
         assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
         assert_eq!(parse_vm_rss("Name:\tx\n"), None);
         assert!(rss_of(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn server_ports_avoid_the_ephemeral_range() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("junk"), None);
+        let (low, _) = ephemeral_range();
+        let port = free_port().unwrap().port();
+        assert!(
+            port < low || low <= 1024,
+            "{port} is in the ephemeral range from {low}"
+        );
     }
 }

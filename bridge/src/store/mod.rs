@@ -31,6 +31,9 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("storage: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A storage thread could not be started.
+    #[error("storage: cannot start a thread: {0}")]
+    Thread(String),
 }
 
 /// Opens the SQLite file with the durability policy and runs migrations.
@@ -44,9 +47,21 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, St
     // Every request runs in its own savepoint; its statement journal stays in memory
     // instead of a temporary file written (not synced) for every request.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoints run on their own thread (crate::checkpoint), never in a commit;
+    // a WAL rewound after a burst is cut back to this size.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     messenger_accounts::migrate(&mut conn)?;
     messenger_accounts::schema::migrate(&mut conn, "bridge", schema::MIGRATIONS)?;
     Ok(conn)
+}
+
+/// Bytes the WAL file is cut back to when it is rewound.
+pub(crate) const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Opens the connection the checkpoint thread uses (same durability rules as SQLite's own checkpoints).
+pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    Ok(messenger_accounts::open_sqlite(path)?)
 }
 
 /// Who sent a request, and the context to handle it in.

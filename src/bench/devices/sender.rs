@@ -48,10 +48,15 @@ impl Sender {
 
     /// Publishes one message, waiting for room in the client's queue.
     pub(crate) async fn send(&self, metrics: &Metrics) -> anyhow::Result<()> {
-        self.client
-            .publish(&self.topic, QoS::AtLeastOnce, false, self.payload())
-            .await
-            .context("the device's client stopped")?;
+        // Bounded: if the server died, rumqttc's request queue fills and never drains.
+        tokio::time::timeout(
+            crate::bench::PATIENCE,
+            self.client
+                .publish(&self.topic, QoS::AtLeastOnce, false, self.payload()),
+        )
+        .await
+        .context("the server stopped taking messages")?
+        .context("the device's client stopped")?;
         metrics.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
