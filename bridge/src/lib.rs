@@ -152,9 +152,10 @@ impl Bridge {
                 shutdown.clone(),
             ));
         }
+        let wal = checkpointer.wal();
         let writer = std::thread::Builder::new()
             .name("bridge-writer".into())
-            .spawn(move || writer::run(conn, limits, liveness, sink, jobs_rx, batches_tx))
+            .spawn(move || writer::run(conn, &wal, limits, liveness, sink, jobs_rx, batches_tx))
             .map_err(|e| BridgeError::Task(e.to_string()))?;
         let pusher = push.map(|service| tokio::spawn(service.run(shutdown.clone())));
         let producing = tokio::spawn(mqtt::produce(producer_loop, shutdown.clone()));

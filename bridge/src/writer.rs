@@ -21,6 +21,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::mpsc;
 use tracing::{debug, error};
 
+use crate::checkpoint::Wal;
 use crate::config::Limits;
 use crate::outbox::{Failure, Outgoing};
 use crate::push::{Notification, Sink};
@@ -81,6 +82,7 @@ fn now_ms() -> u64 {
 /// Notifications go to `push` when push is configured.
 pub(crate) fn run(
     mut conn: Connection,
+    wal: &Wal,
     limits: Limits,
     liveness: Option<Liveness>,
     push: Option<Sink>,
@@ -117,6 +119,8 @@ pub(crate) fn run(
         if batches.blocking_send(out).is_err() {
             return;
         }
+        // The batch's acks are on their way; the next batch may wait for this.
+        wal.rewind_if_due(&conn);
     }
 }
 

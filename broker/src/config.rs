@@ -32,6 +32,10 @@ pub struct BrokerConfig {
     /// broker drops its oldest segment even when the bridge has not read it yet: this
     /// bounds how far the bridge may fall behind a burst before requests are lost.
     pub service_segment_bytes: usize,
+    /// Unacknowledged publishes the broker sends the service account (the bridge)
+    /// before waiting for its acks; devices get 100. The bridge acks a whole batch
+    /// after its commit, so this bounds its batches.
+    pub service_inflight: u16,
     /// How often to look for revoked accounts (removed users, changed passwords), in milliseconds.
     pub revocation_poll_ms: u64,
 }
@@ -48,6 +52,7 @@ impl Default for BrokerConfig {
             segment_bytes: 32 * 1024,
             segment_count: 2,
             service_segment_bytes: 8 * 1024 * 1024,
+            service_inflight: 1000,
             revocation_poll_ms: 1_000,
         }
     }
@@ -66,6 +71,9 @@ impl BrokerConfig {
             return Err(
                 "broker.service_segment_bytes must be at least broker.segment_bytes".into(),
             );
+        }
+        if self.service_inflight == 0 {
+            return Err("broker.service_inflight must be between 1 and 65535".into());
         }
         if self.segment_count == 0 {
             return Err("broker.segment_count must be at least 1".into());

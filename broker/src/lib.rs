@@ -30,6 +30,7 @@ use messenger_protocol::topics;
 use rumqttd::local::LinkBuilder;
 use rumqttd::{
     ConnectionSettings, LinkType, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
+    WideInflight,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -176,6 +177,8 @@ pub fn start(
     let takeover_tx = router_tx.clone();
     let links = sessions::links(move |client_id| LinkBuilder::new(client_id, takeover_tx.clone()));
 
+    // Only the service account may use client ids `<service>:...` (the gate checks).
+    let service_prefix = format!("{}:", service.username);
     let shared = Arc::new(Shared {
         auth: auth::Authenticator::new(accounts.clone(), service),
         sessions: Arc::new(sessions::Sessions::default()),
@@ -192,6 +195,10 @@ pub fn start(
             auth: None,
             external_auth: None,
             dynamic_filters: true,
+            wide_inflight: Some(WideInflight {
+                client_id_prefix: service_prefix,
+                count: config.service_inflight,
+            }),
         },
     };
     let mut server = Server::new(settings, router_tx, Gate::new(shared.clone()));

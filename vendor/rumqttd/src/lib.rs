@@ -152,6 +152,18 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// messenger patch: a wider window of unacknowledged publishes for some clients.
+    #[serde(default)]
+    pub wide_inflight: Option<WideInflight>,
+}
+
+/// messenger patch: clients whose id starts with `client_id_prefix` get `count`
+/// unacknowledged publishes in flight towards them instead of the default 100
+/// (a server-side consumer that acks in batches; every other client keeps 100).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WideInflight {
+    pub client_id_prefix: String,
+    pub count: u16,
 }
 
 impl ConnectionSettings {
@@ -177,6 +189,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("wide_inflight", &self.wide_inflight)
             .finish()
     }
 }

@@ -4,7 +4,7 @@ use crate::protocol::{
 };
 use crate::router::Ack;
 use crate::router::{
-    iobufs::{Incoming, Outgoing},
+    iobufs::{Incoming, Outgoing, DEFAULT_MAX_INFLIGHT},
     Connection, Event, Notification, ShadowRequest,
 };
 use crate::ConnectionId;
@@ -49,6 +49,8 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // messenger patch: the window of unacknowledged publishes towards this connection
+    max_inflight: u16,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +64,14 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
         }
+    }
+
+    /// messenger patch: the window of unacknowledged publishes towards this connection.
+    pub fn max_inflight(mut self, max: u16) -> Self {
+        self.max_inflight = max;
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -112,7 +121,7 @@ impl<'a> LinkBuilder<'a> {
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
         let incoming = Incoming::new(connection.client_id.to_owned());
-        let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
+        let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned(), self.max_inflight);
         let outgoing_data_buffer = outgoing.buffer();
         let incoming_data_buffer = incoming.buffer();
 

@@ -15,8 +15,9 @@ use crate::{
 
 use super::{Forward, IncomingMeter, OutgoingMeter};
 
-const MAX_INFLIGHT: usize = 100;
-const MAX_PKID: u16 = MAX_INFLIGHT as u16;
+/// Unacknowledged QoS 1/2 publishes towards a connection unless its link asks
+/// for another window (messenger patch: upstream has this one constant for all).
+pub const DEFAULT_MAX_INFLIGHT: u16 = 100;
 
 #[derive(Debug)]
 pub struct Incoming {
@@ -65,13 +66,15 @@ pub struct Outgoing {
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
     last_pkid: u16,
+    /// At most this many unacknowledged publishes; packet ids run 1..=max_inflight.
+    max_inflight: u16,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
 }
 
 impl Outgoing {
     #[inline]
-    pub(crate) fn new(client_id: String) -> (Self, Receiver<()>) {
+    pub(crate) fn new(client_id: String, max_inflight: u16) -> (Self, Receiver<()>) {
         let (handle, rx) = flume::bounded(MAX_CHANNEL_CAPACITY);
         // messenger patch: grow on demand instead of reserving the maximum for every
         // connection (most idle devices never hold more than a few packets).
@@ -86,6 +89,7 @@ impl Outgoing {
             unacked_pubrels,
             handle,
             last_pkid: 0,
+            max_inflight: max_inflight.max(1),
             meter: Default::default(),
         };
 
@@ -98,7 +102,7 @@ impl Outgoing {
     }
 
     pub fn free_slots(&self) -> usize {
-        MAX_INFLIGHT - self.inflight_buffer.len()
+        usize::from(self.max_inflight).saturating_sub(self.inflight_buffer.len())
     }
 
     pub fn push_notification(&mut self, notification: Notification) -> usize {
@@ -139,7 +143,7 @@ impl Outgoing {
                 .push_back((self.last_pkid, filter_idx, p.cursor));
 
             // Place max pkid packet at index 0
-            if self.last_pkid == MAX_PKID {
+            if self.last_pkid == self.max_inflight {
                 self.last_pkid = 0;
             }
 
@@ -151,10 +155,10 @@ impl Outgoing {
         let buffer_count = buffer.len();
         let inflight_count = self.inflight_buffer.len();
 
-        if inflight_count > MAX_INFLIGHT {
+        if inflight_count > usize::from(self.max_inflight) {
             warn!(
                 "More inflight publishes than max allowed, inflight count = {}, max allowed = {}",
-                inflight_count, MAX_INFLIGHT
+                inflight_count, self.max_inflight
             );
         }
 
@@ -218,7 +222,7 @@ mod test {
 
     #[test]
     fn retransmission_map_is_calculated_accurately() {
-        let (mut outgoing, _) = Outgoing::new("retransmission-test".to_string());
+        let (mut outgoing, _) = Outgoing::new("retransmission-test".to_string(), DEFAULT_MAX_INFLIGHT);
         let mut result = HashMap::new();
 
         result.insert(0, (0, 8));

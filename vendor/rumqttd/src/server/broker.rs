@@ -35,6 +35,7 @@ use std::{io, thread};
 
 use crate::link::console;
 use crate::link::local::{self, LinkRx, LinkTx};
+use crate::router::iobufs::DEFAULT_MAX_INFLIGHT;
 use crate::router::{Event, Router};
 use crate::{Config, ConnectionId, ServerSettings};
 
@@ -511,6 +512,8 @@ async fn remote<P: Protocol>(
     );
 
     let dynamic_filters = config.dynamic_filters;
+    // messenger patch: kept for the window below (mqtt_connect takes the settings).
+    let wide_inflight = config.wide_inflight.clone();
 
     let connect_packet = match mqtt_connect(config, &mut network).await {
         Ok(p) => p,
@@ -556,6 +559,12 @@ async fn remote<P: Protocol>(
         .unwrap()
         .insert(client_id.clone(), will_tx);
 
+    // messenger patch: a wider window for the clients the settings name.
+    let max_inflight = wide_inflight
+        .as_ref()
+        .filter(|wide| client_id.starts_with(&wide.client_id_prefix))
+        .map_or(DEFAULT_MAX_INFLIGHT, |wide| wide.count);
+
     // Start the link
     let mut link = match RemoteLink::new(
         router_tx.clone(),
@@ -564,6 +573,7 @@ async fn remote<P: Protocol>(
         connect_packet,
         dynamic_filters,
         assigned_client_id,
+        max_inflight,
     )
     .await
     {
