@@ -61,6 +61,22 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// messenger patch: the filters with `+` or `#`. A filter without them matches
+    /// only the topic of the same name, so matching a new topic or filter looks
+    /// that up instead of scanning every filter or topic (which made each connect
+    /// O(connections) and a reconnection storm quadratic).
+    wildcard_filters: Vec<(Filter, FilterIdx)>,
+}
+
+/// messenger patch: whether a filter can match more than the topic of its own name.
+fn is_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
+/// messenger patch: what `matches(topic, filter)` says for a filter without
+/// wildcards (`matches` never matches topics starting with `$`).
+fn matches_exactly(topic: &str, filter: &str) -> bool {
+    topic == filter && !topic.starts_with('$')
 }
 
 impl DataLog {
@@ -69,6 +85,7 @@ impl DataLog {
         let mut filter_indexes = HashMap::new();
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
+        let mut wildcard_filters = Vec::new();
 
         if let Some(warmup_filters) = config.initialized_filters.clone() {
             for filter in warmup_filters {
@@ -77,6 +94,9 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                if is_wildcard(&filter) {
+                    wildcard_filters.push((filter.clone(), idx));
+                }
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -87,6 +107,7 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            wildcard_filters,
         })
     }
 
@@ -128,11 +149,19 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
+                let exact = self
                     .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
+                    .get(topic)
+                    .filter(|_| matches_exactly(topic, topic))
+                    .copied();
+                let v: Vec<usize> = exact
+                    .into_iter()
+                    .chain(
+                        self.wildcard_filters
+                            .iter()
+                            .filter(|(filter, _)| matches(topic, filter))
+                            .map(|(_, filter_idx)| *filter_idx),
+                    )
                     .collect();
 
                 if !v.is_empty() {
@@ -159,8 +188,15 @@ impl DataLog {
                 self.filter_indexes.insert(filter.to_owned(), idx);
 
                 // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
+                if is_wildcard(filter) {
+                    self.wildcard_filters.push((filter.to_owned(), idx));
+                    for (topic, filters) in publish_filters.iter_mut() {
+                        if matches(topic, filter) {
+                            filters.push(idx);
+                        }
+                    }
+                } else if let Some(filters) = publish_filters.get_mut(filter) {
+                    if matches_exactly(filter, filter) {
                         filters.push(idx);
                     }
                 }
@@ -274,7 +310,7 @@ impl DataLog {
         let now = Instant::now();
 
         // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
+        let still_valid = |pubdata: &mut PublishData| {
             // Keep data if no properties exists, which implies no message expiry!
             let Some(properties) = pubdata.properties.as_mut() else {
                 return true;
@@ -297,7 +333,28 @@ impl DataLog {
             }
 
             is_valid
-        });
+        };
+
+        // messenger patch: a filter without wildcards can only match the retained
+        // message of its own topic; look that one up instead of going through all.
+        if !is_wildcard(filter) {
+            let Some(pubdata) = self.retained_publishes.get_mut(filter) else {
+                return Vec::new();
+            };
+            if !still_valid(pubdata) {
+                self.retained_publishes.remove(filter);
+                return Vec::new();
+            }
+            return self
+                .retained_publishes
+                .get(filter)
+                .filter(|_| matches_exactly(filter, filter))
+                .map(|p| (p.publish.clone(), p.properties.clone()))
+                .into_iter()
+                .collect();
+        }
+
+        self.retained_publishes.retain(|_, pubdata| still_valid(pubdata));
 
         // no need to include timestamp when returning
         self.retained_publishes
