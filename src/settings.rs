@@ -169,6 +169,24 @@ mod tests {
                 .unwrap_err()
         );
         assert!(err.contains("limits.max_page"), "{err}");
+        for (key, value) in [
+            ("MESSENGER_BROKER__SERVICE_INFLIGHT", "0"),
+            ("MESSENGER_BROKER__SERVICE_INFLIGHT", "70000"),
+            ("MESSENGER_BROKER__SERVICE_INFLIGHT", "many"),
+        ] {
+            let err = format!(
+                "{:#}",
+                Settings::from_sources(&none, false, env(&[(key, value)])).unwrap_err()
+            );
+            assert!(err.contains("service_inflight"), "{value}: {err}");
+        }
+        let s = Settings::from_sources(
+            &none,
+            false,
+            env(&[("MESSENGER_BROKER__SERVICE_INFLIGHT", "65535")]),
+        )
+        .unwrap();
+        assert_eq!(s.broker.service_inflight, 65535);
         assert!(Settings::from_sources(&none, true, HashMap::new()).is_err());
     }
 
