@@ -17,7 +17,7 @@ use tracing::info;
 use super::devices::{Fleet, FleetOptions, Kind, Sender, Spec};
 use super::groups::{self, Group};
 use super::seed::{self, Identity};
-use super::server::{Role, Server, ServerSpec};
+use super::server::{cpu_secs_of, Role, Server, ServerSpec};
 use super::stats::Summary;
 use super::{drain, Options, Pacer, Phase, PATIENCE};
 
@@ -67,6 +67,10 @@ pub(crate) struct Saturated {
     pub(crate) errors: u64,
     /// Wall time of the run.
     pub(crate) secs: f64,
+    /// The server's CPU time per delivered message after the baseline point, microseconds.
+    pub(crate) server_cpu_us_per_msg: f64,
+    /// The load generator's (this process's) CPU time per delivered message, microseconds.
+    pub(crate) bench_cpu_us_per_msg: f64,
 }
 
 /// Everything measured on the messaging server.
@@ -207,6 +211,8 @@ struct Baseline {
     delivered: u64,
     acks: u64,
     rss: u64,
+    server_cpu: f64,
+    bench_cpu: f64,
 }
 
 async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow::Result<Saturated> {
@@ -229,6 +235,8 @@ async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow:
                 delivered,
                 acks: metrics.acks.count(),
                 rss: server.rss_bytes()?,
+                server_cpu: server.cpu_secs()?,
+                bench_cpu: cpu_secs_of("self")?,
             });
             info!(delivered, "long run: baseline taken");
         }
@@ -257,6 +265,7 @@ async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow:
     }
     let end = Instant::now();
     let rss_end = server.rss_bytes()?;
+    let (server_cpu_end, bench_cpu_end) = (server.cpu_secs()?, cpu_secs_of("self")?);
     series.push(RssSample {
         secs: start.elapsed().as_secs_f64(),
         delivered: metrics.deliveries.count(),
@@ -267,6 +276,8 @@ async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow:
         delivered: 0,
         acks: 0,
         rss: rss_end,
+        server_cpu: 0.0,
+        bench_cpu: 0.0,
     });
     let delivered = metrics.deliveries.count();
     let window = end.duration_since(base.at).as_secs_f64();
@@ -275,6 +286,16 @@ async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow:
     } else {
         0.0
     };
+    let per_msg = |cpu: f64| {
+        let counted = delivered.saturating_sub(base.delivered);
+        if counted == 0 {
+            0.0
+        } else {
+            cpu * 1e6 / counted as f64
+        }
+    };
+    let server_cpu_us_per_msg = per_msg(server_cpu_end - base.server_cpu);
+    let bench_cpu_us_per_msg = per_msg(bench_cpu_end - base.bench_cpu);
     let mut acks = metrics.acks.take();
     let mut deliveries = metrics.deliveries.take();
     acks.drain(..(base.acks as usize).min(acks.len()));
@@ -289,6 +310,8 @@ async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow:
         rss_series: series,
         errors: errors(fleet),
         secs: start.elapsed().as_secs_f64(),
+        server_cpu_us_per_msg,
+        bench_cpu_us_per_msg,
     };
     info!(
         msgs_per_s = result.msgs_per_s as u64,

@@ -13,7 +13,7 @@ use tracing::info;
 
 use super::devices::{raw_payload, Fleet, FleetOptions, Kind, Spec};
 use super::seed::{self, Identity};
-use super::server::{Role, Server, ServerSpec};
+use super::server::{cpu_secs_of, Role, Server, ServerSpec};
 use super::stats::Summary;
 use super::{drain, Options, Pacer, PATIENCE};
 
@@ -24,6 +24,10 @@ pub(crate) struct Raw {
     pub(crate) msgs_per_s: f64,
     /// Publish -> consumer latency at the paced rate.
     pub(crate) paced: Summary,
+    /// The broker's CPU time per message consumed while saturated, microseconds.
+    pub(crate) server_cpu_us_per_msg: f64,
+    /// The load generator's CPU time per message consumed while saturated, microseconds.
+    pub(crate) bench_cpu_us_per_msg: f64,
 }
 
 /// Runs the raw phase against a fresh broker in `spec.dir`.
@@ -123,8 +127,19 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<R
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (from, start) = (received.count(), Instant::now());
+    let cpu_from = (server.cpu_secs()?, cpu_secs_of("self")?);
     tokio::time::sleep(Duration::from_secs_f64(options.raw_secs)).await;
     let (to, elapsed) = (received.count(), start.elapsed());
+    let cpu_to = (server.cpu_secs()?, cpu_secs_of("self")?);
+    let per_msg = |cpu: f64| {
+        if to > from {
+            cpu * 1e6 / (to - from) as f64
+        } else {
+            0.0
+        }
+    };
+    let server_cpu_us_per_msg = per_msg(cpu_to.0 - cpu_from.0);
+    let bench_cpu_us_per_msg = per_msg(cpu_to.1 - cpu_from.1);
     stop.cancel();
     for task in loops {
         let _ = task.await;
@@ -139,5 +154,10 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<R
     publishers.stop().await;
     consumer.stop().await;
     server.stop().await?;
-    Ok(Raw { msgs_per_s, paced })
+    Ok(Raw {
+        msgs_per_s,
+        paced,
+        server_cpu_us_per_msg,
+        bench_cpu_us_per_msg,
+    })
 }

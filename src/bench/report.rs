@@ -99,6 +99,14 @@ pub(crate) struct Report {
     pub(crate) raw_paced_p50_ms: f64,
     /// Raw paced: 99th percentile.
     pub(crate) raw_paced_p99_ms: f64,
+    /// Raw saturated: the broker's CPU time per message, microseconds.
+    pub(crate) raw_server_cpu_us_per_msg: f64,
+    /// Raw saturated: the load generator's CPU time per message, microseconds.
+    pub(crate) raw_bench_cpu_us_per_msg: f64,
+    /// E2E saturated: the server's CPU time per message, microseconds.
+    pub(crate) e2e_server_cpu_us_per_msg: f64,
+    /// E2E saturated: the load generator's CPU time per message, microseconds.
+    pub(crate) e2e_bench_cpu_us_per_msg: f64,
     /// E2E: 1-1 pairs.
     pub(crate) pairs: usize,
     /// E2E saturated: unacknowledged sends per device.
@@ -201,6 +209,10 @@ impl Report {
             raw_publishers: options.raw_publishers,
             raw_paced_p50_ms: raw.paced.p50_ms,
             raw_paced_p99_ms: raw.paced.p99_ms,
+            raw_server_cpu_us_per_msg: raw.server_cpu_us_per_msg,
+            raw_bench_cpu_us_per_msg: raw.bench_cpu_us_per_msg,
+            e2e_server_cpu_us_per_msg: sat.server_cpu_us_per_msg,
+            e2e_bench_cpu_us_per_msg: sat.bench_cpu_us_per_msg,
             pairs: options.pairs,
             window: options.window,
             e2e_messages: sat.messages,
@@ -272,6 +284,14 @@ impl Report {
                 ),
                 none(),
             );
+            row(
+                "raw CPU us/msg: server / load generator",
+                format!(
+                    "{:.1} / {:.1}",
+                    self.raw_server_cpu_us_per_msg, self.raw_bench_cpu_us_per_msg
+                ),
+                none(),
+            );
         } else {
             row("raw broker", skipped(), none());
         }
@@ -287,6 +307,14 @@ impl Report {
                 none()
             };
             row("e2e / raw", format!("{:.3}", self.e2e_ratio), ratio);
+            row(
+                "e2e CPU us/msg: server / load generator",
+                format!(
+                    "{:.1} / {:.1}",
+                    self.e2e_server_cpu_us_per_msg, self.e2e_bench_cpu_us_per_msg
+                ),
+                none(),
+            );
             row(
                 "ack p50 / p90 / p99 / max ms",
                 lat4(

@@ -86,6 +86,12 @@ impl Server {
         rss_of(child.id())
     }
 
+    /// CPU time the child has used so far (user + system, all threads), in seconds.
+    pub(crate) fn cpu_secs(&self) -> anyhow::Result<f64> {
+        let child = self.child.as_ref().context("the server is not running")?;
+        cpu_secs_of(&child.id().to_string())
+    }
+
     /// Kills the child at once (SIGKILL), as a crash would.
     pub(crate) fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -248,6 +254,25 @@ fn parse_port_range(text: &str) -> Option<(u16, u16)> {
     }
 }
 
+/// CPU time (user + system, every thread, exited ones included) of a process
+/// (`self` for this one), from `/proc/<pid>/stat`, in seconds.
+pub(crate) fn cpu_secs_of(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    parse_cpu_secs(&stat).context("unreadable /proc/<pid>/stat")
+}
+
+/// utime + stime (fields 14 and 15) in USER_HZ ticks, which Linux fixes at 100
+/// a second for this interface.
+fn parse_cpu_secs(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces; the fields after it do not.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Resident memory of a process, in bytes.
 pub(crate) fn rss_of(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -278,6 +303,14 @@ mod tests {
         assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
         assert_eq!(parse_vm_rss("Name:\tx\n"), None);
         assert!(rss_of(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn reads_cpu_time() {
+        let stat = "42 (my prog) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(parse_cpu_secs(stat), Some(3.0));
+        assert_eq!(parse_cpu_secs("42 (x) S 1"), None);
+        assert!(cpu_secs_of("self").unwrap() >= 0.0);
     }
 
     #[test]

@@ -54,8 +54,7 @@ impl Ctx<'_> {
             }));
             return Ok(out);
         }
-        self.require_member(conv, true)?;
-        let seq = self.next_seq(conv)?;
+        let (seq, members) = self.take_send_seq(conv)?;
         let ts = self.now;
         self.conn
             .prepare_cached(
@@ -77,7 +76,6 @@ impl Ctx<'_> {
                 "UPDATE members SET read_seq = ?3, delivered_seq = MAX(delivered_seq, ?3) WHERE conv = ?1 AND user = ?2",
             )?
             .execute(params![conv.to_string(), self.user.as_str(), seq])?;
-        let members = self.members(conv)?;
         let mut out = self.deliver(conv, seq, &members, |useq| {
             self.message_event(conv, seq, ts, id, body, Some(useq))
         })?;
@@ -89,6 +87,27 @@ impl Ctx<'_> {
             ts: Some(ts),
         }));
         Ok(out)
+    }
+
+    /// Requires the sender to be a member (creating a dm on first use) and takes
+    /// the conversation's next seq; returns it with the members to deliver to.
+    /// A dm's members are the two users its id names (they cannot change), so
+    /// an existing dm costs one statement here instead of three.
+    fn take_send_seq(&self, conv: &ConvId) -> Result<(u64, Vec<UserId>), Failure> {
+        if let Some((a, b)) = conv.direct_members() {
+            if self.user == a || self.user == b {
+                let mut members = vec![a.clone(), b.clone()];
+                members.sort();
+                if let Some(seq) = self.next_seq_if_exists(conv)? {
+                    return Ok((seq, members));
+                }
+                self.require_member(conv, true)?;
+                return Ok((self.next_seq(conv)?, members));
+            }
+        }
+        self.require_member(conv, true)?;
+        let seq = self.next_seq(conv)?;
+        Ok((seq, self.members(conv)?))
     }
 
     fn message_event(

@@ -255,6 +255,14 @@ impl Ctx<'_> {
             .query_row([conv.to_string()], |r| r.get(0))
     }
 
+    /// Takes the conversation's next seq if the conversation exists.
+    fn next_seq_if_exists(&self, conv: &ConvId) -> rusqlite::Result<Option<u64>> {
+        self.conn
+            .prepare_cached("UPDATE conversations SET last_seq = last_seq + 1 WHERE conv = ?1 RETURNING last_seq")?
+            .query_row([conv.to_string()], |r| r.get(0))
+            .optional()
+    }
+
     /// Takes the user's next useq.
     fn next_useq(&self, user: &UserId) -> rusqlite::Result<u64> {
         self.conn
