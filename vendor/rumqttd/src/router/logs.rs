@@ -535,6 +535,90 @@ mod test {
         assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 1);
     }
 
+    // messenger patch 5: lookups for filters without wildcards give what the scan gave.
+    fn config() -> RouterConfig {
+        RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        }
+    }
+
+    fn sorted(mut v: Vec<usize>) -> Vec<usize> {
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn exact_and_wildcard_filters_match_as_the_scan_did() {
+        let mut data = DataLog::new(config()).unwrap();
+        let (inbox, _) = data.next_native_offset("chat/alice/inbox");
+        let (other, _) = data.next_native_offset("chat/bob/inbox");
+        let (all, _) = data.next_native_offset("chat/+/inbox");
+        let (hash, _) = data.next_native_offset("chat/#");
+        let (dollar, _) = data.next_native_offset("$SYS/x");
+        assert_eq!(
+            sorted(data.matches("chat/alice/inbox").unwrap()),
+            sorted(vec![inbox, all, hash])
+        );
+        assert_eq!(
+            sorted(data.matches("chat/bob/inbox").unwrap()),
+            sorted(vec![other, all, hash])
+        );
+        assert_eq!(data.matches("chat/carol/dev/x").unwrap(), vec![hash]);
+        assert!(data.matches("chat").unwrap().contains(&hash));
+        assert!(data.matches("elsewhere").unwrap().is_empty());
+        // upstream's `matches` never matches topics starting with `$`, not even exactly
+        assert!(data.matches("$SYS/x").unwrap().is_empty());
+        let _ = dollar;
+
+        // a filter created after its topic was seen joins that topic's list, and only it
+        let (late, _) = data.next_native_offset("chat/carol/dev/x");
+        assert_eq!(
+            sorted(data.matches("chat/carol/dev/x").unwrap()),
+            sorted(vec![hash, late])
+        );
+        assert_eq!(data.matches("chat/alice/inbox").unwrap().len(), 3);
+        // a wildcard filter created late still scans the topics seen
+        let (late_wild, _) = data.next_native_offset("chat/+/dev/+");
+        assert!(data.matches("chat/carol/dev/x").unwrap().contains(&late_wild));
+        assert!(!data.matches("chat/alice/inbox").unwrap().contains(&late_wild));
+    }
+
+    #[test]
+    fn retained_messages_are_found_by_exact_and_wildcard_filters() {
+        use crate::protocol::Publish;
+        let mut data = DataLog::new(config()).unwrap();
+        for topic in ["chat/alice/status", "chat/bob/status", "$SYS/up"] {
+            data.insert_to_retained_publishes(
+                Publish::new(topic, "x", true),
+                None,
+                topic.to_owned(),
+            );
+        }
+        let topics = |v: Vec<(crate::protocol::Publish, Option<crate::protocol::PublishProperties>)>| {
+            let mut t: Vec<String> = v
+                .into_iter()
+                .map(|(p, _)| String::from_utf8_lossy(&p.topic).into_owned())
+                .collect();
+            t.sort();
+            t
+        };
+        assert_eq!(topics(data.read_retained_messages("chat/alice/status")), ["chat/alice/status"]);
+        assert!(data.read_retained_messages("chat/carol/status").is_empty());
+        assert!(data.read_retained_messages("$SYS/up").is_empty());
+        assert_eq!(
+            topics(data.read_retained_messages("chat/+/status")),
+            ["chat/alice/status", "chat/bob/status"]
+        );
+        data.remove_from_retained_publishes("chat/alice/status".to_owned());
+        assert!(data.read_retained_messages("chat/alice/status").is_empty());
+    }
+
     //     #[test]
     //     fn appends_are_written_to_correct_commitlog() {
     //         pretty_env_logger::init();
