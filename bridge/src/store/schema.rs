@@ -79,4 +79,8 @@ CREATE TABLE mutes (
     until INTEGER,                       -- no pushes before this ts; NULL: for ever
     PRIMARY KEY (user, conv)
 ) WITHOUT ROWID;
+", "
+-- useq is now one past the user's newest inbox row: the counter was a second
+-- B-tree write per inbox row, always equal to MAX(inbox.useq) for the user.
+DROP TABLE user_seqs;
 "];
