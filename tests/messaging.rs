@@ -273,6 +273,119 @@ async fn reply_to(device: &mut crate::util::Client, payload: &[u8]) -> Value {
     serde_json::from_str(&body).expect("replies are JSON")
 }
 
+/// Publishes `payload` as alice's raw device; returns alice's `n` publishes
+/// (sorted: the `dev` reply first) and bob's one inbox event, parsed.
+async fn alice_sends(
+    alice: &mut crate::util::Client,
+    bob: &mut crate::util::Client,
+    payload: &str,
+    n: usize,
+) -> (Vec<Value>, Value) {
+    alice
+        .mqtt
+        .publish(
+            "chat/alice/out/raw",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload.as_bytes().to_vec(),
+        )
+        .await
+        .expect("publish");
+    let mine = alice
+        .next_publishes(n)
+        .await
+        .into_iter()
+        .map(|(_, body)| serde_json::from_str(&body).expect("json"))
+        .collect();
+    let (topic, body) = bob.next_publish().await;
+    assert_eq!(topic, "chat/bob/inbox");
+    (mine, serde_json::from_str(&body).expect("json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_is_delivered_again_with_the_same_useqs() {
+    let server = TestServer::start(Backend::Embedded, USERS).await;
+    let mut alice = server
+        .raw("alice:raw", "alice-pw")
+        .connect()
+        .await
+        .expect("connect");
+    alice
+        .subscribe(&["chat/alice/dev/raw", "chat/alice/inbox"])
+        .await;
+    let mut bob = server
+        .raw("bob:raw", "bob-pw")
+        .connect()
+        .await
+        .expect("connect");
+    bob.subscribe(&["chat/bob/inbox"]).await;
+    // Bob's useqs run one ahead of alice's, so that a swap would show.
+    bob.mqtt
+        .publish(
+            "chat/bob/out/raw",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"type":"send","id":"b1","conv":"dm:bob:carol","body":"hi"}"#.to_vec(),
+        )
+        .await
+        .expect("publish");
+    let (_, first) = bob.next_publish().await;
+    assert!(first.contains(r#""useq":1"#), "{first}");
+    let useqs = |mine: &[Value], theirs: &Value| {
+        (
+            mine[0]["seq"].as_u64(),
+            mine[1]["useq"].as_u64(),
+            theirs["useq"].as_u64(),
+            theirs["body"].clone(),
+        )
+    };
+    let dm = r#"{"type":"send","id":"d1","conv":"dm:alice:bob","body":"one"}"#;
+    let (mine, theirs) = alice_sends(&mut alice, &mut bob, dm, 2).await;
+    assert_eq!(
+        useqs(&mine, &theirs),
+        (Some(1), Some(1), Some(2), "one".into())
+    );
+    let two = r#"{"type":"send","id":"d2","conv":"dm:alice:bob","body":"two"}"#;
+    let (mine, theirs) = alice_sends(&mut alice, &mut bob, two, 2).await;
+    assert_eq!(
+        useqs(&mine, &theirs),
+        (Some(2), Some(2), Some(3), "two".into())
+    );
+    // The repeat: the first ack again, and both inbox events with their first useqs.
+    let (mine, theirs) = alice_sends(&mut alice, &mut bob, dm, 2).await;
+    assert_eq!(
+        useqs(&mine, &theirs),
+        (Some(1), Some(1), Some(2), "one".into())
+    );
+
+    // A group's message goes the other way (its inbox rows are indexed).
+    let create = r#"{"type":"group_create","id":"g1","name":"team","members":["bob"]}"#;
+    let (mine, theirs) = alice_sends(&mut alice, &mut bob, create, 2).await;
+    let group = mine[0]["conv"].as_str().expect("group id").to_owned();
+    assert_eq!(
+        (mine[1]["useq"].as_u64(), theirs["useq"].as_u64()),
+        (Some(3), Some(4))
+    );
+    let send = format!(r#"{{"type":"send","id":"g2","conv":"{group}","body":"all"}}"#);
+    let (mine, theirs) = alice_sends(&mut alice, &mut bob, &send, 2).await;
+    assert_eq!(
+        useqs(&mine, &theirs),
+        (Some(2), Some(4), Some(5), "all".into())
+    );
+    let (mine, theirs) = alice_sends(&mut alice, &mut bob, &send, 2).await;
+    assert_eq!(
+        useqs(&mine, &theirs),
+        (Some(2), Some(4), Some(5), "all".into())
+    );
+    // Nothing was stored twice: the next message takes the next useqs.
+    let three = r#"{"type":"send","id":"d3","conv":"dm:alice:bob","body":"three"}"#;
+    let (mine, theirs) = alice_sends(&mut alice, &mut bob, three, 2).await;
+    assert_eq!(
+        useqs(&mine, &theirs),
+        (Some(3), Some(5), Some(6), "three".into())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
     let server = TestServer::start(Backend::Embedded, USERS).await;

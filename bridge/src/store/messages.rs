@@ -56,10 +56,17 @@ impl Ctx<'_> {
         }
         let (seq, members) = self.take_send_seq(conv)?;
         let ts = self.now;
+        let useqs = self.next_useqs(&members)?;
+        // A dm's event keeps its two useqs (a repeat redelivers with them); a group's
+        // inbox rows are found through the inbox's group index instead.
+        let (useq_lo, useq_hi) = match (conv.direct_members(), useqs.as_slice()) {
+            (Some(_), [lo, hi]) => (Some(*lo), Some(*hi)),
+            _ => (None, None),
+        };
         self.conn
             .prepare_cached(
-                "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body)
-                 VALUES (?1, ?2, ?3, 'message', ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body, useq_lo, useq_hi)
+                 VALUES (?1, ?2, ?3, 'message', ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 conv.to_string(),
@@ -68,7 +75,9 @@ impl Ctx<'_> {
                 self.user.as_str(),
                 self.device.as_str(),
                 id.as_str(),
-                body
+                body,
+                useq_lo,
+                useq_hi
             ])?;
         // The sender has read what they wrote.
         self.conn
@@ -76,7 +85,7 @@ impl Ctx<'_> {
                 "UPDATE members SET read_seq = ?3, delivered_seq = MAX(delivered_seq, ?3) WHERE conv = ?1 AND user = ?2",
             )?
             .execute(params![conv.to_string(), self.user.as_str(), seq])?;
-        let mut out = self.deliver(conv, seq, &members, |useq| {
+        let mut out = self.deliver_at(conv, seq, &members, &useqs, |useq| {
             self.message_event(conv, seq, ts, id, body, Some(useq))
         })?;
         self.notify_offline(conv, seq, body)?;

@@ -282,13 +282,30 @@ impl Ctx<'_> {
         to: &[UserId],
         event: impl Fn(u64) -> Event,
     ) -> rusqlite::Result<Vec<Outgoing>> {
+        let useqs = self.next_useqs(to)?;
+        self.deliver_at(conv, seq, to, &useqs, event)
+    }
+
+    /// The next useq of each of `users` (distinct), before their inbox rows are inserted.
+    fn next_useqs(&self, users: &[UserId]) -> rusqlite::Result<Vec<u64>> {
+        users.iter().map(|user| self.next_useq(user)).collect()
+    }
+
+    /// [`Ctx::deliver`] with the useqs taken beforehand by [`Ctx::next_useqs`].
+    fn deliver_at(
+        &self,
+        conv: &ConvId,
+        seq: u64,
+        to: &[UserId],
+        useqs: &[u64],
+        event: impl Fn(u64) -> Event,
+    ) -> rusqlite::Result<Vec<Outgoing>> {
         let mut out = Vec::with_capacity(to.len());
         let mut insert = self
             .conn
             .prepare_cached("INSERT INTO inbox (user, useq, conv, seq) VALUES (?1, ?2, ?3, ?4)")?;
         let conv_s = conv.to_string();
-        for user in to {
-            let useq = self.next_useq(user)?;
+        for (user, &useq) in to.iter().zip(useqs) {
             insert.execute(params![user.as_str(), useq, conv_s, seq])?;
             out.push(Outgoing::event(
                 messenger_protocol::topics::inbox(user),
@@ -306,14 +323,22 @@ impl Ctx<'_> {
         seq: u64,
         event: impl Fn(u64) -> Event,
     ) -> rusqlite::Result<Vec<Outgoing>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT user, useq FROM inbox WHERE conv = ?1 AND seq = ?2 AND rstatus IS NULL",
-        )?;
-        let rows = stmt
-            .query_map(params![conv.to_string(), seq], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = match conv.direct_members() {
+            Some((lo, hi)) => self.dm_useqs(conv, seq, lo, hi)?,
+            None => {
+                // The terms of the partial index `inbox_by_group_event`, verbatim.
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT user, useq FROM inbox
+                     WHERE conv = ?1 AND seq = ?2 AND rstatus IS NULL AND conv LIKE 'g:%'",
+                )?;
+                let rows = stmt
+                    .query_map(params![conv.to_string(), seq], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows
+            }
+        };
         Ok(rows
             .into_iter()
             .filter_map(|(user, useq)| {
@@ -324,6 +349,41 @@ impl Ctx<'_> {
                 ))
             })
             .collect())
+    }
+
+    /// Where a dm's event went: each user's useq, kept on the event row.
+    fn dm_useqs(
+        &self,
+        conv: &ConvId,
+        seq: u64,
+        lo: &UserId,
+        hi: &UserId,
+    ) -> rusqlite::Result<Vec<(String, u64)>> {
+        let conv_s = conv.to_string();
+        let kept: Option<(Option<u64>, Option<u64>)> = self
+            .conn
+            .prepare_cached("SELECT useq_lo, useq_hi FROM events WHERE conv = ?1 AND seq = ?2")?
+            .query_row(params![conv_s, seq], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let mut rows = Vec::with_capacity(2);
+        for (user, useq) in [(lo, kept.and_then(|k| k.0)), (hi, kept.and_then(|k| k.1))] {
+            let useq = match useq {
+                Some(useq) => Some(useq),
+                // Not kept (cannot happen for events stored since the column exists, and
+                // the migration filled in the older ones): look through the user's inbox.
+                None => self
+                    .conn
+                    .prepare_cached(
+                        "SELECT useq FROM inbox WHERE user = ?1 AND conv = ?2 AND seq = ?3 AND rstatus IS NULL",
+                    )?
+                    .query_row(params![user.as_str(), conv_s, seq], |r| r.get(0))
+                    .optional()?,
+            };
+            if let Some(useq) = useq {
+                rows.push((user.as_str().to_owned(), useq));
+            }
+        }
+        Ok(rows)
     }
 
     /// The event an earlier request of the sender's with this id stored: (conv, seq).

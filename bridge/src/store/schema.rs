@@ -83,4 +83,74 @@ CREATE TABLE mutes (
 -- useq is now one past the user's newest inbox row: the counter was a second
 -- B-tree write per inbox row, always equal to MAX(inbox.useq) for the user.
 DROP TABLE user_seqs;
+", "
+-- A dm message keeps the useqs of its two inbox rows (users in id order), so a
+-- repeated send is redelivered without an index over every inbox row: that
+-- index cost two B-tree writes per 1-1 message and served only repeats.
+ALTER TABLE events ADD COLUMN useq_lo INTEGER;
+ALTER TABLE events ADD COLUMN useq_hi INTEGER;
+UPDATE events SET
+    useq_lo = (SELECT i.useq FROM inbox i WHERE i.conv = events.conv AND i.seq = events.seq
+               AND i.rstatus IS NULL ORDER BY i.user LIMIT 1),
+    useq_hi = (SELECT i.useq FROM inbox i WHERE i.conv = events.conv AND i.seq = events.seq
+               AND i.rstatus IS NULL ORDER BY i.user DESC LIMIT 1)
+WHERE conv LIKE 'dm:%';
+DROP INDEX inbox_by_event;
+CREATE INDEX inbox_by_group_event ON inbox (conv, seq) WHERE rstatus IS NULL AND conv LIKE 'g:%';
 "];
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    #[test]
+    fn dm_messages_stored_before_keep_their_useqs_and_groups_keep_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = messenger_accounts::open_sqlite(&dir.path().join("m.db")).unwrap();
+        messenger_accounts::migrate(&mut conn).unwrap();
+        let before = &MIGRATIONS[..MIGRATIONS.len() - 1];
+        messenger_accounts::schema::migrate(&mut conn, "bridge", before).unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body) VALUES
+                ('dm:ann:bob', 1, 0, 'message', 'ann', 'p', 'r1', 'hi'),
+                ('g:team', 1, 0, 'message', 'ann', 'p', 'r2', 'yo');
+             INSERT INTO inbox (user, useq, conv, seq) VALUES
+                ('bob', 3, 'dm:ann:bob', 1), ('ann', 7, 'dm:ann:bob', 1),
+                ('ann', 8, 'g:team', 1), ('bob', 4, 'g:team', 1);
+             INSERT INTO inbox (user, useq, conv, seq, rstatus, ruser, rts) VALUES
+                ('ann', 9, 'dm:ann:bob', 1, 'read', 'bob', 5);",
+        )
+        .unwrap();
+
+        messenger_accounts::schema::migrate(&mut conn, "bridge", MIGRATIONS).unwrap();
+        let kept: (i64, i64) = conn
+            .query_row(
+                "SELECT useq_lo, useq_hi FROM events WHERE conv = 'dm:ann:bob'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            kept,
+            (7, 3),
+            "ann's useq, then bob's; the receipt row is not one"
+        );
+        let group: Option<i64> = conn
+            .query_row(
+                "SELECT useq_lo FROM events WHERE conv = 'g:team'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(group, None);
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT user, useq FROM inbox
+                 WHERE conv = 'g:team' AND seq = 1 AND rstatus IS NULL AND conv LIKE 'g:%'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("inbox_by_group_event"), "{plan}");
+    }
+}
