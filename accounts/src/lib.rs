@@ -84,6 +84,9 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// How long a connection waits for another process or connection holding a lock.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens a SQLite file the way every component of the project does: WAL, a busy
 /// timeout so concurrent processes wait for each other instead of failing.
 pub fn open_sqlite(path: &Path) -> Result<Connection, rusqlite::Error> {
@@ -94,7 +97,7 @@ pub fn open_sqlite(path: &Path) -> Result<Connection, rusqlite::Error> {
         }
     }
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)

@@ -32,6 +32,9 @@ use crate::store::{self, StoreError};
 /// How often committed pages are copied from the WAL into the database file.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(200);
 
+/// How long the writer's RESTART checkpoint may wait for readers of the WAL.
+const RESTART_PATIENCE: Duration = Duration::from_millis(20);
+
 /// WAL size (pages; 32 MiB of 4 KiB pages) past which the writer rewinds the WAL.
 pub(crate) const RESTART_FRAMES: i64 = 8192;
 
@@ -57,13 +60,16 @@ impl Wal {
             .lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match checkpoint(conn, "RESTART") {
-            Ok((busy, log, copied)) => {
-                debug!(busy, log, copied, "WAL rewound");
-                if busy == 0 {
-                    self.frames.store(0, Ordering::Relaxed);
-                }
-            }
+        // RESTART waits for readers of the WAL (other connections to the file) through
+        // the busy handler; the writer must not stall behind one for the connection's
+        // 10 s. If it cannot finish at once, the next passive checkpoint's report
+        // decides whether to try again.
+        let _ = conn.busy_timeout(RESTART_PATIENCE);
+        let result = checkpoint(conn, "RESTART");
+        let _ = conn.busy_timeout(messenger_accounts::BUSY_TIMEOUT);
+        self.frames.store(0, Ordering::Relaxed);
+        match result {
+            Ok((busy, log, copied)) => debug!(busy, log, copied, "WAL rewind"),
             Err(err) => warn!(cause = %err, "rewinding the WAL failed; will retry"),
         }
     }
@@ -118,6 +124,10 @@ fn run(conn: &Connection, wal: &Wal, stopped: &mpsc::Receiver<()>) {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match checkpoint(conn, "PASSIVE") {
+            // Not "copied == log means nothing to rewind": while the writer appends,
+            // a passive checkpoint copies only what was there when it began, and the
+            // WAL starts over only if it caught up with the writer. Right after a
+            // rewind this reports the old size once more, costing one extra RESTART.
             Ok((_, log, _)) => wal.frames.store(log, Ordering::Relaxed),
             Err(err) => warn!(cause = %err, "WAL checkpoint failed; will retry"),
         }

@@ -28,7 +28,8 @@ use crate::push::{Notification, Sink};
 use crate::request;
 use crate::store::{presence, Ctx, Notify};
 
-/// Most jobs in one transaction (the broker lets at most ~100 be unacked anyway).
+/// Most jobs in one transaction (the embedded broker lets at most `broker.service_inflight`,
+/// 1000 by default, be unacked anyway).
 const MAX_BATCH: usize = 1024;
 
 /// An inbound publish for the writer.

@@ -64,9 +64,10 @@ pub(crate) struct Server {
 impl Server {
     /// Starts the child on two free loopback ports; returns once it accepts connections.
     pub(crate) async fn start(spec: ServerSpec) -> anyhow::Result<Self> {
+        let addr = free_port(None)?;
         let mut server = Self {
-            addr: free_port()?,
-            ws_addr: free_port()?,
+            ws_addr: free_port(Some(addr.port()))?,
+            addr,
             spec,
             child: None,
         };
@@ -218,7 +219,8 @@ impl Drop for Server {
 /// from the ephemeral range could meanwhile become a device's source port, and
 /// the server would fail to listen ("address already in use"). Outside that
 /// range only another program binding it on purpose can take it.
-fn free_port() -> anyhow::Result<SocketAddr> {
+/// `taken`: a port chosen a moment ago (already released), not to be chosen again.
+fn free_port(taken: Option<u16>) -> anyhow::Result<SocketAddr> {
     let (low, _) = ephemeral_range();
     let floor = 10_000u16.min(low.saturating_sub(1));
     let span = u32::from(low.saturating_sub(floor)).max(1);
@@ -230,6 +232,9 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     for attempt in 0..span.min(4096) {
         let offset = (seed.wrapping_add(attempt.wrapping_mul(7919))) % span;
         let port = floor + offset as u16;
+        if Some(port) == taken {
+            continue;
+        }
         if let Ok(probe) = TcpListener::bind(("127.0.0.1", port)) {
             return Ok(probe.local_addr()?);
         }
@@ -319,10 +324,13 @@ mod tests {
         assert_eq!(parse_port_range("60999 32768"), None);
         assert_eq!(parse_port_range("junk"), None);
         let (low, _) = ephemeral_range();
-        let port = free_port().unwrap().port();
+        let port = free_port(None).unwrap().port();
         assert!(
             port < low || low <= 1024,
             "{port} is in the ephemeral range from {low}"
         );
+        for _ in 0..100 {
+            assert_ne!(free_port(Some(port)).unwrap().port(), port);
+        }
     }
 }

@@ -94,10 +94,13 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
-                if is_wildcard(&filter) {
-                    wildcard_filters.push((filter.clone(), idx));
+                // A repeated filter replaces the earlier one, as upstream's map does.
+                if let Some(replaced) = filter_indexes.insert(filter.clone(), idx) {
+                    wildcard_filters.retain(|(_, i)| *i != replaced);
                 }
-                filter_indexes.insert(filter, idx);
+                if is_wildcard(&filter) {
+                    wildcard_filters.push((filter, idx));
+                }
             }
         }
 
@@ -149,10 +152,12 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
+                // A topic holding `+` or `#` (rumqttd does not refuse one) names a
+                // wildcard filter, which the scan below matches: not twice.
                 let exact = self
                     .filter_indexes
                     .get(topic)
-                    .filter(|_| matches_exactly(topic, topic))
+                    .filter(|_| !is_wildcard(topic) && matches_exactly(topic, topic))
                     .copied();
                 let v: Vec<usize> = exact
                     .into_iter()
@@ -572,6 +577,11 @@ mod test {
         assert_eq!(data.matches("chat/carol/dev/x").unwrap(), vec![hash]);
         assert!(data.matches("chat").unwrap().contains(&hash));
         assert!(data.matches("elsewhere").unwrap().is_empty());
+        // a topic that spells a wildcard filter (rumqttd does not refuse one) matches it once
+        assert_eq!(
+            sorted(data.matches("chat/+/inbox").unwrap()),
+            sorted(vec![all, hash])
+        );
         // upstream's `matches` never matches topics starting with `$`, not even exactly
         assert!(data.matches("$SYS/x").unwrap().is_empty());
         let _ = dollar;
