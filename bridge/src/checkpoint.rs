@@ -15,7 +15,8 @@
 //! without end. Once it holds more than [`RESTART_FRAMES`] pages, the writer
 //! itself, between two batches, runs a RESTART checkpoint: only the pages the
 //! thread has not copied yet remain, and it rewinds the WAL. The two never
-//! checkpoint at once (a mutex, not SQLite's busy-wait polling, orders them).
+//! checkpoint at once (a mutex, not SQLite's busy-wait polling, orders them;
+//! the writer only tries it, and skips the rewind while the thread is busy).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -56,10 +57,13 @@ impl Wal {
         if self.frames.load(Ordering::Relaxed) <= self.restart_frames {
             return;
         }
-        let _held = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Never wait for a passive checkpoint in progress (it may be copying and
+        // syncing thousands of pages): try again after the next batch instead.
+        let _held = match self.lock.try_lock() {
+            Ok(held) => held,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         // RESTART waits for readers of the WAL (other connections to the file) through
         // the busy handler; the writer must not stall behind one for the connection's
         // 10 s. If it cannot finish at once, the next passive checkpoint's report
