@@ -148,7 +148,9 @@ impl MqttState {
             Request::Disconnect(_) => self.outgoing_disconnect()?,
             Request::PubAck(puback) => self.outgoing_puback(puback)?,
             Request::PubRec(pubrec) => self.outgoing_pubrec(pubrec)?,
-            _ => unimplemented!(),
+            // messenger patch 2: a request a client never makes (an ack it does not
+            // send this way) is an error, not a panic of the event loop.
+            _ => return Err(StateError::InvalidState),
         };
 
         self.last_outgoing = Instant::now();
