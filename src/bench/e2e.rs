@@ -17,7 +17,7 @@ use tracing::info;
 use super::devices::{Fleet, FleetOptions, Kind, Sender, Spec};
 use super::groups::{self, Group};
 use super::seed::{self, Identity};
-use super::server::{cpu_secs_of, Role, Server, ServerSpec};
+use super::server::{cpu_secs_of, us_per_msg, Role, Server, ServerSpec};
 use super::stats::Summary;
 use super::{drain, Options, Pacer, Phase, PATIENCE};
 
@@ -286,16 +286,9 @@ async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow:
     } else {
         0.0
     };
-    let per_msg = |cpu: f64| {
-        let counted = delivered.saturating_sub(base.delivered);
-        if counted == 0 {
-            0.0
-        } else {
-            cpu * 1e6 / counted as f64
-        }
-    };
-    let server_cpu_us_per_msg = per_msg(server_cpu_end - base.server_cpu);
-    let bench_cpu_us_per_msg = per_msg(bench_cpu_end - base.bench_cpu);
+    let counted = delivered.saturating_sub(base.delivered);
+    let server_cpu_us_per_msg = us_per_msg(server_cpu_end - base.server_cpu, counted);
+    let bench_cpu_us_per_msg = us_per_msg(bench_cpu_end - base.bench_cpu, counted);
     let mut acks = metrics.acks.take();
     let mut deliveries = metrics.deliveries.take();
     acks.drain(..(base.acks as usize).min(acks.len()));

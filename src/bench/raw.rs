@@ -13,7 +13,7 @@ use tracing::info;
 
 use super::devices::{raw_payload, Fleet, FleetOptions, Kind, Spec};
 use super::seed::{self, Identity};
-use super::server::{cpu_secs_of, Role, Server, ServerSpec};
+use super::server::{cpu_secs_of, us_per_msg, Role, Server, ServerSpec};
 use super::stats::Summary;
 use super::{drain, Options, Pacer, PATIENCE};
 
@@ -131,15 +131,8 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<R
     tokio::time::sleep(Duration::from_secs_f64(options.raw_secs)).await;
     let (to, elapsed) = (received.count(), start.elapsed());
     let cpu_to = (server.cpu_secs()?, cpu_secs_of("self")?);
-    let per_msg = |cpu: f64| {
-        if to > from {
-            cpu * 1e6 / (to - from) as f64
-        } else {
-            0.0
-        }
-    };
-    let server_cpu_us_per_msg = per_msg(cpu_to.0 - cpu_from.0);
-    let bench_cpu_us_per_msg = per_msg(cpu_to.1 - cpu_from.1);
+    let server_cpu_us_per_msg = us_per_msg(cpu_to.0 - cpu_from.0, to.saturating_sub(from));
+    let bench_cpu_us_per_msg = us_per_msg(cpu_to.1 - cpu_from.1, to.saturating_sub(from));
     stop.cancel();
     for task in loops {
         let _ = task.await;

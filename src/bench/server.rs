@@ -267,6 +267,15 @@ pub(crate) fn cpu_secs_of(pid: &str) -> anyhow::Result<f64> {
     parse_cpu_secs(&stat).context("unreadable /proc/<pid>/stat")
 }
 
+/// CPU seconds spread over `messages`, in microseconds each (0 without messages).
+pub(crate) fn us_per_msg(cpu_secs: f64, messages: u64) -> f64 {
+    if messages == 0 {
+        0.0
+    } else {
+        cpu_secs * 1e6 / messages as f64
+    }
+}
+
 /// utime + stime (fields 14 and 15) in USER_HZ ticks, which Linux fixes at 100
 /// a second for this interface.
 fn parse_cpu_secs(stat: &str) -> Option<f64> {
@@ -316,6 +325,8 @@ mod tests {
         assert_eq!(parse_cpu_secs(stat), Some(3.0));
         assert_eq!(parse_cpu_secs("42 (x) S 1"), None);
         assert!(cpu_secs_of("self").unwrap() >= 0.0);
+        assert_eq!(us_per_msg(2.0, 1_000_000), 2.0);
+        assert_eq!(us_per_msg(2.0, 0), 0.0);
     }
 
     #[test]
