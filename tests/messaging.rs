@@ -257,17 +257,22 @@ async fn history_and_seq_continue_across_a_bridge_restart() {
 }
 
 /// Publishes `payload` as alice's device and returns the bridge's reply.
-async fn reply_to(device: &mut crate::util::Client, payload: &[u8]) -> Value {
+/// Publishes a request as `user`'s raw device (client id `<user>:raw`).
+async fn publish_request(device: &crate::util::Client, user: &str, payload: &[u8]) {
     device
         .mqtt
         .publish(
-            "chat/alice/out/raw",
+            format!("chat/{user}/out/raw"),
             rumqttc::QoS::AtLeastOnce,
             false,
             payload.to_vec(),
         )
         .await
         .expect("publish");
+}
+
+async fn reply_to(device: &mut crate::util::Client, payload: &[u8]) -> Value {
+    publish_request(device, "alice", payload).await;
     let (topic, body) = device.next_publish().await;
     assert_eq!(topic, "chat/alice/dev/raw");
     serde_json::from_str(&body).expect("replies are JSON")
@@ -281,16 +286,7 @@ async fn alice_sends(
     payload: &str,
     n: usize,
 ) -> (Vec<Value>, Value) {
-    alice
-        .mqtt
-        .publish(
-            "chat/alice/out/raw",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            payload.as_bytes().to_vec(),
-        )
-        .await
-        .expect("publish");
+    publish_request(alice, "alice", payload.as_bytes()).await;
     let mine = alice
         .next_publishes(n)
         .await
@@ -320,15 +316,8 @@ async fn a_repeated_request_is_delivered_again_with_the_same_useqs() {
         .expect("connect");
     bob.subscribe(&["chat/bob/inbox"]).await;
     // Bob's useqs run one ahead of alice's, so that a swap would show.
-    bob.mqtt
-        .publish(
-            "chat/bob/out/raw",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            br#"{"type":"send","id":"b1","conv":"dm:bob:carol","body":"hi"}"#.to_vec(),
-        )
-        .await
-        .expect("publish");
+    let hi = br#"{"type":"send","id":"b1","conv":"dm:bob:carol","body":"hi"}"#;
+    publish_request(&bob, "bob", hi).await;
     let (_, first) = bob.next_publish().await;
     assert!(first.contains(r#""useq":1"#), "{first}");
     let useqs = |mine: &[Value], theirs: &Value| {
@@ -511,15 +500,8 @@ async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
     assert_eq!(list["items"], serde_json::json!([]));
     let sync = reply_to(&mut raw, br#"{"type":"sync","id":"s","after":0}"#).await;
     assert_eq!(sync["events"], serde_json::json!([]));
-    raw.mqtt
-        .publish(
-            "chat/alice/out/raw",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            br#"{"type":"send","id":"ok","conv":"dm:alice:bob","body":"fine"}"#.to_vec(),
-        )
-        .await
-        .expect("publish");
+    let fine = br#"{"type":"send","id":"ok","conv":"dm:alice:bob","body":"fine"}"#;
+    publish_request(&raw, "alice", fine).await;
     let mut got = raw.next_publishes(2).await;
     got.sort();
     let ack: Value = serde_json::from_str(&got[0].1).expect("json");

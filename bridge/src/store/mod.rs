@@ -250,9 +250,8 @@ impl Ctx<'_> {
 
     /// Takes the conversation's next seq.
     fn next_seq(&self, conv: &ConvId) -> rusqlite::Result<u64> {
-        self.conn
-            .prepare_cached("UPDATE conversations SET last_seq = last_seq + 1 WHERE conv = ?1 RETURNING last_seq")?
-            .query_row([conv.to_string()], |r| r.get(0))
+        self.next_seq_if_exists(conv)?
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)
     }
 
     /// Takes the conversation's next seq if the conversation exists.
