@@ -28,6 +28,10 @@ pub(crate) struct Settings {
     pub(crate) push: PushConfig,
 }
 
+/// Room in an MQTT packet for what is not the payload: the fixed header, the
+/// topic (`chat/<user>/dev/<device>` is at most 107 bytes) and the packet id.
+const PACKET_OVERHEAD: usize = 256;
+
 impl Settings {
     /// Loads the file (required if named explicitly) and the environment, then validates.
     pub(crate) fn load(file: Option<&Path>) -> anyhow::Result<Self> {
@@ -79,11 +83,13 @@ impl Settings {
         self.broker.validate().map_err(anyhow::Error::msg)?;
         self.limits.validate().map_err(anyhow::Error::msg)?;
         self.push.validate().map_err(anyhow::Error::msg)?;
-        if self.broker.max_packet_bytes < self.limits.max_reply_bytes() {
+        // Every reply's payload is at most max_reply_bytes; the packet adds its topic
+        // (at most ~110 bytes) and a fixed header.
+        let needed = self.limits.max_reply_bytes() + PACKET_OVERHEAD;
+        if self.broker.max_packet_bytes < needed {
             bail!(
-                "broker.max_packet_bytes ({}) must be at least {} to carry a body of limits.max_body_bytes",
+                "broker.max_packet_bytes ({}) must be at least {needed} to carry a body of limits.max_body_bytes",
                 self.broker.max_packet_bytes,
-                self.limits.max_reply_bytes()
             );
         }
         if self.bridge.username.is_empty() {

@@ -256,28 +256,6 @@ async fn history_and_seq_continue_across_a_bridge_restart() {
     );
 }
 
-/// Publishes `payload` as alice's device and returns the bridge's reply.
-/// Publishes a request as `user`'s raw device (client id `<user>:raw`).
-async fn publish_request(device: &crate::util::Client, user: &str, payload: &[u8]) {
-    device
-        .mqtt
-        .publish(
-            format!("chat/{user}/out/raw"),
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            payload.to_vec(),
-        )
-        .await
-        .expect("publish");
-}
-
-async fn reply_to(device: &mut crate::util::Client, payload: &[u8]) -> Value {
-    publish_request(device, "alice", payload).await;
-    let (topic, body) = device.next_publish().await;
-    assert_eq!(topic, "chat/alice/dev/raw");
-    serde_json::from_str(&body).expect("replies are JSON")
-}
-
 /// Publishes `payload` as alice's raw device; returns alice's `n` publishes
 /// (sorted: the `dev` reply first) and bob's one inbox event, parsed.
 async fn alice_sends(
@@ -286,7 +264,7 @@ async fn alice_sends(
     payload: &str,
     n: usize,
 ) -> (Vec<Value>, Value) {
-    publish_request(alice, "alice", payload.as_bytes()).await;
+    alice.request("alice", payload.as_bytes()).await;
     let mine = alice
         .next_publishes(n)
         .await
@@ -317,7 +295,7 @@ async fn a_repeated_request_is_delivered_again_with_the_same_useqs() {
     bob.subscribe(&["chat/bob/inbox"]).await;
     // Bob's useqs run one ahead of alice's, so that a swap would show.
     let hi = br#"{"type":"send","id":"b1","conv":"dm:bob:carol","body":"hi"}"#;
-    publish_request(&bob, "bob", hi).await;
+    bob.request("bob", hi).await;
     let (_, first) = bob.next_publish().await;
     assert!(first.contains(r#""useq":1"#), "{first}");
     let useqs = |mine: &[Value], theirs: &Value| {
@@ -479,7 +457,7 @@ async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         ),
     ];
     for (payload, id, code) in &cases {
-        let reply = reply_to(&mut raw, payload).await;
+        let reply = raw.reply("alice", payload).await;
         assert_eq!(
             reply["type"],
             "error",
@@ -496,12 +474,16 @@ async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     // Nothing changed: no conversation, no inbox event; the next good send is seq 1, useq 1.
-    let list = reply_to(&mut raw, br#"{"type":"conversations","id":"c"}"#).await;
+    let list = raw
+        .reply("alice", br#"{"type":"conversations","id":"c"}"#)
+        .await;
     assert_eq!(list["items"], serde_json::json!([]));
-    let sync = reply_to(&mut raw, br#"{"type":"sync","id":"s","after":0}"#).await;
+    let sync = raw
+        .reply("alice", br#"{"type":"sync","id":"s","after":0}"#)
+        .await;
     assert_eq!(sync["events"], serde_json::json!([]));
     let fine = br#"{"type":"send","id":"ok","conv":"dm:alice:bob","body":"fine"}"#;
-    publish_request(&raw, "alice", fine).await;
+    raw.request("alice", fine).await;
     let mut got = raw.next_publishes(2).await;
     got.sort();
     let ack: Value = serde_json::from_str(&got[0].1).expect("json");
@@ -525,11 +507,12 @@ async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         )
         .await
         .expect("publish");
-    let reused = reply_to(
-        &mut raw,
-        br#"{"type":"group_create","id":"ok","name":"g","members":[]}"#,
-    )
-    .await;
+    let reused = raw
+        .reply(
+            "alice",
+            br#"{"type":"group_create","id":"ok","name":"g","members":[]}"#,
+        )
+        .await;
     assert_eq!(
         (reused["code"].as_str(), reused["id"].as_str()),
         (Some("bad_request"), Some("ok")),

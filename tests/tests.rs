@@ -24,6 +24,10 @@ mod presence;
 // Group chats: membership events, fan-out, admin rights, limits.
 mod groups;
 
+// Hostile input to the bridge: replies over the packet limit, unbounded lists,
+// numbers out of range, device ids without end, a removed user's name re-used.
+mod hostile;
+
 // Push notifications to offline users through fake APNs, FCM and OAuth servers (HTTP/2, TLS).
 mod push;
 

@@ -184,17 +184,13 @@ impl Accounts {
     }
 
     /// Deletes a user and their tokens, and signs out their connections.
+    ///
+    /// This removes the account only; `messenger_bridge::remove_user` also
+    /// removes what the account owned in the conversations, in the same transaction.
     pub fn remove(&self, user: &UserId) -> Result<(), AccountsError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let n = tx.execute("DELETE FROM users WHERE name = ?1", [user.as_str()])?;
-        if n == 0 {
-            return Err(AccountsError::NotFound(user.clone()));
-        }
-        tx.execute(
-            "INSERT INTO revocations (user, at_ms) VALUES (?1, ?2)",
-            params![user.as_str(), now_ms()],
-        )?;
+        remove_user(&tx, user)?;
         tx.commit()?;
         Ok(())
     }
@@ -328,6 +324,20 @@ pub fn user_exists(conn: &Connection, user: &UserId) -> rusqlite::Result<bool> {
         .query_row([user.as_str()], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// Deletes a user and their tokens and records the revocation (which signs out
+/// their connections), on a connection the caller holds inside its own transaction.
+pub fn remove_user(conn: &Connection, user: &UserId) -> Result<(), AccountsError> {
+    let n = conn.execute("DELETE FROM users WHERE name = ?1", [user.as_str()])?;
+    if n == 0 {
+        return Err(AccountsError::NotFound(user.clone()));
+    }
+    conn.execute(
+        "INSERT INTO revocations (user, at_ms) VALUES (?1, ?2)",
+        params![user.as_str(), now_ms()],
+    )?;
+    Ok(())
 }
 
 /// Issues a device token on a connection the caller holds (the bridge issues

@@ -75,6 +75,8 @@ pub struct Limits {
     pub max_group_members: usize,
     /// Longest group name, in characters.
     pub max_group_name_chars: usize,
+    /// Most devices (distinct device ids with presence or a device token) per user.
+    pub max_devices_per_user: usize,
 }
 
 impl Default for Limits {
@@ -84,6 +86,7 @@ impl Default for Limits {
             max_page: 500,
             max_group_members: 1024,
             max_group_name_chars: 100,
+            max_devices_per_user: 50,
         }
     }
 }
@@ -114,6 +117,9 @@ impl Limits {
         }
         if self.max_group_name_chars == 0 {
             return Err("limits.max_group_name_chars must be at least 1".into());
+        }
+        if self.max_devices_per_user == 0 || self.max_devices_per_user > 10_000 {
+            return Err("limits.max_devices_per_user must be between 1 and 10000".into());
         }
         Ok(())
     }

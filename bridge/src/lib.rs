@@ -59,6 +59,17 @@ pub enum BridgeError {
 
 pub use writer::Liveness;
 
+/// Removes an account and everything it owned in the conversations (its inbox,
+/// devices, push registrations, mutes and memberships), in one transaction on
+/// the SQLite file at `path`; safe while a bridge runs on the same file.
+/// See docs/PROTOCOL.md, "Removing an account".
+pub fn remove_user(
+    path: &std::path::Path,
+    user: &messenger_protocol::UserId,
+) -> Result<(), StoreError> {
+    store::remove_user(path, user)
+}
+
 /// Everything the bridge needs to run.
 #[derive(Clone)]
 pub struct Bridge {

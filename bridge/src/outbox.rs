@@ -40,12 +40,23 @@ pub(crate) struct Failure {
     pub(crate) message: String,
 }
 
+/// The longest `message` of an `error` reply, in bytes: messages may quote bad
+/// input (serde's do), and a reply must never grow with it.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 300;
+
 impl Failure {
+    /// A failure whose message is cut to [`MAX_MESSAGE_BYTES`].
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE_BYTES {
+            let mut end = MAX_MESSAGE_BYTES - 3;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str("...");
         }
+        Self { code, message }
     }
 
     pub(crate) fn bad(message: impl Into<String>) -> Self {
@@ -66,5 +77,19 @@ impl From<rusqlite::Error> for Failure {
     fn from(err: rusqlite::Error) -> Self {
         error!(cause = %err, "storage failure");
         Self::new(ErrorCode::Internal, "storage failure; retry later")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut_at_a_character_boundary() {
+        let long = format!("bad value {}", "\u{85}".repeat(50_000));
+        let failure = Failure::bad(long);
+        assert!(failure.message.len() <= MAX_MESSAGE_BYTES);
+        assert!(failure.message.ends_with("..."));
+        assert_eq!(Failure::bad("short").message, "short");
     }
 }

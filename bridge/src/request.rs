@@ -62,10 +62,15 @@ pub(crate) fn decode(payload: &[u8], max_bytes: usize) -> Result<Request, Reject
             })
         }
     }
-    serde_json::from_value(value).map_err(|e| Rejected {
+    let request: Request = serde_json::from_value(value).map_err(|e| Rejected {
+        id: id.clone(),
+        failure: Failure::bad(e.to_string()),
+    })?;
+    request.check_numbers().map_err(|e| Rejected {
         id,
         failure: Failure::bad(e.to_string()),
-    })
+    })?;
+    Ok(request)
 }
 
 #[cfg(test)]
@@ -105,6 +110,15 @@ mod tests {
             r.failure.message
         );
         assert_eq!(reject(br#"{"type":"send","id":5}"#).id, None);
+        let r = reject(br#"{"type":"sync","id":"r5","after":18446744073709551615}"#);
+        assert_eq!(r.failure.code, ErrorCode::BadRequest);
+        assert!(
+            r.failure.message.contains("`after`"),
+            "{}",
+            r.failure.message
+        );
+        let r = reject(br#"{"type":"sync","id":"r6","after":18446744073709551616}"#);
+        assert_eq!(r.failure.code, ErrorCode::BadRequest);
         assert!(decode(
             br#"{"type":"send","id":"x","conv":"dm:a:b","body":"hi","extra":1}"#,
             1000

@@ -125,6 +125,27 @@ pub(crate) fn run(
     }
 }
 
+/// Refuses an outcome with a publish over the largest reply (`limits.max_reply_bytes`,
+/// under the broker's packet limit): the request is then rolled back and answered
+/// `too_large`. Pages are cut to fit before this; it is the last line of defence
+/// that keeps the bridge's connection to the broker from being dropped.
+fn fits(out: Vec<Outgoing>, limits: &Limits) -> Result<Vec<Outgoing>, Failure> {
+    let max = limits.max_reply_bytes();
+    match out.iter().map(|o| o.payload.len()).max() {
+        Some(largest) if largest > max => {
+            error!(
+                bytes = largest,
+                max, "a reply or event would be over the packet limit; request refused"
+            );
+            Err(Failure::new(
+                ErrorCode::TooLarge,
+                format!("the reply would be over the limit of {max} bytes"),
+            ))
+        }
+        _ => Ok(out),
+    }
+}
+
 /// Handles a batch in one transaction; returns what to publish and ack, and the
 /// push notifications the committed requests call for (none if the commit failed).
 fn process(
@@ -153,7 +174,14 @@ fn process(
                     device,
                     online,
                 } => {
-                    publishes.extend(presence::update(&tx, user, device, *online, now)?);
+                    publishes.extend(presence::update(
+                        &tx,
+                        user,
+                        device,
+                        *online,
+                        now,
+                        limits.max_devices_per_user,
+                    )?);
                     continue;
                 }
                 Work::Reconcile => {
@@ -183,7 +211,7 @@ fn process(
                         notify,
                         pushes: RefCell::new(Vec::new()),
                     };
-                    match ctx.handle(req) {
+                    match ctx.handle(req).and_then(|out| fits(out, limits)) {
                         Ok(out) => {
                             let calls_for = ctx.pushes.take();
                             sp.commit()?;

@@ -223,16 +223,33 @@ impl Client {
         }
     }
 
-    /// The user's conversations, with their last seq, read receipt and unread count.
+    /// The user's conversations, with their last seq, read receipt and unread count
+    /// (every page of them).
     pub async fn conversations(&self) -> Result<Vec<ConversationItem>, ClientError> {
-        let id = new_request_id();
-        let request = Request::Conversations { id: id.clone() };
-        match self
-            .request(id.as_str(), &request, Retry::OnReconnect)
-            .await?
-        {
-            wire::Event::Conversations { items, .. } => Ok(items),
-            other => Err(unexpected("a conversation list", &other)),
+        let mut all = Vec::new();
+        let mut cursor = None;
+        loop {
+            let id = new_request_id();
+            let request = Request::Conversations {
+                id: id.clone(),
+                limit: None,
+                cursor: cursor.take(),
+            };
+            match self
+                .request(id.as_str(), &request, Retry::OnReconnect)
+                .await?
+            {
+                wire::Event::Conversations {
+                    items, more, next, ..
+                } => {
+                    all.extend(items);
+                    match next {
+                        Some(next) if more => cursor = Some(next),
+                        _ => return Ok(all),
+                    }
+                }
+                other => return Err(unexpected("a conversation list", &other)),
+            }
         }
     }
 
@@ -241,7 +258,7 @@ impl Client {
     /// [`ClientError::Server`]. Unlike [`Client::send`], such a request is published
     /// once (when connected) and never repeated, since not every request is idempotent.
     pub async fn call(&self, request: Request) -> Result<wire::Event, ClientError> {
-        let id = request_id(&request).ok_or_else(|| {
+        let id = request.id().ok_or_else(|| {
             ClientError::InvalidRequest("this request type has no id and gets no reply".into())
         })?;
         let id = id.as_str().to_owned();
@@ -365,25 +382,6 @@ async fn first_connack(eventloop: &mut EventLoop) -> Result<(), ClientError> {
     }
 }
 
-/// The id of a request that has one.
-fn request_id(request: &Request) -> Option<&RequestId> {
-    match request {
-        Request::Send { id, .. }
-        | Request::Sync { id, .. }
-        | Request::History { id, .. }
-        | Request::Conversations { id }
-        | Request::GroupCreate { id, .. }
-        | Request::GroupAdd { id, .. }
-        | Request::GroupRemove { id, .. }
-        | Request::GroupLeave { id, .. }
-        | Request::PushRegister { id, .. }
-        | Request::PushUnregister { id, .. }
-        | Request::Mute { id, .. }
-        | Request::Token { id } => Some(id),
-        Request::Receipt { .. } | Request::Typing { .. } => None,
-    }
-}
-
 fn unexpected(wanted: &str, got: &wire::Event) -> ClientError {
     let kind = serde_json::to_value(got)
         .ok()
@@ -399,13 +397,14 @@ mod tests {
     #[test]
     fn only_requests_with_ids_can_be_called() {
         let conv = ConvId::parse("dm:alice:bob").unwrap();
-        assert!(request_id(&Request::Typing { conv: conv.clone() }).is_none());
+        assert!(Request::Typing { conv: conv.clone() }.id().is_none());
         let id = new_request_id();
         assert_eq!(
-            request_id(&Request::GroupLeave {
+            Request::GroupLeave {
                 id: id.clone(),
                 conv
-            }),
+            }
+            .id(),
             Some(&id)
         );
     }

@@ -24,6 +24,21 @@ pub enum IdError {
     Client(String),
 }
 
+/// The most characters of a rejected value an [`IdError`] keeps: errors are echoed
+/// to clients, so a huge bad value must not make a huge error.
+pub const SHOWN_CHARS: usize = 40;
+
+/// The start of a rejected value, as an [`IdError`] keeps it.
+fn shown(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= SHOWN_CHARS {
+        s.to_owned()
+    } else {
+        let head: String = s.chars().take(SHOWN_CHARS).collect();
+        format!("{head}... ({n} characters)")
+    }
+}
+
 fn is_user_id(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
@@ -52,7 +67,7 @@ macro_rules! string_id {
                 if $check(s) {
                     Ok(Self(s.to_owned()))
                 } else {
-                    Err(IdError::$err(s.to_owned()))
+                    Err(IdError::$err(shown(s)))
                 }
             }
 
@@ -130,7 +145,7 @@ impl ConvId {
 
     /// Parses `dm:<a>:<b>` (requiring `a < b`) or `g:<id>`.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let bad = || IdError::Conv(s.to_owned());
+        let bad = || IdError::Conv(shown(s));
         if let Some(rest) = s.strip_prefix("dm:") {
             let (a, b) = rest.split_once(':').ok_or_else(bad)?;
             let a = UserId::parse(a).map_err(|_| bad())?;
@@ -201,7 +216,7 @@ impl ClientId {
     /// Splits `<user>:<device>` at the first `:` and validates the device.
     /// The user part is returned as written; the caller decides which names are valid.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let bad = || IdError::Client(s.to_owned());
+        let bad = || IdError::Client(shown(s));
         let (user, device) = s.split_once(':').ok_or_else(bad)?;
         if user.is_empty() {
             return Err(bad());
@@ -284,6 +299,21 @@ mod tests {
             "dm:Alice:bob",
         ] {
             assert!(ConvId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_show_only_the_start_of_a_long_value() {
+        let long = "\u{85}".repeat(21_000);
+        for err in [
+            ConvId::parse(&long).unwrap_err(),
+            UserId::parse(&long).unwrap_err(),
+            DeviceId::parse(&long).unwrap_err(),
+            ClientId::parse(&long).unwrap_err(),
+        ] {
+            let text = err.to_string();
+            assert!(text.len() < 600, "{} bytes", text.len());
+            assert!(text.contains("21000 characters"), "{text}");
         }
     }
 

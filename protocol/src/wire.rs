@@ -116,10 +116,29 @@ pub enum Request {
         #[serde(default)]
         limit: Option<u32>,
     },
-    /// List the user's conversations.
+    /// A page of the user's conversations, most recently active first.
     Conversations {
         /// Request id.
         id: RequestId,
+        /// Page size.
+        #[serde(default)]
+        limit: Option<u32>,
+        /// The `next` of the previous page; the first page when absent.
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+    /// A page of a conversation's current members, by user id.
+    Members {
+        /// Request id.
+        id: RequestId,
+        /// The conversation.
+        conv: ConvId,
+        /// Return members whose id sorts after this one; from the first when absent.
+        #[serde(default)]
+        after: Option<UserId>,
+        /// Page size.
+        #[serde(default)]
+        limit: Option<u32>,
     },
     /// Create a group (the creator becomes its admin).
     GroupCreate {
@@ -202,7 +221,8 @@ impl Request {
             Self::Send { id, .. }
             | Self::Sync { id, .. }
             | Self::History { id, .. }
-            | Self::Conversations { id }
+            | Self::Conversations { id, .. }
+            | Self::Members { id, .. }
             | Self::GroupCreate { id, .. }
             | Self::GroupAdd { id, .. }
             | Self::GroupRemove { id, .. }
@@ -214,6 +234,57 @@ impl Request {
             Self::Receipt { .. } | Self::Typing { .. } => None,
         }
     }
+}
+
+/// The largest value a numeric field of a request may have: storage keeps
+/// numbers as signed 64-bit integers.
+pub const MAX_NUMBER: u64 = i64::MAX as u64;
+
+/// A numeric field of a request over [`MAX_NUMBER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}` must be at most {MAX_NUMBER}")]
+pub struct OutOfRange {
+    /// The field's name.
+    pub field: &'static str,
+}
+
+impl Request {
+    /// Checks that every numeric field is at most [`MAX_NUMBER`].
+    pub fn check_numbers(&self) -> Result<(), OutOfRange> {
+        let fields: &[(&'static str, Option<u64>)] = match self {
+            Self::Receipt { seq, .. } => &[("seq", Some(*seq))],
+            Self::Sync { after, .. } => &[("after", Some(*after))],
+            Self::History { before, .. } => &[("before", *before)],
+            Self::Mute { until, .. } => &[("until", *until)],
+            _ => &[],
+        };
+        match fields
+            .iter()
+            .find(|(_, value)| value.is_some_and(|v| v > MAX_NUMBER))
+        {
+            Some((field, _)) => Err(OutOfRange { field }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A group member's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// May remove other members.
+    Admin,
+    /// An ordinary member.
+    Member,
+}
+
+/// One item of the `members` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberItem {
+    /// The member.
+    pub user: UserId,
+    /// Their role.
+    pub role: Role,
 }
 
 /// Error codes of the `error` reply.
@@ -245,8 +316,12 @@ pub struct ConversationItem {
     pub conv: ConvId,
     /// Its name: the group's name, or the other user's id for a 1-1 chat.
     pub name: String,
-    /// Current members.
+    /// The first current members by user id (all of them in a small conversation;
+    /// the `members` request pages through the rest).
     pub members: Vec<UserId>,
+    /// How many current members there are.
+    #[serde(default)]
+    pub member_count: u64,
     /// Newest seq in the conversation.
     pub last_seq: u64,
     /// The user's read receipt.
@@ -310,6 +385,26 @@ pub enum Event {
         id: RequestId,
         /// One per conversation.
         items: Vec<ConversationItem>,
+        /// Whether more conversations follow.
+        #[serde(default)]
+        more: bool,
+        /// The cursor of the next page, while `more`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+    },
+    /// The reply to `members`.
+    Members {
+        /// The request's id.
+        id: RequestId,
+        /// The conversation.
+        conv: ConvId,
+        /// Current members, ascending by user id.
+        members: Vec<MemberItem>,
+        /// Whether more members follow.
+        more: bool,
+        /// The `after` of the next page, while `more`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<UserId>,
     },
     /// The reply to `token`: a device token usable as the MQTT password.
     Token {
@@ -434,6 +529,43 @@ mod tests {
         )
         .is_err());
         assert!(serde_json::from_str::<Request>(r#"{"type":"nope","id":"1"}"#).is_err());
+    }
+
+    #[test]
+    fn numbers_over_the_signed_range_are_refused_naming_the_field() {
+        let parse = |json: &str| serde_json::from_str::<Request>(json).unwrap();
+        let big = u64::MAX;
+        let edge = MAX_NUMBER + 1;
+        for (json, field) in [
+            (
+                format!(r#"{{"type":"sync","id":"1","after":{big}}}"#),
+                "after",
+            ),
+            (
+                format!(r#"{{"type":"sync","id":"1","after":{edge}}}"#),
+                "after",
+            ),
+            (
+                format!(r#"{{"type":"receipt","conv":"dm:a:b","seq":{edge},"status":"read"}}"#),
+                "seq",
+            ),
+            (
+                format!(r#"{{"type":"history","id":"1","conv":"dm:a:b","before":{big}}}"#),
+                "before",
+            ),
+            (
+                format!(r#"{{"type":"mute","id":"1","conv":"dm:a:b","until":{big}}}"#),
+                "until",
+            ),
+        ] {
+            assert_eq!(
+                parse(&json).check_numbers(),
+                Err(OutOfRange { field }),
+                "{json}"
+            );
+        }
+        let ok = format!(r#"{{"type":"sync","id":"1","after":{MAX_NUMBER}}}"#);
+        assert_eq!(parse(&ok).check_numbers(), Ok(()));
     }
 
     #[test]

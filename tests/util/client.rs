@@ -206,6 +206,40 @@ impl Client {
         .await;
     }
 
+    /// Publishes a request as `user`'s raw device (client id `<user>:raw`), at QoS 1.
+    pub(crate) async fn request(&self, user: &str, payload: &[u8]) {
+        self.mqtt
+            .publish(
+                format!("chat/{user}/out/raw"),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_vec(),
+            )
+            .await
+            .expect("publish");
+    }
+
+    /// Publishes a request as `user`'s raw device and returns the bridge's reply
+    /// (the next publish, which must be on `chat/<user>/dev/raw`).
+    /// Publishes on other topics that come first stay queued, in order.
+    pub(crate) async fn reply(&mut self, user: &str, payload: &[u8]) -> serde_json::Value {
+        self.request(user, payload).await;
+        let dev = format!("chat/{user}/dev/raw");
+        let mut others = Vec::new();
+        let body = loop {
+            let (topic, body) = self.next_publish().await;
+            if topic == dev {
+                break body;
+            }
+            others.push((topic, body));
+        };
+        for (topic, body) in others.into_iter().rev() {
+            self.received
+                .push_front(Publish::new(topic, QoS::AtLeastOnce, body.into_bytes()));
+        }
+        serde_json::from_str(&body).expect("replies are JSON")
+    }
+
     /// The next message received, as `(topic, payload)`.
     pub(crate) async fn next_publish(&mut self) -> (String, String) {
         let publish = match self.received.pop_front() {

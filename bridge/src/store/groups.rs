@@ -31,7 +31,7 @@ impl Ctx<'_> {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT ts, kind, sender, device, req_id, body, action, target FROM events WHERE conv = ?1 AND seq = ?2",
+                "SELECT ts, kind, sender, device, COALESCE(req_id, retired_req_id), body, action, target FROM events WHERE conv = ?1 AND seq = ?2",
             )?
             .query_row(params![conv_s, seq], |r| super::messages::event_from_row(r, 0, &conv_s, seq, None))
             .optional()?

@@ -1,7 +1,7 @@
 //! 1-1 and group messaging: send, receipts, typing, sync, history, conversations.
 
 use messenger_protocol::topics;
-use messenger_protocol::wire::{ConversationItem, ErrorCode, Event, ReceiptStatus, RequestId};
+use messenger_protocol::wire::{ErrorCode, Event, ReceiptStatus, RequestId};
 use messenger_protocol::{ConvId, UserId};
 use rumqttc::QoS;
 use rusqlite::{params, OptionalExtension, Row};
@@ -107,7 +107,7 @@ impl Ctx<'_> {
             if self.user == a || self.user == b {
                 let mut members = vec![a.clone(), b.clone()];
                 members.sort();
-                if let Some(seq) = self.next_seq_if_exists(conv)? {
+                if let Some(seq) = self.next_open_dm_seq(conv)? {
                     return Ok((seq, members));
                 }
                 self.require_member(conv, true)?;
@@ -237,7 +237,7 @@ impl Ctx<'_> {
         let limit = self.page(limit, DEFAULT_PAGE)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT i.useq, i.conv, i.seq, i.rstatus, i.ruser, i.rts,
-                    e.ts, e.kind, e.sender, e.device, e.req_id, e.body, e.action, e.target
+                    e.ts, e.kind, e.sender, e.device, COALESCE(e.req_id, e.retired_req_id), e.body, e.action, e.target
              FROM inbox i LEFT JOIN events e ON i.rstatus IS NULL AND e.conv = i.conv AND e.seq = i.seq
              WHERE i.user = ?1 AND i.useq > ?2 ORDER BY i.useq LIMIT ?3",
         )?;
@@ -305,7 +305,7 @@ impl Ctx<'_> {
         };
         let upper = before.map_or(to, |b| b.saturating_sub(1).min(to));
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, ts, kind, sender, device, req_id, body, action, target FROM events
+            "SELECT seq, ts, kind, sender, device, COALESCE(req_id, retired_req_id), body, action, target FROM events
              WHERE conv = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT ?4",
         )?;
         let conv_s = conv.to_string();
@@ -331,56 +331,6 @@ impl Ctx<'_> {
             conv: conv.clone(),
             events,
             more,
-        })])
-    }
-
-    pub(super) fn conversations(&self, id: &RequestId) -> Result<Vec<Outgoing>, Failure> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT c.conv, c.kind, c.name, c.last_seq, m.read_seq,
-                    (SELECT COUNT(*) FROM events e
-                      WHERE e.conv = c.conv AND e.seq > m.read_seq AND e.kind = 'message' AND e.sender != m.user)
-             FROM members m JOIN conversations c ON c.conv = m.conv
-             WHERE m.user = ?1 AND m.left_seq IS NULL ORDER BY c.last_seq DESC, c.conv",
-        )?;
-        let rows = stmt
-            .query_map([self.user.as_str()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, u64>(3)?,
-                    r.get::<_, u64>(4)?,
-                    r.get::<_, u64>(5)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut items = Vec::with_capacity(rows.len());
-        for (conv, kind, name, last_seq, read_seq, unread) in rows {
-            let Ok(conv) = ConvId::parse(&conv) else {
-                continue;
-            };
-            let members = self.members(&conv)?;
-            let name = if kind == "dm" {
-                members
-                    .iter()
-                    .find(|m| *m != self.user)
-                    .map(UserId::to_string)
-                    .unwrap_or_default()
-            } else {
-                name
-            };
-            items.push(ConversationItem {
-                conv,
-                name,
-                members,
-                last_seq,
-                read_seq,
-                unread,
-            });
-        }
-        Ok(vec![self.reply(&Event::Conversations {
-            id: id.clone(),
-            items,
         })])
     }
 }
@@ -457,14 +407,14 @@ fn receipt_from_row(
     })
 }
 
-/// Keeps a reply under the largest packet: the first event always fits.
-struct Budget {
+/// Keeps a reply under the largest packet: the first item always fits.
+pub(super) struct Budget {
     left: usize,
     first: bool,
 }
 
 impl Budget {
-    fn new(max: usize) -> Self {
+    pub(super) fn new(max: usize) -> Self {
         // Room for the reply's own fields.
         Self {
             left: max.saturating_sub(512),
@@ -473,7 +423,12 @@ impl Budget {
     }
 
     fn take(&mut self, event: &Event) -> bool {
-        let size = encode(event).len() + 1;
+        self.take_bytes(encode(event).len())
+    }
+
+    /// Takes room for an item of `bytes` (and its separating comma), if it fits.
+    pub(super) fn take_bytes(&mut self, bytes: usize) -> bool {
+        let size = bytes + 1;
         if self.first || size <= self.left {
             self.first = false;
             self.left = self.left.saturating_sub(size);

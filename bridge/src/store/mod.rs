@@ -6,10 +6,12 @@
 //! `seq` (per conversation) and `useq` (per user) are assigned here, in the
 //! same transaction that stores the event, so both are gap-free.
 
+mod conversations;
 mod groups;
 mod messages;
 pub(crate) mod presence;
 mod push;
+mod removal;
 mod schema;
 
 pub(crate) use push::Notify;
@@ -31,6 +33,9 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("storage: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The account store refused (e.g. removing a user who does not exist).
+    #[error(transparent)]
+    Account(#[from] messenger_accounts::AccountsError),
     /// A storage thread could not be started.
     #[error("storage: cannot start a thread: {0}")]
     Thread(String),
@@ -59,6 +64,20 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, St
     messenger_accounts::migrate(&mut conn)?;
     messenger_accounts::schema::migrate(&mut conn, "bridge", schema::MIGRATIONS)?;
     Ok(conn)
+}
+
+/// Removes an account and everything it owned in the conversations (see
+/// [`removal`]), in one transaction on the shared SQLite file: safe while a
+/// bridge runs on it, which sees either all of it or none.
+pub(crate) fn remove_user(path: &Path, user: &UserId) -> Result<(), StoreError> {
+    let mut conn = messenger_accounts::open_sqlite(path)?;
+    messenger_accounts::migrate(&mut conn)?;
+    messenger_accounts::schema::migrate(&mut conn, "bridge", schema::MIGRATIONS)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    messenger_accounts::remove_user(&tx, user)?;
+    removal::purge_user(&tx, user)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// The writer's page cache, in KiB.
@@ -100,9 +119,18 @@ impl Ctx<'_> {
                 before,
                 limit,
             } => self.history(&id, &conv, before, limit),
-            Request::Conversations { id } => self.conversations(&id),
+            Request::Conversations { id, limit, cursor } => {
+                self.conversations(&id, limit, cursor.as_deref())
+            }
+            Request::Members {
+                id,
+                conv,
+                after,
+                limit,
+            } => self.members_page(&id, &conv, after.as_ref(), limit),
             Request::Typing { conv } => self.typing(&conv),
             Request::Token { id } => {
+                self.require_device_room()?;
                 let token = messenger_accounts::issue_token(self.conn, self.user, self.device)
                     .map_err(|e| match e {
                         messenger_accounts::AccountsError::NotFound(_) => {
@@ -188,10 +216,10 @@ impl Ctx<'_> {
                     format!("you are not a member of {conv}"),
                 ));
             }
-            if let Some((_, _, last)) = self.conversation(conv)? {
-                return Ok(last);
-            }
             let other = if self.user == a { b } else { a };
+            if let Some((_, _, last)) = self.conversation(conv)? {
+                return self.rejoin_direct(conv, other, last, create);
+            }
             self.require_user(other)?;
             if create {
                 self.conn.execute(
@@ -219,6 +247,75 @@ impl Ctx<'_> {
                 ErrorCode::NotMember,
                 format!("you are not a member of {conv}"),
             )),
+        }
+    }
+
+    /// Requires the sender's row in an existing dm. A dm outlives a removed account
+    /// (see [`removal`]): a new account of that name has no row in it, and joins it
+    /// after its newest event by sending (`create`); until then it cannot read it.
+    /// Sending also needs the other user: a removed one is `unknown_user`, a new
+    /// account of that name joins the same way. Returns the conversation's last seq.
+    fn rejoin_direct(
+        &self,
+        conv: &ConvId,
+        other: &UserId,
+        last: u64,
+        create: bool,
+    ) -> Result<u64, Failure> {
+        let mine = self.membership(conv, self.user)?.is_some();
+        if !create {
+            return if mine {
+                Ok(last)
+            } else {
+                Err(Failure::new(
+                    ErrorCode::NotMember,
+                    format!("you are not a member of {conv}"),
+                ))
+            };
+        }
+        let theirs = self.membership(conv, other)?.is_some();
+        if !theirs {
+            self.require_user(other)?;
+        }
+        for (user, present) in [(self.user, mine), (other, theirs)] {
+            if !present {
+                self.conn.execute(
+                    "INSERT INTO members (conv, user, role, joined_seq) VALUES (?1, ?2, 'member', ?3)",
+                    params![conv.to_string(), user.as_str(), last + 1],
+                )?;
+            }
+        }
+        self.conn.execute(
+            "UPDATE conversations SET closed = 0 WHERE conv = ?1 AND closed = 1",
+            [conv.to_string()],
+        )?;
+        Ok(last)
+    }
+
+    /// Requires the requesting device to be known, or room for one more device
+    /// (`limits.max_devices_per_user`), counting devices with presence or a token.
+    fn require_device_room(&self) -> Result<(), Failure> {
+        let (known, count): (bool, usize) = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM device_tokens WHERE user = ?1 AND device = ?2)
+                     OR EXISTS (SELECT 1 FROM devices WHERE user = ?1 AND device = ?2),
+                        (SELECT COUNT(*) FROM (SELECT device FROM device_tokens WHERE user = ?1
+                                               UNION SELECT device FROM devices WHERE user = ?1))",
+            )?
+            .query_row(params![self.user.as_str(), self.device.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        if known || count < self.limits.max_devices_per_user {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "a user has at most {} devices",
+                    self.limits.max_devices_per_user
+                ),
+            ))
         }
     }
 
@@ -252,6 +349,15 @@ impl Ctx<'_> {
     fn next_seq(&self, conv: &ConvId) -> rusqlite::Result<u64> {
         self.next_seq_if_exists(conv)?
             .ok_or(rusqlite::Error::QueryReturnedNoRows)
+    }
+
+    /// Takes an open dm's next seq, if it exists and is open (the one statement
+    /// of a message to an existing 1-1 chat).
+    fn next_open_dm_seq(&self, conv: &ConvId) -> rusqlite::Result<Option<u64>> {
+        self.conn
+            .prepare_cached("UPDATE conversations SET last_seq = last_seq + 1 WHERE conv = ?1 AND closed = 0 RETURNING last_seq")?
+            .query_row([conv.to_string()], |r| r.get(0))
+            .optional()
     }
 
     /// Takes the conversation's next seq if the conversation exists.
@@ -366,6 +472,13 @@ impl Ctx<'_> {
             .optional()?;
         let mut rows = Vec::with_capacity(2);
         for (user, useq) in [(lo, kept.and_then(|k| k.0)), (hi, kept.and_then(|k| k.1))] {
+            // Not to a removed account, nor to a new account of that name.
+            if self
+                .membership(conv, user)?
+                .is_none_or(|m| m.joined_seq > seq)
+            {
+                continue;
+            }
             let useq = match useq {
                 Some(useq) => Some(useq),
                 // Not kept (cannot happen for events stored since the column exists, and

@@ -9,23 +9,44 @@ use messenger_protocol::wire::Status;
 use messenger_protocol::{topics, DeviceId, UserId};
 use rumqttc::QoS;
 use rusqlite::{params, Connection, OptionalExtension};
+use tracing::warn;
 
 use crate::outbox::Outgoing;
 
 /// Records a device's presence; returns the status publish if the user's aggregate changed.
+///
+/// A user has at most `max_devices` devices: presence from one more device id
+/// is refused (logged, nothing stored or published).
 pub(crate) fn update(
     conn: &Connection,
     user: &UserId,
     device: &DeviceId,
     online: bool,
     now: u64,
+    max_devices: usize,
 ) -> rusqlite::Result<Vec<Outgoing>> {
-    conn.prepare_cached(
-        "INSERT INTO devices (user, device, online, changed_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (user, device) DO UPDATE SET online = excluded.online, changed_ms = excluded.changed_ms",
-    )?
-    .execute(params![user.as_str(), device.as_str(), online, now])?;
+    let known = conn
+        .prepare_cached(
+            "UPDATE devices SET online = ?3, changed_ms = ?4 WHERE user = ?1 AND device = ?2",
+        )?
+        .execute(params![user.as_str(), device.as_str(), online, now])?;
+    if known == 0 {
+        if device_count(conn, user)? >= max_devices {
+            warn!(%user, %device, max_devices, "presence refused: the user has the most devices allowed (limits.max_devices_per_user)");
+            return Ok(Vec::new());
+        }
+        conn.prepare_cached(
+            "INSERT INTO devices (user, device, online, changed_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![user.as_str(), device.as_str(), online, now])?;
+    }
     aggregate(conn, user, now)
+}
+
+/// How many devices the user has had presence from.
+pub(crate) fn device_count(conn: &Connection, user: &UserId) -> rusqlite::Result<usize> {
+    conn.prepare_cached("SELECT COUNT(*) FROM devices WHERE user = ?1")?
+        .query_row([user.as_str()], |r| r.get(0))
 }
 
 /// Recomputes a user's aggregate and returns the status publish if it changed.
@@ -73,6 +94,8 @@ pub(crate) fn reconcile(
     is_connected: &dyn Fn(&str) -> bool,
     now: u64,
 ) -> rusqlite::Result<Vec<Outgoing>> {
+    // Only rows that exist are updated, so no device cap applies.
+    let no_cap = usize::MAX;
     let online: Vec<(String, String)> = conn
         .prepare_cached("SELECT user, device FROM devices WHERE online = 1")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -86,7 +109,7 @@ pub(crate) fn reconcile(
             continue;
         };
         tracing::info!(%user, %device, "device has no connection: marking it offline");
-        out.extend(update(conn, &user, &device, false, now)?);
+        out.extend(update(conn, &user, &device, false, now, no_cap)?);
     }
     Ok(out)
 }

@@ -97,6 +97,25 @@ UPDATE events SET
 WHERE conv LIKE 'dm:%';
 DROP INDEX inbox_by_event;
 CREATE INDEX inbox_by_group_event ON inbox (conv, seq) WHERE rstatus IS NULL AND conv LIKE 'g:%';
+", "
+-- A removed account leaves nothing a new account of the same name could take
+-- over (see removal.rs): a 1-1 chat with a removed user is closed until both
+-- users have a row in it again, and the removed user's request ids stop
+-- reserving anything (kept apart only to show the events as they were).
+ALTER TABLE conversations ADD COLUMN closed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN retired_req_id TEXT;
+-- Accounts removed before this version: the same clean-up, for every user
+-- that no longer exists.
+UPDATE conversations SET closed = 1
+WHERE kind = 'dm' AND conv IN (SELECT conv FROM members WHERE user NOT IN (SELECT name FROM users));
+DELETE FROM members WHERE user NOT IN (SELECT name FROM users);
+DELETE FROM inbox WHERE user NOT IN (SELECT name FROM users);
+DELETE FROM devices WHERE user NOT IN (SELECT name FROM users);
+DELETE FROM presence WHERE user NOT IN (SELECT name FROM users);
+DELETE FROM push_tokens WHERE user NOT IN (SELECT name FROM users);
+DELETE FROM mutes WHERE user NOT IN (SELECT name FROM users);
+UPDATE events SET retired_req_id = req_id, req_id = NULL
+WHERE req_id IS NOT NULL AND sender NOT IN (SELECT name FROM users);
 "];
 
 #[cfg(test)]
@@ -108,7 +127,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = messenger_accounts::open_sqlite(&dir.path().join("m.db")).unwrap();
         messenger_accounts::migrate(&mut conn).unwrap();
-        let before = &MIGRATIONS[..MIGRATIONS.len() - 1];
+        let before = &MIGRATIONS[..4];
         messenger_accounts::schema::migrate(&mut conn, "bridge", before).unwrap();
         conn.execute_batch(
             "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body) VALUES

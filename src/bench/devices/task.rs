@@ -184,6 +184,7 @@ fn reply_id(event: &Event) -> Option<&str> {
         | Event::Sync { id, .. }
         | Event::History { id, .. }
         | Event::Conversations { id, .. }
+        | Event::Members { id, .. }
         | Event::Token { id, .. } => Some(id.as_str()),
         Event::Error { id, .. } => id.as_deref(),
         _ => None,
