@@ -28,6 +28,9 @@ use crate::push::{Notification, Sink};
 use crate::request;
 use crate::store::{presence, Ctx, Notify};
 
+#[cfg(test)]
+mod fuzz;
+
 /// Most jobs in one transaction (the embedded broker lets at most `broker.service_inflight`,
 /// 1000 by default, be unacked anyway).
 const MAX_BATCH: usize = 1024;
