@@ -6,6 +6,9 @@ mod util;
 // The embedded broker over TCP and WebSocket: sign-in, topic ACL, revocation, WebSocket front.
 mod broker;
 
+// Hostile clients against the embedded broker: WebSocket floods and subprotocols, password guessing, bad CONNECT flags.
+mod hostile_broker;
+
 // Stock clients (mosquitto_pub, mosquitto_sub) against the embedded broker.
 mod mosquitto;
 

@@ -1,14 +1,18 @@
 //! Sign-in: who may connect, with which client id, credentials and last will.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use messenger_accounts::{Accounts, Verdict};
+use messenger_accounts::{Accounts, Verdict, TOKEN_PREFIX};
 use messenger_protocol::acl::{self, Principal};
 use messenger_protocol::{ClientId, UserId};
 use rumqttd::protocol::{Connect, ConnectReturnCode, LastWill, Login};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
+
+use crate::throttle::{Policy, Throttle};
 
 /// The bridge's credentials.
 #[derive(Clone)]
@@ -27,77 +31,135 @@ impl std::fmt::Debug for ServiceAccount {
     }
 }
 
+/// Why a CONNECT is refused: its CONNACK code, and how long to hold that CONNACK back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) code: ConnectReturnCode,
+    /// Set for failed password sign-ins, so guessing costs time.
+    pub(crate) delay: Option<Duration>,
+}
+
+impl From<ConnectReturnCode> for Refusal {
+    fn from(code: ConnectReturnCode) -> Self {
+        Self { code, delay: None }
+    }
+}
+
 /// Checks CONNECT packets.
 pub(crate) struct Authenticator {
     accounts: Arc<Accounts>,
     service: ServiceAccount,
     /// Bounds concurrent argon2 checks (each takes ~19 MiB and tens of ms of a core).
     hashing: Semaphore,
+    /// Failed password sign-ins per user and per source address.
+    throttle: Throttle,
+    /// How long a refusal of a password sign-in is held back.
+    failure_delay: Duration,
 }
 
 impl Authenticator {
-    pub(crate) fn new(accounts: Arc<Accounts>, service: ServiceAccount) -> Self {
+    pub(crate) fn new(
+        accounts: Arc<Accounts>,
+        service: ServiceAccount,
+        policy: Policy,
+        failure_delay: Duration,
+    ) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             accounts,
             service,
             hashing: Semaphore::new(cores),
+            throttle: Throttle::new(policy),
+            failure_delay,
         }
     }
 
-    /// Decides on a CONNECT: the signed-in principal, or the CONNACK refusal code.
+    /// A refusal for a failed password sign-in (recorded against `user` and `source`).
+    fn bad_password(&self, user: Option<&str>, source: Option<IpAddr>) -> Refusal {
+        self.throttle.failed(user, source, Instant::now());
+        Refusal {
+            code: ConnectReturnCode::BadUserNamePassword,
+            delay: Some(self.failure_delay),
+        }
+    }
+
+    /// Decides on a CONNECT from `source` (the client's address, when known):
+    /// the signed-in principal, or the refusal.
     ///
     /// Cheap checks come first. The credential check may block (argon2id); it runs
     /// under `block_in_place` so the runtime's other tasks move to another worker.
+    /// Password sign-ins pass the throttle first: a user or address with too many
+    /// recent failures is refused without a check. Device tokens (256 random bits)
+    /// are not throttled, so guessing a user's password cannot lock out their
+    /// devices' reconnects. The service account is checked in constant time, no
+    /// argon2, and never locked out (that would cut the bridge off); its failures
+    /// count against the address and are held back like any other.
     pub(crate) fn admit(
         &self,
         connect: &Connect,
         will: Option<&LastWill>,
         login: Option<&Login>,
-    ) -> Result<Principal, ConnectReturnCode> {
+        source: Option<IpAddr>,
+    ) -> Result<Principal, Refusal> {
         let client = ClientId::parse(&connect.client_id)
             .map_err(|_| ConnectReturnCode::ClientIdentifierNotValid)?;
         let login = login.ok_or(ConnectReturnCode::BadUserNamePassword)?;
         if login.username != client.user {
             warn!(client_id = %connect.client_id, username = %login.username, "client id names another user");
-            return Err(ConnectReturnCode::NotAuthorized);
+            return Err(ConnectReturnCode::NotAuthorized.into());
         }
         if login.username == self.service.username {
             let ok = !self.service.password.is_empty()
                 && constant_time_eq(login.password.as_bytes(), self.service.password.as_bytes());
             if !ok {
-                warn!(client_id = %connect.client_id, "service sign-in refused");
-                return Err(ConnectReturnCode::BadUserNamePassword);
+                warn!(client_id = %connect.client_id, ?source, "service sign-in refused");
+                return Err(self.bad_password(None, source));
             }
             if will.is_some() {
-                return Err(ConnectReturnCode::NotAuthorized);
+                return Err(ConnectReturnCode::NotAuthorized.into());
             }
             return Ok(Principal::Service);
         }
-        let user =
-            UserId::parse(&login.username).map_err(|_| ConnectReturnCode::BadUserNamePassword)?;
+        let Ok(user) = UserId::parse(&login.username) else {
+            return Err(self.bad_password(None, source));
+        };
         let principal = Principal::User(user.clone());
         if let Some(will) = will {
             let topic = std::str::from_utf8(&will.topic).unwrap_or("");
             if !acl::may_will(&principal, topic) {
                 warn!(client_id = %connect.client_id, topic, "last will on a forbidden topic");
-                return Err(ConnectReturnCode::NotAuthorized);
+                return Err(ConnectReturnCode::NotAuthorized.into());
             }
+        }
+        let is_token = login.password.starts_with(TOKEN_PREFIX);
+        if !is_token && !self.throttle.admits(user.as_str(), source, Instant::now()) {
+            warn!(client_id = %connect.client_id, ?source, "too many failed sign-ins; refused unchecked");
+            return Err(Refusal {
+                code: ConnectReturnCode::BadUserNamePassword,
+                delay: Some(self.failure_delay),
+            });
         }
         let verdict =
             self.blocking(|| self.accounts.verify(&user, &client.device, &login.password));
         match verdict {
             Ok(Verdict::Accepted) => {
+                if !is_token {
+                    self.throttle.succeeded(user.as_str());
+                }
                 info!(client_id = %connect.client_id, "signed in");
                 Ok(principal)
             }
-            Ok(Verdict::UnknownUser | Verdict::Rejected) => {
-                warn!(client_id = %connect.client_id, "bad username or password");
-                Err(ConnectReturnCode::BadUserNamePassword)
+            Ok(verdict @ (Verdict::UnknownUser | Verdict::Rejected)) => {
+                warn!(client_id = %connect.client_id, ?source, "bad username or password");
+                if is_token {
+                    return Err(ConnectReturnCode::BadUserNamePassword.into());
+                }
+                let known = matches!(verdict, Verdict::Rejected).then_some(user.as_str());
+                Err(self.bad_password(known, source))
             }
             Err(err) => {
                 warn!(cause = %err, "account store unavailable");
-                Err(ConnectReturnCode::ServiceUnavailable)
+                Err(ConnectReturnCode::ServiceUnavailable.into())
             }
         }
     }

@@ -38,6 +38,21 @@ pub struct BrokerConfig {
     pub service_inflight: u16,
     /// How often to look for revoked accounts (removed users, changed passwords), in milliseconds.
     pub revocation_poll_ms: u64,
+    /// Wrong passwords for one user before its password sign-ins are throttled:
+    /// refused unchecked within a window that starts at `sign_in_backoff_ms` and
+    /// doubles with each further wrong password, up to `sign_in_max_backoff_ms`.
+    /// A successful sign-in starts the count over. Device tokens are not throttled.
+    pub sign_in_free_failures: u32,
+    /// Failed password sign-ins from one source address (IPv6: one /64) before
+    /// that address's password sign-ins are throttled the same way (for every user).
+    pub sign_in_free_failures_per_address: u32,
+    /// The first throttling window, in milliseconds.
+    pub sign_in_backoff_ms: u64,
+    /// The longest throttling window, in milliseconds.
+    pub sign_in_max_backoff_ms: u64,
+    /// How long the CONNACK refusing a password sign-in is held back, in milliseconds
+    /// (the connection waits; nothing else does).
+    pub sign_in_failure_delay_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -54,6 +69,11 @@ impl Default for BrokerConfig {
             service_segment_bytes: 8 * 1024 * 1024,
             service_inflight: 1000,
             revocation_poll_ms: 1_000,
+            sign_in_free_failures: 5,
+            sign_in_free_failures_per_address: 20,
+            sign_in_backoff_ms: 1_000,
+            sign_in_max_backoff_ms: 60_000,
+            sign_in_failure_delay_ms: 1_000,
         }
     }
 }
@@ -89,6 +109,24 @@ impl BrokerConfig {
         }
         if self.revocation_poll_ms == 0 {
             return Err("broker.revocation_poll_ms must be above 0".into());
+        }
+        if self.sign_in_free_failures == 0 || self.sign_in_free_failures_per_address == 0 {
+            return Err(
+                "broker.sign_in_free_failures and broker.sign_in_free_failures_per_address must be at least 1"
+                    .into(),
+            );
+        }
+        if self.sign_in_backoff_ms == 0 || self.sign_in_backoff_ms > self.sign_in_max_backoff_ms {
+            return Err(
+                "broker.sign_in_backoff_ms must be above 0 and at most broker.sign_in_max_backoff_ms"
+                    .into(),
+            );
+        }
+        if self.sign_in_max_backoff_ms > 3_600_000 {
+            return Err("broker.sign_in_max_backoff_ms must be at most 3600000 (an hour)".into());
+        }
+        if self.sign_in_failure_delay_ms > 10_000 {
+            return Err("broker.sign_in_failure_delay_ms must be at most 10000".into());
         }
         Ok(())
     }

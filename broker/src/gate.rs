@@ -9,15 +9,18 @@
 //!   before CONNECT;
 //! - refuses a bad CONNECT with a real CONNACK code, by steering it into rumqttd's
 //!   own refusal path (empty client id with `clean_session = false`) and
-//!   rewriting the code on the way out;
+//!   rewriting the code on the way out; a failed password sign-in's CONNACK is
+//!   held back ([`Protocol::connect_delay`]);
 //! - drops forbidden filters from a SUBSCRIBE and puts `0x80` back in their
 //!   places in the SUBACK;
 //! - turns a forbidden PUBLISH into an empty, unretained publish on a `$` topic
 //!   that no filter matches (the client still gets its PUBACK; nothing is routed).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use messenger_protocol::acl::{self, Principal};
@@ -27,6 +30,7 @@ use tracing::warn;
 
 use crate::auth::Authenticator;
 use crate::sessions::{LiveGuard, Sessions};
+use crate::websocket::Peers;
 
 /// The topic a refused publish is moved to: `$` topics match no subscriber's filter.
 const DENIED_TOPIC: &str = "$messenger/denied";
@@ -35,6 +39,8 @@ const DENIED_TOPIC: &str = "$messenger/denied";
 pub(crate) struct Shared {
     pub(crate) auth: Authenticator,
     pub(crate) sessions: Arc<Sessions>,
+    /// The WebSocket front's upstream connections and the clients they carry.
+    pub(crate) peers: Arc<Peers>,
 }
 
 /// Where a connection stands.
@@ -56,6 +62,10 @@ struct ConnState {
     revoked: Arc<AtomicBool>,
     /// Present while signed in: counts the connection as live until the codec is dropped.
     _live: Option<LiveGuard>,
+    /// The connection's peer, as the listener accepted it.
+    peer: Option<SocketAddr>,
+    /// How long the refusing CONNACK waits.
+    refusal_delay: Option<Duration>,
 }
 
 /// The per-connection codec handed to rumqttd. Cloning yields a fresh, unbound connection.
@@ -75,6 +85,8 @@ impl Gate {
                 pending_subacks: HashMap::new(),
                 revoked: Arc::new(AtomicBool::new(false)),
                 _live: None,
+                peer: None,
+                refusal_delay: None,
             })),
         }
     }
@@ -103,7 +115,14 @@ impl Protocol for Gate {
                 // Taken before the credentials are checked: a revocation after this
                 // instant may have invalidated what was checked.
                 let since_ms = crate::sessions::now_ms();
-                match shared.auth.admit(&connect, will.as_ref(), login.as_ref()) {
+                // Behind the WebSocket front the peer is the front; the client is in its map.
+                let source = st
+                    .peer
+                    .map(|peer| shared.peers.client_of(peer).unwrap_or(peer).ip());
+                match shared
+                    .auth
+                    .admit(&connect, will.as_ref(), login.as_ref(), source)
+                {
                     Ok(principal) => {
                         if let Principal::User(user) = &principal {
                             shared.sessions.register(
@@ -119,8 +138,9 @@ impl Protocol for Gate {
                         st.phase = Phase::Bound(principal);
                         Ok(Packet::Connect(connect, props, will, will_props, login))
                     }
-                    Err(code) => {
-                        st.phase = Phase::Refused(code);
+                    Err(refusal) => {
+                        st.phase = Phase::Refused(refusal.code);
+                        st.refusal_delay = refusal.delay;
                         // rumqttd answers an empty client id with clean_session = false by a
                         // refusing CONNACK; `write` puts our code in it.
                         connect.client_id.clear();
@@ -196,5 +216,17 @@ impl Protocol for Gate {
             other => other,
         };
         V4.write(packet, write)
+    }
+
+    fn set_peer(&mut self, peer: SocketAddr) {
+        self.lock().peer = Some(peer);
+    }
+
+    fn connect_delay(&self) -> Option<Duration> {
+        let st = self.lock();
+        match st.phase {
+            Phase::Refused(_) => st.refusal_delay,
+            Phase::New | Phase::Bound(_) => None,
+        }
     }
 }

@@ -5,9 +5,10 @@
 //!
 //! - [`config`]: the `[broker]` settings.
 //! - `auth`: CONNECT checks (client id, credentials, last will).
+//! - `throttle`: failed password sign-ins per user and per source address.
 //! - `gate`: the codec wrapper through which every packet passes; the ACL seam.
 //! - `sessions`: live connections per user, cut (by a session takeover) when the account is revoked.
-//! - `websocket`: the WebSocket front with a handshake timeout.
+//! - `websocket`: the WebSocket front: handshake timeout, subprotocol, size limits.
 //!
 //! The broker runs on its own multi-threaded Tokio runtime: rumqttd spawns a
 //! task per connection that nothing else can cancel, so stopping the broker
@@ -18,6 +19,7 @@ pub mod config;
 mod auth;
 mod gate;
 mod sessions;
+mod throttle;
 mod websocket;
 
 use std::collections::HashMap;
@@ -179,9 +181,21 @@ pub fn start(
 
     // Only the service account may use client ids `<service>:...` (the gate checks).
     let service_prefix = format!("{}:", service.username);
+    let policy = throttle::Policy {
+        free_per_user: config.sign_in_free_failures,
+        free_per_address: config.sign_in_free_failures_per_address,
+        first_backoff: Duration::from_millis(config.sign_in_backoff_ms),
+        max_backoff: Duration::from_millis(config.sign_in_max_backoff_ms),
+    };
     let shared = Arc::new(Shared {
-        auth: auth::Authenticator::new(accounts.clone(), service),
+        auth: auth::Authenticator::new(
+            accounts.clone(),
+            service,
+            policy,
+            Duration::from_millis(config.sign_in_failure_delay_ms),
+        ),
         sessions: Arc::new(sessions::Sessions::default()),
+        peers: Arc::new(websocket::Peers::default()),
     });
     let settings = ServerSettings {
         name: "mqtt".into(),
@@ -232,8 +246,12 @@ pub fn start(
                 .map_err(|source| BrokerError::Bind { addr, source })?;
             runtime.spawn(websocket::run(
                 listener,
-                mqtt_addr,
-                Duration::from_millis(config.ws_handshake_timeout_ms),
+                websocket::Front {
+                    mqtt: mqtt_addr,
+                    handshake_timeout: Duration::from_millis(config.ws_handshake_timeout_ms),
+                    max_packet_bytes: config.max_packet_bytes,
+                    peers: shared.peers.clone(),
+                },
                 shutdown.clone(),
             ));
             Some(bound)

@@ -4,42 +4,142 @@
 //! rumqttd's own WebSocket listener runs the handshake inline in its accept loop
 //! with no timeout, so one idle TCP connection would block every later client.
 //! Piping into the TCP listener keeps one code path for sign-in and the ACL.
+//!
+//! What a client may make the front hold is bounded: a WebSocket frame or
+//! message (fragments reassembled) larger than one MQTT packet (plus
+//! [`WS_SLACK_BYTES`]) ends the connection, and so does sending more than that
+//! before the broker has answered (its CONNACK), so unauthenticated clients can
+//! park at most one packet's worth of bytes each.
+//!
+//! The broker sees the front's loopback address as the peer of every piped
+//! connection; [`Peers`] tells it which client each one carries (the sign-in
+//! throttle counts failures per client address).
 
+use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::handshake::server::{
     Callback, ErrorResponse, Request, Response,
 };
-use async_tungstenite::tungstenite::http::HeaderValue;
+use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use ws_stream_tungstenite::WsStream;
 
-/// Answers the upgrade with `Sec-WebSocket-Protocol: mqtt`, as MQTT clients expect.
+/// The MQTT over WebSocket subprotocol (MQTT 3.1.1, section 6).
+const SUBPROTOCOL: &str = "mqtt";
+
+/// Allowance over `max_packet_bytes` for a WebSocket message or the bytes before
+/// the CONNACK: the fixed header and a client that splits packets unevenly.
+pub(crate) const WS_SLACK_BYTES: usize = 1024;
+
+/// Size of each direction's copy buffer.
+const COPY_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Answers the upgrade with `Sec-WebSocket-Protocol: mqtt` when the client
+/// offers `mqtt` (RFC 6455: the server picks one of the offered values), with no
+/// subprotocol when the client offers none, and refuses (400) a client that
+/// offers only others.
 struct MqttSubprotocol;
 
 impl Callback for MqttSubprotocol {
     fn on_request(
         self,
-        _request: &Request,
+        request: &Request,
         mut response: Response,
     ) -> Result<Response, ErrorResponse> {
-        response
-            .headers_mut()
-            .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+        let offered = request.headers().get_all("sec-websocket-protocol");
+        if offered.iter().next().is_none() {
+            return Ok(response);
+        }
+        let mqtt_offered = offered.iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|p| p.trim() == SUBPROTOCOL))
+        });
+        if !mqtt_offered {
+            let mut refusal = ErrorResponse::new(Some(format!(
+                "unsupported WebSocket subprotocol; this server speaks {SUBPROTOCOL:?}\n"
+            )));
+            *refusal.status_mut() = StatusCode::BAD_REQUEST;
+            return Err(refusal);
+        }
+        response.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
         Ok(response)
     }
 }
 
-/// Accepts WebSocket clients on `listener` until `shutdown`, each piped to `mqtt`.
-pub(crate) async fn run(
-    listener: TcpListener,
-    mqtt: SocketAddr,
-    handshake_timeout: Duration,
-    shutdown: CancellationToken,
-) {
+/// The upstream connections of the front (by their local address, which is the
+/// peer address the broker sees) and the client each one carries.
+#[derive(Default)]
+pub(crate) struct Peers(Mutex<HashMap<SocketAddr, SocketAddr>>);
+
+impl Peers {
+    /// The client behind the upstream connection the broker sees from `peer`, if it is one of ours.
+    pub(crate) fn client_of(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.lock().get(&peer).copied()
+    }
+
+    /// Records that `upstream` carries `client` until the guard is dropped.
+    fn register(self: &Arc<Self>, upstream: SocketAddr, client: SocketAddr) -> PeerGuard {
+        self.lock().insert(upstream, client);
+        PeerGuard {
+            peers: self.clone(),
+            upstream,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, SocketAddr>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Removes its entry from [`Peers`] when the piped connection ends: the map
+/// holds one entry per open WebSocket connection.
+struct PeerGuard {
+    peers: Arc<Peers>,
+    upstream: SocketAddr,
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        self.peers.lock().remove(&self.upstream);
+    }
+}
+
+/// What every piped connection needs.
+pub(crate) struct Front {
+    /// The broker's MQTT over TCP listener.
+    pub(crate) mqtt: SocketAddr,
+    /// How long the HTTP upgrade may take.
+    pub(crate) handshake_timeout: Duration,
+    /// The broker's largest MQTT packet; bounds frames, messages and the bytes before the CONNACK.
+    pub(crate) max_packet_bytes: usize,
+    /// Where the broker finds each piped connection's client.
+    pub(crate) peers: Arc<Peers>,
+}
+
+impl Front {
+    /// The most bytes a client may have in flight at once: one frame, one message,
+    /// or everything before the broker's first answer.
+    fn limit(&self) -> usize {
+        self.max_packet_bytes.saturating_add(WS_SLACK_BYTES)
+    }
+}
+
+/// Accepts WebSocket clients on `listener` until `shutdown`, each piped to `front.mqtt`.
+pub(crate) async fn run(listener: TcpListener, front: Front, shutdown: CancellationToken) {
+    let front = Arc::new(front);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -55,20 +155,28 @@ pub(crate) async fn run(
             }
         };
         let shutdown = shutdown.clone();
+        let front = front.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = serve(stream, peer, mqtt, handshake_timeout) => {}
+                () = serve(stream, peer, &front) => {}
             }
         });
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, mqtt: SocketAddr, handshake_timeout: Duration) {
+async fn serve(stream: TcpStream, peer: SocketAddr, front: &Front) {
     let _ = stream.set_nodelay(true);
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(front.limit()))
+        .max_message_size(Some(front.limit()));
     let ws = match tokio::time::timeout(
-        handshake_timeout,
-        async_tungstenite::tokio::accept_hdr_async(stream, MqttSubprotocol),
+        front.handshake_timeout,
+        async_tungstenite::tokio::accept_hdr_async_with_config(
+            stream,
+            MqttSubprotocol,
+            Some(config),
+        ),
     )
     .await
     {
@@ -82,7 +190,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, mqtt: SocketAddr, handshake_
             return;
         }
     };
-    let mut upstream = match TcpStream::connect(mqtt).await {
+    let upstream = match TcpStream::connect(front.mqtt).await {
         Ok(s) => s,
         Err(err) => {
             warn!(cause = %err, "websocket front cannot reach the MQTT listener");
@@ -90,8 +198,62 @@ async fn serve(stream: TcpStream, peer: SocketAddr, mqtt: SocketAddr, handshake_
         }
     };
     let _ = upstream.set_nodelay(true);
-    let mut client = WsStream::new(ws);
-    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    let _registered = match upstream.local_addr() {
+        Ok(local) => front.peers.register(local, peer),
+        Err(err) => {
+            warn!(cause = %err, "websocket front cannot name its upstream connection");
+            return;
+        }
+    };
+    if let Err(err) = pipe(WsStream::new(ws), upstream, front.limit()).await {
         debug!(%peer, cause = %err, "websocket connection ended");
+    }
+}
+
+/// Copies bytes both ways until either side closes or fails. Until the broker
+/// has sent anything (its CONNACK), at most `before_answer` bytes go upstream;
+/// a client that sends more is cut off.
+async fn pipe<C>(client: C, upstream: TcpStream, before_answer: usize) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut upstream_rd, mut upstream_wr) = upstream.into_split();
+    let answered = AtomicBool::new(false);
+    let up = async {
+        let mut buf = vec![0; COPY_BUFFER_BYTES];
+        let mut unanswered = 0usize;
+        loop {
+            let n = client_rd.read(&mut buf).await?;
+            if n == 0 {
+                return upstream_wr.shutdown().await;
+            }
+            if !answered.load(Ordering::Acquire) {
+                unanswered += n;
+                if unanswered > before_answer {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "more than one packet before the broker's answer",
+                    ));
+                }
+            }
+            upstream_wr.write_all(&buf[..n]).await?;
+        }
+    };
+    let down = async {
+        let mut buf = vec![0; COPY_BUFFER_BYTES];
+        loop {
+            let n = upstream_rd.read(&mut buf).await?;
+            if n == 0 {
+                return client_wr.shutdown().await;
+            }
+            answered.store(true, Ordering::Release);
+            client_wr.write_all(&buf[..n]).await?;
+            client_wr.flush().await?;
+        }
+    };
+    tokio::select! {
+        result = up => result,
+        result = down => result,
     }
 }

@@ -1,12 +1,13 @@
 //! Hand-written MQTT 3.1.1 packets over a plain byte stream, TCP or WebSocket,
 //! for what a well-behaved client library never sends.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 use ws_stream_tungstenite::WsStream;
 
 use super::{TestBroker, Transport, PATIENCE};
@@ -63,15 +64,24 @@ pub(crate) fn connect_packet(client_id: &str, username: &str, password: &str) ->
 impl RawConnection {
     /// Opens a connection (for WebSocket, finishes the HTTP upgrade); sends nothing.
     pub(crate) async fn open(broker: &TestBroker, transport: Transport) -> Self {
+        Self::open_from(broker, transport, Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Like [`RawConnection::open`], from another loopback address (`127.x.y.z`),
+    /// for tests of what the broker does per client address.
+    pub(crate) async fn open_from(broker: &TestBroker, transport: Transport, ip: Ipv4Addr) -> Self {
+        let connect = |addr: SocketAddr| async move {
+            let socket = TcpSocket::new_v4().expect("TCP socket");
+            socket
+                .bind(SocketAddr::from((ip, 0)))
+                .expect("bind a loopback address");
+            socket.connect(addr).await.expect("TCP connect")
+        };
         let stream: Pin<Box<dyn Stream>> = match transport {
-            Transport::Tcp => Box::pin(
-                TcpStream::connect(broker.mqtt_addr())
-                    .await
-                    .expect("TCP connect"),
-            ),
+            Transport::Tcp => Box::pin(connect(broker.mqtt_addr()).await),
             Transport::Ws => {
                 let addr = broker.ws_addr();
-                let tcp = TcpStream::connect(addr).await.expect("TCP connect");
+                let tcp = connect(addr).await;
                 let mut request = format!("ws://{addr}/mqtt")
                     .into_client_request()
                     .expect("WebSocket request");
@@ -89,8 +99,13 @@ impl RawConnection {
 
     /// Writes bytes.
     pub(crate) async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-        self.stream.flush().await.expect("flush");
+        self.try_send(bytes).await.expect("write");
+    }
+
+    /// Writes bytes; an error once the broker has closed the connection.
+    pub(crate) async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// Reads one whole packet; `None` once the broker has closed the connection

@@ -214,6 +214,10 @@ where
             code: ConnectReturnCode::ClientIdentifierNotValid,
         };
 
+        // messenger patch 6: the codec may hold a refusal back (failed sign-ins).
+        if let Some(delay) = network.protocol().connect_delay() {
+            time::sleep(delay).await;
+        }
         let packet = Packet::ConnAck(ack, None);
         network.write(packet).await?;
 

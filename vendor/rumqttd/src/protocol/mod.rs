@@ -748,4 +748,14 @@ pub enum Error {
 pub trait Protocol {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;
+
+    /// messenger patch 6: the address of the connection's peer, given to the
+    /// connection's own codec (a fresh clone) when the listener accepts it.
+    fn set_peer(&mut self, _peer: std::net::SocketAddr) {}
+
+    /// messenger patch 6: how long to hold back a refusing CONNACK, after the
+    /// CONNECT was read; awaited without blocking other connections.
+    fn connect_delay(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

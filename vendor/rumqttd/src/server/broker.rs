@@ -423,7 +423,9 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             let router_tx = self.router_tx.clone();
             count += 1;
 
-            let protocol = self.protocol.clone();
+            let mut protocol = self.protocol.clone();
+            // messenger patch 6: the codec learns who it serves.
+            protocol.set_peer(addr);
             match link_type {
                 #[cfg(feature = "websocket")]
                 LinkType::Websocket => {

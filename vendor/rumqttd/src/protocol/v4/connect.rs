@@ -42,6 +42,11 @@ pub fn read(
     }
 
     let connect_flags = read_u8(&mut bytes)?;
+    // messenger patch 7: the reserved flag must be 0, else the server must
+    // disconnect the client (MQTT-3.1.2-3).
+    if connect_flags & 0b1 != 0 {
+        return Err(Error::IncorrectPacketFormat);
+    }
     let clean_session = (connect_flags & 0b10) != 0;
     let keep_alive = read_u16(&mut bytes)?;
 
@@ -199,5 +204,40 @@ mod login {
 
     pub fn validate(login: &Login, username: &str, password: &str) -> bool {
         (login.username == *username) && (login.password == *password)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CONNECT with client id `c`, clean session, keepalive 60 and these flags.
+    fn connect_with_flags(flags: u8) -> (FixedHeader, Bytes) {
+        let mut packet = BytesMut::new();
+        packet.put_u8(0x10);
+        packet.put_u8(13);
+        packet.put_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60, 0, 1, b'c']);
+        let fixed_header = check(packet.iter(), 1024).expect("a whole packet");
+        (fixed_header, packet.freeze())
+    }
+
+    #[test]
+    fn reserved_flag_clear_is_read() {
+        let (fixed_header, bytes) = connect_with_flags(0b10);
+        let (connect, login, will) = read(fixed_header, bytes).expect("valid CONNECT");
+        assert_eq!(connect.client_id, "c");
+        assert!(connect.clean_session);
+        assert!(login.is_none() && will.is_none());
+    }
+
+    #[test]
+    fn reserved_flag_set_is_refused() {
+        for flags in [0b1, 0b11] {
+            let (fixed_header, bytes) = connect_with_flags(flags);
+            assert!(
+                matches!(read(fixed_header, bytes), Err(Error::IncorrectPacketFormat)),
+                "flags {flags:#04b}"
+            );
+        }
     }
 }
