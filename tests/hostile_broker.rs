@@ -97,8 +97,8 @@ async fn ws_fragments_beyond_one_packet_are_cut() {
         .expect("the server still serves WebSocket clients");
 }
 
-/// A client that sends more than one packet's worth of bytes (here 1 KiB packets:
-/// a CONNECT and then 8 KiB of PINGREQs) before the broker has answered its
+/// A client that sends more than one packet's worth of bytes (here 1 KiB packets,
+/// so 17 KiB with the slack: a CONNECT and then 128 KiB of PINGREQs) before the broker has answered its
 /// CONNECT is cut off without an answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_more_than_one_packet_before_connack_is_cut() {
@@ -107,8 +107,8 @@ async fn ws_more_than_one_packet_before_connack_is_cut() {
     // A wrong password: its refusal is held back (1 s), so nothing has answered yet.
     conn.send(&raw::connect_packet("alice:phone", "alice", "wrong"))
         .await;
-    let pings: Vec<u8> = raw::PINGREQ.repeat(256);
-    for _ in 0..16 {
+    let pings: Vec<u8> = raw::PINGREQ.repeat(1024);
+    for _ in 0..64 {
         if conn.try_send(&pings).await.is_err() {
             break;
         }

@@ -33,12 +33,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use ws_stream_tungstenite::WsStream;
 
+/// How much a WebSocket connection reads at once (tungstenite's read buffer).
+const READ_CHUNK_BYTES: usize = 8 * 1024;
+
 /// The MQTT over WebSocket subprotocol (MQTT 3.1.1, section 6).
 const SUBPROTOCOL: &str = "mqtt";
 
 /// Allowance over `max_packet_bytes` for a WebSocket message or the bytes before
-/// the CONNACK: the fixed header and a client that splits packets unevenly.
-pub(crate) const WS_SLACK_BYTES: usize = 1024;
+/// the CONNACK: a message may hold several packets (MQTT 3.1.1, section 6), and
+/// rumqttc's writer (tokio-util's `Framed`) flushes once its buffer passes 8 KiB,
+/// so one of its messages holds up to 8 KiB of small packets plus one large one.
+pub(crate) const WS_SLACK_BYTES: usize = 16 * 1024;
 
 /// Size of each direction's copy buffer.
 const COPY_BUFFER_BYTES: usize = 8 * 1024;
@@ -167,7 +172,10 @@ pub(crate) async fn run(listener: TcpListener, front: Front, shutdown: Cancellat
 
 async fn serve(stream: TcpStream, peer: SocketAddr, front: &Front) {
     let _ = stream.set_nodelay(true);
+    // tungstenite reads in chunks of read_buffer_size, allocated per connection
+    // (128 KiB by default; its docs suggest a few KiB for many mostly idle clients).
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_CHUNK_BYTES)
         .max_frame_size(Some(front.limit()))
         .max_message_size(Some(front.limit()));
     let ws = match tokio::time::timeout(
