@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: the `[bridge]`, `[storage]`, `[limits]` and `[push]` settings.
 //! - `request`: decoding a request payload; every bad input becomes an `error` reply.
-//! - `store`: the SQLite schema and the handler of each request; assigns `seq` and `useq`.
+//! - `store`: the SQLite schema and the handler of each request; assigns `seq` and `useq`;
+//!   `store::removal` is what removing an account takes with it.
 //! - `writer`: the thread that owns the database and commits in groups.
 //! - `checkpoint`: the thread that copies the WAL into the database file, off the commit path.
 //! - `mqtt`: the intake (event loop) and publisher (fan-out, replies, broker acks) tasks.
