@@ -51,11 +51,26 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<ConfigFailure>() => {
+            eprintln!("messenger: {err:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(err) => {
             eprintln!("messenger: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Bad configuration found after loading the settings (a key file that cannot
+/// be read, say): exits [`EXIT_CONFIG`] like a bad setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+struct ConfigFailure(#[source] anyhow::Error);
+
+/// Marks an error as bad configuration.
+fn config_failure(err: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(ConfigFailure(err.into()))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` or else `default`; colours only on a terminal.

@@ -8,9 +8,13 @@ use messenger_broker::ServiceAccount;
 use rand::RngCore;
 use std::time::Duration;
 
-use messenger_bridge::Bridge;
+use messenger_bridge::config::BrokerAddress;
+use messenger_bridge::{Bridge, BridgeError};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+use crate::config_failure;
 
 /// How long the bridge may take to finish its batches in flight at shutdown.
 const GRACE: Duration = Duration::from_secs(10);
@@ -40,16 +44,14 @@ pub(crate) fn broker_only(settings: Settings) -> anyhow::Result<()> {
 
 /// The bridge alone, against the broker at `bridge.broker` (any MQTT 3.1.1 broker).
 pub(crate) fn bridge_only(settings: Settings) -> anyhow::Result<()> {
+    let prepared = bridge(&settings).prepare().map_err(config_failure)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let bridge = tokio::spawn(bridge(&settings).run(None, shutdown.clone()));
-        shutdown_signal().await?;
-        info!("shutting down");
-        shutdown.cancel();
-        finish(bridge).await
+        let bridge = tokio::spawn(prepared.run(None, shutdown.clone()));
+        supervise(Some(bridge), None, shutdown).await
     })
 }
 
@@ -64,10 +66,64 @@ fn bridge(settings: &Settings) -> Bridge {
     }
 }
 
-/// Waits for the bridge to drain, within the grace period.
-async fn finish(
-    bridge: tokio::task::JoinHandle<Result<(), messenger_bridge::BridgeError>>,
+/// A bridge running in this process.
+type BridgeTask = JoinHandle<Result<(), BridgeError>>;
+
+/// Waits for SIGINT/SIGTERM *and* for the parts: when a part ends on its own
+/// (it failed or panicked), logs which and why, stops the others in order
+/// (the bridge first, then the broker when the caller drops it) and returns an
+/// error, so the process exits non-zero.
+async fn supervise(
+    bridge: Option<BridgeTask>,
+    broker: Option<&mut messenger_broker::RunningBroker>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut bridge = bridge;
+    let broker_failed = async {
+        match broker {
+            Some(broker) => broker.failed().await,
+            None => std::future::pending().await,
+        }
+    };
+    let bridge_ended = async {
+        match bridge.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let failure = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            info!("shutting down");
+            None
+        }
+        ended = bridge_ended => {
+            bridge = None;
+            let cause = match ended {
+                Ok(Ok(())) => "it stopped on its own".to_owned(),
+                Ok(Err(err)) => format!("{err}"),
+                Err(join) => format!("its task failed: {join}"),
+            };
+            error!(part = "bridge", %cause, "a part of the server stopped; shutting down");
+            Some(anyhow::anyhow!("the bridge stopped: {cause}"))
+        }
+        err = broker_failed => {
+            error!(part = "broker", cause = %err, "a part of the server stopped; shutting down");
+            Some(anyhow::anyhow!("the broker stopped: {err}"))
+        }
+    };
+    shutdown.cancel();
+    if let Some(bridge) = bridge {
+        finish(bridge).await?;
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// Waits for the bridge to drain, within the grace period.
+async fn finish(bridge: BridgeTask) -> anyhow::Result<()> {
     match tokio::time::timeout(GRACE, bridge).await {
         Ok(Ok(result)) => Ok(result?),
         Ok(Err(join)) => Err(anyhow::anyhow!("bridge task failed: {join}")),
@@ -83,35 +139,36 @@ fn run_broker(
     service_password: String,
     with_bridge: bool,
 ) -> anyhow::Result<()> {
+    // Everything that can fail on bad configuration happens before anything listens.
+    let prepared = if with_bridge {
+        let mut bridge = bridge(settings);
+        bridge.config.password = service_password.clone();
+        Some(bridge.prepare().map_err(config_failure)?)
+    } else {
+        None
+    };
     let path = &settings.storage.path;
     let accounts =
         Arc::new(Accounts::open(path).with_context(|| format!("opening {}", path.display()))?);
     let service = ServiceAccount {
         username: settings.bridge.username.clone(),
-        password: service_password.clone(),
+        password: service_password,
     };
-    let broker = messenger_broker::start(&settings.broker, accounts, service)?;
+    let mut broker = messenger_broker::start(&settings.broker, accounts, service)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let bridge = with_bridge.then(|| {
-            let mut bridge = bridge(settings);
-            bridge.config.password = service_password;
+        let bridge = prepared.map(|prepared| {
             let liveness = broker.liveness();
-            bridge.liveness = Some(Arc::new(move |client_id: &str| {
+            let prepared = prepared.with_liveness(Arc::new(move |client_id: &str| {
                 liveness.is_connected(client_id)
             }));
-            tokio::spawn(bridge.run(Some(broker.mqtt_addr().to_string()), shutdown.clone()))
+            let address = BrokerAddress::from(broker.mqtt_addr());
+            tokio::spawn(prepared.run(Some(address), shutdown.clone()))
         });
-        let signal = shutdown_signal().await;
-        info!("shutting down");
-        shutdown.cancel();
-        if let Some(bridge) = bridge {
-            finish(bridge).await?;
-        }
-        signal
+        supervise(bridge, Some(&mut broker), shutdown).await
     });
     broker.stop();
     result?;

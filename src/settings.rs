@@ -81,8 +81,9 @@ impl Settings {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.broker.validate().map_err(anyhow::Error::msg)?;
-        self.limits.validate().map_err(anyhow::Error::msg)?;
-        self.push.validate().map_err(anyhow::Error::msg)?;
+        self.limits.validate()?;
+        self.push.validate()?;
+        self.bridge.validate()?;
         // Every reply's payload is at most max_reply_bytes; the packet adds its topic
         // (at most ~110 bytes) and a fixed header.
         let needed = self.limits.max_reply_bytes() + PACKET_OVERHEAD;
@@ -91,15 +92,6 @@ impl Settings {
                 "broker.max_packet_bytes ({}) must be at least {needed} to carry a body of limits.max_body_bytes",
                 self.broker.max_packet_bytes,
             );
-        }
-        if self.bridge.username.is_empty() {
-            bail!("bridge.username must not be empty");
-        }
-        // The bridge also connects as `<instance>-out`, which must be a device id too.
-        if messenger_protocol::DeviceId::parse(&format!("{}-out", self.bridge.instance)).is_err()
-            || self.bridge.instance.is_empty()
-        {
-            bail!("bridge.instance must be 1-60 of A-Z a-z 0-9 _ -");
         }
         Ok(())
     }

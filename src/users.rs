@@ -24,7 +24,7 @@ pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Remove { name } => {
             let user = UserId::parse(&name)?;
-            messenger_bridge::remove_user(path, &user)?;
+            messenger_store::remove_user(path, &user)?;
             println!("removed {user}");
         }
         UserCommand::List => {

@@ -386,7 +386,7 @@ async fn a_new_account_with_a_removed_users_name_starts_empty() {
     assert_eq!(token["type"], "token");
 
     let db = server.db().clone();
-    tokio::task::spawn_blocking(move || messenger_bridge::remove_user(&db, &uid("victim")))
+    tokio::task::spawn_blocking(move || messenger_store::remove_user(&db, &uid("victim")))
         .await
         .expect("join")
         .expect("remove");

@@ -1,8 +1,14 @@
-//! The bridge's settings: the `[bridge]`, `[storage]`, `[limits]` and `[push]` tables.
+//! The bridge's settings: the `[bridge]` table. The `[storage]` and `[limits]`
+//! tables are the store's (`messenger_store::config`), `[push]` the push
+//! service's (`messenger_push::config`); they are re-exported here.
 
-use std::path::PathBuf;
+use std::fmt;
+use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use messenger_push::config::{ApnsConfig, FcmConfig, PushConfig};
+pub use messenger_store::config::{ConfigError, Durability, Limits, StorageConfig};
 
 /// How the bridge reaches the broker.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,247 +38,123 @@ impl Default for BridgeConfig {
     }
 }
 
-/// When a commit counts as durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Durability {
-    /// Every commit is fsynced before its acks go out (`synchronous = FULL`):
-    /// nothing acked is lost even if the machine loses power.
-    Fsync,
-    /// Commits reach the OS but are not fsynced (`synchronous = NORMAL` in WAL
-    /// mode): survives a crash of the process, not of the machine.
-    Os,
-}
-
-/// Where and how conversations are stored.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    /// The SQLite file (shared with the account store).
-    pub path: PathBuf,
-    /// The durability policy.
-    pub durability: Durability,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            path: PathBuf::from("data/messenger.db"),
-            durability: Durability::Fsync,
-        }
-    }
-}
-
-/// Limits on requests.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Largest message body, in bytes.
-    pub max_body_bytes: usize,
-    /// Largest page of `sync` and `history`.
-    pub max_page: u32,
-    /// Largest group.
-    pub max_group_members: usize,
-    /// Longest group name, in characters.
-    pub max_group_name_chars: usize,
-    /// Most devices (distinct device ids with presence or a device token) per user.
-    pub max_devices_per_user: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 16 * 1024,
-            max_page: 500,
-            max_group_members: 1024,
-            max_group_name_chars: 100,
-            max_devices_per_user: 50,
-        }
-    }
-}
-
-impl Limits {
-    /// The largest request payload the bridge accepts: a body at its limit,
-    /// JSON-escaped in the worst case (`\u00XX`, 6 bytes a byte), plus the envelope.
-    pub fn max_request_bytes(&self) -> usize {
-        self.max_body_bytes * 6 + 4096
-    }
-
-    /// The largest reply the bridge publishes (a page of `sync` or `history` is cut to fit):
-    /// room for the largest single event plus its envelope.
-    pub fn max_reply_bytes(&self) -> usize {
-        self.max_request_bytes() + 8 * 1024
-    }
-
+impl BridgeConfig {
     /// Checks values that parse but make no sense, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_body_bytes == 0 || self.max_body_bytes > 1024 * 1024 {
-            return Err("limits.max_body_bytes must be between 1 and 1048576".into());
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.broker_address()?;
+        if self.username.is_empty() {
+            return Err(ConfigError::invalid("bridge.username", "not be empty"));
         }
-        if self.max_page == 0 || self.max_page > 10_000 {
-            return Err("limits.max_page must be between 1 and 10000".into());
+        // The bridge also connects as `<instance>-out`, which must be a device id too.
+        if self.instance.is_empty()
+            || messenger_protocol::DeviceId::parse(&format!("{}-out", self.instance)).is_err()
+        {
+            return Err(ConfigError::invalid(
+                "bridge.instance",
+                "be 1-60 of A-Z a-z 0-9 _ -",
+            ));
         }
-        if self.max_group_members < 2 || self.max_group_members > 100_000 {
-            return Err("limits.max_group_members must be between 2 and 100000".into());
-        }
-        if self.max_group_name_chars == 0 {
-            return Err("limits.max_group_name_chars must be at least 1".into());
-        }
-        if self.max_devices_per_user == 0 || self.max_devices_per_user > 10_000 {
-            return Err("limits.max_devices_per_user must be between 1 and 10000".into());
-        }
-        Ok(())
-    }
-}
-
-/// Push notifications to offline users: the `[push]` table. Off unless
-/// `[push.apns]` or `[push.fcm]` is configured.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PushConfig {
-    /// Show the message's text in the notification; `false` sends "New message".
-    pub preview: bool,
-    /// Messages to one user in one conversation within this window become one push, in ms.
-    pub coalesce_ms: u64,
-    /// Most notifications waiting for a worker; past it the oldest is dropped.
-    pub queue_size: usize,
-    /// Most requests in flight to the push services at once (one per token at most).
-    pub concurrency: usize,
-    /// Retries of a request that got 429, 5xx or no answer, with exponential backoff.
-    pub max_retries: u32,
-    /// The first retry's delay, in ms (doubled each time, with jitter), unless `Retry-After` says.
-    pub retry_base_ms: u64,
-    /// How long one request to a push service (or fetching an FCM access token) may take, in ms.
-    pub timeout_ms: u64,
-    /// A PEM certificate to trust besides the public roots (a private relay; tests).
-    pub ca_cert_path: Option<PathBuf>,
-    /// Apple Push Notification service; absent: no APNs pushes.
-    pub apns: Option<ApnsConfig>,
-    /// Firebase Cloud Messaging (HTTP v1); absent: no FCM pushes.
-    pub fcm: Option<FcmConfig>,
-}
-
-impl Default for PushConfig {
-    fn default() -> Self {
-        Self {
-            preview: true,
-            coalesce_ms: 1000,
-            queue_size: 10_000,
-            concurrency: 64,
-            max_retries: 3,
-            retry_base_ms: 500,
-            timeout_ms: 10_000,
-            ca_cert_path: None,
-            apns: None,
-            fcm: None,
-        }
-    }
-}
-
-/// APNs with token-based authentication (a `.p8` signing key).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApnsConfig {
-    /// `https://api.push.apple.com`, or `https://api.sandbox.push.apple.com` for
-    /// development builds; an `http://` URL speaks HTTP/2 without TLS (tests).
-    pub base_url: String,
-    /// The `.p8` signing key (PKCS#8 PEM, P-256) from Apple's developer account.
-    pub key_path: PathBuf,
-    /// The key's 10-character id (the JWT's `kid`).
-    pub key_id: String,
-    /// The developer team id (the JWT's `iss`).
-    pub team_id: String,
-    /// The app's bundle id (`apns-topic`).
-    pub topic: String,
-}
-
-impl Default for ApnsConfig {
-    fn default() -> Self {
-        Self {
-            base_url: "https://api.push.apple.com".into(),
-            key_path: PathBuf::new(),
-            key_id: String::new(),
-            team_id: String::new(),
-            topic: String::new(),
-        }
-    }
-}
-
-/// FCM HTTP v1 with a service account.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FcmConfig {
-    /// `https://fcm.googleapis.com`; an `http://` URL speaks HTTP/2 without TLS (tests).
-    pub base_url: String,
-    /// The service account's JSON key file: the project id and the OAuth token URL come from it.
-    pub service_account_path: PathBuf,
-}
-
-impl Default for FcmConfig {
-    fn default() -> Self {
-        Self {
-            base_url: "https://fcm.googleapis.com".into(),
-            service_account_path: PathBuf::new(),
-        }
-    }
-}
-
-impl PushConfig {
-    /// Whether any push service is configured.
-    pub fn enabled(&self) -> bool {
-        self.apns.is_some() || self.fcm.is_some()
-    }
-
-    /// Checks values that parse but make no sense, naming the key (files are read at start).
-    pub fn validate(&self) -> Result<(), String> {
-        if self.coalesce_ms > 60_000 {
-            return Err("push.coalesce_ms must be at most 60000".into());
-        }
-        if self.queue_size == 0 {
-            return Err("push.queue_size must be at least 1".into());
-        }
-        if self.concurrency == 0 {
-            return Err("push.concurrency must be at least 1".into());
-        }
-        if self.max_retries > 10 {
-            return Err("push.max_retries must be at most 10".into());
-        }
-        if self.retry_base_ms == 0 || self.retry_base_ms > 60_000 {
-            return Err("push.retry_base_ms must be between 1 and 60000".into());
-        }
-        if self.timeout_ms == 0 {
-            return Err("push.timeout_ms must be at least 1".into());
-        }
-        if let Some(apns) = &self.apns {
-            check_url("push.apns.base_url", &apns.base_url)?;
-            for (key, value) in [
-                ("push.apns.key_id", &apns.key_id),
-                ("push.apns.team_id", &apns.team_id),
-                ("push.apns.topic", &apns.topic),
-            ] {
-                if value.is_empty() {
-                    return Err(format!("{key} must be set when [push.apns] is"));
-                }
-            }
-            if apns.key_path.as_os_str().is_empty() {
-                return Err("push.apns.key_path must be set when [push.apns] is".into());
-            }
-        }
-        if let Some(fcm) = &self.fcm {
-            check_url("push.fcm.base_url", &fcm.base_url)?;
-            if fcm.service_account_path.as_os_str().is_empty() {
-                return Err("push.fcm.service_account_path must be set when [push.fcm] is".into());
-            }
+        if self.keepalive_secs == 0 {
+            return Err(ConfigError::invalid(
+                "bridge.keepalive_secs",
+                "be at least 1",
+            ));
         }
         Ok(())
     }
+
+    /// `bridge.broker`, parsed.
+    pub fn broker_address(&self) -> Result<BrokerAddress, ConfigError> {
+        self.broker.parse().map_err(|_| {
+            ConfigError::invalid(
+                "bridge.broker",
+                format!("be host:port, got {:?}", self.broker),
+            )
+        })
+    }
+
+    /// The MQTT keepalive: `keepalive_secs`, at least 5 s (the client library's floor).
+    pub fn mqtt_keepalive(&self) -> Duration {
+        Duration::from_secs(u64::from(self.keepalive_secs.max(5)))
+    }
+
+    /// How often presence is reconciled with the broker's connections: every
+    /// `keepalive_secs`, when a device that vanished has missed its keepalive.
+    pub fn reconcile_every(&self) -> Duration {
+        Duration::from_secs(u64::from(self.keepalive_secs.max(1)))
+    }
 }
 
-fn check_url(key: &str, url: &str) -> Result<(), String> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        _ => Err(format!(
-            "{key} must be an http:// or https:// URL, got {url:?}"
-        )),
+/// A broker's MQTT address: `host:port` (IPv6 hosts in brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// Why a broker address does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected host:port")]
+pub struct BadAddress;
+
+impl std::str::FromStr for BrokerAddress {
+    type Err = BadAddress;
+
+    fn from_str(s: &str) -> Result<Self, BadAddress> {
+        let (host, port) = s.rsplit_once(':').ok_or(BadAddress)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(BadAddress);
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port: port.parse().map_err(|_| BadAddress)?,
+        })
+    }
+}
+
+impl From<std::net::SocketAddr> for BrokerAddress {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        Self {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl fmt::Display for BrokerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_addresses() {
+        let a: BrokerAddress = "127.0.0.1:1883".parse().unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 1883));
+        let b: BrokerAddress = "[::1]:1883".parse().unwrap();
+        assert_eq!(
+            (b.host.as_str(), b.to_string()),
+            ("::1", "[::1]:1883".into())
+        );
+        for bad in ["", "localhost", ":1883", "host:port", "host:70000"] {
+            assert_eq!(bad.parse::<BrokerAddress>(), Err(BadAddress), "{bad}");
+        }
+        let config = BridgeConfig {
+            broker: "nonsense".into(),
+            ..BridgeConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("bridge.broker must be host:port"), "{err}");
     }
 }

@@ -1,45 +1,45 @@
-//! The bridge: the server daemon that stores, sequences and fans out messages.
+//! The bridge: the server daemon between the broker and the store. It takes
+//! devices' requests from MQTT, has the store handle them in batches, and
+//! publishes what the store decided: replies, inbox events, statuses; and it
+//! hands push notifications to the push service.
 //!
 //! # Layout
 //!
-//! - [`config`]: the `[bridge]`, `[storage]`, `[limits]` and `[push]` settings.
+//! - [`config`]: the `[bridge]` settings (and the store's and push service's, re-exported).
 //! - `request`: decoding a request payload; every bad input becomes an `error` reply.
-//! - `store`: the SQLite schema and the handler of each request; assigns `seq` and `useq`;
-//!   `store::removal` is what removing an account takes with it.
-//! - `writer`: the thread that owns the database and commits in groups.
-//! - `checkpoint`: the thread that copies the WAL into the database file, off the commit path.
+//! - `writer`: the thread that owns the store and hands it batches.
 //! - `mqtt`: the intake (event loop) and publisher (fan-out, replies, broker acks) tasks.
-//! - `outbox`: what a handled request produces.
-//! - `push`: notifications to offline users through APNs and FCM, off the message path.
+//! - `outbox`: where each of the store's effects is published.
 //!
-//! A request travels: broker -> intake -> writer (batch, transaction, commit)
+//! A request travels: broker -> intake -> writer (batch, store, commit)
 //! -> publisher (events to inboxes, reply to the device, PUBACK to the broker).
 //! A stored message for a user with no device online also goes, after the
-//! commit, writer -> push queue -> push dispatcher -> APNs / FCM.
+//! commit, writer -> push queue -> push dispatcher -> APNs / FCM; a token the
+//! push service calls dead comes back to the writer as a job.
 
 pub mod config;
 
-mod checkpoint;
 mod mqtt;
 mod outbox;
-mod push;
 mod request;
-mod store;
 mod writer;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use messenger_push::DeadToken;
+use messenger_store::{Input, Notify, SqliteStore, Store, StoreError};
 use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use push::PushError;
-pub use store::StoreError;
+pub use messenger_push::PushError;
+pub use messenger_store::Liveness;
 
-use config::{BridgeConfig, Limits, PushConfig, StorageConfig};
+use config::{BridgeConfig, BrokerAddress, Limits, PushConfig, StorageConfig};
 
 /// Failures of the bridge.
 #[derive(Debug, thiserror::Error)]
@@ -50,25 +50,17 @@ pub enum BridgeError {
     /// The push service could not be set up.
     #[error(transparent)]
     Push(#[from] PushError),
-    /// `bridge.broker` is not `host:port`.
-    #[error("bridge.broker must be host:port, got {0:?}")]
-    BrokerAddress(String),
-    /// A task of the bridge failed.
-    #[error("bridge task failed: {0}")]
-    Task(String),
-}
-
-pub use writer::Liveness;
-
-/// Removes an account and everything it owned in the conversations (its inbox,
-/// devices, push registrations, mutes and memberships), in one transaction on
-/// the SQLite file at `path`; safe while a bridge runs on the same file.
-/// See docs/PROTOCOL.md, "Removing an account".
-pub fn remove_user(
-    path: &std::path::Path,
-    user: &messenger_protocol::UserId,
-) -> Result<(), StoreError> {
-    store::remove_user(path, user)
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A part of the bridge failed or panicked.
+    #[error("the bridge's {part} failed: {cause}")]
+    Part {
+        /// Which part (`writer`, `publisher`, ...).
+        part: &'static str,
+        /// Why.
+        cause: String,
+    },
 }
 
 /// Everything the bridge needs to run.
@@ -92,56 +84,77 @@ pub struct Bridge {
     pub ready: Option<Arc<tokio::sync::Notify>>,
 }
 
+/// The bridge's parts that run beside the intake.
+struct Parts {
+    writer: std::thread::JoinHandle<()>,
+    publisher: JoinHandle<()>,
+    producer: JoinHandle<()>,
+    pusher: Option<JoinHandle<()>>,
+}
+
 impl Bridge {
-    /// Runs until `shutdown` is cancelled, then finishes the batches in flight
-    /// and disconnects. `broker` overrides `config.broker` (used by `serve`).
+    /// [`Bridge::prepare`], then [`Prepared::run`].
     pub async fn run(
         self,
-        broker: Option<String>,
+        broker: Option<BrokerAddress>,
         shutdown: CancellationToken,
     ) -> Result<(), BridgeError> {
-        let address = broker.unwrap_or_else(|| self.config.broker.clone());
-        let (host, port) = address
-            .rsplit_once(':')
-            .and_then(|(h, p)| {
-                Some((
-                    h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-                    p.parse::<u16>().ok()?,
-                ))
-            })
-            .ok_or_else(|| BridgeError::BrokerAddress(address.clone()))?;
-        let storage = self.storage.clone();
-        let conn =
-            tokio::task::spawn_blocking(move || store::open(&storage.path, storage.durability))
-                .await
-                .map_err(|e| BridgeError::Task(e.to_string()))??;
-        let checkpointer =
-            checkpoint::Checkpointer::start(self.storage.path.clone(), checkpoint::RESTART_FRAMES)?;
-        let push = if self.push.enabled() {
-            let config = self.push.clone();
-            let db = self.storage.path.clone();
-            let service = tokio::task::spawn_blocking(move || push::Service::new(&config, &db))
-                .await
-                .map_err(|e| BridgeError::Task(e.to_string()))??;
-            Some(service)
-        } else {
-            info!("push notifications are off: neither [push.apns] nor [push.fcm] is configured");
-            None
-        };
-        let sink = push.as_ref().map(push::Service::sink);
+        self.prepare()?.run(broker, shutdown).await
+    }
 
-        let max_packet = self
+    /// Everything that can fail on bad configuration, before anything runs:
+    /// checks the `[bridge]` settings and reads the push services' key files.
+    /// Blocking (files).
+    pub fn prepare(self) -> Result<Prepared, BridgeError> {
+        self.config.validate()?;
+        let push = self.start_push()?;
+        Ok(Prepared { bridge: self, push })
+    }
+}
+
+/// A bridge whose configuration was checked and whose push keys were read.
+pub struct Prepared {
+    bridge: Bridge,
+    push: Option<(messenger_push::Service, mpsc::UnboundedReceiver<DeadToken>)>,
+}
+
+impl Prepared {
+    /// Lets the bridge ask the broker which client ids are connected (see [`Bridge::liveness`]).
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.bridge.liveness = Some(liveness);
+        self
+    }
+
+    /// Runs until `shutdown` is cancelled, then finishes the batches in flight
+    /// and disconnects. `broker` overrides `bridge.broker` (used by `serve`).
+    /// Returns an error naming the part if one fails or panics (the others are
+    /// stopped first).
+    pub async fn run(
+        self,
+        broker: Option<BrokerAddress>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BridgeError> {
+        let Prepared { bridge, push } = self;
+        let address = match broker {
+            Some(address) => address,
+            None => bridge.config.broker_address()?,
+        };
+        // Parts stop on `shutdown`, or when one of them fails.
+        let shutdown = shutdown.child_token();
+        let store = bridge
+            .open_store(push.as_ref().map(|(s, _)| s.sink()))
+            .await?;
+        let max_packet = bridge
             .limits
             .max_reply_bytes()
-            .max(self.limits.max_request_bytes())
+            .max(bridge.limits.max_request_bytes())
             * 2;
         let options = mqtt::options(
-            &host,
-            port,
-            format!("{}:{}", self.config.username, self.config.instance),
-            &self.config.username,
-            &self.config.password,
-            Duration::from_secs(u64::from(self.config.keepalive_secs.max(5))),
+            &address,
+            format!("{}:{}", bridge.config.username, bridge.config.instance),
+            &bridge.config.username,
+            &bridge.config.password,
+            bridge.config.mqtt_keepalive(),
             max_packet,
         );
         let (producer, mut producer_loop) =
@@ -154,54 +167,140 @@ impl Bridge {
         let (done_tx, done_rx) = oneshot::channel();
         let epoch = Arc::new(AtomicU64::new(0));
 
-        let limits = self.limits.clone();
-        let liveness = self.liveness.clone();
-        let reconcile_every = Duration::from_secs(u64::from(self.config.keepalive_secs.max(1)));
-        if liveness.is_some() {
+        if bridge.liveness.is_some() {
             tokio::spawn(reconcile(
                 jobs_tx.clone(),
-                reconcile_every,
+                bridge.config.reconcile_every(),
                 shutdown.clone(),
             ));
         }
-        let wal = checkpointer.wal();
+        let sink = push.as_ref().map(|(service, _)| service.sink());
+        let pusher = push.map(|(service, dead)| {
+            tokio::spawn(forget_dead_tokens(dead, jobs_tx.clone(), shutdown.clone()));
+            tokio::spawn(service.run(shutdown.clone()))
+        });
+        let limits = bridge.limits.clone();
         let writer = std::thread::Builder::new()
             .name("bridge-writer".into())
-            .spawn(move || writer::run(conn, &wal, limits, liveness, sink, jobs_rx, batches_tx))
-            .map_err(|e| BridgeError::Task(e.to_string()))?;
-        let pusher = push.map(|service| tokio::spawn(service.run(shutdown.clone())));
-        let producing = tokio::spawn(mqtt::produce(producer_loop, shutdown.clone()));
-        let publisher = tokio::spawn(mqtt::publisher(
-            producer,
-            client.clone(),
-            batches_rx,
-            epoch.clone(),
-            done_tx,
-        ));
+            .spawn(move || writer::run(store, &limits, sink, jobs_rx, batches_tx))
+            .map_err(|e| BridgeError::Part {
+                part: "writer",
+                cause: format!("cannot start its thread: {e}"),
+            })?;
+        let parts = Parts {
+            writer,
+            producer: tokio::spawn(mqtt::produce(producer_loop, shutdown.clone())),
+            publisher: tokio::spawn(mqtt::publisher(
+                producer,
+                client.clone(),
+                batches_rx,
+                epoch.clone(),
+                done_tx,
+            )),
+            pusher,
+        };
         info!(broker = %address, "bridge starting");
-        mqtt::intake(
-            eventloop,
+        let intake = mqtt::Intake {
             client,
-            jobs_tx,
+            jobs: Some(jobs_tx),
             epoch,
-            done_rx,
-            self.ready.clone(),
-            shutdown,
-        )
-        .await;
-        let _ = publisher.await;
-        let _ = producing.await;
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = writer.join();
-            checkpointer.stop();
-        })
-        .await;
-        if let Some(pusher) = pusher {
-            let _ = pusher.await;
+            ready: bridge.ready.clone(),
+        };
+        intake.run(eventloop, done_rx, shutdown.clone()).await;
+        // The intake ends on shutdown, or when the writer is gone (it failed).
+        shutdown.cancel();
+        let result = parts.join().await;
+        match &result {
+            Ok(()) => info!("bridge stopped"),
+            Err(err) => tracing::error!(cause = %err, "bridge failed"),
         }
-        info!("bridge stopped");
-        Ok(())
+        result
     }
+}
+
+impl Bridge {
+    /// Builds the push service if APNs or FCM is configured (reads key files).
+    fn start_push(
+        &self,
+    ) -> Result<Option<(messenger_push::Service, mpsc::UnboundedReceiver<DeadToken>)>, BridgeError>
+    {
+        if !self.push.enabled() {
+            info!("push notifications are off: neither [push.apns] nor [push.fcm] is configured");
+            return Ok(None);
+        }
+        let (dead_tx, dead_rx) = mpsc::unbounded_channel();
+        let service = messenger_push::Service::new(&self.push, dead_tx)?;
+        Ok(Some((service, dead_rx)))
+    }
+
+    /// Opens the SQLite store off the async workers.
+    async fn open_store(
+        &self,
+        push: Option<messenger_push::Sink>,
+    ) -> Result<Box<dyn Store>, BridgeError> {
+        let storage = self.storage.clone();
+        let limits = self.limits.clone();
+        let liveness = self.liveness.clone();
+        let notify = match push {
+            Some(sink) => Notify::On {
+                preview: sink.preview,
+            },
+            None => Notify::Off,
+        };
+        let store = tokio::task::spawn_blocking(move || {
+            SqliteStore::open(&storage, limits, notify, liveness)
+        })
+        .await
+        .map_err(|e| BridgeError::Part {
+            part: "store",
+            cause: e.to_string(),
+        })??;
+        Ok(fault::wrap(Box::new(store), &self.storage.path))
+    }
+}
+
+impl Parts {
+    /// Waits for every part; the first failure, by part.
+    async fn join(self) -> Result<(), BridgeError> {
+        let mut first = None;
+        let mut note = |part: &'static str, failed: Option<String>| {
+            if let (Some(cause), None) = (failed, &first) {
+                first = Some(BridgeError::Part { part, cause });
+            }
+        };
+        note(
+            "publisher",
+            self.publisher.await.err().map(|e| e.to_string()),
+        );
+        note("producer", self.producer.await.err().map(|e| e.to_string()));
+        let writer = self.writer;
+        let joined = tokio::task::spawn_blocking(move || writer.join()).await;
+        note(
+            "writer",
+            match joined {
+                Ok(Ok(())) => None,
+                Ok(Err(panic)) => Some(panic_message(&panic)),
+                Err(e) => Some(e.to_string()),
+            },
+        );
+        if let Some(pusher) = self.pusher {
+            note("push dispatcher", pusher.await.err().map(|e| e.to_string()));
+        }
+        match first {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a panic said, if it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("panicked: {text}")
 }
 
 /// Asks the writer to reconcile presence with the broker's connections, periodically.
@@ -216,12 +315,76 @@ async fn reconcile(
             () = tokio::time::sleep(every) => {}
         }
         let job = writer::Job {
-            work: writer::Work::Reconcile,
+            work: writer::Work::Store(Input::Reconcile),
             ack: None,
             epoch: 0,
         };
         if jobs.send(job).is_err() {
             return;
         }
+    }
+}
+
+/// Hands the tokens the push service calls dead to the writer, to delete.
+async fn forget_dead_tokens(
+    mut dead: mpsc::UnboundedReceiver<DeadToken>,
+    jobs: mpsc::UnboundedSender<writer::Job>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let token = tokio::select! {
+            () = shutdown.cancelled() => return,
+            token = dead.recv() => token,
+        };
+        let Some(token) = token else { return };
+        let job = writer::Job {
+            work: writer::Work::Store(Input::ForgetToken {
+                platform: token.platform,
+                token: token.token,
+                not_after_ms: token.not_after_ms,
+            }),
+            ack: None,
+            epoch: 0,
+        };
+        if jobs.send(job).is_err() {
+            return;
+        }
+    }
+}
+
+/// A fault a test can inject into a debug build, to see the process notice a
+/// failing part: a file `<database>.fail-writer` beside the database makes the
+/// writer panic at its first batch. Release builds have no such hook.
+mod fault {
+    use messenger_store::Store;
+
+    /// The store, or (debug builds, marker file present) one that panics.
+    pub(crate) fn wrap(store: Box<dyn Store>, database: &std::path::Path) -> Box<dyn Store> {
+        #[cfg(debug_assertions)]
+        {
+            let mut marker = database.as_os_str().to_owned();
+            marker.push(".fail-writer");
+            if std::path::Path::new(&marker).exists() {
+                return Box::new(Failing);
+            }
+        }
+        let _ = database;
+        store
+    }
+
+    #[cfg(debug_assertions)]
+    struct Failing;
+
+    #[cfg(debug_assertions)]
+    impl Store for Failing {
+        fn process(
+            &mut self,
+            _: Vec<messenger_store::Input>,
+            _: u64,
+        ) -> Result<Vec<messenger_store::Outcome>, messenger_store::StoreError> {
+            panic!("injected fault: <database>.fail-writer exists (test hook)");
+        }
+
+        fn between_batches(&mut self) {}
     }
 }

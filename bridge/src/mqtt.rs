@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_protocol::topics::{self, Topic};
+use messenger_store::Input;
 use rand::Rng;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, MqttOptions, NetworkOptions, Outgoing, QoS,
+    AsyncClient, Event, EventLoop, Incoming, MqttOptions, NetworkOptions, Outgoing, Publish, QoS,
 };
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -22,122 +23,154 @@ use tracing::{info, warn};
 
 use crate::writer::{Batch, Job, Work};
 
-/// Drives the event loop until shutdown, then until the publisher is done.
-pub(crate) async fn intake(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    jobs: mpsc::UnboundedSender<Job>,
-    epoch: Arc<AtomicU64>,
-    publisher_done: oneshot::Receiver<()>,
-    ready: Option<Arc<Notify>>,
-    shutdown: CancellationToken,
-) {
-    let mut jobs = Some(jobs);
-    let mut publisher_done = publisher_done;
-    let mut draining = false;
-    let mut failures: u32 = 0;
-    loop {
-        let polled = tokio::select! {
-            () = shutdown.cancelled(), if jobs.is_some() => {
-                // Stop taking requests; unacked ones stay with the broker for the next run.
-                info!("bridge stopping: finishing the batches in flight");
-                jobs = None;
-                continue;
-            }
-            _ = &mut publisher_done, if !draining => {
-                draining = true;
-                if client.try_disconnect().is_err() {
-                    return;
+/// The intake's state across (re)connections.
+pub(crate) struct Intake {
+    pub(crate) client: AsyncClient,
+    /// Where requests go; `None` once shutting down (unacked requests stay with the broker).
+    pub(crate) jobs: Option<mpsc::UnboundedSender<Job>>,
+    /// Counts the consumer's connections; a job carries the one it arrived on.
+    pub(crate) epoch: Arc<AtomicU64>,
+    /// Notified on each successful (re)subscription.
+    pub(crate) ready: Option<Arc<Notify>>,
+}
+
+/// What to do after an event of the consumer connection.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Intake {
+    /// Drives the event loop until shutdown, then until the publisher is done.
+    pub(crate) async fn run(
+        mut self,
+        mut eventloop: EventLoop,
+        mut publisher_done: oneshot::Receiver<()>,
+        shutdown: CancellationToken,
+    ) {
+        let mut draining = false;
+        let mut failures: u32 = 0;
+        loop {
+            let polled = tokio::select! {
+                () = shutdown.cancelled(), if self.jobs.is_some() => {
+                    info!("bridge stopping: finishing the batches in flight");
+                    self.jobs = None;
+                    continue;
                 }
-                continue;
-            }
-            polled = eventloop.poll() => polled,
-        };
-        match polled {
-            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                failures = 0;
-                let n = epoch.fetch_add(1, Ordering::AcqRel) + 1;
-                info!(
-                    session_present = ack.session_present,
-                    epoch = n,
-                    "bridge connected to the broker"
-                );
-                if !ack.session_present {
-                    if let Some(tx) = &jobs {
-                        let _ = tx.send(Job {
-                            work: Work::Republish,
-                            ack: None,
-                            epoch: n,
-                        });
+                _ = &mut publisher_done, if !draining => {
+                    draining = true;
+                    if self.client.try_disconnect().is_err() {
+                        return;
                     }
+                    continue;
                 }
-                for filter in [topics::OUT_FILTER, topics::PRESENCE_FILTER] {
-                    if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
-                        warn!(cause = %err, "cannot subscribe");
+                polled = eventloop.poll() => polled,
+            };
+            let next = match polled {
+                Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                    failures = 0;
+                    self.connected(ack.session_present)
+                }
+                Ok(Event::Incoming(Incoming::SubAck(ack))) => self.subscribed(&ack),
+                Ok(Event::Incoming(Incoming::Publish(publish))) => self.received(publish),
+                Ok(Event::Outgoing(Outgoing::Disconnect)) if draining => Next::Stop,
+                Ok(_) => Next::Continue,
+                Err(_) if draining => Next::Stop,
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    let delay = backoff(failures);
+                    warn!(cause = %err, retry_in_ms = delay.as_millis() as u64, "bridge lost the broker");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled(), if self.jobs.is_some() => { self.jobs = None; }
                     }
+                    Next::Continue
                 }
-            }
-            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    warn!("the broker refused the bridge's subscription: check its ACL for the service account");
-                } else if let Some(ready) = &ready {
-                    ready.notify_one();
-                }
-            }
-            Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                let Some(tx) = &jobs else { continue };
-                let work = match Topic::parse(&publish.topic) {
-                    Some(Topic::Out(user, device)) => Work::Request {
-                        user,
-                        device,
-                        payload: publish.payload.clone(),
-                    },
-                    Some(Topic::Presence(user, device)) => match &publish.payload[..] {
-                        b"online" => Work::Presence {
-                            user,
-                            device,
-                            online: true,
-                        },
-                        b"offline" => Work::Presence {
-                            user,
-                            device,
-                            online: false,
-                        },
-                        other => {
-                            warn!(%user, %device, payload = %String::from_utf8_lossy(other), "presence payload is neither online nor offline");
-                            Work::Skip
-                        }
-                    },
-                    _ => Work::Skip,
-                };
-                let job = Job {
-                    work,
-                    ack: Some(publish),
-                    epoch: epoch.load(Ordering::Acquire),
-                };
-                if tx.send(job).is_err() {
-                    return;
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) if draining => return,
-            Ok(_) => {}
-            Err(err) => {
-                if draining {
-                    return;
-                }
-                failures = failures.saturating_add(1);
-                let delay = backoff(failures);
-                warn!(cause = %err, retry_in_ms = delay.as_millis() as u64, "bridge lost the broker");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled(), if jobs.is_some() => { jobs = None; }
-                }
+            };
+            if let Next::Stop = next {
+                return;
             }
         }
+    }
+
+    /// A new connection: a new epoch, statuses again if the broker lost its
+    /// session (and so its retained messages), and the subscriptions.
+    fn connected(&mut self, session_present: bool) -> Next {
+        let n = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        info!(session_present, epoch = n, "bridge connected to the broker");
+        if !session_present {
+            self.queue(Work::Store(Input::Republish), None);
+        }
+        for filter in [topics::OUT_FILTER, topics::PRESENCE_FILTER] {
+            if let Err(err) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                warn!(cause = %err, "cannot subscribe");
+            }
+        }
+        Next::Continue
+    }
+
+    fn subscribed(&self, ack: &rumqttc::SubAck) -> Next {
+        if ack
+            .return_codes
+            .iter()
+            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+        {
+            warn!("the broker refused the bridge's subscription: check its ACL for the service account");
+        } else if let Some(ready) = &self.ready {
+            ready.notify_one();
+        }
+        Next::Continue
+    }
+
+    /// A request or a presence change: to the writer, with the publish to ack.
+    fn received(&mut self, publish: Publish) -> Next {
+        if self.jobs.is_none() {
+            return Next::Continue;
+        }
+        let work = work_of(&publish);
+        if self.queue(work, Some(publish)) {
+            Next::Continue
+        } else {
+            Next::Stop
+        }
+    }
+
+    /// Hands a job to the writer; false once the writer is gone.
+    fn queue(&mut self, work: Work, ack: Option<Publish>) -> bool {
+        let Some(jobs) = &self.jobs else { return true };
+        let job = Job {
+            work,
+            ack,
+            epoch: self.epoch.load(Ordering::Acquire),
+        };
+        jobs.send(job).is_ok()
+    }
+}
+
+/// What a publish on one of the bridge's subscriptions asks for.
+fn work_of(publish: &Publish) -> Work {
+    match Topic::parse(&publish.topic) {
+        Some(Topic::Out(user, device)) => Work::Request {
+            user,
+            device,
+            payload: publish.payload.clone(),
+        },
+        Some(Topic::Presence(user, device)) => {
+            let online = match &publish.payload[..] {
+                b"online" => true,
+                b"offline" => false,
+                other => {
+                    warn!(%user, %device, payload = %String::from_utf8_lossy(other), "presence payload is neither online nor offline");
+                    return Work::Skip;
+                }
+            };
+            Work::Store(Input::Presence {
+                user,
+                device,
+                online,
+            })
+        }
+        _ => Work::Skip,
     }
 }
 
@@ -231,15 +264,14 @@ pub(crate) fn network() -> NetworkOptions {
 /// session with manual acks, so that requests the bridge has not handled stay
 /// with the broker across reconnects and restarts.
 pub(crate) fn options(
-    host: &str,
-    port: u16,
+    broker: &crate::config::BrokerAddress,
     client_id: String,
     username: &str,
     password: &str,
     keepalive: Duration,
     max_packet: usize,
 ) -> MqttOptions {
-    let mut options = MqttOptions::new(client_id, host, port);
+    let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     options
         .set_credentials(username, password)
         .set_keep_alive(keepalive)

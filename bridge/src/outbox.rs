@@ -1,8 +1,9 @@
-//! What a handled request produces: MQTT publishes to make after the commit, or a failure.
+//! Where what the store produced goes: each [`Effect`] as an MQTT publish.
 
-use messenger_protocol::wire::{ErrorCode, Event};
+use messenger_protocol::topics;
+use messenger_protocol::{DeviceId, UserId};
+use messenger_store::Effect;
 use rumqttc::QoS;
-use tracing::error;
 
 /// One publish to make once the transaction that produced it is durable.
 #[derive(Debug, Clone)]
@@ -14,69 +15,32 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    /// A QoS 1 publish of `event`.
-    pub(crate) fn event(topic: String, event: &Event) -> Self {
-        Self {
-            topic,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            payload: encode(event),
-        }
-    }
-}
-
-/// Serializes an event; our own types always serialize.
-pub(crate) fn encode(event: &Event) -> Vec<u8> {
-    serde_json::to_vec(event).unwrap_or_else(|err| {
-        error!(cause = %err, "cannot serialize an event");
-        Vec::new()
-    })
-}
-
-/// Why a request failed; it changed nothing.
-#[derive(Debug, Clone)]
-pub(crate) struct Failure {
-    pub(crate) code: ErrorCode,
-    pub(crate) message: String,
-}
-
-/// The longest `message` of an `error` reply, in bytes: messages may quote bad
-/// input (serde's do), and a reply must never grow with it.
-pub(crate) const MAX_MESSAGE_BYTES: usize = 300;
-
-impl Failure {
-    /// A failure whose message is cut to [`MAX_MESSAGE_BYTES`].
-    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        let mut message = message.into();
-        if message.len() > MAX_MESSAGE_BYTES {
-            let mut end = MAX_MESSAGE_BYTES - 3;
-            while !message.is_char_boundary(end) {
-                end -= 1;
+    /// The publish carrying `effect`; a reply goes to the device that made the
+    /// request (`from`), and is dropped if there is none.
+    pub(crate) fn of(effect: Effect, from: Option<(&UserId, &DeviceId)>) -> Option<Self> {
+        let (topic, qos, retain, payload) = match effect {
+            Effect::Reply(payload) => {
+                let (user, device) = from?;
+                (topics::dev(user, device), QoS::AtLeastOnce, false, payload)
             }
-            message.truncate(end);
-            message.push_str("...");
-        }
-        Self { code, message }
-    }
-
-    pub(crate) fn bad(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::BadRequest, message)
-    }
-
-    /// The `error` reply for a request with this id.
-    pub(crate) fn reply(&self, id: Option<String>) -> Event {
-        Event::Error {
-            id,
-            code: self.code,
-            message: self.message.clone(),
-        }
-    }
-}
-
-impl From<rusqlite::Error> for Failure {
-    fn from(err: rusqlite::Error) -> Self {
-        error!(cause = %err, "storage failure");
-        Self::new(ErrorCode::Internal, "storage failure; retry later")
+            Effect::Event { user, payload } => {
+                (topics::inbox(&user), QoS::AtLeastOnce, false, payload)
+            }
+            // Typing: losing one is harmless, and nothing stores it for later.
+            Effect::Transient { user, payload } => {
+                (topics::inbox(&user), QoS::AtMostOnce, false, payload)
+            }
+            // Retained: a client that subscribes later gets the current status.
+            Effect::Status { user, payload } => {
+                (topics::status(&user), QoS::AtLeastOnce, true, payload)
+            }
+        };
+        Some(Self {
+            topic,
+            qos,
+            retain,
+            payload,
+        })
     }
 }
 
@@ -85,11 +49,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_are_cut_at_a_character_boundary() {
-        let long = format!("bad value {}", "\u{85}".repeat(50_000));
-        let failure = Failure::bad(long);
-        assert!(failure.message.len() <= MAX_MESSAGE_BYTES);
-        assert!(failure.message.ends_with("..."));
-        assert_eq!(Failure::bad("short").message, "short");
+    fn effects_map_to_the_protocols_topics() {
+        let alice = UserId::parse("alice").unwrap();
+        let phone = DeviceId::parse("phone").unwrap();
+        let reply = Outgoing::of(Effect::Reply(b"{}".to_vec()), Some((&alice, &phone))).unwrap();
+        assert_eq!(
+            (reply.topic.as_str(), reply.qos, reply.retain),
+            ("chat/alice/dev/phone", QoS::AtLeastOnce, false)
+        );
+        assert!(Outgoing::of(Effect::Reply(Vec::new()), None).is_none());
+        let typing = Outgoing::of(
+            Effect::Transient {
+                user: alice.clone(),
+                payload: Vec::new(),
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (typing.topic.as_str(), typing.qos),
+            ("chat/alice/inbox", QoS::AtMostOnce)
+        );
+        let status = Outgoing::of(
+            Effect::Status {
+                user: alice,
+                payload: Vec::new(),
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (status.topic.as_str(), status.retain),
+            ("status/alice", true)
+        );
     }
 }

@@ -4,7 +4,7 @@
 use messenger_protocol::wire::{ErrorCode, Request};
 use serde_json::Value;
 
-use crate::outbox::Failure;
+use messenger_store::Failure;
 
 /// A payload that failed to decode: the id to answer to, and why.
 #[derive(Debug)]

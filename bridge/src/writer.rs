@@ -1,32 +1,27 @@
-//! The writer: one thread that owns the SQLite connection and commits in groups.
+//! The writer: one thread that owns the store and hands it batches.
 //!
 //! It blocks for the first job, then takes everything else already queued, and
-//! handles the whole batch in one transaction, each request in its own savepoint
-//! (a failed request rolls back alone and changes nothing). While a commit is
-//! syncing to disk, new jobs queue up and form the next batch, so one fsync
-//! covers many requests. Publishes and broker acks go to the publisher only
-//! after the commit returned: nothing is acked before it is durable. Push
-//! notifications the batch calls for go to the push queue then too; handing
-//! them over never blocks.
+//! has the store handle the whole batch in one transaction, each request on its
+//! own (a failed request changes nothing). While a commit is syncing to disk,
+//! new jobs queue up and form the next batch, so one fsync covers many
+//! requests. Publishes and broker acks go to the publisher only after the store
+//! returned: nothing is acked before it is durable. Push notifications the
+//! batch calls for go to the push queue then too; handing them over never blocks.
 
-use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use messenger_protocol::topics;
-use messenger_protocol::wire::ErrorCode;
+use messenger_protocol::wire::{ErrorCode, Event};
 use messenger_protocol::{DeviceId, UserId};
+use messenger_push::{Alert, Notification, Sink, Target};
+use messenger_store::{Effect, Failure, Input, Outcome, Store};
 use rumqttc::Publish;
-use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::mpsc;
 use tracing::{debug, error};
 
-use crate::checkpoint::Wal;
 use crate::config::Limits;
-use crate::outbox::{Failure, Outgoing};
-use crate::push::{Notification, Sink};
+use crate::outbox::Outgoing;
 use crate::request;
-use crate::store::{presence, Ctx, Notify};
 
 #[cfg(test)]
 mod fuzz;
@@ -35,10 +30,11 @@ mod fuzz;
 /// 1000 by default, be unacked anyway).
 const MAX_BATCH: usize = 1024;
 
-/// An inbound publish for the writer.
+/// A job for the writer.
 pub(crate) struct Job {
     pub(crate) work: Work,
-    /// The inbound publish to ack to the broker once the batch is durable.
+    /// The inbound publish to ack to the broker once the batch is durable: an
+    /// opaque handle the writer only carries.
     pub(crate) ack: Option<Publish>,
     /// The MQTT connection it arrived on (acks for an older connection are dropped).
     pub(crate) epoch: u64,
@@ -52,22 +48,12 @@ pub(crate) enum Work {
         device: DeviceId,
         payload: Bytes,
     },
-    /// A device's presence from `presence/<user>/<device>`.
-    Presence {
-        user: UserId,
-        device: DeviceId,
-        online: bool,
-    },
-    /// Mark offline the devices that look online but have no connection.
-    Reconcile,
-    /// Publish every user's status again (the broker lost its retained messages).
-    Republish,
+    /// Anything else the store handles (presence, reconciling, republishing,
+    /// dead push tokens).
+    Store(Input),
     /// Nothing to do but ack (a publish on a topic the bridge does not handle).
     Skip,
 }
-
-/// Answers whether a client id has an open connection (the embedded broker knows).
-pub type Liveness = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The result of one committed batch, in order.
 pub(crate) struct Batch {
@@ -85,20 +71,12 @@ fn now_ms() -> u64 {
 /// Runs the writer until `jobs` closes, then returns (dropping `batches`).
 /// Notifications go to `push` when push is configured.
 pub(crate) fn run(
-    mut conn: Connection,
-    wal: &Wal,
-    limits: Limits,
-    liveness: Option<Liveness>,
+    mut store: Box<dyn Store>,
+    limits: &Limits,
     push: Option<Sink>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     batches: mpsc::Sender<Batch>,
 ) {
-    let notify = match &push {
-        Some(sink) => Notify::On {
-            preview: sink.preview,
-        },
-        None => Notify::Off,
-    };
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -108,7 +86,7 @@ pub(crate) fn run(
             }
         }
         let size = batch.len();
-        let (out, pushes) = process(&mut conn, &limits, liveness.as_ref(), notify, batch);
+        let (out, pushes) = process(store.as_mut(), limits, batch, now_ms());
         debug!(
             size,
             publishes = out.publishes.len(),
@@ -117,144 +95,164 @@ pub(crate) fn run(
         );
         if let Some(sink) = &push {
             for notification in pushes {
-                sink.queue.push(notification);
+                sink.queue.push(to_push(notification));
             }
         }
         if batches.blocking_send(out).is_err() {
             return;
         }
         // The batch's acks are on their way; the next batch may wait for this.
-        wal.rewind_if_due(&conn);
+        store.between_batches();
     }
 }
 
-/// Refuses an outcome with a publish over the largest reply (`limits.max_reply_bytes`,
-/// under the broker's packet limit): the request is then rolled back and answered
-/// `too_large`. Pages are cut to fit before this; it is the last line of defence
-/// that keeps the bridge's connection to the broker from being dropped.
-fn fits(out: Vec<Outgoing>, limits: &Limits) -> Result<Vec<Outgoing>, Failure> {
-    let max = limits.max_reply_bytes();
-    match out.iter().map(|o| o.payload.len()).max() {
-        Some(largest) if largest > max => {
-            error!(
-                bytes = largest,
-                max, "a reply or event would be over the packet limit; request refused"
-            );
-            Err(Failure::new(
-                ErrorCode::TooLarge,
-                format!("the reply would be over the limit of {max} bytes"),
-            ))
-        }
-        _ => Ok(out),
-    }
+/// What became of a job before the store saw it.
+enum Planned {
+    /// Handed to the store as the next input; a reply goes to `from`.
+    Stored {
+        from: Option<(UserId, DeviceId)>,
+        /// For a request: its id, to answer `internal` if the batch fails.
+        id: Option<Option<String>>,
+    },
+    /// A request that did not decode: answered at once.
+    Rejected {
+        from: (UserId, DeviceId),
+        reply: Event,
+    },
+    /// Nothing to do.
+    Nothing,
 }
 
-/// Handles a batch in one transaction; returns what to publish and ack, and the
-/// push notifications the committed requests call for (none if the commit failed).
+/// Handles a batch; returns what to publish and ack, and the push
+/// notifications the committed requests call for (none if the commit failed).
 fn process(
-    conn: &mut Connection,
+    store: &mut dyn Store,
     limits: &Limits,
-    liveness: Option<&Liveness>,
-    notify: Notify,
     jobs: Vec<Job>,
-) -> (Batch, Vec<Notification>) {
-    let now = now_ms();
+    now: u64,
+) -> (Batch, Vec<messenger_store::Notification>) {
     let mut acks = Vec::with_capacity(jobs.len());
-    let mut replies: Vec<(Option<String>, &UserId, &DeviceId)> = Vec::new();
-    let mut pushes = Vec::new();
-    let result = (|| -> rusqlite::Result<Vec<Outgoing>> {
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut publishes = Vec::new();
-        for job in &jobs {
-            let (user, device, payload) = match &job.work {
-                Work::Request {
-                    user,
-                    device,
-                    payload,
-                } => (user, device, payload),
-                Work::Presence {
-                    user,
-                    device,
-                    online,
-                } => {
-                    publishes.extend(presence::update(
-                        &tx,
-                        user,
-                        device,
-                        *online,
-                        now,
-                        limits.max_devices_per_user,
-                    )?);
-                    continue;
-                }
-                Work::Reconcile => {
-                    if let Some(is_connected) = liveness {
-                        publishes.extend(presence::reconcile(&tx, is_connected.as_ref(), now)?);
-                    }
-                    continue;
-                }
-                Work::Republish => {
-                    publishes.extend(presence::all(&tx)?);
-                    continue;
-                }
-                Work::Skip => continue,
-            };
-            let outcome = match request::decode(payload, limits.max_request_bytes()) {
-                Err(rejected) => Err((rejected.id, rejected.failure)),
-                Ok(req) => {
-                    let id = req.id().map(|i| i.to_string());
-                    replies.push((id.clone(), user, device));
-                    let sp = tx.savepoint()?;
-                    let ctx = Ctx {
-                        conn: &sp,
-                        user,
-                        device,
-                        limits,
-                        now,
-                        notify,
-                        pushes: RefCell::new(Vec::new()),
-                    };
-                    match ctx.handle(req).and_then(|out| fits(out, limits)) {
-                        Ok(out) => {
-                            let calls_for = ctx.pushes.take();
-                            sp.commit()?;
-                            pushes.extend(calls_for);
-                            Ok(out)
-                        }
-                        Err(failure) => Err((id, failure)),
-                    }
-                }
-            };
-            match outcome {
-                Ok(out) => publishes.extend(out),
-                Err((id, failure)) => publishes.push(Outgoing::event(
-                    topics::dev(user, device),
-                    &failure.reply(id),
-                )),
-            }
+    let mut plan = Vec::with_capacity(jobs.len());
+    let mut inputs = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if let Some(publish) = job.ack {
+            acks.push((publish, job.epoch));
         }
-        tx.commit()?;
-        Ok(publishes)
-    })();
-    let publishes = match result {
-        Ok(p) => p,
+        plan.push(decode(job.work, limits, &mut inputs));
+    }
+    let (publishes, pushes) = match store.process(inputs, now) {
+        Ok(outcomes) => publish(plan, outcomes),
         Err(err) => {
-            pushes.clear();
             // Nothing of the batch is stored: every request that expected a reply learns so.
             error!(cause = %err, "batch failed; nothing of it was stored");
-            let failure = Failure::new(ErrorCode::Internal, "storage failure; retry later");
-            replies
-                .into_iter()
-                .map(|(id, user, device)| {
-                    Outgoing::event(topics::dev(user, device), &failure.reply(id))
-                })
-                .collect()
+            (failed(plan), Vec::new())
         }
     };
-    for job in jobs {
-        if let Some(p) = job.ack {
-            acks.push((p, job.epoch));
+    (Batch { publishes, acks }, pushes)
+}
+
+/// Decodes a job's work into the store's next input, or answers it at once.
+fn decode(work: Work, limits: &Limits, inputs: &mut Vec<Input>) -> Planned {
+    match work {
+        Work::Request {
+            user,
+            device,
+            payload,
+        } => match request::decode(&payload, limits.max_request_bytes()) {
+            Err(rejected) => Planned::Rejected {
+                reply: rejected.failure.reply(rejected.id),
+                from: (user, device),
+            },
+            Ok(request) => {
+                let id = Some(request.id().map(|i| i.to_string()));
+                let from = Some((user.clone(), device.clone()));
+                inputs.push(Input::Request {
+                    user,
+                    device,
+                    request,
+                });
+                Planned::Stored { from, id }
+            }
+        },
+        Work::Store(input) => {
+            inputs.push(input);
+            Planned::Stored {
+                from: None,
+                id: None,
+            }
+        }
+        Work::Skip => Planned::Nothing,
+    }
+}
+
+/// The publishes of a committed batch, in job order, and its notifications.
+fn publish(
+    plan: Vec<Planned>,
+    outcomes: Vec<Outcome>,
+) -> (Vec<Outgoing>, Vec<messenger_store::Notification>) {
+    let mut publishes = Vec::new();
+    let mut pushes = Vec::new();
+    let mut outcomes = outcomes.into_iter();
+    for planned in plan {
+        match planned {
+            Planned::Stored { from, .. } => {
+                let Some(outcome) = outcomes.next() else {
+                    error!("the store returned fewer outcomes than inputs");
+                    break;
+                };
+                let from = from.as_ref().map(|(u, d)| (u, d));
+                publishes.extend(
+                    outcome
+                        .effects
+                        .into_iter()
+                        .filter_map(|effect| Outgoing::of(effect, from)),
+                );
+                pushes.extend(outcome.notifications);
+            }
+            Planned::Rejected { from, reply } => {
+                publishes.extend(Outgoing::of(
+                    Effect::reply(&reply),
+                    Some((&from.0, &from.1)),
+                ));
+            }
+            Planned::Nothing => {}
         }
     }
-    (Batch { publishes, acks }, pushes)
+    (publishes, pushes)
+}
+
+/// The replies of a batch that failed: `internal` to every request, decoded or not.
+fn failed(plan: Vec<Planned>) -> Vec<Outgoing> {
+    let failure = Failure::new(ErrorCode::Internal, "storage failure; retry later");
+    plan.into_iter()
+        .filter_map(|planned| match planned {
+            Planned::Stored {
+                from: Some((user, device)),
+                id: Some(id),
+            } => Outgoing::of(Effect::reply(&failure.reply(id)), Some((&user, &device))),
+            Planned::Rejected { from, reply } => {
+                Outgoing::of(Effect::reply(&reply), Some((&from.0, &from.1)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The push service's form of a notification the store computed.
+fn to_push(n: messenger_store::Notification) -> Notification {
+    Notification {
+        alert: std::sync::Arc::new(Alert {
+            user: n.user,
+            conv: n.conv,
+            seq: n.seq,
+            title: n.title,
+            body: n.body,
+            badge: n.badge,
+        }),
+        targets: n
+            .targets
+            .into_iter()
+            .map(|(platform, token)| Target { platform, token })
+            .collect(),
+    }
 }

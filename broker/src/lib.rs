@@ -59,6 +59,14 @@ pub enum BrokerError {
     /// The MQTT listener did not come up.
     #[error("the MQTT listener on {0} did not come up")]
     NotListening(SocketAddr),
+    /// A listener stopped while the broker was running.
+    #[error("the {listener} listener stopped: {cause}")]
+    Stopped {
+        /// Which (`mqtt`, `websocket`).
+        listener: &'static str,
+        /// Why.
+        cause: String,
+    },
 }
 
 /// A running broker. Dropping it (or calling [`RunningBroker::stop`]) closes every connection.
@@ -69,6 +77,8 @@ pub struct RunningBroker {
     shutdown: CancellationToken,
     /// Owns every broker task; shut down on stop.
     runtime: Option<tokio::runtime::Runtime>,
+    /// A listener that stops on its own reports here.
+    stopped: tokio::sync::mpsc::UnboundedReceiver<BrokerError>,
 }
 
 impl RunningBroker {
@@ -91,6 +101,15 @@ impl RunningBroker {
     /// The address of the MQTT over WebSocket listener, if enabled.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws_addr
+    }
+
+    /// Resolves if a listener stops while the broker runs (it should not):
+    /// which one and why. Never resolves otherwise.
+    pub async fn failed(&mut self) -> BrokerError {
+        match self.stopped.recv().await {
+            Some(err) => err,
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops accepting, closes every connection (without firing their wills'
@@ -162,42 +181,115 @@ pub fn start(
         .build()
         .map_err(BrokerError::Runtime)?;
     let shutdown = CancellationToken::new();
+    let (stopped_tx, stopped) = tokio::sync::mpsc::unbounded_channel();
 
-    let router = Router::new(
-        0,
-        RouterConfig {
-            max_connections: config.max_connections,
-            max_outgoing_packet_count: 200,
-            max_segment_size: config.segment_bytes,
-            max_segment_count: config.segment_count,
-            custom_segment: Some(service_segments(config)),
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-    );
+    let router = Router::new(0, router_config(config));
     let router_tx = router.spawn();
     let takeover_tx = router_tx.clone();
     let links = sessions::links(move |client_id| LinkBuilder::new(client_id, takeover_tx.clone()));
+    let shared = shared_state(config, accounts.clone(), service.clone());
+    let mut server = Server::new(
+        server_settings(config, mqtt_addr, &service),
+        router_tx,
+        Gate::new(shared.clone()),
+    );
+    let mqtt_task = {
+        let stopped = stopped_tx.clone();
+        runtime.spawn(async move {
+            let cause = match server.start(LinkType::Remote).await {
+                Ok(()) => "it returned".to_owned(),
+                Err(err) => err.to_string(),
+            };
+            let _ = stopped.send(BrokerError::Stopped {
+                listener: "mqtt",
+                cause: cause.clone(),
+            });
+            cause
+        })
+    };
+    if !runtime.block_on(accepting(mqtt_addr, &mqtt_task)) {
+        runtime.shutdown_background();
+        return Err(BrokerError::NotListening(mqtt_addr));
+    }
+    let ws_addr = match config.ws_listen {
+        Some(addr) => Some(start_websocket(
+            &runtime,
+            addr,
+            websocket::Front {
+                mqtt: mqtt_addr,
+                handshake_timeout: Duration::from_millis(config.ws_handshake_timeout_ms),
+                max_packet_bytes: config.max_packet_bytes,
+                peers: shared.peers.clone(),
+            },
+            shutdown.clone(),
+            stopped_tx,
+        )?),
+        None => None,
+    };
+    runtime.spawn(watch_revocations(
+        accounts,
+        shared.clone(),
+        links,
+        Duration::from_millis(config.revocation_poll_ms),
+        shutdown.clone(),
+    ));
 
-    // Only the service account may use client ids `<service>:...` (the gate checks).
-    let service_prefix = format!("{}:", service.username);
+    info!(mqtt = %mqtt_addr, websocket = ?ws_addr, "broker listening");
+    Ok(RunningBroker {
+        mqtt_addr,
+        shared,
+        ws_addr,
+        shutdown,
+        runtime: Some(runtime),
+        stopped,
+    })
+}
+
+/// The router's settings: connection limit, per-subscription logs.
+fn router_config(config: &BrokerConfig) -> RouterConfig {
+    RouterConfig {
+        max_connections: config.max_connections,
+        max_outgoing_packet_count: 200,
+        max_segment_size: config.segment_bytes,
+        max_segment_count: config.segment_count,
+        custom_segment: Some(service_segments(config)),
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    }
+}
+
+/// What every connection's gate shares: sign-in (with its throttle), sessions, peers.
+fn shared_state(
+    config: &BrokerConfig,
+    accounts: Arc<Accounts>,
+    service: ServiceAccount,
+) -> Arc<Shared> {
     let policy = throttle::Policy {
         free_per_user: config.sign_in_free_failures,
         free_per_address: config.sign_in_free_failures_per_address,
         first_backoff: Duration::from_millis(config.sign_in_backoff_ms),
         max_backoff: Duration::from_millis(config.sign_in_max_backoff_ms),
     };
-    let shared = Arc::new(Shared {
+    Arc::new(Shared {
         auth: auth::Authenticator::new(
-            accounts.clone(),
+            accounts,
             service,
             policy,
             Duration::from_millis(config.sign_in_failure_delay_ms),
         ),
         sessions: Arc::new(sessions::Sessions::default()),
         peers: Arc::new(websocket::Peers::default()),
-    });
-    let settings = ServerSettings {
+    })
+}
+
+/// The MQTT listener's settings; only the service account may use client ids
+/// `<service>:...` (the gate checks), and it gets the wide inflight window.
+fn server_settings(
+    config: &BrokerConfig,
+    mqtt_addr: SocketAddr,
+    service: &ServiceAccount,
+) -> ServerSettings {
+    ServerSettings {
         name: "mqtt".into(),
         listen: mqtt_addr,
         tls: None,
@@ -210,72 +302,51 @@ pub fn start(
             external_auth: None,
             dynamic_filters: true,
             wide_inflight: Some(WideInflight {
-                client_id_prefix: service_prefix,
+                client_id_prefix: format!("{}:", service.username),
                 count: config.service_inflight,
             }),
         },
-    };
-    let mut server = Server::new(settings, router_tx, Gate::new(shared.clone()));
-    let server_task = runtime.spawn(async move { server.start(LinkType::Remote).await });
-
-    // Wait until rumqttd's listener accepts (it binds inside `start` and reports nothing).
-    let ready = runtime.block_on(async {
-        for _ in 0..500 {
-            if server_task.is_finished() {
-                return false;
-            }
-            if tokio::net::TcpStream::connect(mqtt_addr).await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
-    });
-    if !ready {
-        runtime.shutdown_background();
-        return Err(BrokerError::NotListening(mqtt_addr));
     }
+}
 
-    let ws_addr = match config.ws_listen {
-        Some(addr) => {
-            let listener = runtime
-                .block_on(tokio::net::TcpListener::bind(addr))
-                .map_err(|source| BrokerError::Bind { addr, source })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| BrokerError::Bind { addr, source })?;
-            runtime.spawn(websocket::run(
-                listener,
-                websocket::Front {
-                    mqtt: mqtt_addr,
-                    handshake_timeout: Duration::from_millis(config.ws_handshake_timeout_ms),
-                    max_packet_bytes: config.max_packet_bytes,
-                    peers: shared.peers.clone(),
-                },
-                shutdown.clone(),
-            ));
-            Some(bound)
+/// Waits until rumqttd's listener accepts (it binds inside `start` and reports nothing).
+async fn accepting(addr: SocketAddr, task: &tokio::task::JoinHandle<String>) -> bool {
+    for _ in 0..500 {
+        if task.is_finished() {
+            return false;
         }
-        None => None,
-    };
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
 
-    let shared_for_handle = shared.clone();
-    runtime.spawn(watch_revocations(
-        accounts,
-        shared,
-        links,
-        Duration::from_millis(config.revocation_poll_ms),
-        shutdown.clone(),
-    ));
-
-    info!(mqtt = %mqtt_addr, websocket = ?ws_addr, "broker listening");
-    Ok(RunningBroker {
-        mqtt_addr,
-        shared: shared_for_handle,
-        ws_addr,
-        shutdown,
-        runtime: Some(runtime),
-    })
+/// Binds the WebSocket front and starts it; returns its address.
+fn start_websocket(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    front: websocket::Front,
+    shutdown: CancellationToken,
+    stopped: tokio::sync::mpsc::UnboundedSender<BrokerError>,
+) -> Result<SocketAddr, BrokerError> {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    runtime.spawn(async move {
+        websocket::run(listener, front, shutdown.clone()).await;
+        if !shutdown.is_cancelled() {
+            let _ = stopped.send(BrokerError::Stopped {
+                listener: "websocket",
+                cause: "it returned".into(),
+            });
+        }
+    });
+    Ok(bound)
 }
 
 /// Cuts the connections of users who were removed or changed their password,

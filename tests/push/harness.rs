@@ -104,7 +104,7 @@ impl Server {
             })),
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(bridge.run(Some(mqtt_addr.to_string()), shutdown.clone()));
+        let task = tokio::spawn(bridge.run(Some(mqtt_addr.into()), shutdown.clone()));
         let server = Self {
             db,
             mqtt_port: mqtt_addr.port(),

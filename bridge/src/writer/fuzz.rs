@@ -12,11 +12,12 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRu
 use serde_json::{json, Map, Value};
 
 use super::{process, Job, Work};
-use crate::config::{Durability, Limits};
-use crate::store::{self, Notify};
+use messenger_store::{Notify, SqliteStore, Store};
+
+use crate::config::{Durability, Limits, StorageConfig};
 
 /// Runs one payload as alice's request; returns every publish's payload.
-fn run(conn: &mut rusqlite::Connection, limits: &Limits, payload: Vec<u8>) -> Vec<Vec<u8>> {
+fn run(store: &mut dyn Store, limits: &Limits, payload: Vec<u8>) -> Vec<Vec<u8>> {
     let job = Job {
         work: Work::Request {
             user: UserId::parse("alice").expect("user id"),
@@ -26,7 +27,7 @@ fn run(conn: &mut rusqlite::Connection, limits: &Limits, payload: Vec<u8>) -> Ve
         ack: None,
         epoch: 0,
     };
-    let (batch, _) = process(conn, limits, None, Notify::Off, vec![job]);
+    let (batch, _) = process(store, limits, vec![job], 1);
     batch.publishes.into_iter().map(|o| o.payload).collect()
 }
 
@@ -190,16 +191,20 @@ fn every_reply_fits_and_no_input_yields_internal() {
             .add(&UserId::parse(user).expect("user id"), "pw")
             .expect("add user");
     }
-    let mut conn = store::open(&path, Durability::Os).expect("store");
     let limits = Limits::default();
+    let storage = StorageConfig {
+        path: path.clone(),
+        durability: Durability::Os,
+    };
+    let mut store = SqliteStore::open(&storage, limits.clone(), Notify::Off, None).expect("store");
     // Some state for the handlers to work on: a dm with a message and a group.
     run(
-        &mut conn,
+        &mut store,
         &limits,
         br#"{"type":"send","id":"s","conv":"dm:alice:bob","body":"hi"}"#.to_vec(),
     );
     let created = run(
-        &mut conn,
+        &mut store,
         &limits,
         br#"{"type":"group_create","id":"g","name":"team","members":["bob"]}"#.to_vec(),
     );
@@ -216,7 +221,7 @@ fn every_reply_fits_and_no_input_yields_internal() {
         "dm:alice:zed".into(),
     ];
 
-    let conn = RefCell::new(conn);
+    let store = RefCell::new(store);
     let max = limits.max_reply_bytes();
     // The same cases on every run (CI must not pass or fail by chance); change
     // the seed or the count to explore further.
@@ -230,7 +235,7 @@ fn every_reply_fits_and_no_input_yields_internal() {
     );
     // The inputs the issue reported, always among the cases.
     for payload in reported() {
-        for out in run(&mut conn.borrow_mut(), &limits, payload.clone()) {
+        for out in run(&mut *store.borrow_mut(), &limits, payload.clone()) {
             check(&out, max).unwrap_or_else(|err| {
                 panic!(
                     "{}: {err}",
@@ -240,7 +245,7 @@ fn every_reply_fits_and_no_input_yields_internal() {
         }
     }
     let outcome = runner.run(&request(convs), |payload| {
-        for out in run(&mut conn.borrow_mut(), &limits, payload) {
+        for out in run(&mut *store.borrow_mut(), &limits, payload) {
             check(&out, max)?;
         }
         Ok(())

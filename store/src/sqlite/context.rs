@@ -1,114 +1,34 @@
-//! Durable storage and sequencing on SQLite.
-//!
-//! Every request is handled inside the writer's current transaction (see
-//! [`crate::writer`]); the handlers here read and write through the
-//! connection they are given and return the publishes to make after commit.
-//! `seq` (per conversation) and `useq` (per user) are assigned here, in the
-//! same transaction that stores the event, so both are gap-free.
-
-mod conversations;
-mod groups;
-mod messages;
-pub(crate) mod presence;
-mod push;
-mod removal;
-mod schema;
-
-pub(crate) use push::Notify;
+//! The context a request is handled in, and what every handler shares:
+//! membership checks, sequencing (`seq`, `useq`), delivery to inboxes, repeats.
 
 use std::cell::RefCell;
-use std::path::Path;
 
 use messenger_protocol::wire::{ErrorCode, Event, Request, RequestId};
 use messenger_protocol::{ConvId, DeviceId, UserId};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::config::{Durability, Limits};
-use crate::outbox::{Failure, Outgoing};
-use crate::push::Notification;
-
-/// Failures opening the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite failed.
-    #[error("storage: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The account store refused (e.g. removing a user who does not exist).
-    #[error(transparent)]
-    Account(#[from] messenger_accounts::AccountsError),
-    /// A storage thread could not be started.
-    #[error("storage: cannot start a thread: {0}")]
-    Thread(String),
-}
-
-/// Opens the SQLite file with the durability policy and runs migrations.
-pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
-    let mut conn = messenger_accounts::open_sqlite(path)?;
-    let sync = match durability {
-        Durability::Fsync => "FULL",
-        Durability::Os => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", sync)?;
-    // Every request runs in its own savepoint; its statement journal stays in memory
-    // instead of a temporary file written (not synced) for every request.
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // Checkpoints run on their own thread (crate::checkpoint), never in a commit;
-    // a WAL rewound after a burst is cut back to this size.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
-    // The pages a batch touches stay cached from one batch to the next (SQLite's
-    // default of 2 MiB re-read them from the file and spilled dirty pages mid-batch).
-    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
-    // Every statement of every request kind stays prepared (rusqlite keeps 16).
-    conn.set_prepared_statement_cache_capacity(128);
-    messenger_accounts::migrate(&mut conn)?;
-    messenger_accounts::schema::migrate(&mut conn, "bridge", schema::MIGRATIONS)?;
-    Ok(conn)
-}
-
-/// Removes an account and everything it owned in the conversations (see
-/// [`removal`]), in one transaction on the shared SQLite file: safe while a
-/// bridge runs on it, which sees either all of it or none.
-pub(crate) fn remove_user(path: &Path, user: &UserId) -> Result<(), StoreError> {
-    let mut conn = messenger_accounts::open_sqlite(path)?;
-    messenger_accounts::migrate(&mut conn)?;
-    messenger_accounts::schema::migrate(&mut conn, "bridge", schema::MIGRATIONS)?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    messenger_accounts::remove_user(&tx, user)?;
-    removal::purge_user(&tx, user)?;
-    tx.commit()?;
-    Ok(())
-}
-
-/// The writer's page cache, in KiB.
-const CACHE_KIB: i64 = 16 * 1024;
-
-/// Bytes the WAL file is cut back to when it is rewound.
-pub(crate) const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
-
-/// Opens the connection the checkpoint thread uses (same durability rules as SQLite's own checkpoints).
-pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
-    Ok(messenger_accounts::open_sqlite(path)?)
-}
+use super::pushes::Notify;
+use crate::config::Limits;
+use crate::{Effect, Failure, Notification};
 
 /// Who sent a request, and the context to handle it in.
-pub(crate) struct Ctx<'a> {
-    pub(crate) conn: &'a Connection,
-    pub(crate) user: &'a UserId,
-    pub(crate) device: &'a DeviceId,
-    pub(crate) limits: &'a Limits,
+pub(super) struct Ctx<'a> {
+    pub(super) conn: &'a Connection,
+    pub(super) user: &'a UserId,
+    pub(super) device: &'a DeviceId,
+    pub(super) limits: &'a Limits,
     /// The server's clock for this batch, ms since the epoch.
-    pub(crate) now: u64,
+    pub(super) now: u64,
     /// Whether stored messages call for push notifications.
-    pub(crate) notify: Notify,
+    pub(super) notify: Notify,
     /// The notifications this request calls for, to hand to the push workers
     /// once the transaction is committed (dropped if the request fails).
-    pub(crate) pushes: RefCell<Vec<Notification>>,
+    pub(super) pushes: RefCell<Vec<Notification>>,
 }
 
 impl Ctx<'_> {
     /// Handles one decoded request.
-    pub(crate) fn handle(&self, request: Request) -> Result<Vec<Outgoing>, Failure> {
+    pub(super) fn handle(&self, request: Request) -> Result<Vec<Effect>, Failure> {
         match request {
             Request::Send { id, conv, body } => self.send(&id, &conv, &body),
             Request::Receipt { conv, seq, status } => self.receipt(&conv, seq, status),
@@ -161,16 +81,16 @@ impl Ctx<'_> {
         }
     }
 
-    /// A reply on the requesting device's `dev` topic.
-    pub(crate) fn reply(&self, event: &Event) -> Outgoing {
-        Outgoing::event(
-            messenger_protocol::topics::dev(self.user, self.device),
-            event,
-        )
+    /// The reply to the requesting device.
+    pub(super) fn reply(&self, event: &Event) -> Effect {
+        Effect::reply(event)
     }
 
     /// The conversation's row: (kind, name, last_seq), if it exists.
-    fn conversation(&self, conv: &ConvId) -> rusqlite::Result<Option<(String, String, u64)>> {
+    pub(super) fn conversation(
+        &self,
+        conv: &ConvId,
+    ) -> rusqlite::Result<Option<(String, String, u64)>> {
         self.conn
             .prepare_cached("SELECT kind, name, last_seq FROM conversations WHERE conv = ?1")?
             .query_row([conv.to_string()], |r| {
@@ -180,7 +100,11 @@ impl Ctx<'_> {
     }
 
     /// The user's membership: (joined_seq, left_seq, role), if they ever were a member.
-    fn membership(&self, conv: &ConvId, user: &UserId) -> rusqlite::Result<Option<Membership>> {
+    pub(super) fn membership(
+        &self,
+        conv: &ConvId,
+        user: &UserId,
+    ) -> rusqlite::Result<Option<Membership>> {
         self.conn
             .prepare_cached(
                 "SELECT joined_seq, left_seq, role FROM members WHERE conv = ?1 AND user = ?2",
@@ -196,7 +120,7 @@ impl Ctx<'_> {
     }
 
     /// Current members, sorted.
-    fn members(&self, conv: &ConvId) -> rusqlite::Result<Vec<UserId>> {
+    pub(super) fn members(&self, conv: &ConvId) -> rusqlite::Result<Vec<UserId>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT user FROM members WHERE conv = ?1 AND left_seq IS NULL ORDER BY user",
         )?;
@@ -208,7 +132,7 @@ impl Ctx<'_> {
 
     /// Requires the sender to be a current member (creating a dm on first use
     /// when `create` is set); returns the conversation's last seq.
-    fn require_member(&self, conv: &ConvId, create: bool) -> Result<u64, Failure> {
+    pub(super) fn require_member(&self, conv: &ConvId, create: bool) -> Result<u64, Failure> {
         if let Some((a, b)) = conv.direct_members() {
             if self.user != a && self.user != b {
                 return Err(Failure::new(
@@ -251,11 +175,11 @@ impl Ctx<'_> {
     }
 
     /// Requires the sender's row in an existing dm. A dm outlives a removed account
-    /// (see [`removal`]): a new account of that name has no row in it, and joins it
+    /// (see `removal`): a new account of that name has no row in it, and joins it
     /// after its newest event by sending (`create`); until then it cannot read it.
     /// Sending also needs the other user: a removed one is `unknown_user`, a new
     /// account of that name joins the same way. Returns the conversation's last seq.
-    fn rejoin_direct(
+    pub(super) fn rejoin_direct(
         &self,
         conv: &ConvId,
         other: &UserId,
@@ -294,7 +218,7 @@ impl Ctx<'_> {
 
     /// Requires the requesting device to be known, or room for one more device
     /// (`limits.max_devices_per_user`), counting devices with presence or a token.
-    fn require_device_room(&self) -> Result<(), Failure> {
+    pub(super) fn require_device_room(&self) -> Result<(), Failure> {
         let (known, count): (bool, usize) = self
             .conn
             .prepare_cached(
@@ -320,7 +244,7 @@ impl Ctx<'_> {
     }
 
     /// Requires `user` to exist.
-    fn require_user(&self, user: &UserId) -> Result<(), Failure> {
+    pub(super) fn require_user(&self, user: &UserId) -> Result<(), Failure> {
         if messenger_accounts::user_exists(self.conn, user)? {
             Ok(())
         } else {
@@ -332,7 +256,7 @@ impl Ctx<'_> {
     }
 
     /// Requires a group of `members` to be within `limits.max_group_members`.
-    fn require_group_size(&self, members: usize) -> Result<(), Failure> {
+    pub(super) fn require_group_size(&self, members: usize) -> Result<(), Failure> {
         if members > self.limits.max_group_members {
             return Err(Failure::new(
                 ErrorCode::TooLarge,
@@ -346,14 +270,14 @@ impl Ctx<'_> {
     }
 
     /// Takes the conversation's next seq.
-    fn next_seq(&self, conv: &ConvId) -> rusqlite::Result<u64> {
+    pub(super) fn next_seq(&self, conv: &ConvId) -> rusqlite::Result<u64> {
         self.next_seq_if_exists(conv)?
             .ok_or(rusqlite::Error::QueryReturnedNoRows)
     }
 
     /// Takes an open dm's next seq, if it exists and is open (the one statement
     /// of a message to an existing 1-1 chat).
-    fn next_open_dm_seq(&self, conv: &ConvId) -> rusqlite::Result<Option<u64>> {
+    pub(super) fn next_open_dm_seq(&self, conv: &ConvId) -> rusqlite::Result<Option<u64>> {
         self.conn
             .prepare_cached("UPDATE conversations SET last_seq = last_seq + 1 WHERE conv = ?1 AND closed = 0 RETURNING last_seq")?
             .query_row([conv.to_string()], |r| r.get(0))
@@ -361,7 +285,7 @@ impl Ctx<'_> {
     }
 
     /// Takes the conversation's next seq if the conversation exists.
-    fn next_seq_if_exists(&self, conv: &ConvId) -> rusqlite::Result<Option<u64>> {
+    pub(super) fn next_seq_if_exists(&self, conv: &ConvId) -> rusqlite::Result<Option<u64>> {
         self.conn
             .prepare_cached("UPDATE conversations SET last_seq = last_seq + 1 WHERE conv = ?1 RETURNING last_seq")?
             .query_row([conv.to_string()], |r| r.get(0))
@@ -372,7 +296,7 @@ impl Ctx<'_> {
     /// inbox's primary key, whose last page the caller is about to write anyway).
     /// Gap-free because inbox rows are never deleted and the caller inserts the
     /// row in the same transaction.
-    fn next_useq(&self, user: &UserId) -> rusqlite::Result<u64> {
+    pub(super) fn next_useq(&self, user: &UserId) -> rusqlite::Result<u64> {
         self.conn
             .prepare_cached("SELECT COALESCE(MAX(useq), 0) + 1 FROM inbox WHERE user = ?1")?
             .query_row([user.as_str()], |r| r.get(0))
@@ -380,31 +304,31 @@ impl Ctx<'_> {
 
     /// Puts the stored event (conv, seq) into each member's inbox and returns the
     /// publishes, built by `event` from the member's useq.
-    fn deliver(
+    pub(super) fn deliver(
         &self,
         conv: &ConvId,
         seq: u64,
         to: &[UserId],
         event: impl Fn(u64) -> Event,
-    ) -> rusqlite::Result<Vec<Outgoing>> {
+    ) -> rusqlite::Result<Vec<Effect>> {
         let useqs = self.next_useqs(to)?;
         self.deliver_at(conv, seq, to, &useqs, event)
     }
 
     /// The next useq of each of `users` (distinct), before their inbox rows are inserted.
-    fn next_useqs(&self, users: &[UserId]) -> rusqlite::Result<Vec<u64>> {
+    pub(super) fn next_useqs(&self, users: &[UserId]) -> rusqlite::Result<Vec<u64>> {
         users.iter().map(|user| self.next_useq(user)).collect()
     }
 
     /// [`Ctx::deliver`] with the useqs taken beforehand by [`Ctx::next_useqs`].
-    fn deliver_at(
+    pub(super) fn deliver_at(
         &self,
         conv: &ConvId,
         seq: u64,
         to: &[UserId],
         useqs: &[u64],
         event: impl Fn(u64) -> Event,
-    ) -> rusqlite::Result<Vec<Outgoing>> {
+    ) -> rusqlite::Result<Vec<Effect>> {
         let mut out = Vec::with_capacity(to.len());
         let mut insert = self
             .conn
@@ -412,22 +336,19 @@ impl Ctx<'_> {
         let conv_s = conv.to_string();
         for (user, &useq) in to.iter().zip(useqs) {
             insert.execute(params![user.as_str(), useq, conv_s, seq])?;
-            out.push(Outgoing::event(
-                messenger_protocol::topics::inbox(user),
-                &event(useq),
-            ));
+            out.push(Effect::event(user, &event(useq)));
         }
         Ok(out)
     }
 
     /// Re-publishes a stored event to the inboxes it went to, with the same useqs
     /// (after a crash between commit and publish, a retried request repairs delivery).
-    fn redeliver(
+    pub(super) fn redeliver(
         &self,
         conv: &ConvId,
         seq: u64,
         event: impl Fn(u64) -> Event,
-    ) -> rusqlite::Result<Vec<Outgoing>> {
+    ) -> rusqlite::Result<Vec<Effect>> {
         let rows = match conv.direct_members() {
             Some((lo, hi)) => self.dm_useqs(conv, seq, lo, hi)?,
             None => {
@@ -448,16 +369,13 @@ impl Ctx<'_> {
             .into_iter()
             .filter_map(|(user, useq)| {
                 let user = UserId::parse(&user).ok()?;
-                Some(Outgoing::event(
-                    messenger_protocol::topics::inbox(&user),
-                    &event(useq),
-                ))
+                Some(Effect::event(&user, &event(useq)))
             })
             .collect())
     }
 
     /// Where a dm's event went: each user's useq, kept on the event row.
-    fn dm_useqs(
+    pub(super) fn dm_useqs(
         &self,
         conv: &ConvId,
         seq: u64,
@@ -501,7 +419,11 @@ impl Ctx<'_> {
     /// The event an earlier request of the sender's with this id stored: (conv, seq).
     /// Request ids are unique per sender across kinds, so an id reused for a
     /// request of another kind is refused.
-    fn prior(&self, id: &RequestId, kind: &str) -> Result<Option<(ConvId, u64)>, Failure> {
+    pub(super) fn prior(
+        &self,
+        id: &RequestId,
+        kind: &str,
+    ) -> Result<Option<(ConvId, u64)>, Failure> {
         let stored: Option<(String, u64, String)> = self
             .conn
             .prepare_cached("SELECT conv, seq, kind FROM events WHERE sender = ?1 AND req_id = ?2")?
@@ -521,7 +443,7 @@ impl Ctx<'_> {
     }
 
     /// Checks a page size against the limit.
-    fn page(&self, limit: Option<u32>, default: u32) -> Result<u32, Failure> {
+    pub(super) fn page(&self, limit: Option<u32>, default: u32) -> Result<u32, Failure> {
         let limit = limit.unwrap_or(default.min(self.limits.max_page));
         if limit == 0 || limit > self.limits.max_page {
             return Err(Failure::bad(format!(
@@ -536,15 +458,15 @@ impl Ctx<'_> {
 /// The refusal of a request whose id the user already gave a request of another
 /// kind: `send` and group requests share one id space per user (a repeat must
 /// be the same kind of request to get the stored answer).
-fn id_taken(id: &RequestId) -> Failure {
+pub(super) fn id_taken(id: &RequestId) -> Failure {
     Failure::bad(format!(
         "request id {id} was already used by another kind of request"
     ))
 }
 
 /// A row of `members`.
-struct Membership {
-    joined_seq: u64,
-    left_seq: Option<u64>,
-    admin: bool,
+pub(super) struct Membership {
+    pub(super) joined_seq: u64,
+    pub(super) left_seq: Option<u64>,
+    pub(super) admin: bool,
 }

@@ -6,12 +6,13 @@ use messenger_protocol::{ConvId, GroupId, UserId};
 use rand::RngCore;
 use rusqlite::{params, OptionalExtension};
 
+use super::rows::with_useq;
 use super::Ctx;
-use crate::outbox::{Failure, Outgoing};
+use crate::{Effect, Failure};
 
 impl Ctx<'_> {
     /// A repeated group request: the stored ack, and its event delivered again.
-    fn repeated(&self, id: &RequestId) -> Result<Option<Vec<Outgoing>>, Failure> {
+    fn repeated(&self, id: &RequestId) -> Result<Option<Vec<Effect>>, Failure> {
         let Some((conv, seq)) = self.prior(id, "member")? else {
             return Ok(None);
         };
@@ -33,12 +34,12 @@ impl Ctx<'_> {
             .prepare_cached(
                 "SELECT ts, kind, sender, device, COALESCE(req_id, retired_req_id), body, action, target FROM events WHERE conv = ?1 AND seq = ?2",
             )?
-            .query_row(params![conv_s, seq], |r| super::messages::event_from_row(r, 0, &conv_s, seq, None))
+            .query_row(params![conv_s, seq], |r| super::rows::event_from_row(r, 0, &conv_s, seq, None))
             .optional()?
             .flatten())
     }
 
-    fn ack(&self, id: &RequestId, conv: &ConvId, seq: u64, ts: u64) -> Outgoing {
+    fn ack(&self, id: &RequestId, conv: &ConvId, seq: u64, ts: u64) -> Effect {
         self.reply(&Event::Ack {
             id: id.clone(),
             conv: Some(conv.clone()),
@@ -57,7 +58,7 @@ impl Ctx<'_> {
         action: &str,
         user: &UserId,
         to: &[UserId],
-    ) -> Result<(u64, Vec<Outgoing>), Failure> {
+    ) -> Result<(u64, Vec<Effect>), Failure> {
         let seq = self.next_seq(conv)?;
         self.conn
             .prepare_cached(
@@ -104,7 +105,7 @@ impl Ctx<'_> {
         id: &RequestId,
         name: &str,
         members: &[UserId],
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         if let Some(out) = self.repeated(id)? {
             return Ok(out);
         }
@@ -159,7 +160,7 @@ impl Ctx<'_> {
         id: &RequestId,
         conv: &ConvId,
         user: &UserId,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         if let Some(out) = self.repeated(id)? {
             return Ok(out);
         }
@@ -193,7 +194,7 @@ impl Ctx<'_> {
         id: &RequestId,
         conv: &ConvId,
         user: &UserId,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         if let Some(out) = self.repeated(id)? {
             return Ok(out);
         }
@@ -229,7 +230,7 @@ impl Ctx<'_> {
         &self,
         id: &RequestId,
         conv: &ConvId,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         if let Some(out) = self.repeated(id)? {
             return Ok(out);
         }
@@ -237,7 +238,7 @@ impl Ctx<'_> {
         self.leave(id, conv, &name)
     }
 
-    fn leave(&self, id: &RequestId, conv: &ConvId, name: &str) -> Result<Vec<Outgoing>, Failure> {
+    fn leave(&self, id: &RequestId, conv: &ConvId, name: &str) -> Result<Vec<Effect>, Failure> {
         let members = self.members(conv)?;
         let me = self.user.clone();
         let (seq, out) = self.member_event(id, conv, name, "left", &me, &members)?;
@@ -254,12 +255,4 @@ impl Ctx<'_> {
         )?;
         Ok(out)
     }
-}
-
-/// The event with the recipient's inbox sequence number.
-pub(super) fn with_useq(mut event: Event, value: u64) -> Event {
-    if let Event::Member { useq, .. } | Event::Message { useq, .. } = &mut event {
-        *useq = Some(value);
-    }
-    event
 }

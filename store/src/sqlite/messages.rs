@@ -1,14 +1,13 @@
 //! 1-1 and group messaging: send, receipts, typing, sync, history, conversations.
 
-use messenger_protocol::topics;
 use messenger_protocol::wire::{ErrorCode, Event, ReceiptStatus, RequestId};
 use messenger_protocol::{ConvId, UserId};
-use rumqttc::QoS;
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension};
 
-use super::groups::with_useq;
+use super::rows::{event_from_row, receipt_from_row, with_useq, Budget};
 use super::Ctx;
-use crate::outbox::{encode, Failure, Outgoing};
+use crate::outcome::{encode, Effect};
+use crate::Failure;
 
 /// Default page size of `sync` and `history`.
 const DEFAULT_PAGE: u32 = 100;
@@ -19,7 +18,7 @@ impl Ctx<'_> {
         id: &RequestId,
         conv: &ConvId,
         body: &str,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         if body.len() > self.limits.max_body_bytes {
             return Err(Failure::new(
                 ErrorCode::TooLarge,
@@ -145,7 +144,7 @@ impl Ctx<'_> {
         conv: &ConvId,
         seq: u64,
         status: ReceiptStatus,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         let last = self.require_member(conv, false)?;
         if seq > last {
             return Err(Failure::bad(format!(
@@ -204,12 +203,12 @@ impl Ctx<'_> {
                 ts: self.now,
                 useq: Some(useq),
             };
-            out.push(Outgoing::event(topics::inbox(&member), &event));
+            out.push(Effect::event(&member, &event));
         }
         Ok(out)
     }
 
-    pub(super) fn typing(&self, conv: &ConvId) -> Result<Vec<Outgoing>, Failure> {
+    pub(super) fn typing(&self, conv: &ConvId) -> Result<Vec<Effect>, Failure> {
         self.require_member(conv, false)?;
         let event = encode(&Event::Typing {
             conv: conv.clone(),
@@ -219,10 +218,8 @@ impl Ctx<'_> {
             .members(conv)?
             .into_iter()
             .filter(|m| m != self.user)
-            .map(|m| Outgoing {
-                topic: topics::inbox(&m),
-                qos: QoS::AtMostOnce,
-                retain: false,
+            .map(|user| Effect::Transient {
+                user,
                 payload: event.clone(),
             })
             .collect())
@@ -233,7 +230,7 @@ impl Ctx<'_> {
         id: &RequestId,
         after: u64,
         limit: Option<u32>,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         let limit = self.page(limit, DEFAULT_PAGE)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT i.useq, i.conv, i.seq, i.rstatus, i.ruser, i.rts,
@@ -283,7 +280,7 @@ impl Ctx<'_> {
         conv: &ConvId,
         before: Option<u64>,
         limit: Option<u32>,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         let limit = self.page(limit, DEFAULT_PAGE)?;
         let (from, to) = match self.require_member(conv, false) {
             Ok(last) => {
@@ -332,109 +329,5 @@ impl Ctx<'_> {
             events,
             more,
         })])
-    }
-}
-
-/// Builds a `message` or `member` event from an `events` row whose columns
-/// `ts, kind, sender, device, req_id, body, action, target` start at `at`.
-pub(super) fn event_from_row(
-    r: &Row<'_>,
-    at: usize,
-    conv: &str,
-    seq: u64,
-    useq: Option<u64>,
-) -> rusqlite::Result<Option<Event>> {
-    let ts: u64 = r.get(at)?;
-    let kind: String = r.get(at + 1)?;
-    let sender: String = r.get(at + 2)?;
-    let device: String = r.get(at + 3)?;
-    let req_id: Option<String> = r.get(at + 4)?;
-    let body: Option<String> = r.get(at + 5)?;
-    let action: Option<String> = r.get(at + 6)?;
-    let target: Option<String> = r.get(at + 7)?;
-    let (Ok(conv), Ok(from)) = (ConvId::parse(conv), UserId::parse(&sender)) else {
-        return Ok(None);
-    };
-    Ok(match kind.as_str() {
-        "message" => req_id
-            .and_then(|id| RequestId::parse(&id).ok())
-            .map(|id| Event::Message {
-                conv,
-                seq,
-                ts,
-                from,
-                device,
-                id,
-                body: body.unwrap_or_default(),
-                useq,
-            }),
-        "member" => target
-            .and_then(|t| UserId::parse(&t).ok())
-            .map(|user| Event::Member {
-                conv,
-                seq,
-                ts,
-                action: action.unwrap_or_default(),
-                user,
-                by: from,
-                name: body.unwrap_or_default(),
-                useq,
-            }),
-        _ => None,
-    })
-}
-
-fn receipt_from_row(
-    conv: &str,
-    seq: u64,
-    status: &str,
-    user: Option<String>,
-    ts: Option<u64>,
-    useq: u64,
-) -> Option<Event> {
-    let status = match status {
-        "delivered" => ReceiptStatus::Delivered,
-        "read" => ReceiptStatus::Read,
-        _ => return None,
-    };
-    Some(Event::Receipt {
-        conv: ConvId::parse(conv).ok()?,
-        user: UserId::parse(&user?).ok()?,
-        seq,
-        status,
-        ts: ts.unwrap_or(0),
-        useq: Some(useq),
-    })
-}
-
-/// Keeps a reply under the largest packet: the first item always fits.
-pub(super) struct Budget {
-    left: usize,
-    first: bool,
-}
-
-impl Budget {
-    pub(super) fn new(max: usize) -> Self {
-        // Room for the reply's own fields.
-        Self {
-            left: max.saturating_sub(512),
-            first: true,
-        }
-    }
-
-    fn take(&mut self, event: &Event) -> bool {
-        self.take_bytes(encode(event).len())
-    }
-
-    /// Takes room for an item of `bytes` (and its separating comma), if it fits.
-    pub(super) fn take_bytes(&mut self, bytes: usize) -> bool {
-        let size = bytes + 1;
-        if self.first || size <= self.left {
-            self.first = false;
-            self.left = self.left.saturating_sub(size);
-            true
-        } else {
-            false
-        }
     }
 }

@@ -6,12 +6,11 @@
 //! the aggregate changes.
 
 use messenger_protocol::wire::Status;
-use messenger_protocol::{topics, DeviceId, UserId};
-use rumqttc::QoS;
+use messenger_protocol::{DeviceId, UserId};
 use rusqlite::{params, Connection, OptionalExtension};
 use tracing::warn;
 
-use crate::outbox::Outgoing;
+use crate::Effect;
 
 /// Records a device's presence; returns the status publish if the user's aggregate changed.
 ///
@@ -24,7 +23,7 @@ pub(crate) fn update(
     online: bool,
     now: u64,
     max_devices: usize,
-) -> rusqlite::Result<Vec<Outgoing>> {
+) -> rusqlite::Result<Vec<Effect>> {
     let known = conn
         .prepare_cached(
             "UPDATE devices SET online = ?3, changed_ms = ?4 WHERE user = ?1 AND device = ?2",
@@ -50,7 +49,7 @@ pub(crate) fn device_count(conn: &Connection, user: &UserId) -> rusqlite::Result
 }
 
 /// Recomputes a user's aggregate and returns the status publish if it changed.
-fn aggregate(conn: &Connection, user: &UserId, now: u64) -> rusqlite::Result<Vec<Outgoing>> {
+fn aggregate(conn: &Connection, user: &UserId, now: u64) -> rusqlite::Result<Vec<Effect>> {
     let any_online: bool = conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM devices WHERE user = ?1 AND online = 1)")?
         .query_row([user.as_str()], |r| r.get(0))?;
@@ -74,18 +73,12 @@ fn aggregate(conn: &Connection, user: &UserId, now: u64) -> rusqlite::Result<Vec
     Ok(vec![status(user, any_online, last_seen)])
 }
 
-fn status(user: &UserId, online: bool, last_seen: Option<u64>) -> Outgoing {
-    let body = Status {
+fn status(user: &UserId, online: bool, last_seen: Option<u64>) -> Effect {
+    Effect::status(&Status {
         user: user.clone(),
         online,
         last_seen,
-    };
-    Outgoing {
-        topic: topics::status(user),
-        qos: QoS::AtLeastOnce,
-        retain: true,
-        payload: serde_json::to_vec(&body).unwrap_or_default(),
-    }
+    })
 }
 
 /// Marks offline every device that looks online but has no open connection.
@@ -93,7 +86,7 @@ pub(crate) fn reconcile(
     conn: &Connection,
     is_connected: &dyn Fn(&str) -> bool,
     now: u64,
-) -> rusqlite::Result<Vec<Outgoing>> {
+) -> rusqlite::Result<Vec<Effect>> {
     // Only rows that exist are updated, so no device cap applies.
     let no_cap = usize::MAX;
     let online: Vec<(String, String)> = conn
@@ -115,7 +108,7 @@ pub(crate) fn reconcile(
 }
 
 /// Every user's current status, to publish again after the broker lost its retained messages.
-pub(crate) fn all(conn: &Connection) -> rusqlite::Result<Vec<Outgoing>> {
+pub(crate) fn all(conn: &Connection) -> rusqlite::Result<Vec<Effect>> {
     let rows: Vec<(String, bool, Option<u64>)> = conn
         .prepare_cached("SELECT user, online, last_seen FROM presence")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?

@@ -5,9 +5,9 @@ use messenger_protocol::wire::{ConversationItem, Event, MemberItem, RequestId, R
 use messenger_protocol::{ConvId, UserId};
 use rusqlite::params;
 
-use super::messages::Budget;
+use super::rows::Budget;
 use super::Ctx;
-use crate::outbox::{Failure, Outgoing};
+use crate::{Effect, Failure};
 
 /// Default page size of `conversations`.
 const DEFAULT_CONVERSATIONS: u32 = 50;
@@ -65,7 +65,7 @@ impl Ctx<'_> {
         id: &RequestId,
         limit: Option<u32>,
         cursor: Option<&str>,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         let limit = self.page(limit, DEFAULT_CONVERSATIONS)?;
         let cursor = cursor.map(Cursor::parse).transpose()?;
         let (after_seq, after_conv) = match &cursor {
@@ -169,7 +169,7 @@ impl Ctx<'_> {
         conv: &ConvId,
         after: Option<&UserId>,
         limit: Option<u32>,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         let limit = self.page(limit, DEFAULT_MEMBERS)?;
         self.require_member(conv, false)?;
         let (rows, mut more) = self.member_rows(conv, after, limit)?;

@@ -28,7 +28,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tracing::{debug, warn};
 
-use crate::store::{self, StoreError};
+use super::open_checkpointer;
+use crate::StoreError;
 
 /// How often committed pages are copied from the WAL into the database file.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(200);
@@ -90,7 +91,7 @@ impl Checkpointer {
     /// Opens its own connection to the database at `path` and starts the thread.
     /// `restart_frames` is [`RESTART_FRAMES`] but in tests.
     pub(crate) fn start(path: PathBuf, restart_frames: i64) -> Result<Self, StoreError> {
-        let conn = store::open_checkpointer(&path)?;
+        let conn = open_checkpointer(&path)?;
         let wal = Arc::new(Wal {
             lock: Mutex::new(()),
             frames: AtomicI64::new(0),
@@ -99,9 +100,9 @@ impl Checkpointer {
         let (stop, stopped) = mpsc::channel();
         let shared = wal.clone();
         let thread = std::thread::Builder::new()
-            .name("bridge-checkpoint".into())
+            .name("store-checkpoint".into())
             .spawn(move || run(&conn, &shared, &stopped))
-            .map_err(|e| StoreError::Thread(e.to_string()))?;
+            .map_err(StoreError::Thread)?;
         Ok(Self { wal, stop, thread })
     }
 
@@ -150,9 +151,9 @@ fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)
 mod tests {
     use std::time::Instant;
 
+    use super::super::{open, WAL_SIZE_LIMIT};
     use super::*;
     use crate::config::Durability;
-    use crate::store::WAL_SIZE_LIMIT;
 
     fn size(path: &std::path::Path) -> u64 {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
@@ -167,7 +168,7 @@ mod tests {
     }
 
     fn filler(path: &std::path::Path, durability: Durability) -> Connection {
-        let writer = store::open(path, durability).unwrap();
+        let writer = open(path, durability).unwrap();
         writer
             .execute_batch("CREATE TABLE IF NOT EXISTS filler (k INTEGER PRIMARY KEY, v BLOB)")
             .unwrap();

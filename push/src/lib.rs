@@ -1,9 +1,14 @@
 //! Push notifications to users with no device online, through APNs and FCM.
 //!
+//! The crate knows no storage: what to push comes in as [`Notification`]s, and
+//! tokens that a push service calls dead go back out as [`DeadToken`]s for the
+//! store to delete.
+//!
 //! # Layout
 //!
 //! - this file: what the writer hands over ([`Notification`]), the bounded
 //!   [`Queue`] between the writer and the workers, counters, and building the service.
+//! - [`config`]: the `[push]` settings.
 //! - `dispatch`: the worker: coalescing per (user, conversation), one request in
 //!   flight per token, retries, dropping dead tokens.
 //! - `apns`: the APNs provider API (HTTP/2, ES256 provider tokens).
@@ -13,19 +18,21 @@
 //! over after the commit) -> [`Queue`] (never blocks; full drops the oldest)
 //! -> dispatcher (waits out the coalescing window) -> one task per token and request.
 
+pub mod config;
+
 mod apns;
 mod dispatch;
 mod fcm;
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use messenger_protocol::wire::Platform;
 use messenger_protocol::{ConvId, UserId};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -61,7 +68,19 @@ pub enum PushError {
     Http(#[from] reqwest::Error),
 }
 
-/// The wire name of a platform (also what the `push_tokens` table stores).
+/// A token a push service called dead: to delete unless it was registered
+/// again after `not_after_ms` (the service may have seen it die before that).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadToken {
+    /// Its push service.
+    pub platform: Platform,
+    /// The token.
+    pub token: String,
+    /// When it was seen dead, ms since the epoch.
+    pub not_after_ms: u64,
+}
+
+/// The wire name of a platform.
 pub(crate) fn platform_name(platform: Platform) -> &'static str {
     match platform {
         Platform::Apns => "apns",
@@ -71,26 +90,28 @@ pub(crate) fn platform_name(platform: Platform) -> &'static str {
 
 /// What a notification says; shared by every token it goes to.
 #[derive(Debug)]
-pub(crate) struct Alert {
+pub struct Alert {
     /// Who it is for.
-    pub(crate) user: UserId,
+    pub user: UserId,
     /// The conversation (also the collapse and thread id).
-    pub(crate) conv: ConvId,
+    pub conv: ConvId,
     /// The message's seq.
-    pub(crate) seq: u64,
+    pub seq: u64,
     /// The sender, or "group name: sender".
-    pub(crate) title: String,
+    pub title: String,
     /// A preview of the text, or "New message".
-    pub(crate) body: String,
+    pub body: String,
     /// The user's unread messages across conversations when the message was stored.
-    pub(crate) badge: u64,
+    pub badge: u64,
 }
 
 /// One token to push to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
-    pub(crate) platform: Platform,
-    pub(crate) token: String,
+pub struct Target {
+    /// Its push service.
+    pub platform: Platform,
+    /// The device's token there.
+    pub token: String,
 }
 
 impl std::hash::Hash for Target {
@@ -102,9 +123,11 @@ impl std::hash::Hash for Target {
 
 /// A notification for one user, to each of their tokens.
 #[derive(Debug)]
-pub(crate) struct Notification {
-    pub(crate) alert: Arc<Alert>,
-    pub(crate) targets: Vec<Target>,
+pub struct Notification {
+    /// What it says.
+    pub alert: Arc<Alert>,
+    /// The user's tokens.
+    pub targets: Vec<Target>,
 }
 
 /// Counters of what became of notifications since start.
@@ -144,7 +167,7 @@ impl Stats {
 /// (the lock is held for a few instructions); when full, the oldest pending
 /// notification is dropped, counted and logged.
 #[derive(Debug)]
-pub(crate) struct Queue {
+pub struct Queue {
     items: Mutex<VecDeque<Notification>>,
     /// At least 1.
     capacity: usize,
@@ -168,7 +191,7 @@ impl Queue {
     }
 
     /// Adds a notification, dropping the oldest pending one if the queue is full.
-    pub(crate) fn push(&self, notification: Notification) {
+    pub fn push(&self, notification: Notification) {
         Stats::add(&self.stats.queued);
         let dropped = {
             let mut items = self.lock();
@@ -200,14 +223,15 @@ impl Queue {
 
 /// Where the writer hands notifications, and how they read.
 #[derive(Debug, Clone)]
-pub(crate) struct Sink {
-    pub(crate) queue: Arc<Queue>,
+pub struct Sink {
+    /// Where notifications wait for the dispatcher.
+    pub queue: Arc<Queue>,
     /// Whether notifications show the message's text.
-    pub(crate) preview: bool,
+    pub preview: bool,
 }
 
 /// The push service: clients for the configured providers and the dispatcher's settings.
-pub(crate) struct Service {
+pub struct Service {
     shared: Arc<dispatch::Shared>,
     queue: Arc<Queue>,
     preview: bool,
@@ -215,9 +239,12 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    /// Reads the keys and builds the clients (blocking: files). `db` is the SQLite
-    /// file, for deleting dead tokens.
-    pub(crate) fn new(config: &PushConfig, db: &Path) -> Result<Self, PushError> {
+    /// Reads the keys and builds the clients (blocking: files). Tokens a push
+    /// service calls dead are sent on `dead`.
+    pub fn new(
+        config: &PushConfig,
+        dead: mpsc::UnboundedSender<DeadToken>,
+    ) -> Result<Self, PushError> {
         let http = http_client(config)?;
         let apns = config
             .apns
@@ -238,7 +265,13 @@ impl Service {
             "push notifications on"
         );
         Ok(Self {
-            shared: Arc::new(dispatch::Shared::new(apns, fcm, config, db, stats.clone())),
+            shared: Arc::new(dispatch::Shared::new(
+                apns,
+                fcm,
+                config,
+                dead,
+                stats.clone(),
+            )),
             queue: Arc::new(Queue::new(config.queue_size, stats)),
             preview: config.preview,
             coalesce: Duration::from_millis(config.coalesce_ms),
@@ -246,7 +279,7 @@ impl Service {
     }
 
     /// Where the writer hands notifications.
-    pub(crate) fn sink(&self) -> Sink {
+    pub fn sink(&self) -> Sink {
         Sink {
             queue: self.queue.clone(),
             preview: self.preview,
@@ -254,7 +287,7 @@ impl Service {
     }
 
     /// Runs the dispatcher until `shutdown`; what is pending then is dropped.
-    pub(crate) async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let stats = self.shared.stats.clone();
         dispatch::run(self.shared, self.queue, self.coalesce, shutdown).await;
         info!(

@@ -6,15 +6,13 @@
 //! [`MAX_TOKENS_PER_USER`] (the oldest go). What a notification says (title,
 //! preview, badge) is computed here, inside the transaction that stores the message.
 
-use std::sync::Arc;
-
 use messenger_protocol::wire::{ErrorCode, Event, Platform, RequestId};
 use messenger_protocol::{ConvId, UserId};
-use rusqlite::params;
+use rusqlite::{params, Connection};
 
 use super::Ctx;
-use crate::outbox::{Failure, Outgoing};
-use crate::push::{platform_name, Alert, Notification, Target};
+use crate::Notification;
+use crate::{Effect, Failure};
 
 /// Longest token accepted, in bytes.
 pub(crate) const MAX_TOKEN_BYTES: usize = 4096;
@@ -27,11 +25,44 @@ pub(crate) const HIDDEN_BODY: &str = "New message";
 
 /// Whether stored messages call for notifications, and what they show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Notify {
+pub enum Notify {
     /// Push is not configured: compute nothing.
     Off,
     /// Push is on; `preview` shows the message's text.
-    On { preview: bool },
+    On {
+        /// Whether a notification shows the message's text.
+        preview: bool,
+    },
+}
+
+/// The name the `push_tokens` table stores a platform by.
+pub(super) fn platform_name(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Apns => "apns",
+        Platform::Fcm => "fcm",
+    }
+}
+
+/// Deletes a token a push service called dead, unless it was registered again
+/// after `not_after_ms`; logs which.
+pub(super) fn forget(
+    conn: &Connection,
+    platform: Platform,
+    token: &str,
+    not_after_ms: u64,
+) -> rusqlite::Result<()> {
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM push_tokens WHERE platform = ?1 AND token = ?2 AND registered_ms <= ?3",
+        )?
+        .execute(params![platform_name(platform), token, not_after_ms])?;
+    if deleted == 0 {
+        tracing::info!(
+            platform = platform_name(platform),
+            "dead push token was registered again since (or is gone): kept"
+        );
+    }
+    Ok(())
 }
 
 fn platform_from(name: &str) -> Option<Platform> {
@@ -82,7 +113,7 @@ fn preview(body: &str) -> String {
 }
 
 impl Ctx<'_> {
-    fn ack_id(&self, id: &RequestId) -> Outgoing {
+    fn ack_id(&self, id: &RequestId) -> Effect {
         self.reply(&Event::Ack {
             id: id.clone(),
             conv: None,
@@ -96,7 +127,7 @@ impl Ctx<'_> {
         id: &RequestId,
         platform: Platform,
         token: &str,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         check_token(platform, token)?;
         let platform = platform_name(platform);
         self.conn
@@ -126,7 +157,7 @@ impl Ctx<'_> {
         id: &RequestId,
         platform: Platform,
         token: &str,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         check_token(platform, token)?;
         self.conn
             .prepare_cached(
@@ -141,7 +172,7 @@ impl Ctx<'_> {
         id: &RequestId,
         conv: &ConvId,
         until: Option<u64>,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Effect>, Failure> {
         self.require_member(conv, false)?;
         if until == Some(0) {
             self.conn
@@ -197,12 +228,12 @@ impl Ctx<'_> {
         } else {
             HIDDEN_BODY.to_owned()
         };
-        let mut by_user: Vec<(String, Vec<Target>)> = Vec::new();
+        let mut by_user: Vec<(String, Vec<(Platform, String)>)> = Vec::new();
         for (user, platform, token) in rows {
             let Some(platform) = platform_from(&platform) else {
                 continue;
             };
-            let target = Target { platform, token };
+            let target = (platform, token);
             match by_user.last_mut() {
                 Some((last, targets)) if *last == user => targets.push(target),
                 _ => by_user.push((user, vec![target])),
@@ -215,14 +246,12 @@ impl Ctx<'_> {
             };
             let badge = self.unread_total(&user)?;
             pushes.push(Notification {
-                alert: Arc::new(Alert {
-                    user,
-                    conv: conv.clone(),
-                    seq,
-                    title: title.clone(),
-                    body: text.clone(),
-                    badge,
-                }),
+                user,
+                conv: conv.clone(),
+                seq,
+                title: title.clone(),
+                body: text.clone(),
+                badge,
                 targets,
             });
         }
@@ -262,6 +291,27 @@ mod tests {
         assert!(check_token(Platform::Apns, "../x").is_err());
         assert!(check_token(Platform::Fcm, "a/b").is_err());
         assert!(check_token(Platform::Fcm, "a b").is_err());
+    }
+
+    #[test]
+    fn a_dead_token_registered_again_since_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            super::super::open(&dir.path().join("m.db"), crate::config::Durability::Os).unwrap();
+        conn.execute(
+            "INSERT INTO push_tokens (platform, token, user, device, registered_ms)
+             VALUES ('apns', 'aa', 'u', 'd', 5000)",
+            [],
+        )
+        .unwrap();
+        let count = || -> u32 {
+            conn.query_row("SELECT COUNT(*) FROM push_tokens", [], |r| r.get(0))
+                .unwrap()
+        };
+        forget(&conn, Platform::Apns, "aa", 4999).unwrap();
+        assert_eq!(count(), 1, "registered after APNs saw it die: kept");
+        forget(&conn, Platform::Apns, "aa", 5000).unwrap();
+        assert_eq!(count(), 0);
     }
 
     #[test]

@@ -9,14 +9,12 @@
 //! pair), so a token never has more than one request in flight.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use messenger_protocol::wire::Platform;
 use messenger_protocol::{ConvId, UserId};
 use rand::Rng;
-use rusqlite::params;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -25,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::apns::Apns;
 use super::fcm::Fcm;
-use super::{platform_name, Alert, Notification, Outcome, Queue, Stats, Target};
+use super::{platform_name, Alert, DeadToken, Notification, Outcome, Queue, Stats, Target};
 use crate::config::PushConfig;
 
 /// The longest wait between retries, whatever `Retry-After` asks.
@@ -36,8 +34,8 @@ pub(super) struct Shared {
     apns: Option<Apns>,
     fcm: Option<Fcm>,
     pub(super) stats: Arc<Stats>,
-    /// The SQLite file, to delete dead tokens.
-    db: PathBuf,
+    /// Where dead tokens go, for the store to delete.
+    dead: mpsc::UnboundedSender<DeadToken>,
     /// Bounds the requests in flight at once (`push.concurrency`).
     permits: Semaphore,
     max_retries: u32,
@@ -49,14 +47,14 @@ impl Shared {
         apns: Option<Apns>,
         fcm: Option<Fcm>,
         config: &PushConfig,
-        db: &Path,
+        dead: mpsc::UnboundedSender<DeadToken>,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
             apns,
             fcm,
             stats,
-            db: db.to_path_buf(),
+            dead,
             permits: Semaphore::new(config.concurrency.max(1)),
             max_retries: config.max_retries,
             retry_base: Duration::from_millis(config.retry_base_ms.max(1)),
@@ -282,12 +280,17 @@ async fn deliver(shared: &Shared, target: &Target, alert: &Alert) {
             Outcome::Unregistered { reason, since_ms } => {
                 Stats::add(&shared.stats.unregistered);
                 info!(platform, token, user = %alert.user, reason, "push token is no longer valid: deleting it");
-                forget(
-                    shared.db.clone(),
-                    target.clone(),
-                    since_ms.unwrap_or(sent_ms),
-                )
-                .await;
+                let dead = DeadToken {
+                    platform: target.platform,
+                    token: target.token.clone(),
+                    not_after_ms: since_ms.unwrap_or(sent_ms),
+                };
+                if shared.dead.send(dead).is_err() {
+                    warn!(
+                        platform,
+                        "cannot hand over a dead push token: the bridge is stopping"
+                    );
+                }
                 return;
             }
             Outcome::Reauthorize { reason } if !reauthorized => {
@@ -345,55 +348,9 @@ async fn deliver(shared: &Shared, target: &Target, alert: &Alert) {
     }
 }
 
-/// Deletes a dead token unless it was registered again after `not_after_ms`,
-/// on its own short-lived connection, off the async workers.
-async fn forget(db: PathBuf, target: Target, not_after_ms: u64) {
-    let platform = platform_name(target.platform);
-    let result = tokio::task::spawn_blocking(move || -> rusqlite::Result<usize> {
-        let conn = messenger_accounts::open_sqlite(&db)?;
-        conn.execute(
-            "DELETE FROM push_tokens WHERE platform = ?1 AND token = ?2 AND registered_ms <= ?3",
-            params![platform, target.token, not_after_ms],
-        )
-    })
-    .await;
-    match result {
-        Ok(Ok(0)) => info!(platform, "dead push token was registered again since: kept"),
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => warn!(cause = %err, "cannot delete a dead push token"),
-        Err(err) => warn!(cause = %err, "cannot delete a dead push token"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Durability;
-
-    #[tokio::test]
-    async fn a_dead_token_registered_again_since_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("m.db");
-        let conn = crate::store::open(&db, Durability::Os).unwrap();
-        conn.execute(
-            "INSERT INTO push_tokens (platform, token, user, device, registered_ms)
-             VALUES ('apns', 'aa', 'u', 'd', 5000)",
-            [],
-        )
-        .unwrap();
-        let count = || -> u32 {
-            conn.query_row("SELECT COUNT(*) FROM push_tokens", [], |r| r.get(0))
-                .unwrap()
-        };
-        let target = Target {
-            platform: Platform::Apns,
-            token: "aa".into(),
-        };
-        forget(db.clone(), target.clone(), 4999).await;
-        assert_eq!(count(), 1, "registered after APNs saw it die: kept");
-        forget(db.clone(), target, 5000).await;
-        assert_eq!(count(), 0);
-    }
 
     #[test]
     fn backoff_doubles_within_jitter_and_is_bounded() {

@@ -1,0 +1,136 @@
+//! The storage settings: the `[storage]` and `[limits]` tables.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// A setting that parses but makes no sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The value breaks the setting's rule.
+    #[error("{key} must {rule}")]
+    Invalid {
+        /// The setting, as written in the configuration (`limits.max_page`).
+        key: &'static str,
+        /// What it must be.
+        rule: String,
+    },
+}
+
+impl ConfigError {
+    /// The value of `key` breaks `rule`.
+    pub fn invalid(key: &'static str, rule: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            rule: rule.into(),
+        }
+    }
+}
+
+/// When a commit counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Every commit is fsynced before its acks go out (`synchronous = FULL`):
+    /// nothing acked is lost even if the machine loses power.
+    Fsync,
+    /// Commits reach the OS but are not fsynced (`synchronous = NORMAL` in WAL
+    /// mode): survives a crash of the process, not of the machine.
+    Os,
+}
+
+/// Where and how conversations are stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The SQLite file (shared with the account store).
+    pub path: PathBuf,
+    /// The durability policy.
+    pub durability: Durability,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/messenger.db"),
+            durability: Durability::Fsync,
+        }
+    }
+}
+
+/// Limits on requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest page of `sync` and `history`.
+    pub max_page: u32,
+    /// Largest group.
+    pub max_group_members: usize,
+    /// Longest group name, in characters.
+    pub max_group_name_chars: usize,
+    /// Most devices (distinct device ids with presence or a device token) per user.
+    pub max_devices_per_user: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            max_page: 500,
+            max_group_members: 1024,
+            max_group_name_chars: 100,
+            max_devices_per_user: 50,
+        }
+    }
+}
+
+impl Limits {
+    /// The largest request payload the bridge accepts: a body at its limit,
+    /// JSON-escaped in the worst case (`\u00XX`, 6 bytes a byte), plus the envelope.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_body_bytes * 6 + 4096
+    }
+
+    /// The largest reply the bridge publishes (a page of `sync` or `history` is cut to fit):
+    /// room for the largest single event plus its envelope.
+    pub fn max_reply_bytes(&self) -> usize {
+        self.max_request_bytes() + 8 * 1024
+    }
+
+    /// Checks values that parse but make no sense, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes == 0 || self.max_body_bytes > 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                "limits.max_body_bytes",
+                "be between 1 and 1048576",
+            ));
+        }
+        if self.max_page == 0 || self.max_page > 10_000 {
+            return Err(ConfigError::invalid(
+                "limits.max_page",
+                "be between 1 and 10000",
+            ));
+        }
+        if self.max_group_members < 2 || self.max_group_members > 100_000 {
+            return Err(ConfigError::invalid(
+                "limits.max_group_members",
+                "be between 2 and 100000",
+            ));
+        }
+        if self.max_group_name_chars == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_group_name_chars",
+                "be at least 1",
+            ));
+        }
+        if self.max_devices_per_user == 0 || self.max_devices_per_user > 10_000 {
+            return Err(ConfigError::invalid(
+                "limits.max_devices_per_user",
+                "be between 1 and 10000",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! The messenger's durable state and every rule that decides what is stored:
+//! sequencing (`seq`, `useq`), membership, receipts, presence rows, push
+//! registrations, and what removing an account takes with it.
+//!
+//! The store takes decoded requests and other [`Input`]s in batches and returns
+//! domain [`Outcome`]s: the reply to the requesting device, the events for each
+//! user's inbox, status changes, and the push notifications for users with no
+//! device online. It knows no transport: no topic, QoS or connection appears
+//! here; the bridge maps outcomes onto MQTT.
+//!
+//! # Layout
+//!
+//! - this file: the [`Store`] interface, its [`Input`]s and errors.
+//! - [`config`]: the `[storage]` and `[limits]` settings.
+//! - `outcome`: [`Outcome`], [`Effect`], [`Notification`].
+//! - `failure`: [`Failure`], why a request failed.
+//! - [`sqlite`]: the SQLite engine ([`SqliteStore`]).
+
+pub mod config;
+mod failure;
+mod outcome;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use messenger_protocol::wire::{Platform, Request};
+use messenger_protocol::{DeviceId, UserId};
+
+pub use failure::{Failure, MAX_MESSAGE_BYTES};
+pub use outcome::{Effect, Notification, Outcome, Payload};
+pub use sqlite::{remove_user, Notify, SqliteStore};
+
+/// Failures of the store as a whole (a request's own failures are [`Failure`]s,
+/// answered in its [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("storage: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The account store refused (e.g. removing a user who does not exist).
+    #[error(transparent)]
+    Account(#[from] messenger_accounts::AccountsError),
+    /// A storage thread could not be started.
+    #[error("storage: cannot start a thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Answers whether a client id (`<user>:<device>`) has an open connection.
+pub type Liveness = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Something for the store to handle.
+#[derive(Debug)]
+pub enum Input {
+    /// A device's decoded request.
+    Request {
+        /// Who sent it.
+        user: UserId,
+        /// From which device.
+        device: DeviceId,
+        /// The request.
+        request: Request,
+    },
+    /// A device came online or went offline.
+    Presence {
+        /// Whose device.
+        user: UserId,
+        /// Which.
+        device: DeviceId,
+        /// Online or offline.
+        online: bool,
+    },
+    /// Mark offline the devices that look online but have no connection.
+    Reconcile,
+    /// Every user's status again (whoever kept them lost them).
+    Republish,
+    /// A push service called a token dead: delete it unless it was registered
+    /// again after `not_after_ms`.
+    ForgetToken {
+        /// Its push service.
+        platform: Platform,
+        /// The token.
+        token: String,
+        /// When it was seen dead, ms since the epoch.
+        not_after_ms: u64,
+    },
+}
+
+/// A storage engine. One thread owns it and hands it batches.
+pub trait Store: Send {
+    /// Handles `inputs` in one transaction at the server time `now` (ms since the
+    /// epoch): one [`Outcome`] per input, in order, once the batch is durable. A
+    /// request that fails changes nothing and its outcome is the `error` reply;
+    /// an `Err` means nothing of the batch was stored.
+    fn process(&mut self, inputs: Vec<Input>, now: u64) -> Result<Vec<Outcome>, StoreError>;
+
+    /// Housekeeping between batches (the caller has handed the last outcomes on).
+    fn between_batches(&mut self);
+}

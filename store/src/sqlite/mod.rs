@@ -1,0 +1,280 @@
+//! The SQLite engine: one connection, owned by the thread that calls
+//! `Store::process`, committing each batch in one transaction.
+//!
+//! Each request runs in its own savepoint (a failed one rolls back alone and
+//! changes nothing); `seq` (per conversation) and `useq` (per user) are assigned
+//! in the same transaction that stores the event, so both are gap-free. WAL
+//! checkpoints run on a thread of their own (`checkpoint`), never in a commit.
+//!
+//! # Layout
+//!
+//! - `context`: the per-request context and what every handler shares.
+//! - `messages`, `groups`, `conversations`, `pushes`: the handlers, by request.
+//! - `presence`: device rows and each user's aggregate.
+//! - `rows`: stored rows back into events; the reply byte budget.
+//! - `removal`: what removing an account takes with it.
+//! - `schema`: the tables and their migrations.
+
+mod checkpoint;
+mod context;
+mod conversations;
+mod groups;
+mod messages;
+mod presence;
+mod pushes;
+pub(crate) mod removal;
+mod rows;
+mod schema;
+
+pub use pushes::Notify;
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::Arc;
+
+use messenger_protocol::wire::{ErrorCode, Request};
+use messenger_protocol::{DeviceId, UserId};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use tracing::error;
+
+use self::checkpoint::{Checkpointer, Wal};
+use self::context::Ctx;
+use crate::config::{Durability, Limits, StorageConfig};
+use crate::{Effect, Failure, Input, Liveness, Outcome, StoreError};
+
+/// The writer's page cache, in KiB.
+const CACHE_KIB: i64 = 16 * 1024;
+
+/// Bytes the WAL file is cut back to when it is rewound.
+pub(crate) const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// The store on a SQLite file (shared with the account store).
+pub struct SqliteStore {
+    conn: Connection,
+    limits: Limits,
+    notify: Notify,
+    liveness: Option<Liveness>,
+    wal: Arc<Wal>,
+    /// Taken on drop, to stop the thread.
+    checkpointer: Option<Checkpointer>,
+}
+
+impl SqliteStore {
+    /// Opens the file (migrating it) and starts the checkpoint thread. Blocking.
+    ///
+    /// `notify` says whether stored messages call for push notifications;
+    /// `liveness`, where the broker can tell, which client ids are connected
+    /// (devices that look online without one are then marked offline on
+    /// [`Input::Reconcile`]).
+    pub fn open(
+        config: &StorageConfig,
+        limits: Limits,
+        notify: Notify,
+        liveness: Option<Liveness>,
+    ) -> Result<Self, StoreError> {
+        let conn = open(&config.path, config.durability)?;
+        let checkpointer = Checkpointer::start(config.path.clone(), checkpoint::RESTART_FRAMES)?;
+        Ok(Self {
+            conn,
+            limits,
+            notify,
+            liveness,
+            wal: checkpointer.wal(),
+            checkpointer: Some(checkpointer),
+        })
+    }
+}
+
+impl crate::Store for SqliteStore {
+    fn process(&mut self, inputs: Vec<Input>, now: u64) -> Result<Vec<Outcome>, StoreError> {
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let outcome = match input {
+                Input::Request {
+                    user,
+                    device,
+                    request,
+                } => {
+                    let scope = Scope {
+                        limits: &self.limits,
+                        notify: self.notify,
+                        now,
+                    };
+                    scope.request(&mut tx, &user, &device, request)?
+                }
+                Input::Presence {
+                    user,
+                    device,
+                    online,
+                } => effects(presence::update(
+                    &tx,
+                    &user,
+                    &device,
+                    online,
+                    now,
+                    self.limits.max_devices_per_user,
+                )?),
+                Input::Reconcile => match &self.liveness {
+                    Some(is_connected) => {
+                        effects(presence::reconcile(&tx, is_connected.as_ref(), now)?)
+                    }
+                    None => Outcome::default(),
+                },
+                Input::Republish => effects(presence::all(&tx)?),
+                Input::ForgetToken {
+                    platform,
+                    token,
+                    not_after_ms,
+                } => {
+                    pushes::forget(&tx, platform, &token, not_after_ms)?;
+                    Outcome::default()
+                }
+            };
+            outcomes.push(outcome);
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    fn between_batches(&mut self) {
+        self.wal.rewind_if_due(&self.conn);
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
+        }
+    }
+}
+
+/// What every request of a batch shares.
+struct Scope<'a> {
+    limits: &'a Limits,
+    notify: Notify,
+    now: u64,
+}
+
+impl Scope<'_> {
+    /// Handles one request in its savepoint: committed with its outcome, or rolled
+    /// back and answered with an `error` reply. Only a failure of the savepoint
+    /// itself is an error (it fails the batch).
+    fn request(
+        &self,
+        tx: &mut Transaction<'_>,
+        user: &UserId,
+        device: &DeviceId,
+        request: Request,
+    ) -> rusqlite::Result<Outcome> {
+        let id = request.id().map(|i| i.to_string());
+        let sp = tx.savepoint()?;
+        let (handled, notifications) = {
+            let ctx = Ctx {
+                conn: &sp,
+                user,
+                device,
+                limits: self.limits,
+                now: self.now,
+                notify: self.notify,
+                pushes: RefCell::new(Vec::new()),
+            };
+            let handled = ctx.handle(request).and_then(|out| fits(out, self.limits));
+            (handled, ctx.pushes.take())
+        };
+        Ok(match handled {
+            Ok(effects) => {
+                sp.commit()?;
+                Outcome {
+                    effects,
+                    notifications,
+                }
+            }
+            // Dropping the savepoint rolls the request back.
+            Err(failure) => Outcome {
+                effects: vec![Effect::reply(&failure.reply(id))],
+                notifications: Vec::new(),
+            },
+        })
+    }
+}
+
+fn effects(effects: Vec<Effect>) -> Outcome {
+    Outcome {
+        effects,
+        notifications: Vec::new(),
+    }
+}
+
+/// Refuses an outcome with a payload over the largest reply (`limits.max_reply_bytes`,
+/// under the broker's packet limit): the request is then rolled back and answered
+/// `too_large`. Pages are cut to fit before this; it is the last line of defence
+/// that keeps a transport from refusing what the store produced.
+fn fits(out: Vec<Effect>, limits: &Limits) -> Result<Vec<Effect>, Failure> {
+    let max = limits.max_reply_bytes();
+    match out.iter().map(|o| o.payload().len()).max() {
+        Some(largest) if largest > max => {
+            error!(
+                bytes = largest,
+                max, "a reply or event would be over the packet limit; request refused"
+            );
+            Err(Failure::new(
+                ErrorCode::TooLarge,
+                format!("the reply would be over the limit of {max} bytes"),
+            ))
+        }
+        _ => Ok(out),
+    }
+}
+
+/// Opens the SQLite file with the durability policy and runs migrations.
+pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let mut conn = messenger_accounts::open_sqlite(path)?;
+    let sync = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Os => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    // Every request runs in its own savepoint; its statement journal stays in memory
+    // instead of a temporary file written (not synced) for every request.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoints run on their own thread (`checkpoint`), never in a commit;
+    // a WAL rewound after a burst is cut back to this size.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    // The pages a batch touches stay cached from one batch to the next (SQLite's
+    // default of 2 MiB re-read them from the file and spilled dirty pages mid-batch).
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    // Every statement of every request kind stays prepared (rusqlite keeps 16).
+    conn.set_prepared_statement_cache_capacity(128);
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Creates or updates the account tables and the store's tables.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    messenger_accounts::migrate(conn)?;
+    messenger_accounts::schema::migrate(conn, "bridge", schema::MIGRATIONS)?;
+    Ok(())
+}
+
+/// Removes an account and everything it owned in the conversations (see
+/// `sqlite::removal`), in one transaction on the shared SQLite file at `path`: safe
+/// while a store runs on it, which sees either all of it or none.
+pub fn remove_user(path: &Path, user: &UserId) -> Result<(), StoreError> {
+    let mut conn = messenger_accounts::open_sqlite(path)?;
+    migrate(&mut conn)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    messenger_accounts::remove_user(&tx, user)?;
+    removal::purge_user(&tx, user)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Opens the connection the checkpoint thread uses (same durability rules as SQLite's own checkpoints).
+fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    Ok(messenger_accounts::open_sqlite(path)?)
+}

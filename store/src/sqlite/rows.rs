@@ -1,0 +1,120 @@
+//! Reading stored events back: a row of `events` or `inbox` as the event it
+//! was published as, and the byte budget that keeps a page under the reply limit.
+
+use messenger_protocol::wire::{Event, ReceiptStatus, RequestId};
+use messenger_protocol::{ConvId, UserId};
+use rusqlite::Row;
+
+use crate::outcome::encode;
+
+/// The event with the recipient's inbox sequence number.
+pub(super) fn with_useq(mut event: Event, value: u64) -> Event {
+    if let Event::Member { useq, .. } | Event::Message { useq, .. } = &mut event {
+        *useq = Some(value);
+    }
+    event
+}
+
+/// Builds a `message` or `member` event from an `events` row whose columns
+/// `ts, kind, sender, device, req_id, body, action, target` start at `at`.
+pub(super) fn event_from_row(
+    r: &Row<'_>,
+    at: usize,
+    conv: &str,
+    seq: u64,
+    useq: Option<u64>,
+) -> rusqlite::Result<Option<Event>> {
+    let ts: u64 = r.get(at)?;
+    let kind: String = r.get(at + 1)?;
+    let sender: String = r.get(at + 2)?;
+    let device: String = r.get(at + 3)?;
+    let req_id: Option<String> = r.get(at + 4)?;
+    let body: Option<String> = r.get(at + 5)?;
+    let action: Option<String> = r.get(at + 6)?;
+    let target: Option<String> = r.get(at + 7)?;
+    let (Ok(conv), Ok(from)) = (ConvId::parse(conv), UserId::parse(&sender)) else {
+        return Ok(None);
+    };
+    Ok(match kind.as_str() {
+        "message" => req_id
+            .and_then(|id| RequestId::parse(&id).ok())
+            .map(|id| Event::Message {
+                conv,
+                seq,
+                ts,
+                from,
+                device,
+                id,
+                body: body.unwrap_or_default(),
+                useq,
+            }),
+        "member" => target
+            .and_then(|t| UserId::parse(&t).ok())
+            .map(|user| Event::Member {
+                conv,
+                seq,
+                ts,
+                action: action.unwrap_or_default(),
+                user,
+                by: from,
+                name: body.unwrap_or_default(),
+                useq,
+            }),
+        _ => None,
+    })
+}
+
+pub(super) fn receipt_from_row(
+    conv: &str,
+    seq: u64,
+    status: &str,
+    user: Option<String>,
+    ts: Option<u64>,
+    useq: u64,
+) -> Option<Event> {
+    let status = match status {
+        "delivered" => ReceiptStatus::Delivered,
+        "read" => ReceiptStatus::Read,
+        _ => return None,
+    };
+    Some(Event::Receipt {
+        conv: ConvId::parse(conv).ok()?,
+        user: UserId::parse(&user?).ok()?,
+        seq,
+        status,
+        ts: ts.unwrap_or(0),
+        useq: Some(useq),
+    })
+}
+
+/// Keeps a reply under the largest packet: the first item always fits.
+pub(super) struct Budget {
+    left: usize,
+    first: bool,
+}
+
+impl Budget {
+    pub(super) fn new(max: usize) -> Self {
+        // Room for the reply's own fields.
+        Self {
+            left: max.saturating_sub(512),
+            first: true,
+        }
+    }
+
+    pub(super) fn take(&mut self, event: &Event) -> bool {
+        self.take_bytes(encode(event).len())
+    }
+
+    /// Takes room for an item of `bytes` (and its separating comma), if it fits.
+    pub(super) fn take_bytes(&mut self, bytes: usize) -> bool {
+        let size = bytes + 1;
+        if self.first || size <= self.left {
+            self.first = false;
+            self.left = self.left.saturating_sub(size);
+            true
+        } else {
+            false
+        }
+    }
+}
