@@ -102,3 +102,75 @@ async fn bad_listen_address_in_environment_exits_64() {
         assert!(is_free(ws));
     }
 }
+
+/// A part of `serve` that fails is noticed: the bridge's writer is made to panic
+/// at its first batch (a debug-build test hook: a `<database>.fail-writer` file),
+/// and the process logs the part and why, stops the broker and exits non-zero,
+/// without waiting for a signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_bridge_stops_serve_with_the_part_named() {
+    let messenger = Messenger::new();
+    messenger
+        .run(&["user", "add", "alice", "--password", "alice-pw"])
+        .await
+        .ok();
+    let mut marker = messenger.db().into_os_string();
+    marker.push(".fail-writer");
+    std::fs::write(&marker, b"").expect("marker");
+    let mut server = messenger.spawn_serve(free_addr(), free_addr());
+    let status = server.exit_status(crate::util::PATIENCE).await;
+    let log = server.log();
+    assert!(!status.success(), "{status}:\n{log}");
+    assert_ne!(status.code(), Some(EXIT_CONFIG), "{log}");
+    assert!(
+        log.contains("part=\"bridge\"") && log.contains("writer") && log.contains("panicked"),
+        "{log}"
+    );
+    assert!(is_free(server.mqtt) && is_free(server.ws));
+}
+
+/// Bad `[bridge]` settings found only by parsing them: exit 64 naming the key,
+/// before anything listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparsable_bridge_broker_exits_64_without_binding() {
+    let messenger = Messenger::new();
+    let (mqtt, ws) = (free_addr(), free_addr());
+    let mut cmd = messenger.command(&["bridge"]);
+    cmd.env("MESSENGER_BRIDGE__BROKER", "no-port-here");
+    let outcome = messenger.run_command(cmd).await;
+    assert_eq!(outcome.status.code(), Some(EXIT_CONFIG), "{outcome:#?}");
+    assert!(outcome.stderr.contains("bridge.broker"), "{outcome:#?}");
+    // `serve` checks it too, although it uses its own broker.
+    let mut cmd = messenger.command(&["serve"]);
+    cmd.env("MESSENGER_BRIDGE__BROKER", "no-port-here")
+        .env("MESSENGER_BROKER__LISTEN", mqtt.to_string())
+        .env("MESSENGER_BROKER__WS_LISTEN", ws.to_string());
+    let outcome = messenger.run_command(cmd).await;
+    assert_eq!(outcome.status.code(), Some(EXIT_CONFIG), "{outcome:#?}");
+    assert!(outcome.stderr.contains("bridge.broker"), "{outcome:#?}");
+    assert!(!outcome.stderr.contains("listening"), "{outcome:#?}");
+    assert!(is_free(mqtt) && is_free(ws));
+}
+
+/// A push key file that is missing: exit 64 naming the setting and the file,
+/// before anything listens (the broker used to be listening by then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_apns_key_file_exits_64_without_binding() {
+    let messenger = Messenger::new();
+    let (mqtt, ws) = (free_addr(), free_addr());
+    let mut cmd = messenger.command(&["serve"]);
+    cmd.env("MESSENGER_BROKER__LISTEN", mqtt.to_string())
+        .env("MESSENGER_BROKER__WS_LISTEN", ws.to_string())
+        .env("MESSENGER_PUSH__APNS__KEY_PATH", "missing-key.p8")
+        .env("MESSENGER_PUSH__APNS__KEY_ID", "ABC123DEFG")
+        .env("MESSENGER_PUSH__APNS__TEAM_ID", "TEAM123456")
+        .env("MESSENGER_PUSH__APNS__TOPIC", "com.example.chat");
+    let outcome = messenger.run_command(cmd).await;
+    assert_eq!(outcome.status.code(), Some(EXIT_CONFIG), "{outcome:#?}");
+    assert!(
+        outcome.stderr.contains("push.apns.key_path") && outcome.stderr.contains("missing-key.p8"),
+        "{outcome:#?}"
+    );
+    assert!(!outcome.stderr.contains("listening"), "{outcome:#?}");
+    assert!(is_free(mqtt) && is_free(ws));
+}

@@ -279,7 +279,7 @@ impl Parts {
             "writer",
             match joined {
                 Ok(Ok(())) => None,
-                Ok(Err(panic)) => Some(panic_message(&panic)),
+                Ok(Err(panic)) => Some(panic_message(&*panic)),
                 Err(e) => Some(e.to_string()),
             },
         );

@@ -135,6 +135,13 @@ impl Messenger {
 
     /// `messenger serve` on these addresses (e.g. again, after [`Server::kill`]).
     pub(crate) async fn serve_on(&self, mqtt: SocketAddr, ws: SocketAddr) -> Server {
+        let mut server = self.spawn_serve(mqtt, ws);
+        server.wait_until_accepting().await;
+        server
+    }
+
+    /// `messenger serve` on these addresses, without waiting for anything.
+    pub(crate) fn spawn_serve(&self, mqtt: SocketAddr, ws: SocketAddr) -> Server {
         let log = self.dir.path().join("serve.log");
         let mut cmd = self.command(&["serve"]);
         cmd.env("MESSENGER_BROKER__LISTEN", mqtt.to_string())
@@ -143,14 +150,12 @@ impl Messenger {
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"));
         let child = cmd.spawn().expect("spawning messenger serve");
-        let mut server = Server {
+        Server {
             child,
             mqtt,
             ws,
             log,
-        };
-        server.wait_until_accepting().await;
-        server
+        }
     }
 }
 
