@@ -53,7 +53,7 @@ async fn member_event(
     action: &str,
 ) -> messenger_client::Member {
     expect(events, |e| match e {
-        ClientEvent::Member(m) if m.action == action => Some(m),
+        ClientEvent::Member(m) if m.action.as_str() == action => Some(m),
         _ => None,
     })
     .await

@@ -324,6 +324,35 @@ async fn device_ids_per_user_are_capped() {
             .expect("rows")
     };
     assert_eq!(devices, ["d0", "d1", "d2"]);
+    // The broker keeps no retained presence of the refused ids either: the bridge
+    // cleared each. A service client sees the retained ones, then a fresh publish
+    // of d0 (the positive control that the retained ones came first).
+    let mut probe = server
+        .raw("_bridge:probe", crate::util::BRIDGE_PASSWORD)
+        .connect()
+        .await
+        .expect("service client");
+    probe.subscribe(&["presence/+/+"]).await;
+    mallory.publish("presence/alice/d0", "online", true).await;
+    let mut retained = Vec::new();
+    loop {
+        let (topic, body) = probe.next_publish().await;
+        if topic == "presence/alice/d0" && body == "online" {
+            break;
+        }
+        if topic.starts_with("presence/alice/") {
+            retained.push(topic);
+        }
+    }
+    retained.sort();
+    assert_eq!(
+        retained,
+        [
+            "presence/alice/d0",
+            "presence/alice/d1",
+            "presence/alice/d2"
+        ]
+    );
     // The `raw` device is a fourth: no token for it; a known device still gets one.
     let refused = mallory
         .reply("alice", br#"{"type":"token","id":"t1"}"#)

@@ -159,6 +159,8 @@ fn work_of(publish: &Publish) -> Work {
             let online = match &publish.payload[..] {
                 b"online" => true,
                 b"offline" => false,
+                // The bridge's own clearing of a refused device's retained presence.
+                b"" => return Work::Skip,
                 other => {
                     warn!(%user, %device, payload = %String::from_utf8_lossy(other), "presence payload is neither online nor offline");
                     return Work::Skip;

@@ -30,6 +30,13 @@ impl Outgoing {
             Effect::Transient { user, payload } => {
                 (topics::inbox(&user), QoS::AtMostOnce, false, payload)
             }
+            // An empty retained publish deletes the retained presence.
+            Effect::Forget { user, device } => (
+                topics::presence(&user, &device),
+                QoS::AtLeastOnce,
+                true,
+                Vec::new(),
+            ),
             // Retained: a client that subscribes later gets the current status.
             Effect::Status { user, payload } => {
                 (topics::status(&user), QoS::AtLeastOnce, true, payload)

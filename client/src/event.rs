@@ -1,6 +1,6 @@
 //! What the client hands to the app: events, acks, history pages.
 
-use messenger_protocol::wire::{self, ReceiptStatus, RequestId, Status};
+use messenger_protocol::wire::{self, MemberAction, ReceiptStatus, RequestId, Status};
 use messenger_protocol::{ConvId, UserId};
 
 use crate::error::RefusalCode;
@@ -53,7 +53,7 @@ pub struct Member {
     /// When the server stored it.
     pub ts: u64,
     /// `created`, `added`, `removed` or `left`.
-    pub action: String,
+    pub action: MemberAction,
     /// Who joined or went.
     pub user: UserId,
     /// Who did it.

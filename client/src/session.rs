@@ -116,7 +116,10 @@ pub(crate) struct Session {
 
 impl Session {
     /// A session for `user`'s `device`, whose inbox was applied up to `cursor`.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the session owns each of these channels and handles"
+    )]
     pub(crate) fn new(
         user: UserId,
         device: &DeviceId,

@@ -24,7 +24,11 @@ pub fn may_publish(who: &Principal, topic: &str) -> bool {
     match (who, Topic::parse(topic)) {
         (Principal::User(u), Some(Topic::Out(owner, _) | Topic::Presence(owner, _))) => *u == owner,
         (Principal::User(_), _) => false,
-        (Principal::Service, Some(Topic::Inbox(_) | Topic::Dev(..) | Topic::Status(_))) => true,
+        // Presence: only to clear the retained presence of a device the bridge refuses.
+        (
+            Principal::Service,
+            Some(Topic::Inbox(_) | Topic::Dev(..) | Topic::Status(_) | Topic::Presence(..)),
+        ) => true,
         (Principal::Service, _) => false,
     }
 }
@@ -83,7 +87,8 @@ pub fn mosquitto_acl(service_user: &str) -> String {
          topic read {PRESENCE_FILTER}\n\
          topic write chat/+/inbox\n\
          topic write chat/+/dev/+\n\
-         topic write status/+\n"
+         topic write status/+\n\
+         topic write {PRESENCE_FILTER}\n"
     )
 }
 
@@ -157,7 +162,7 @@ mod tests {
         assert!(may_publish(&s, "chat/bob/dev/phone"));
         assert!(may_publish(&s, "status/bob"));
         assert!(!may_publish(&s, "chat/bob/out/phone"));
-        assert!(!may_publish(&s, "presence/bob/phone"));
+        assert!(may_publish(&s, "presence/bob/phone"));
         assert!(!may_will(&s, "presence/bob/phone"));
     }
 

@@ -11,14 +11,19 @@ use crate::ids::{ConvId, UserId};
 #[serde(transparent)]
 pub struct RequestId(String);
 
+/// A request id of the wrong length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request id must be 1 to 64 characters, got {0}")]
+pub struct BadRequestId(pub usize);
+
 impl RequestId {
     /// Validates the length (1 to 64 characters).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, BadRequestId> {
         let n = s.chars().count();
         if (1..=64).contains(&n) {
             Ok(Self(s.to_owned()))
         } else {
-            Err(format!("request id must be 1 to 64 characters, got {n}"))
+            Err(BadRequestId(n))
         }
     }
 
@@ -268,6 +273,45 @@ impl Request {
     }
 }
 
+/// What a `member` event says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberAction {
+    /// The group was created (`user` is its creator).
+    Created,
+    /// `user` was added by `by`.
+    Added,
+    /// `user` was removed by `by`.
+    Removed,
+    /// `user` left.
+    Left,
+}
+
+impl MemberAction {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Added => "added",
+            Self::Removed => "removed",
+            Self::Left => "left",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Created, Self::Added, Self::Removed, Self::Left]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for MemberAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A group member's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -457,8 +501,8 @@ pub enum Event {
         seq: u64,
         /// When it was stored.
         ts: u64,
-        /// `created`, `added`, `removed` or `left`.
-        action: String,
+        /// What happened.
+        action: MemberAction,
         /// Who joined or went.
         user: UserId,
         /// Who did it.

@@ -1,7 +1,7 @@
 //! How the chat commands print events: one line each.
 
 use messenger_client::{ClientEvent, Member, Message, Receipt};
-use messenger_protocol::wire::{ReceiptStatus, Status};
+use messenger_protocol::wire::{MemberAction, ReceiptStatus, Status};
 use messenger_protocol::{ConvId, UserId};
 
 /// One line for any event (`listen`).
@@ -42,10 +42,10 @@ pub(super) fn chat_message_line(me: &UserId, m: &Message) -> String {
 
 /// A membership change.
 pub(super) fn member_line(m: &Member) -> String {
-    let what = match m.action.as_str() {
-        "created" => format!("{} created the group {:?}", m.by, m.name),
-        "left" => format!("{} left", m.user),
-        action => format!("{} {action} {}", m.by, m.user),
+    let what = match m.action {
+        MemberAction::Created => format!("{} created the group {:?}", m.by, m.name),
+        MemberAction::Left => format!("{} left", m.user),
+        action => format!("{} {} {}", m.by, action.as_str(), m.user),
     };
     format!("[{} #{} {}] {what}", m.conv, m.seq, format_ts(m.ts))
 }

@@ -3,7 +3,7 @@
 //! to the requesting device, never to a transport: the bridge picks topics.
 
 use messenger_protocol::wire::{Event, Platform, Status};
-use messenger_protocol::{ConvId, UserId};
+use messenger_protocol::{ConvId, DeviceId, UserId};
 use tracing::error;
 
 /// A JSON payload, serialized once when the effect is made.
@@ -28,6 +28,14 @@ pub enum Effect {
         user: UserId,
         /// The event.
         payload: Payload,
+    },
+    /// A device's presence was refused (the user has the most devices allowed):
+    /// whatever keeps device presence (a retained message) should forget it.
+    Forget {
+        /// Whose device.
+        user: UserId,
+        /// Which.
+        device: DeviceId,
     },
     /// The user's aggregated presence changed: kept until the next change.
     Status {
@@ -67,6 +75,7 @@ impl Effect {
             | Self::Event { payload, .. }
             | Self::Transient { payload, .. }
             | Self::Status { payload, .. } => payload,
+            Self::Forget { .. } => &[],
         }
     }
 }

@@ -87,14 +87,15 @@ impl Ctx<'_> {
     }
 
     /// The conversation's row: (kind, name, last_seq), if it exists.
-    pub(super) fn conversation(
-        &self,
-        conv: &ConvId,
-    ) -> rusqlite::Result<Option<(String, String, u64)>> {
+    pub(super) fn conversation(&self, conv: &ConvId) -> rusqlite::Result<Option<ConvRow>> {
         self.conn
             .prepare_cached("SELECT kind, name, last_seq FROM conversations WHERE conv = ?1")?
             .query_row([conv.to_string()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok(ConvRow {
+                    kind: Kind::from_column(&r.get::<_, String>(0)?),
+                    name: r.get(1)?,
+                    last_seq: r.get(2)?,
+                })
             })
             .optional()
     }
@@ -141,8 +142,8 @@ impl Ctx<'_> {
                 ));
             }
             let other = if self.user == a { b } else { a };
-            if let Some((_, _, last)) = self.conversation(conv)? {
-                return self.rejoin_direct(conv, other, last, create);
+            if let Some(row) = self.conversation(conv)? {
+                return self.rejoin_direct(conv, other, row.last_seq, create);
             }
             self.require_user(other)?;
             if create {
@@ -159,7 +160,7 @@ impl Ctx<'_> {
             }
             return Ok(0);
         }
-        let Some((_, _, last)) = self.conversation(conv)? else {
+        let Some(ConvRow { last_seq: last, .. }) = self.conversation(conv)? else {
             return Err(Failure::new(
                 ErrorCode::UnknownConversation,
                 format!("no conversation {conv}"),
@@ -462,6 +463,41 @@ pub(super) fn id_taken(id: &RequestId) -> Failure {
     Failure::bad(format!(
         "request id {id} was already used by another kind of request"
     ))
+}
+
+/// A conversation's kind, as the `conversations` table keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A 1-1 conversation (`dm`).
+    Direct,
+    /// A group (`group`).
+    Group,
+}
+
+impl Kind {
+    /// The column's value.
+    pub(super) fn as_column(self) -> &'static str {
+        match self {
+            Self::Direct => "dm",
+            Self::Group => "group",
+        }
+    }
+
+    /// Reads the column (anything but `group` is a 1-1 conversation).
+    pub(super) fn from_column(s: &str) -> Self {
+        if s == Self::Group.as_column() {
+            Self::Group
+        } else {
+            Self::Direct
+        }
+    }
+}
+
+/// A row of `conversations`.
+pub(super) struct ConvRow {
+    pub(super) kind: Kind,
+    pub(super) name: String,
+    pub(super) last_seq: u64,
 }
 
 /// A row of `members`.

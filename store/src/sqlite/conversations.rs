@@ -5,6 +5,7 @@ use messenger_protocol::wire::{ConversationItem, Event, MemberItem, RequestId, R
 use messenger_protocol::{ConvId, UserId};
 use rusqlite::params;
 
+use super::context::Kind;
 use super::rows::Budget;
 use super::Ctx;
 use crate::{Effect, Failure};
@@ -51,7 +52,7 @@ impl Cursor {
 /// A row of the conversation list.
 struct Row {
     conv: String,
-    kind: String,
+    kind: Kind,
     name: String,
     last_seq: u64,
     read_seq: u64,
@@ -88,7 +89,7 @@ impl Ctx<'_> {
                 |r| {
                     Ok(Row {
                         conv: r.get(0)?,
-                        kind: r.get(1)?,
+                        kind: Kind::from_column(&r.get::<_, String>(1)?),
                         name: r.get(2)?,
                         last_seq: r.get(3)?,
                         read_seq: r.get(4)?,
@@ -138,7 +139,7 @@ impl Ctx<'_> {
         };
         let name = match conv.direct_members() {
             Some((a, b)) => if a == self.user { b } else { a }.to_string(),
-            None if row.kind == "dm" => String::new(),
+            None if row.kind == Kind::Direct => String::new(),
             None => row.name.clone(),
         };
         let (members, more) = self.member_rows(&conv, None, MEMBERS_SHOWN)?;

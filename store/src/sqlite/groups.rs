@@ -1,7 +1,7 @@
 //! Group membership: create, add, remove, leave. Each change is a `member`
 //! event in the group's timeline, with its own seq.
 
-use messenger_protocol::wire::{ErrorCode, Event, RequestId};
+use messenger_protocol::wire::{ErrorCode, Event, MemberAction, RequestId};
 use messenger_protocol::{ConvId, GroupId, UserId};
 use rand::RngCore;
 use rusqlite::{params, OptionalExtension};
@@ -49,13 +49,12 @@ impl Ctx<'_> {
     }
 
     /// Stores a member event and delivers it to `to`.
-    #[allow(clippy::too_many_arguments)]
     fn member_event(
         &self,
         id: &RequestId,
         conv: &ConvId,
         name: &str,
-        action: &str,
+        action: MemberAction,
         user: &UserId,
         to: &[UserId],
     ) -> Result<(u64, Vec<Effect>), Failure> {
@@ -73,14 +72,14 @@ impl Ctx<'_> {
                 self.device.as_str(),
                 id.as_str(),
                 name,
-                action,
+                action.as_str(),
                 user.as_str()
             ])?;
         let event = Event::Member {
             conv: conv.clone(),
             seq,
             ts: self.now,
-            action: action.to_owned(),
+            action,
             user: user.clone(),
             by: self.user.clone(),
             name: name.to_owned(),
@@ -97,7 +96,7 @@ impl Ctx<'_> {
             return Err(Failure::bad(format!("{conv} is not a group")));
         }
         self.require_member(conv, false)?;
-        Ok(self.conversation(conv)?.map(|c| c.1).unwrap_or_default())
+        Ok(self.conversation(conv)?.map(|c| c.name).unwrap_or_default())
     }
 
     pub(super) fn group_create(
@@ -150,8 +149,14 @@ impl Ctx<'_> {
             )?;
         }
         let creator = self.user.clone();
-        let (_, out) =
-            self.member_event(id, &conv, name, "created", &creator, &self.members(&conv)?)?;
+        let (_, out) = self.member_event(
+            id,
+            &conv,
+            name,
+            MemberAction::Created,
+            &creator,
+            &self.members(&conv)?,
+        )?;
         Ok(out)
     }
 
@@ -176,7 +181,7 @@ impl Ctx<'_> {
         }
         let mut members = self.members(conv)?;
         self.require_group_size(members.len() + 1)?;
-        let seq = self.conversation(conv)?.map_or(0, |c| c.2) + 1;
+        let seq = self.conversation(conv)?.map_or(0, |c| c.last_seq) + 1;
         // Joins see history from their joining on, and have nothing unread from before.
         self.conn.execute(
             "INSERT INTO members (conv, user, role, joined_seq, read_seq, delivered_seq) VALUES (?1, ?2, 'member', ?3, ?3, ?3)
@@ -184,7 +189,8 @@ impl Ctx<'_> {
             params![conv.to_string(), user.as_str(), seq],
         )?;
         members.push(user.clone());
-        let (stored, out) = self.member_event(id, conv, &name, "added", user, &members)?;
+        let (stored, out) =
+            self.member_event(id, conv, &name, MemberAction::Added, user, &members)?;
         debug_assert_eq!(stored, seq);
         Ok(out)
     }
@@ -218,7 +224,8 @@ impl Ctx<'_> {
             ));
         }
         let members = self.members(conv)?;
-        let (seq, out) = self.member_event(id, conv, &name, "removed", user, &members)?;
+        let (seq, out) =
+            self.member_event(id, conv, &name, MemberAction::Removed, user, &members)?;
         self.conn.execute(
             "UPDATE members SET left_seq = ?3 WHERE conv = ?1 AND user = ?2",
             params![conv.to_string(), user.as_str(), seq],
@@ -241,7 +248,7 @@ impl Ctx<'_> {
     fn leave(&self, id: &RequestId, conv: &ConvId, name: &str) -> Result<Vec<Effect>, Failure> {
         let members = self.members(conv)?;
         let me = self.user.clone();
-        let (seq, out) = self.member_event(id, conv, name, "left", &me, &members)?;
+        let (seq, out) = self.member_event(id, conv, name, MemberAction::Left, &me, &members)?;
         self.conn.execute(
             "UPDATE members SET left_seq = ?3, role = 'member' WHERE conv = ?1 AND user = ?2",
             params![conv.to_string(), me.as_str(), seq],

@@ -5,6 +5,8 @@
 //! last device goes offline. `status/<user>` is published (retained) only when
 //! the aggregate changes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use messenger_protocol::wire::Status;
 use messenger_protocol::{DeviceId, UserId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -31,8 +33,11 @@ pub(crate) fn update(
         .execute(params![user.as_str(), device.as_str(), online, now])?;
     if known == 0 {
         if device_count(conn, user)? >= max_devices {
-            warn!(%user, %device, max_devices, "presence refused: the user has the most devices allowed (limits.max_devices_per_user)");
-            return Ok(Vec::new());
+            refused(user, device, max_devices);
+            return Ok(vec![Effect::Forget {
+                user: user.clone(),
+                device: device.clone(),
+            }]);
         }
         conn.prepare_cached(
             "INSERT INTO devices (user, device, online, changed_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -40,6 +45,26 @@ pub(crate) fn update(
         .execute(params![user.as_str(), device.as_str(), online, now])?;
     }
     aggregate(conn, user, now)
+}
+
+/// Logs a refused device, at most once a second (a client can send any number).
+fn refused(user: &UserId, device: &DeviceId, max_devices: usize) {
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 1000
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let also = SUPPRESSED.swap(0, Ordering::Relaxed);
+        warn!(%user, %device, max_devices, refused_since_last_log = also, "presence refused: the user has the most devices allowed (limits.max_devices_per_user)");
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How many devices the user has had presence from.

@@ -10,6 +10,7 @@ use messenger_protocol::wire::{ErrorCode, Event, Platform, RequestId};
 use messenger_protocol::{ConvId, UserId};
 use rusqlite::{params, Connection};
 
+use super::context::{ConvRow, Kind};
 use super::Ctx;
 use crate::Notification;
 use crate::{Effect, Failure};
@@ -220,7 +221,11 @@ impl Ctx<'_> {
             return Ok(());
         }
         let title = match self.conversation(conv)? {
-            Some((kind, name, _)) if kind == "group" => format!("{name}: {}", self.user),
+            Some(ConvRow {
+                kind: Kind::Group,
+                name,
+                ..
+            }) => format!("{name}: {}", self.user),
             _ => self.user.to_string(),
         };
         let text = if show {

@@ -1,7 +1,7 @@
 //! Reading stored events back: a row of `events` or `inbox` as the event it
 //! was published as, and the byte budget that keeps a page under the reply limit.
 
-use messenger_protocol::wire::{Event, ReceiptStatus, RequestId};
+use messenger_protocol::wire::{Event, MemberAction, ReceiptStatus, RequestId};
 use messenger_protocol::{ConvId, UserId};
 use rusqlite::Row;
 
@@ -50,11 +50,12 @@ pub(super) fn event_from_row(
             }),
         "member" => target
             .and_then(|t| UserId::parse(&t).ok())
-            .map(|user| Event::Member {
+            .zip(action.as_deref().and_then(MemberAction::parse))
+            .map(|(user, action)| Event::Member {
                 conv,
                 seq,
                 ts,
-                action: action.unwrap_or_default(),
+                action,
                 user,
                 by: from,
                 name: body.unwrap_or_default(),
