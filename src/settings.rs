@@ -80,7 +80,7 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        self.broker.validate().map_err(anyhow::Error::msg)?;
+        self.broker.validate()?;
         self.limits.validate()?;
         self.push.validate()?;
         self.bridge.validate()?;

@@ -4,6 +4,29 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+/// A setting that parses but makes no sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The value breaks the setting's rule.
+    #[error("{key} must {rule}")]
+    Invalid {
+        /// The setting, as written in the configuration (`broker.listen`).
+        key: &'static str,
+        /// What it must be.
+        rule: String,
+    },
+}
+
+impl ConfigError {
+    /// The value of `key` breaks `rule`.
+    pub fn invalid(key: &'static str, rule: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            rule: rule.into(),
+        }
+    }
+}
+
 /// Settings of the embedded broker.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -80,53 +103,90 @@ impl Default for BrokerConfig {
 
 impl BrokerConfig {
     /// Checks values that parse but make no sense, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_packet_bytes < 1024 || self.max_packet_bytes > 16 * 1024 * 1024 {
-            return Err("broker.max_packet_bytes must be between 1024 and 16777216".into());
+            return Err(ConfigError::invalid(
+                "broker.max_packet_bytes",
+                "be between 1024 and 16777216",
+            ));
         }
         if self.segment_bytes < 1024 {
-            return Err("broker.segment_bytes must be at least 1024".into());
+            return Err(ConfigError::invalid(
+                "broker.segment_bytes",
+                "be at least 1024",
+            ));
         }
         if self.service_segment_bytes < self.segment_bytes {
-            return Err(
-                "broker.service_segment_bytes must be at least broker.segment_bytes".into(),
-            );
+            return Err(ConfigError::invalid(
+                "broker.service_segment_bytes",
+                "be at least broker.segment_bytes",
+            ));
         }
         if self.service_inflight == 0 {
-            return Err("broker.service_inflight must be between 1 and 65535".into());
+            return Err(ConfigError::invalid(
+                "broker.service_inflight",
+                "be between 1 and 65535",
+            ));
         }
         if self.segment_count == 0 {
-            return Err("broker.segment_count must be at least 1".into());
+            return Err(ConfigError::invalid(
+                "broker.segment_count",
+                "be at least 1",
+            ));
         }
         if self.max_connections == 0 {
-            return Err("broker.max_connections must be at least 1".into());
+            return Err(ConfigError::invalid(
+                "broker.max_connections",
+                "be at least 1",
+            ));
         }
-        if self.connect_timeout_ms == 0 || self.ws_handshake_timeout_ms == 0 {
-            return Err(
-                "broker.connect_timeout_ms and broker.ws_handshake_timeout_ms must be above 0"
-                    .into(),
-            );
+        if self.connect_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "broker.connect_timeout_ms",
+                "be above 0",
+            ));
+        }
+        if self.ws_handshake_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "broker.ws_handshake_timeout_ms",
+                "be above 0",
+            ));
         }
         if self.revocation_poll_ms == 0 {
-            return Err("broker.revocation_poll_ms must be above 0".into());
+            return Err(ConfigError::invalid(
+                "broker.revocation_poll_ms",
+                "be above 0",
+            ));
         }
-        if self.sign_in_free_failures == 0 || self.sign_in_free_failures_per_address == 0 {
-            return Err(
-                "broker.sign_in_free_failures and broker.sign_in_free_failures_per_address must be at least 1"
-                    .into(),
-            );
+        if self.sign_in_free_failures == 0 {
+            return Err(ConfigError::invalid(
+                "broker.sign_in_free_failures",
+                "be at least 1",
+            ));
+        }
+        if self.sign_in_free_failures_per_address == 0 {
+            return Err(ConfigError::invalid(
+                "broker.sign_in_free_failures_per_address",
+                "be at least 1",
+            ));
         }
         if self.sign_in_backoff_ms == 0 || self.sign_in_backoff_ms > self.sign_in_max_backoff_ms {
-            return Err(
-                "broker.sign_in_backoff_ms must be above 0 and at most broker.sign_in_max_backoff_ms"
-                    .into(),
-            );
+            return Err(ConfigError::invalid(
+                "broker.sign_in_backoff_ms",
+                "be above 0 and at most broker.sign_in_max_backoff_ms",
+            ));
         }
         if self.sign_in_max_backoff_ms > 3_600_000 {
-            return Err("broker.sign_in_max_backoff_ms must be at most 3600000 (an hour)".into());
+            return Err(ConfigError::invalid(
+                "broker.sign_in_max_backoff_ms",
+                "be at most 3600000 (an hour)",
+            ));
         }
         if self.sign_in_failure_delay_ms > 10_000 {
-            return Err("broker.sign_in_failure_delay_ms must be at most 10000".into());
+            return Err(ConfigError::invalid(
+                "broker.sign_in_failure_delay_ms",
+                "be at most 10000",
+            ));
         }
         Ok(())
     }
