@@ -144,29 +144,11 @@ impl Prepared {
         let store = bridge
             .open_store(push.as_ref().map(|(s, _)| s.sink()))
             .await?;
-        let max_packet = bridge
-            .limits
-            .max_reply_bytes()
-            .max(bridge.limits.max_request_bytes())
-            * 2;
-        let options = mqtt::options(
-            &address,
-            format!("{}:{}", bridge.config.username, bridge.config.instance),
-            &bridge.config.username,
-            &bridge.config.password,
-            bridge.config.mqtt_keepalive(),
-            max_packet,
-        );
-        let (producer, mut producer_loop) =
-            AsyncClient::new(mqtt::producer_options(&options, max_packet), 10_000);
-        producer_loop.set_network_options(mqtt::network());
-        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-        eventloop.set_network_options(mqtt::network());
+        let (consumer, producer) = bridge.connections(&address);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let (batches_tx, batches_rx) = mpsc::channel(64);
         let (done_tx, done_rx) = oneshot::channel();
         let epoch = Arc::new(AtomicU64::new(0));
-
         if bridge.liveness.is_some() {
             tokio::spawn(reconcile(
                 jobs_tx.clone(),
@@ -179,14 +161,9 @@ impl Prepared {
             tokio::spawn(forget_dead_tokens(dead, jobs_tx.clone(), shutdown.clone()));
             tokio::spawn(service.run(shutdown.clone()))
         });
-        let limits = bridge.limits.clone();
-        let writer = std::thread::Builder::new()
-            .name("bridge-writer".into())
-            .spawn(move || writer::run(store, &limits, sink, jobs_rx, batches_tx))
-            .map_err(|e| BridgeError::Part {
-                part: "writer",
-                cause: format!("cannot start its thread: {e}"),
-            })?;
+        let writer = spawn_writer(store, bridge.limits.clone(), sink, jobs_rx, batches_tx)?;
+        let (client, eventloop) = consumer;
+        let (producer, producer_loop) = producer;
         let parts = Parts {
             writer,
             producer: tokio::spawn(mqtt::produce(producer_loop, shutdown.clone())),
@@ -218,7 +195,52 @@ impl Prepared {
     }
 }
 
+/// Starts the writer thread.
+fn spawn_writer(
+    store: Box<dyn Store>,
+    limits: Limits,
+    sink: Option<messenger_push::Sink>,
+    jobs: mpsc::UnboundedReceiver<writer::Job>,
+    batches: mpsc::Sender<writer::Batch>,
+) -> Result<std::thread::JoinHandle<()>, BridgeError> {
+    std::thread::Builder::new()
+        .name("bridge-writer".into())
+        .spawn(move || writer::run(store, &limits, sink, jobs, batches))
+        .map_err(|e| BridgeError::Part {
+            part: "writer",
+            cause: format!("cannot start its thread: {e}"),
+        })
+}
+
+/// An MQTT client and its event loop.
+type Connection = (AsyncClient, rumqttc::EventLoop);
+
 impl Bridge {
+    /// The two connections to the broker: the consumer (`<username>:<instance>`,
+    /// a persistent session that takes requests and acks them) and the producer
+    /// (`<instance>-out`, which publishes); see `mqtt`.
+    fn connections(&self, address: &BrokerAddress) -> (Connection, Connection) {
+        let max_packet = self
+            .limits
+            .max_reply_bytes()
+            .max(self.limits.max_request_bytes())
+            * 2;
+        let options = mqtt::options(
+            address,
+            format!("{}:{}", self.config.username, self.config.instance),
+            &self.config.username,
+            &self.config.password,
+            self.config.mqtt_keepalive(),
+            max_packet,
+        );
+        let (producer, mut producer_loop) =
+            AsyncClient::new(mqtt::producer_options(&options, max_packet), 10_000);
+        producer_loop.set_network_options(mqtt::network());
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        eventloop.set_network_options(mqtt::network());
+        ((client, eventloop), (producer, producer_loop))
+    }
+
     /// Builds the push service if APNs or FCM is configured (reads key files).
     fn start_push(
         &self,
