@@ -41,7 +41,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Options of `messenger bench`. Every count has a default and a `--quick` default.
 #[derive(Debug, Clone, clap::Args)]
-pub(crate) struct BenchArgs {
+pub struct BenchArgs {
     /// Shrink every phase to a smoke run of a few seconds.
     #[arg(long)]
     quick: bool,
@@ -241,7 +241,7 @@ impl Options {
 }
 
 /// Runs the benchmark, prints the table and writes the JSON file.
-pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let options = Options::from_args(&args)?;
     check_open_files(options.peak_connections())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
