@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
-        Command::Bench(args) => messenger_bench::run(*args),
+        Command::Bench(args) => messenger_bench::run(*args).map(|table| print!("{table}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,7 +50,7 @@ impl Sender {
     pub(crate) async fn send(&self, metrics: &Metrics) -> anyhow::Result<()> {
         // Bounded: if the server died, rumqttc's request queue fills and never drains.
         tokio::time::timeout(
-            crate::PATIENCE,
+            crate::patience::PATIENCE,
             self.client
                 .publish(&self.topic, QoS::AtLeastOnce, false, self.payload()),
         )
