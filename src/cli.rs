@@ -38,7 +38,7 @@ pub(crate) enum Command {
     #[command(flatten)]
     Chat(ChatCommand),
     /// Measure throughput, latency, connections and memory against a server child process.
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench(Box<messenger_bench::BenchArgs>),
 }
 
 /// The chat commands: a device of a user, through the client library.

@@ -1,7 +1,6 @@
 //! `messenger`: the one binary. Loads the configuration before anything binds,
 //! exits 64 on bad configuration, and stops cleanly on SIGINT/SIGTERM.
 
-mod bench;
 mod chat;
 mod cli;
 mod serve;
@@ -47,7 +46,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
-        Command::Bench(args) => bench::run(*args),
+        Command::Bench(args) => messenger_bench::run(*args).map(|table| print!("{table}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

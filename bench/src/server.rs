@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use super::options::Durability;
+
 /// How long a server may take to start listening.
 const START_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a server may take to stop after SIGTERM before it is killed.
@@ -33,8 +35,8 @@ pub(crate) struct ServerSpec {
     pub(crate) role: Role,
     /// Working directory: holds `m.db` and `server.log`; no config file, so built-in defaults apply.
     pub(crate) dir: PathBuf,
-    /// `storage.durability`: `fsync` or `os`.
-    pub(crate) durability: String,
+    /// `storage.durability`.
+    pub(crate) durability: Durability,
     /// The service account's password (`bridge.password`).
     pub(crate) service_password: String,
     /// `broker.max_connections`.
@@ -157,7 +159,7 @@ impl Server {
             spec.max_connections.to_string(),
         )
         .env("MESSENGER_STORAGE__PATH", spec.db())
-        .env("MESSENGER_STORAGE__DURABILITY", &spec.durability)
+        .env("MESSENGER_STORAGE__DURABILITY", spec.durability.as_str())
         .env("MESSENGER_BRIDGE__PASSWORD", &spec.service_password)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

@@ -16,10 +16,12 @@ use tracing::info;
 
 use super::devices::{Fleet, FleetOptions, Kind, Sender, Spec};
 use super::groups::{self, Group};
+use super::options::{Options, Phase};
+use super::pacer::Pacer;
+use super::patience::{drain, PATIENCE};
 use super::seed::{self, Identity};
 use super::server::{cpu_secs_of, us_per_msg, Role, Server, ServerSpec};
 use super::stats::Summary;
-use super::{drain, Options, Pacer, Phase, PATIENCE};
 
 /// How long the long run may go without a single delivery before it is declared stuck.
 const STALL: Duration = Duration::from_secs(30);

@@ -10,10 +10,11 @@ use messenger_protocol::wire::Event;
 use tracing::info;
 
 use super::devices::{Fleet, FleetOptions, Kind, Sender, Spec};
+use super::options::Options;
+use super::patience::{drain, PATIENCE};
 use super::seed::Identity;
 use super::server::Server;
 use super::stats::Summary;
-use super::{drain, Options, PATIENCE};
 
 /// What the group phase measured.
 #[derive(Debug, Clone, Default)]

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use super::devices::{Fleet, FleetOptions, Kind, Spec};
+use super::options::Options;
+use super::patience::PATIENCE;
 use super::seed;
 use super::server::{Role, Server, ServerSpec};
-use super::{Options, PATIENCE};
 
 /// How long to let the server settle (presence flowing through the bridge) before reading its memory.
 const SETTLE: Duration = Duration::from_secs(2);

@@ -7,7 +7,7 @@ use anyhow::Context;
 use rumqttc::{AsyncClient, QoS};
 
 use super::{Device, Metrics};
-use crate::bench::stats::now_us;
+use crate::stats::now_us;
 
 /// Size of every message body and raw payload, in bytes.
 pub(crate) const BODY_BYTES: usize = 100;
@@ -50,7 +50,7 @@ impl Sender {
     pub(crate) async fn send(&self, metrics: &Metrics) -> anyhow::Result<()> {
         // Bounded: if the server died, rumqttc's request queue fills and never drains.
         tokio::time::timeout(
-            crate::bench::PATIENCE,
+            crate::patience::PATIENCE,
             self.client
                 .publish(&self.topic, QoS::AtLeastOnce, false, self.payload()),
         )

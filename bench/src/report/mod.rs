@@ -1,20 +1,16 @@
-//! The figures of one run: a readable table, and JSON with fixed names.
+//! The figures of one run, collected from the phases' results: JSON with fixed
+//! names (this file) and a readable table (`table`).
 
-use std::fmt::Write;
+mod table;
+
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::connections::Connections;
-use super::e2e::{Messaging, RssSample};
-use super::raw::Raw;
-use super::{Options, Phase};
-
-/// Targets of the issue (this 2-core machine, fsync durability).
-const TARGET_RATIO: f64 = 0.25;
-const TARGET_PACED_P99_MS: f64 = 10.0;
-const TARGET_BYTES_PER_CONNECTION: f64 = 30.0 * 1024.0;
-const TARGET_GROWTH_BYTES: u64 = 100 * 1000 * 1000;
+use crate::connections::Connections;
+use crate::e2e::{Messaging, RssSample};
+use crate::options::{Durability, Options, Phase};
+use crate::raw::Raw;
 
 /// The machine the run was on.
 #[derive(Debug, Clone, Serialize)]
@@ -164,9 +160,9 @@ pub(crate) struct Report {
     /// Long run: server memory about every second.
     pub(crate) rss_series: Vec<RssSample>,
     /// Storage durability of the servers.
-    pub(crate) durability: String,
+    pub(crate) durability: Durability,
     /// The phases that ran.
-    pub(crate) phases: Vec<String>,
+    pub(crate) phases: Vec<Phase>,
     /// The machine.
     pub(crate) machine: Machine,
     /// /proc/loadavg at the end.
@@ -241,204 +237,47 @@ impl Report {
             rss_baseline_bytes: sat.rss_baseline_bytes,
             rss_end_bytes: sat.rss_end_bytes,
             rss_series: sat.rss_series.clone(),
-            durability: options.durability.as_str().to_owned(),
-            phases: options
-                .phases
-                .iter()
-                .map(|p| format!("{p:?}").to_lowercase())
-                .collect(),
+            durability: options.durability,
+            phases: options.phases.clone(),
             machine,
             loadavg_end: loadavg(),
             total_secs: elapsed.as_secs_f64(),
         }
     }
+}
 
-    fn ran(&self, phase: Phase) -> bool {
-        self.phases.contains(&format!("{phase:?}").to_lowercase())
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::options::BenchArgs;
+
+    /// `messenger bench`'s arguments alone.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
     }
 
-    /// The readable table.
-    pub(crate) fn table(&self) -> String {
-        let mut rows: Vec<(String, String, String)> = Vec::new();
-        let mut row = |name: &str, value: String, target: String| {
-            rows.push((name.to_owned(), value, target));
-        };
-        let verdict =
-            |ok: bool, goal: &str| format!("{goal} {}", if ok { "met" } else { "MISSED" });
-        let lat4 = |a: f64, b: f64, c: f64, d: f64| format!("{a:.2} / {b:.2} / {c:.2} / {d:.2}");
-        let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
-        let skipped = || "skipped".to_owned();
-        let none = String::new;
+    /// The report of a run of `phases` in which nothing was measured.
+    pub(super) fn empty_report(phases: &str) -> Report {
+        let cli = Cli::try_parse_from(["bench", "--quick", "--phases", phases]).unwrap();
+        let options = Options::from_args(&cli.args).unwrap();
+        Report::new(
+            &options,
+            Machine::read(),
+            &Raw::default(),
+            &Messaging::default(),
+            &Connections::default(),
+            Duration::from_secs(1),
+        )
+    }
 
-        if self.ran(Phase::Raw) {
-            row(
-                "raw broker, msgs/s",
-                format!("{:.0}", self.raw_msgs_per_s),
-                none(),
-            );
-            row(
-                "raw paced p50 / p99 ms",
-                format!(
-                    "{:.3} / {:.3}",
-                    self.raw_paced_p50_ms, self.raw_paced_p99_ms
-                ),
-                none(),
-            );
-            row(
-                "raw CPU us/msg: server / load generator",
-                format!(
-                    "{:.1} / {:.1}",
-                    self.raw_server_cpu_us_per_msg, self.raw_bench_cpu_us_per_msg
-                ),
-                none(),
-            );
-        } else {
-            row("raw broker", skipped(), none());
-        }
-        if self.ran(Phase::Saturated) {
-            row(
-                "e2e saturated, msgs/s",
-                format!("{:.0}", self.e2e_msgs_per_s),
-                none(),
-            );
-            let ratio = if self.ran(Phase::Raw) {
-                verdict(self.e2e_ratio >= TARGET_RATIO, ">= 0.25")
-            } else {
-                none()
-            };
-            row("e2e / raw", format!("{:.3}", self.e2e_ratio), ratio);
-            row(
-                "e2e CPU us/msg: server / load generator",
-                format!(
-                    "{:.1} / {:.1}",
-                    self.e2e_server_cpu_us_per_msg, self.e2e_bench_cpu_us_per_msg
-                ),
-                none(),
-            );
-            row(
-                "ack p50 / p90 / p99 / max ms",
-                lat4(
-                    self.ack_p50_ms,
-                    self.ack_p90_ms,
-                    self.ack_p99_ms,
-                    self.ack_max_ms,
-                ),
-                none(),
-            );
-            row(
-                "delivery p50 / p90 / p99 / max ms",
-                lat4(
-                    self.delivery_p50_ms,
-                    self.delivery_p90_ms,
-                    self.delivery_p99_ms,
-                    self.delivery_max_ms,
-                ),
-                none(),
-            );
-            row(
-                &format!("RSS after {} msgs", self.baseline_messages),
-                mib(self.rss_baseline_bytes),
-                none(),
-            );
-            row(
-                &format!("RSS after {} msgs", self.e2e_messages),
-                mib(self.rss_end_bytes),
-                none(),
-            );
-            row(
-                "RSS growth",
-                mib(self.rss_growth_bytes),
-                verdict(self.rss_growth_bytes < TARGET_GROWTH_BYTES, "< 100 MB"),
-            );
-        } else {
-            row("e2e saturated", skipped(), none());
-        }
-        if self.ran(Phase::Paced) {
-            row(
-                &format!(
-                    "e2e paced {:.0} msg/s: delivery p50 / p99 ms",
-                    self.paced_rate
-                ),
-                format!(
-                    "{:.2} / {:.2}",
-                    self.paced_delivery_p50_ms, self.paced_delivery_p99_ms
-                ),
-                verdict(
-                    self.paced_delivery_p99_ms < TARGET_PACED_P99_MS,
-                    "p99 < 10 ms",
-                ),
-            );
-            row(
-                "e2e paced: ack p50 / p99 ms",
-                format!(
-                    "{:.2} / {:.2}",
-                    self.paced_ack_p50_ms, self.paced_ack_p99_ms
-                ),
-                none(),
-            );
-        } else {
-            row("e2e paced", skipped(), none());
-        }
-        if self.ran(Phase::Groups) {
-            row(
-                &format!(
-                    "group of {}: delivery p50 / p99 / max ms",
-                    self.group_members
-                ),
-                format!(
-                    "{:.2} / {:.2} / {:.2}",
-                    self.group_delivery_p50_ms,
-                    self.group_delivery_p99_ms,
-                    self.group_delivery_max_ms
-                ),
-                none(),
-            );
-        } else {
-            row("groups", skipped(), none());
-        }
-        if self.ran(Phase::Connections) {
-            row("idle connections", self.connections.to_string(), none());
-            row(
-                "server RSS per connection",
-                format!("{:.0} B", self.rss_bytes_per_connection),
-                verdict(
-                    self.rss_bytes_per_connection < TARGET_BYTES_PER_CONNECTION,
-                    "< 30 KiB",
-                ),
-            );
-            row(
-                "connect all, s",
-                format!("{:.2}", self.connect_secs),
-                none(),
-            );
-            row(
-                "restart: listening / all reconnected, s",
-                format!(
-                    "{:.2} / {:.2}",
-                    self.restart_listen_secs, self.reconnect_secs
-                ),
-                none(),
-            );
-        } else {
-            row("connections", skipped(), none());
-        }
-
-        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        let value_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "messenger bench: durability {}, {} CPUs ({}), load {} -> {}, {:.0} s",
-            self.durability,
-            self.machine.cpus,
-            self.machine.cpu_model,
-            self.machine.loadavg_start,
-            self.loadavg_end,
-            self.total_secs
-        );
-        for (name, value, target) in rows {
-            let _ = writeln!(out, "  {name:<width$}  {value:>value_width$}  {target}");
-        }
-        out
+    #[test]
+    fn the_json_names_phases_and_durability_in_lowercase() {
+        let json = serde_json::to_value(empty_report("saturated,groups")).unwrap();
+        assert_eq!(json["phases"], serde_json::json!(["saturated", "groups"]));
+        assert_eq!(json["durability"], "fsync");
     }
 }

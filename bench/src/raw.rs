@@ -12,10 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::devices::{raw_payload, Fleet, FleetOptions, Kind, Spec};
+use super::options::Options;
+use super::pacer::Pacer;
+use super::patience::{drain, PATIENCE};
 use super::seed::{self, Identity};
 use super::server::{cpu_secs_of, us_per_msg, Role, Server, ServerSpec};
 use super::stats::Summary;
-use super::{drain, Options, Pacer, PATIENCE};
 
 /// What the raw phase measured.
 #[derive(Debug, Clone, Default)]
