@@ -1,6 +1,7 @@
 //! `messenger`: the one binary. Loads the configuration before anything binds,
 //! exits 64 on bad configuration, and stops cleanly on SIGINT/SIGTERM.
 
+mod admin;
 mod chat;
 mod cli;
 mod serve;

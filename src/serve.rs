@@ -1,4 +1,5 @@
-//! `messenger serve` and `messenger broker`: the long-running roles.
+//! `messenger serve`, `messenger broker` and `messenger bridge`: the long-running
+//! roles, each with the admin listener (`admin.rs`) for the parts it runs.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::admin::{self, Admin};
 use crate::config_failure;
 
 /// How long the bridge may take to finish its batches in flight at shutdown.
@@ -45,14 +47,31 @@ pub(crate) fn broker_only(settings: Settings) -> anyhow::Result<()> {
 /// The bridge alone, against the broker at `bridge.broker` (any MQTT 3.1.1 broker).
 pub(crate) fn bridge_only(settings: Settings) -> anyhow::Result<()> {
     let prepared = bridge(&settings).prepare().map_err(config_failure)?;
+    let listener = admin::bind(&settings.admin).map_err(config_failure)?;
+    let mut admin = Admin::new(settings.storage.path.clone());
+    prepared.register_metrics(&mut admin.registry);
+    admin.readiness.bridge = Some(prepared.metrics());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
+        let admin = spawn_admin(listener, admin, &shutdown);
         let bridge = tokio::spawn(prepared.run(None, shutdown.clone()));
-        supervise(Some(bridge), None, shutdown).await
+        supervise(Some(bridge), None, admin, shutdown).await
     })
+}
+
+/// The admin listener's task, if it is on.
+type AdminTask = JoinHandle<anyhow::Result<()>>;
+
+/// Starts the admin listener on its bound socket (inside the runtime).
+fn spawn_admin(
+    listener: Option<std::net::TcpListener>,
+    admin: Admin,
+    shutdown: &CancellationToken,
+) -> Option<AdminTask> {
+    listener.map(|listener| tokio::spawn(admin::run(listener, Arc::new(admin), shutdown.clone())))
 }
 
 fn bridge(settings: &Settings) -> Bridge {
@@ -76,9 +95,17 @@ type BridgeTask = JoinHandle<Result<(), BridgeError>>;
 async fn supervise(
     bridge: Option<BridgeTask>,
     broker: Option<&mut messenger_broker::RunningBroker>,
+    admin: Option<AdminTask>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut bridge = bridge;
+    let mut admin = admin;
+    let admin_ended = async {
+        match admin.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     let broker_failed = async {
         match broker {
             Some(broker) => broker.failed().await,
@@ -110,6 +137,15 @@ async fn supervise(
         err = broker_failed => {
             error!(part = "broker", cause = %err, "a part of the server stopped; shutting down");
             Some(anyhow::anyhow!("the broker stopped: {err}"))
+        }
+        ended = admin_ended => {
+            let cause = match ended {
+                Ok(Ok(())) => "it stopped on its own".to_owned(),
+                Ok(Err(err)) => format!("{err:#}"),
+                Err(join) => format!("its task failed: {join}"),
+            };
+            error!(part = "admin", %cause, "a part of the server stopped; shutting down");
+            Some(anyhow::anyhow!("the admin listener stopped: {cause}"))
         }
     };
     shutdown.cancel();
@@ -147,6 +183,7 @@ fn run_broker(
     } else {
         None
     };
+    let listener = admin::bind(&settings.admin).map_err(config_failure)?;
     let path = &settings.storage.path;
     let accounts =
         Arc::new(Accounts::open(path).with_context(|| format!("opening {}", path.display()))?);
@@ -155,11 +192,19 @@ fn run_broker(
         password: service_password,
     };
     let mut broker = messenger_broker::start(&settings.broker, accounts, service)?;
+    let mut admin = Admin::new(path.clone());
+    broker.metrics().register(&mut admin.registry);
+    admin.readiness.broker = Some(broker.mqtt_addr());
+    if let Some(prepared) = &prepared {
+        prepared.register_metrics(&mut admin.registry);
+        admin.readiness.bridge = Some(prepared.metrics());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
+        let admin = spawn_admin(listener, admin, &shutdown);
         let bridge = prepared.map(|prepared| {
             let liveness = broker.liveness();
             let prepared = prepared.with_liveness(Arc::new(move |client_id: &str| {
@@ -168,7 +213,7 @@ fn run_broker(
             let address = BrokerAddress::from(broker.mqtt_addr());
             tokio::spawn(prepared.run(Some(address), shutdown.clone()))
         });
-        supervise(bridge, Some(&mut broker), shutdown).await
+        supervise(bridge, Some(&mut broker), admin, shutdown).await
     });
     broker.stop();
     result?;

@@ -9,6 +9,8 @@ use messenger_bridge::config::{BridgeConfig, Limits, PushConfig, StorageConfig};
 use messenger_broker::BrokerConfig;
 use serde::Deserialize;
 
+use crate::admin::AdminConfig;
+
 /// The default configuration file, read when present.
 pub(crate) const DEFAULT_FILE: &str = "config/messenger.toml";
 
@@ -26,6 +28,8 @@ pub(crate) struct Settings {
     pub(crate) limits: Limits,
     /// Push notifications to offline users.
     pub(crate) push: PushConfig,
+    /// The admin HTTP listener (metrics, health).
+    pub(crate) admin: AdminConfig,
 }
 
 /// Room in an MQTT packet for what is not the payload: the fixed header, the
@@ -84,6 +88,7 @@ impl Settings {
         self.limits.validate()?;
         self.push.validate()?;
         self.bridge.validate()?;
+        self.admin.address()?;
         // Every reply's payload is at most max_reply_bytes; the packet adds its topic
         // (at most ~110 bytes) and a fixed header.
         let needed = self.limits.max_reply_bytes() + PACKET_OVERHEAD;

@@ -15,6 +15,9 @@ mod mosquitto;
 // `messenger serve` as a process: start, sign-in, SIGTERM, bad configuration (exit 64).
 mod serve;
 
+// The admin listener of the real binary: /healthz, /readyz per role, /metrics, a busy address (exit 64).
+mod admin;
+
 // `messenger user ...` from the command line, alone and while `serve` runs.
 mod users;
 

@@ -161,6 +161,8 @@ impl Server {
         .env("MESSENGER_STORAGE__PATH", spec.db())
         .env("MESSENGER_STORAGE__DURABILITY", spec.durability.as_str())
         .env("MESSENGER_BRIDGE__PASSWORD", &spec.service_password)
+        // Metrics on, as in production, on a port of its own (`--server-env` may turn it off).
+        .env("MESSENGER_ADMIN__LISTEN", "127.0.0.1:0")
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

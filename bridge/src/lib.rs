@@ -10,6 +10,8 @@
 //! - `writer`: the thread that owns the store and hands it batches.
 //! - `mqtt`: the intake (event loop) and publisher (fan-out, replies, broker acks) tasks.
 //! - `outbox`: where each of the store's effects is published.
+//! - `metrics`: requests by type and outcome, batches, commit latency, queue
+//!   depth, push counters, and the readiness signals (subscribed, storage writable).
 //!
 //! A request travels: broker -> intake -> writer (batch, store, commit)
 //! -> publisher (events to inboxes, reply to the device, PUBACK to the broker).
@@ -19,6 +21,7 @@
 
 pub mod config;
 
+mod metrics;
 mod mqtt;
 mod outbox;
 mod request;
@@ -38,6 +41,7 @@ use tracing::info;
 
 pub use messenger_push::PushError;
 pub use messenger_store::Liveness;
+pub use metrics::BridgeMetrics;
 
 use config::{BridgeConfig, BrokerAddress, Limits, PushConfig, StorageConfig};
 
@@ -108,7 +112,11 @@ impl Bridge {
     pub fn prepare(self) -> Result<Prepared, BridgeError> {
         self.config.validate()?;
         let push = self.start_push()?;
-        Ok(Prepared { bridge: self, push })
+        Ok(Prepared {
+            bridge: self,
+            push,
+            metrics: BridgeMetrics::default(),
+        })
     }
 }
 
@@ -116,9 +124,21 @@ impl Bridge {
 pub struct Prepared {
     bridge: Bridge,
     push: Option<(messenger_push::Service, mpsc::UnboundedReceiver<DeadToken>)>,
+    metrics: BridgeMetrics,
 }
 
 impl Prepared {
+    /// Adds the bridge's metrics (and the push service's, when on) to `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let queue = self.push.as_ref().map(|(service, _)| service.sink().queue);
+        self.metrics.register(registry, queue);
+    }
+
+    /// The bridge's metrics, which also say whether it is ready.
+    pub fn metrics(&self) -> BridgeMetrics {
+        self.metrics.clone()
+    }
+
     /// Lets the bridge ask the broker which client ids are connected (see [`Bridge::liveness`]).
     pub fn with_liveness(mut self, liveness: Liveness) -> Self {
         self.bridge.liveness = Some(liveness);
@@ -134,7 +154,11 @@ impl Prepared {
         broker: Option<BrokerAddress>,
         shutdown: CancellationToken,
     ) -> Result<(), BridgeError> {
-        let Prepared { bridge, push } = self;
+        let Prepared {
+            bridge,
+            push,
+            metrics,
+        } = self;
         let address = match broker {
             Some(address) => address,
             None => bridge.config.broker_address()?,
@@ -144,6 +168,7 @@ impl Prepared {
         let store = bridge
             .open_store(push.as_ref().map(|(s, _)| s.sink()))
             .await?;
+        metrics.storage_ok.set(1);
         let (consumer, producer) = bridge.connections(&address);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let (batches_tx, batches_rx) = mpsc::channel(64);
@@ -161,7 +186,14 @@ impl Prepared {
             tokio::spawn(forget_dead_tokens(dead, jobs_tx.clone(), shutdown.clone()));
             tokio::spawn(service.run(shutdown.clone()))
         });
-        let writer = spawn_writer(store, bridge.limits.clone(), sink, jobs_rx, batches_tx)?;
+        let writer = spawn_writer(
+            store,
+            bridge.limits.clone(),
+            sink,
+            jobs_rx,
+            batches_tx,
+            metrics.clone(),
+        )?;
         let (client, eventloop) = consumer;
         let (producer, producer_loop) = producer;
         let parts = Parts {
@@ -182,6 +214,7 @@ impl Prepared {
             jobs: Some(jobs_tx),
             epoch,
             ready: bridge.ready.clone(),
+            subscribed: metrics.subscribed.clone(),
         };
         intake.run(eventloop, done_rx, shutdown.clone()).await;
         // The intake ends on shutdown, or when the writer is gone (it failed).
@@ -202,10 +235,11 @@ fn spawn_writer(
     sink: Option<messenger_push::Sink>,
     jobs: mpsc::UnboundedReceiver<writer::Job>,
     batches: mpsc::Sender<writer::Batch>,
+    metrics: BridgeMetrics,
 ) -> Result<std::thread::JoinHandle<()>, BridgeError> {
     std::thread::Builder::new()
         .name("bridge-writer".into())
-        .spawn(move || writer::run(store, &limits, sink, jobs, batches))
+        .spawn(move || writer::run(store, &limits, sink, jobs, batches, &metrics))
         .map_err(|e| BridgeError::Part {
             part: "writer",
             cause: format!("cannot start its thread: {e}"),

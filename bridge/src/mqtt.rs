@@ -32,6 +32,8 @@ pub(crate) struct Intake {
     pub(crate) epoch: Arc<AtomicU64>,
     /// Notified on each successful (re)subscription.
     pub(crate) ready: Option<Arc<Notify>>,
+    /// 1 from a successful subscription until the connection is lost (readiness).
+    pub(crate) subscribed: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// What to do after an event of the consumer connection.
@@ -77,6 +79,7 @@ impl Intake {
                 Ok(_) => Next::Continue,
                 Err(_) if draining => Next::Stop,
                 Err(err) => {
+                    self.subscribed.set(0);
                     failures = failures.saturating_add(1);
                     let delay = backoff(failures);
                     warn!(cause = %err, retry_in_ms = delay.as_millis() as u64, "bridge lost the broker");
@@ -96,6 +99,7 @@ impl Intake {
     /// A new connection: a new epoch, statuses again if the broker lost its
     /// session (and so its retained messages), and the subscriptions.
     fn connected(&mut self, session_present: bool) -> Next {
+        self.subscribed.set(0);
         let n = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         info!(session_present, epoch = n, "bridge connected to the broker");
         if !session_present {
@@ -116,7 +120,10 @@ impl Intake {
             .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
         {
             warn!("the broker refused the bridge's subscription: check its ACL for the service account");
-        } else if let Some(ready) = &self.ready {
+            return Next::Continue;
+        }
+        self.subscribed.set(1);
+        if let Some(ready) = &self.ready {
             ready.notify_one();
         }
         Next::Continue

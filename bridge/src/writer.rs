@@ -8,7 +8,7 @@
 //! returned: nothing is acked before it is durable. Push notifications the
 //! batch calls for go to the push queue then too; handing them over never blocks.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use messenger_protocol::wire::{ErrorCode, Event};
@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error};
 
 use crate::config::Limits;
+use crate::metrics::{self, BridgeMetrics};
 use crate::outbox::Outgoing;
 use crate::request;
 
@@ -69,13 +70,15 @@ fn now_ms() -> u64 {
 }
 
 /// Runs the writer until `jobs` closes, then returns (dropping `batches`).
-/// Notifications go to `push` when push is configured.
+/// Notifications go to `push` when push is configured; each batch and request
+/// is counted in `metrics`.
 pub(crate) fn run(
     mut store: Box<dyn Store>,
     limits: &Limits,
     push: Option<Sink>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     batches: mpsc::Sender<Batch>,
+    metrics: &BridgeMetrics,
 ) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
@@ -86,7 +89,8 @@ pub(crate) fn run(
             }
         }
         let size = batch.len();
-        let (out, pushes) = process(store.as_mut(), limits, batch, now_ms());
+        metrics.queue_depth.set(jobs.len() as i64);
+        let (out, pushes) = process(store.as_mut(), limits, batch, now_ms(), metrics);
         debug!(
             size,
             publishes = out.publishes.len(),
@@ -111,6 +115,8 @@ enum Planned {
     /// Handed to the store as the next input; a reply goes to `from`.
     Stored {
         from: Option<(UserId, DeviceId)>,
+        /// For a request: its `type` label.
+        kind: Option<&'static str>,
         /// For a request: its id, to answer `internal` if the batch fails.
         id: Option<Option<String>>,
     },
@@ -125,11 +131,13 @@ enum Planned {
 
 /// Handles a batch; returns what to publish and ack, and the push
 /// notifications the committed requests call for (none if the commit failed).
+/// Counts the batch and each request's outcome in `metrics`.
 fn process(
     store: &mut dyn Store,
     limits: &Limits,
     jobs: Vec<Job>,
     now: u64,
+    metrics: &BridgeMetrics,
 ) -> (Batch, Vec<messenger_store::Notification>) {
     let mut acks = Vec::with_capacity(jobs.len());
     let mut plan = Vec::with_capacity(jobs.len());
@@ -140,12 +148,16 @@ fn process(
         }
         plan.push(decode(job.work, limits, &mut inputs));
     }
-    let (publishes, pushes) = match store.process(inputs, now) {
-        Ok(outcomes) => publish(plan, outcomes),
+    let size = plan.len();
+    let started = Instant::now();
+    let processed = store.process(inputs, now);
+    metrics.batch(size, started.elapsed(), processed.is_ok());
+    let (publishes, pushes) = match processed {
+        Ok(outcomes) => publish(plan, outcomes, metrics),
         Err(err) => {
             // Nothing of the batch is stored: every request that expected a reply learns so.
             error!(cause = %err, "batch failed; nothing of it was stored");
-            (failed(plan), Vec::new())
+            (failed(plan, metrics), Vec::new())
         }
     };
     (Batch { publishes, acks }, pushes)
@@ -164,6 +176,7 @@ fn decode(work: Work, limits: &Limits, inputs: &mut Vec<Input>) -> Planned {
                 from: (user, device),
             },
             Ok(request) => {
+                let kind = Some(metrics::kind(&request));
                 let id = Some(request.id().map(|i| i.to_string()));
                 let from = Some((user.clone(), device.clone()));
                 inputs.push(Input::Request {
@@ -171,13 +184,14 @@ fn decode(work: Work, limits: &Limits, inputs: &mut Vec<Input>) -> Planned {
                     device,
                     request,
                 });
-                Planned::Stored { from, id }
+                Planned::Stored { from, kind, id }
             }
         },
         Work::Store(input) => {
             inputs.push(input);
             Planned::Stored {
                 from: None,
+                kind: None,
                 id: None,
             }
         }
@@ -189,17 +203,25 @@ fn decode(work: Work, limits: &Limits, inputs: &mut Vec<Input>) -> Planned {
 fn publish(
     plan: Vec<Planned>,
     outcomes: Vec<Outcome>,
+    metrics: &BridgeMetrics,
 ) -> (Vec<Outgoing>, Vec<messenger_store::Notification>) {
     let mut publishes = Vec::new();
     let mut pushes = Vec::new();
     let mut outcomes = outcomes.into_iter();
     for planned in plan {
         match planned {
-            Planned::Stored { from, .. } => {
+            Planned::Stored { from, kind, .. } => {
                 let Some(outcome) = outcomes.next() else {
                     error!("the store returned fewer outcomes than inputs");
                     break;
                 };
+                if let Some(kind) = kind {
+                    let reply = outcome.effects.iter().find_map(|effect| match effect {
+                        Effect::Reply(payload) => Some(payload.as_slice()),
+                        _ => None,
+                    });
+                    metrics.request(kind, reply.map_or(metrics::ACK, metrics::outcome_of));
+                }
                 let from = from.as_ref().map(|(u, d)| (u, d));
                 publishes.extend(
                     outcome
@@ -210,6 +232,7 @@ fn publish(
                 pushes.extend(outcome.notifications);
             }
             Planned::Rejected { from, reply } => {
+                metrics.request(metrics::INVALID, rejected_code(&reply));
                 publishes.extend(Outgoing::of(
                     Effect::reply(&reply),
                     Some((&from.0, &from.1)),
@@ -222,20 +245,34 @@ fn publish(
 }
 
 /// The replies of a batch that failed: `internal` to every request, decoded or not.
-fn failed(plan: Vec<Planned>) -> Vec<Outgoing> {
+fn failed(plan: Vec<Planned>, metrics: &BridgeMetrics) -> Vec<Outgoing> {
     let failure = Failure::new(ErrorCode::Internal, "storage failure; retry later");
+    let internal = metrics::code(ErrorCode::Internal);
     plan.into_iter()
         .filter_map(|planned| match planned {
             Planned::Stored {
                 from: Some((user, device)),
+                kind,
                 id: Some(id),
-            } => Outgoing::of(Effect::reply(&failure.reply(id)), Some((&user, &device))),
+            } => {
+                metrics.request(kind.unwrap_or(metrics::INVALID), internal);
+                Outgoing::of(Effect::reply(&failure.reply(id)), Some((&user, &device)))
+            }
             Planned::Rejected { from, reply } => {
+                metrics.request(metrics::INVALID, rejected_code(&reply));
                 Outgoing::of(Effect::reply(&reply), Some((&from.0, &from.1)))
             }
             _ => None,
         })
         .collect()
+}
+
+/// The `outcome` label of a request that did not decode.
+fn rejected_code(reply: &Event) -> &'static str {
+    match reply {
+        Event::Error { code, .. } => metrics::code(*code),
+        _ => "unknown",
+    }
 }
 
 /// The push service's form of a notification the store computed.

@@ -12,6 +12,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::metrics::{BrokerMetrics, RefusedBecause};
 use crate::throttle::{Policy, Throttle};
 
 /// The bridge's credentials.
@@ -37,11 +38,23 @@ pub(crate) struct Refusal {
     pub(crate) code: ConnectReturnCode,
     /// Set for failed password sign-ins, so guessing costs time.
     pub(crate) delay: Option<Duration>,
+    /// What the metrics call it.
+    pub(crate) reason: RefusedBecause,
 }
 
 impl From<ConnectReturnCode> for Refusal {
     fn from(code: ConnectReturnCode) -> Self {
-        Self { code, delay: None }
+        let reason = match code {
+            ConnectReturnCode::ClientIdentifierNotValid => RefusedBecause::BadClientId,
+            ConnectReturnCode::NotAuthorized => RefusedBecause::NotAuthorized,
+            ConnectReturnCode::ServiceUnavailable => RefusedBecause::Unavailable,
+            _ => RefusedBecause::BadCredentials,
+        };
+        Self {
+            code,
+            delay: None,
+            reason,
+        }
     }
 }
 
@@ -55,6 +68,8 @@ pub(crate) struct Authenticator {
     throttle: Throttle,
     /// How long a refusal of a password sign-in is held back.
     failure_delay: Duration,
+    /// Sign-ins by result.
+    metrics: BrokerMetrics,
 }
 
 impl Authenticator {
@@ -63,6 +78,7 @@ impl Authenticator {
         service: ServiceAccount,
         policy: Policy,
         failure_delay: Duration,
+        metrics: BrokerMetrics,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
@@ -71,6 +87,7 @@ impl Authenticator {
             hashing: Semaphore::new(cores),
             throttle: Throttle::new(policy),
             failure_delay,
+            metrics,
         }
     }
 
@@ -80,6 +97,7 @@ impl Authenticator {
         Refusal {
             code: ConnectReturnCode::BadUserNamePassword,
             delay: Some(self.failure_delay),
+            reason: RefusedBecause::BadCredentials,
         }
     }
 
@@ -95,6 +113,22 @@ impl Authenticator {
     /// argon2, and never locked out (that would cut the bridge off); its failures
     /// count against the address and are held back like any other.
     pub(crate) fn admit(
+        &self,
+        connect: &Connect,
+        will: Option<&LastWill>,
+        login: Option<&Login>,
+        source: Option<IpAddr>,
+    ) -> Result<Principal, Refusal> {
+        let decided = self.decide(connect, will, login, source);
+        match &decided {
+            Ok(_) => self.metrics.accepted(),
+            Err(refusal) => self.metrics.refused(refusal.reason),
+        }
+        decided
+    }
+
+    /// [`Authenticator::admit`] without the counting.
+    fn decide(
         &self,
         connect: &Connect,
         will: Option<&LastWill>,
@@ -137,6 +171,7 @@ impl Authenticator {
             return Err(Refusal {
                 code: ConnectReturnCode::BadUserNamePassword,
                 delay: Some(self.failure_delay),
+                reason: RefusedBecause::Throttled,
             });
         }
         let verdict =

@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) sessions: Arc<Sessions>,
     /// The WebSocket front's upstream connections and the clients they carry.
     pub(crate) peers: Arc<Peers>,
+    /// Connected devices and sign-ins (the same gauge as `sessions` holds).
+    pub(crate) metrics: crate::BrokerMetrics,
 }
 
 /// Where a connection stands.
@@ -134,7 +136,8 @@ impl Protocol for Gate {
                                 &st.revoked,
                             );
                         }
-                        st._live = Some(shared.sessions.live(&connect.client_id));
+                        let device = matches!(principal, Principal::User(_));
+                        st._live = Some(shared.sessions.live(&connect.client_id, device));
                         st.phase = Phase::Bound(principal);
                         Ok(Packet::Connect(connect, props, will, will_props, login))
                     }

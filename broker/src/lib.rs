@@ -7,6 +7,7 @@
 //! - `auth`: CONNECT checks (client id, credentials, last will).
 //! - `throttle`: failed password sign-ins per user and per source address.
 //! - `gate`: the codec wrapper through which every packet passes; the ACL seam.
+//! - `metrics`: connected devices and sign-ins, for the admin listener's `/metrics`.
 //! - `sessions`: live connections per user, cut (by a session takeover) when the account is revoked.
 //! - `websocket`: the WebSocket front: handshake timeout, subprotocol, size limits.
 //!
@@ -18,6 +19,7 @@ pub mod config;
 
 mod auth;
 mod gate;
+mod metrics;
 mod sessions;
 mod throttle;
 mod websocket;
@@ -39,6 +41,7 @@ use tracing::{info, warn};
 
 pub use auth::ServiceAccount;
 pub use config::BrokerConfig;
+pub use metrics::BrokerMetrics;
 
 use gate::{Gate, Shared};
 
@@ -91,6 +94,11 @@ impl RunningBroker {
     /// lets the bridge correct a device that looks online but whose connection is gone.
     pub fn is_connected(&self, client_id: &str) -> bool {
         self.shared.sessions.is_connected(client_id)
+    }
+
+    /// Connected devices and sign-ins, to register with the admin listener.
+    pub fn metrics(&self) -> BrokerMetrics {
+        self.shared.metrics.clone()
     }
 
     /// A cheap, shareable handle to [`RunningBroker::is_connected`].
@@ -270,14 +278,17 @@ fn shared_state(
         first_backoff: Duration::from_millis(config.sign_in_backoff_ms),
         max_backoff: Duration::from_millis(config.sign_in_max_backoff_ms),
     };
+    let metrics = BrokerMetrics::default();
     Arc::new(Shared {
         auth: auth::Authenticator::new(
             accounts,
             service,
             policy,
             Duration::from_millis(config.sign_in_failure_delay_ms),
+            metrics.clone(),
         ),
-        sessions: Arc::new(sessions::Sessions::default()),
+        sessions: Arc::new(sessions::Sessions::new(metrics.connected.clone())),
+        metrics,
         peers: Arc::new(websocket::Peers::default()),
     })
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use prometheus_client::metrics::gauge::Gauge;
 use rumqttd::local::{LinkBuilder, LinkError};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, LastWill, Packet, Publish};
 
@@ -38,21 +39,27 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// A registry of every signed-in user's live connections.
-#[derive(Default)]
 pub(crate) struct Sessions {
     by_user: Mutex<HashMap<String, Vec<Live>>>,
     /// client id -> number of open connections with it (briefly 2 while one replaces another).
     live: Mutex<HashMap<String, usize>>,
+    /// Open device connections (the metric `messenger_connected_devices`).
+    connected: Gauge,
 }
 
 /// Counts a connection as live until dropped (when rumqttd drops the connection's codec).
 pub(crate) struct LiveGuard {
     sessions: Arc<Sessions>,
     client_id: String,
+    /// Whether it is a device's (counted in the `connected` gauge).
+    device: bool,
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
+        if self.device {
+            self.sessions.connected.dec();
+        }
         let mut live = self.sessions.live.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = live.get_mut(&self.client_id) {
             *n -= 1;
@@ -64,6 +71,15 @@ impl Drop for LiveGuard {
 }
 
 impl Sessions {
+    /// No sessions yet; `connected` counts the open device connections.
+    pub(crate) fn new(connected: Gauge) -> Self {
+        Self {
+            by_user: Mutex::default(),
+            live: Mutex::default(),
+            connected,
+        }
+    }
+
     /// Records a connection; `revoked` is set when the user is revoked.
     pub(crate) fn register(
         &self,
@@ -86,13 +102,18 @@ impl Sessions {
         });
     }
 
-    /// Counts a signed-in connection as live for as long as the guard lives.
-    pub(crate) fn live(self: &Arc<Self>, client_id: &str) -> LiveGuard {
+    /// Counts a signed-in connection as live for as long as the guard lives;
+    /// a `device`'s (not the service account's) also as a connected device.
+    pub(crate) fn live(self: &Arc<Self>, client_id: &str, device: bool) -> LiveGuard {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         *live.entry(client_id.to_owned()).or_insert(0) += 1;
+        if device {
+            self.connected.inc();
+        }
         LiveGuard {
             sessions: self.clone(),
             client_id: client_id.to_owned(),
+            device,
         }
     }
 

@@ -273,12 +273,12 @@ async fn deliver(shared: &Shared, target: &Target, alert: &Alert) {
         drop(permit);
         match outcome {
             Outcome::Sent => {
-                Stats::add(&shared.stats.sent);
+                Stats::add(&shared.stats.provider(target.platform).sent);
                 debug!(platform, token, user = %alert.user, conv = %alert.conv, seq = alert.seq, badge = alert.badge, "push sent");
                 return;
             }
             Outcome::Unregistered { reason, since_ms } => {
-                Stats::add(&shared.stats.unregistered);
+                Stats::add(&shared.stats.provider(target.platform).unregistered);
                 info!(platform, token, user = %alert.user, reason, "push token is no longer valid: deleting it");
                 let dead = DeadToken {
                     platform: target.platform,
@@ -295,14 +295,14 @@ async fn deliver(shared: &Shared, target: &Target, alert: &Alert) {
             }
             Outcome::Reauthorize { reason } if !reauthorized => {
                 reauthorized = true;
-                Stats::add(&shared.stats.reauthorized);
+                Stats::add(&shared.stats.provider(target.platform).reauthorized);
                 info!(
                     platform,
                     reason, "push provider token refused: signing a new one"
                 );
             }
             Outcome::Reauthorize { reason } => {
-                Stats::add(&shared.stats.rejected);
+                Stats::add(&shared.stats.provider(target.platform).rejected);
                 warn!(
                     platform,
                     token, reason, "push refused again after a new provider token"
@@ -315,7 +315,7 @@ async fn deliver(shared: &Shared, target: &Target, alert: &Alert) {
                 after,
             } => {
                 if retries >= shared.max_retries {
-                    Stats::add(&shared.stats.failed);
+                    Stats::add(&shared.stats.provider(target.platform).failed);
                     warn!(
                         platform,
                         token, status, reason, retries, "push failed: giving up"
@@ -323,7 +323,7 @@ async fn deliver(shared: &Shared, target: &Target, alert: &Alert) {
                     return;
                 }
                 retries += 1;
-                Stats::add(&shared.stats.retried);
+                Stats::add(&shared.stats.provider(target.platform).retried);
                 let wait = after.map_or_else(
                     || backoff(shared.retry_base, retries),
                     |a| a.min(MAX_RETRY_WAIT),
@@ -340,7 +340,7 @@ async fn deliver(shared: &Shared, target: &Target, alert: &Alert) {
                 tokio::time::sleep(wait).await;
             }
             Outcome::Rejected { status, reason } => {
-                Stats::add(&shared.stats.rejected);
+                Stats::add(&shared.stats.provider(target.platform).rejected);
                 warn!(platform, token, status, reason, user = %alert.user, "push rejected");
                 return;
             }

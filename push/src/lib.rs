@@ -139,6 +139,15 @@ pub(crate) struct Stats {
     pub(crate) dropped: AtomicU64,
     /// Replaced by a newer notification for the same user and conversation.
     pub(crate) coalesced: AtomicU64,
+    /// What became of the deliveries to APNs tokens.
+    pub(crate) apns: ProviderStats,
+    /// What became of the deliveries to FCM tokens.
+    pub(crate) fcm: ProviderStats,
+}
+
+/// Counters of one provider's deliveries (one notification to one token).
+#[derive(Debug, Default)]
+pub(crate) struct ProviderStats {
     /// Accepted by the push service.
     pub(crate) sent: AtomicU64,
     /// Requests repeated after 429, 5xx or no answer.
@@ -151,6 +160,8 @@ pub(crate) struct Stats {
     pub(crate) failed: AtomicU64,
     /// APNs provider tokens signed again because APNs said they expired.
     pub(crate) reauthorized: AtomicU64,
+    /// Dropped unsent with their notification (the queue was full).
+    pub(crate) dropped: AtomicU64,
 }
 
 impl Stats {
@@ -161,6 +172,68 @@ impl Stats {
     fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// One provider's counters.
+    pub(crate) fn provider(&self, platform: Platform) -> &ProviderStats {
+        match platform {
+            Platform::Apns => &self.apns,
+            Platform::Fcm => &self.fcm,
+        }
+    }
+
+    fn sum(&self, counter: impl Fn(&ProviderStats) -> &AtomicU64) -> u64 {
+        Self::get(counter(&self.apns)) + Self::get(counter(&self.fcm))
+    }
+}
+
+impl ProviderStats {
+    fn counts(&self) -> ProviderCounts {
+        ProviderCounts {
+            sent: Stats::get(&self.sent),
+            retried: Stats::get(&self.retried),
+            unregistered: Stats::get(&self.unregistered),
+            rejected: Stats::get(&self.rejected),
+            failed: Stats::get(&self.failed),
+            reauthorized: Stats::get(&self.reauthorized),
+            dropped: Stats::get(&self.dropped),
+        }
+    }
+}
+
+/// What became of notifications since start: a snapshot, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Handed over by the writer.
+    pub queued: u64,
+    /// Dropped unsent because the queue was full.
+    pub dropped: u64,
+    /// Replaced by a newer notification for the same user and conversation.
+    pub coalesced: u64,
+    /// Notifications waiting in the queue now.
+    pub pending: u64,
+    /// Deliveries to APNs tokens.
+    pub apns: ProviderCounts,
+    /// Deliveries to FCM tokens.
+    pub fcm: ProviderCounts,
+}
+
+/// What became of one provider's deliveries (one notification to one token) since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProviderCounts {
+    /// Accepted by the push service.
+    pub sent: u64,
+    /// Requests repeated after 429, 5xx or no answer.
+    pub retried: u64,
+    /// Tokens the push service called dead (then deleted).
+    pub unregistered: u64,
+    /// Refused by the push service for another reason; not repeated.
+    pub rejected: u64,
+    /// Given up after the last retry.
+    pub failed: u64,
+    /// APNs provider tokens signed again because APNs said they expired.
+    pub reauthorized: u64,
+    /// Dropped unsent with their notification (the queue was full).
+    pub dropped: u64,
 }
 
 /// The bounded queue from the writer to the dispatcher. Pushing never blocks
@@ -205,6 +278,9 @@ impl Queue {
         };
         if let Some(old) = dropped {
             let total = Stats::add(&self.stats.dropped);
+            for target in &old.targets {
+                Stats::add(&self.stats.provider(target.platform).dropped);
+            }
             warn!(
                 user = %old.alert.user,
                 conv = %old.alert.conv,
@@ -213,6 +289,19 @@ impl Queue {
             );
         }
         self.ready.notify_one();
+    }
+
+    /// What became of notifications since start, and how many wait now.
+    pub fn counts(&self) -> Counts {
+        let stats = &self.stats;
+        Counts {
+            queued: Stats::get(&stats.queued),
+            dropped: Stats::get(&stats.dropped),
+            coalesced: Stats::get(&stats.coalesced),
+            pending: self.lock().len() as u64,
+            apns: stats.apns.counts(),
+            fcm: stats.fcm.counts(),
+        }
     }
 
     /// Takes everything pending.
@@ -292,14 +381,14 @@ impl Service {
         dispatch::run(self.shared, self.queue, self.coalesce, shutdown).await;
         info!(
             queued = Stats::get(&stats.queued),
-            sent = Stats::get(&stats.sent),
+            sent = stats.sum(|p| &p.sent),
             coalesced = Stats::get(&stats.coalesced),
             dropped = Stats::get(&stats.dropped),
-            retried = Stats::get(&stats.retried),
-            unregistered = Stats::get(&stats.unregistered),
-            rejected = Stats::get(&stats.rejected),
-            failed = Stats::get(&stats.failed),
-            reauthorized = Stats::get(&stats.reauthorized),
+            retried = stats.sum(|p| &p.retried),
+            unregistered = stats.sum(|p| &p.unregistered),
+            rejected = stats.sum(|p| &p.rejected),
+            failed = stats.sum(|p| &p.failed),
+            reauthorized = stats.sum(|p| &p.reauthorized),
             "push stopped"
         );
     }

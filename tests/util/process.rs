@@ -80,7 +80,9 @@ impl Messenger {
     }
 
     /// `messenger <args>` with a clean environment: no inherited `MESSENGER_*`
-    /// variables, the storage path set, the temp directory as working directory.
+    /// variables, the storage path set, the admin listener off (tests run in
+    /// parallel; [`Messenger::spawn_serve`] gives it a free port), the temp
+    /// directory as working directory.
     pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
@@ -92,6 +94,7 @@ impl Messenger {
             }
         }
         cmd.env("MESSENGER_STORAGE__PATH", self.db())
+            .env("MESSENGER_ADMIN__LISTEN", "")
             .env("RUST_LOG", "info");
         cmd
     }
@@ -140,20 +143,39 @@ impl Messenger {
         server
     }
 
-    /// `messenger serve` on these addresses, without waiting for anything.
+    /// `messenger serve` on these addresses (the admin listener on a free
+    /// port), without waiting for anything.
     pub(crate) fn spawn_serve(&self, mqtt: SocketAddr, ws: SocketAddr) -> Server {
-        let log = self.dir.path().join("serve.log");
-        let mut cmd = self.command(&["serve"]);
+        self.spawn_role("serve", mqtt, ws, free_addr(), &[])
+    }
+
+    /// `messenger <role>` (`serve`, `broker` or `bridge`) on these addresses,
+    /// with `env` besides, without waiting for anything. A bridge's `mqtt` is
+    /// the broker it is told to use.
+    pub(crate) fn spawn_role(
+        &self,
+        role: &str,
+        mqtt: SocketAddr,
+        ws: SocketAddr,
+        admin: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let log = self.dir.path().join(format!("{role}.log"));
+        let mut cmd = self.command(&[role]);
         cmd.env("MESSENGER_BROKER__LISTEN", mqtt.to_string())
+            .env("MESSENGER_ADMIN__LISTEN", admin.to_string())
             .env("MESSENGER_BROKER__WS_LISTEN", ws.to_string())
             .env("MESSENGER_BROKER__REVOCATION_POLL_MS", "100")
+            .env("MESSENGER_BRIDGE__BROKER", mqtt.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"));
-        let child = cmd.spawn().expect("spawning messenger serve");
+        let child = cmd.spawn().expect("spawning messenger");
         Server {
             child,
             mqtt,
             ws,
+            admin,
             log,
         }
     }
@@ -166,6 +188,8 @@ pub(crate) struct Server {
     pub(crate) mqtt: SocketAddr,
     /// Its MQTT over WebSocket address.
     pub(crate) ws: SocketAddr,
+    /// Its admin listener (metrics, health).
+    pub(crate) admin: SocketAddr,
     /// Where its stderr goes.
     log: PathBuf,
 }
@@ -176,7 +200,8 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    async fn wait_until_accepting(&mut self) {
+    /// Waits until its MQTT port accepts connections.
+    pub(crate) async fn wait_until_accepting(&mut self) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if tokio::net::TcpStream::connect(self.mqtt).await.is_ok() {

@@ -27,7 +27,7 @@ fn run(store: &mut dyn Store, limits: &Limits, payload: Vec<u8>) -> Vec<Vec<u8>>
         ack: None,
         epoch: 0,
     };
-    let (batch, _) = process(store, limits, vec![job], 1);
+    let (batch, _) = process(store, limits, vec![job], 1, &Default::default());
     batch.publishes.into_iter().map(|o| o.payload).collect()
 }
 

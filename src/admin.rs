@@ -1,0 +1,258 @@
+//! The admin listener (`[admin]`, `admin.listen`): `GET /metrics` in the
+//! Prometheus text format, `GET /healthz` and `GET /readyz`, anything else 404.
+//! Loopback by default; an empty `listen` turns it off. It is bound before
+//! anything else listens (a busy address is bad configuration) and runs as a
+//! supervised part of `serve`, `broker` and `bridge` (docs/OPERATIONS.md).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use messenger_bridge::BridgeMetrics;
+use messenger_protocol::config::ConfigError;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The default admin address: loopback only.
+const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+/// How long one admin connection may stay open (a slow client cannot pin a task).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long `/readyz` waits for the broker's MQTT listener to accept a probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The `[admin]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AdminConfig {
+    /// `host:port` of the admin HTTP listener; empty turns it off.
+    pub(crate) listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The address to listen on; `None` when turned off (`listen = ""`).
+    pub(crate) fn address(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| {
+            ConfigError::invalid(
+                "admin.listen",
+                format!(
+                    "be host:port with an IP address, or empty to turn it off (got {listen:?})"
+                ),
+            )
+        })
+    }
+}
+
+/// Binds the admin listener, if configured (before anything else listens).
+pub(crate) fn bind(config: &AdminConfig) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(addr) = config.address()? else {
+        info!("admin listener off (admin.listen is empty)");
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|err| anyhow::anyhow!("admin.listen: cannot listen on {addr}: {err}"))?;
+    Ok(Some(listener))
+}
+
+/// What `/readyz` checks: each part this process runs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Readiness {
+    /// The embedded broker's MQTT address: ready while it accepts a TCP connection.
+    pub(crate) broker: Option<SocketAddr>,
+    /// The bridge: ready while subscribed and its last batch committed.
+    pub(crate) bridge: Option<BridgeMetrics>,
+}
+
+impl Readiness {
+    /// Why the process is not ready, if it is not.
+    async fn not_ready(&self) -> Option<String> {
+        if let Some(addr) = self.broker {
+            let probe = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr));
+            match probe.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    return Some(format!("the broker does not accept connections: {err}"))
+                }
+                Err(_) => return Some("the broker does not accept connections: timed out".into()),
+            }
+        }
+        self.bridge
+            .as_ref()
+            .and_then(BridgeMetrics::not_ready)
+            .map(str::to_owned)
+    }
+}
+
+/// What the admin listener serves.
+pub(crate) struct Admin {
+    /// Every metric of the process.
+    pub(crate) registry: Registry,
+    /// What `/readyz` checks.
+    pub(crate) readiness: Readiness,
+}
+
+impl Admin {
+    /// A registry with the storage size collector for the SQLite file at `database`.
+    pub(crate) fn new(database: PathBuf) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StorageSize { database }));
+        Self {
+            registry,
+            readiness: Readiness::default(),
+        }
+    }
+
+    /// The answer to one request.
+    async fn answer(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        match (method, path) {
+            (&Method::GET, "/metrics") => {
+                let mut text = String::new();
+                match prometheus_client::encoding::prometheus_text::encode(
+                    &mut text,
+                    &self.registry,
+                ) {
+                    Ok(()) => reply(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        text,
+                    ),
+                    Err(_) => {
+                        text_reply(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
+                    }
+                }
+            }
+            (&Method::GET, "/healthz") => text_reply(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => match self.readiness.not_ready().await {
+                None => text_reply(StatusCode::OK, "ready\n"),
+                Some(reason) => text_reply(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+            },
+            _ => text_reply(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+fn text_reply(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    reply(status, "text/plain; charset=utf-8", body.into())
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown`; returns an error only if
+/// accepting fails for good. Must run inside a Tokio runtime.
+pub(crate) async fn run(
+    listener: std::net::TcpListener,
+    admin: Arc<Admin>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    info!(addr = %listener.local_addr()?, "admin listener on (/metrics, /healthz, /readyz)");
+    loop {
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait, then keep serving.
+                    warn!(cause = %err, "admin listener cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let admin = admin.clone();
+                async move {
+                    Ok::<_, Infallible>(admin.answer(request.method(), request.uri().path()).await)
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+        });
+    }
+}
+
+/// The SQLite file's size and its WAL's, read at each scrape.
+#[derive(Debug)]
+struct StorageSize {
+    database: PathBuf,
+}
+
+impl Collector for StorageSize {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut wal = self.database.as_os_str().to_owned();
+        wal.push("-wal");
+        let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let files = [
+            ("db", size(&self.database)),
+            ("wal", size(std::path::Path::new(&wal))),
+        ];
+        let mut family = encoder.encode_descriptor(
+            "messenger_storage_bytes",
+            "Size of the SQLite database file and of its write-ahead log",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (file, bytes) in files {
+            let labels = [("file", file)];
+            ConstGauge::new(bytes as i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_is_an_address_or_empty() {
+        let config = |listen: &str| AdminConfig {
+            listen: listen.to_owned(),
+        };
+        assert_eq!(
+            AdminConfig::default().address().unwrap(),
+            Some(DEFAULT_LISTEN.parse().unwrap())
+        );
+        assert_eq!(config("").address().unwrap(), None);
+        assert_eq!(config("  ").address().unwrap(), None);
+        let err = config("localhost").address().unwrap_err().to_string();
+        assert!(err.contains("admin.listen"), "{err}");
+    }
+}
