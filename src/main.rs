@@ -65,7 +65,7 @@ fn main() -> ExitCode {
 /// Bad configuration found after loading the settings (a key file that cannot
 /// be read, say): exits [`EXIT_CONFIG`] like a bad setting.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
+#[error("invalid configuration")]
 struct ConfigFailure(#[source] anyhow::Error);
 
 /// Marks an error as bad configuration.
