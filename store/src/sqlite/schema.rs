@@ -116,6 +116,47 @@ DELETE FROM push_tokens WHERE user NOT IN (SELECT name FROM users);
 DELETE FROM mutes WHERE user NOT IN (SELECT name FROM users);
 UPDATE events SET retired_req_id = req_id, req_id = NULL
 WHERE req_id IS NOT NULL AND sender NOT IN (SELECT name FROM users);
+", "
+-- Timeline actions (edit, delete, react) and search.
+-- A message row holds its current state: `body` is the latest edit (NULL once
+-- deleted: the text is erased, not hidden); edit, delete and reaction events are
+-- rows of their own kind, `ref_seq` naming the message they act on.
+ALTER TABLE events ADD COLUMN ref_seq INTEGER;   -- message: reply_to; edit/delete/reaction: target
+ALTER TABLE events ADD COLUMN edited_ts INTEGER; -- message: ts of its latest edit
+ALTER TABLE events ADD COLUMN deleted INTEGER;   -- message: 1 once deleted for everyone
+ALTER TABLE events ADD COLUMN text_row INTEGER;  -- message: its row in message_text; NULL once deleted
+-- A deletion erases the text of the message's edits too.
+CREATE INDEX events_edits ON events (conv, ref_seq) WHERE kind = 'edit';
+CREATE TABLE reactions (
+    conv  TEXT NOT NULL,
+    seq   INTEGER NOT NULL,                  -- the message
+    user  TEXT NOT NULL,
+    emoji TEXT NOT NULL,
+    ts    INTEGER NOT NULL,                  -- when chosen: users are listed by user id
+    PRIMARY KEY (conv, seq, user)
+) WITHOUT ROWID;
+-- Search: a contentless trigram index (it keeps no copy of the text), whose rowid
+-- is a message's row here; rows are numbered in storage order, so newest first is
+-- rowid descending. Rows of deleted messages are removed from both (from the
+-- index with its 'delete' command and the text, under secure-delete: no entry
+-- of the text stays behind).
+CREATE TABLE search_rows (
+    row  INTEGER PRIMARY KEY,
+    conv TEXT NOT NULL,
+    seq  INTEGER NOT NULL
+);
+CREATE VIRTUAL TABLE message_text USING fts5(
+    body, tokenize = 'trigram', content = ''
+);
+-- A deleted row leaves no trace in the index (not only a delete marker).
+INSERT INTO message_text (message_text, rank) VALUES ('secure-delete', 1);
+INSERT INTO search_rows (conv, seq)
+    SELECT conv, seq FROM events WHERE kind = 'message' AND body IS NOT NULL ORDER BY ts, conv, seq;
+CREATE INDEX search_rows_backfill ON search_rows (conv, seq);
+UPDATE events SET text_row = (SELECT row FROM search_rows s WHERE s.conv = events.conv AND s.seq = events.seq)
+WHERE kind = 'message';
+DROP INDEX search_rows_backfill;
+INSERT INTO message_text (rowid, body) SELECT text_row, body FROM events WHERE text_row IS NOT NULL;
 "];
 
 #[cfg(test)]
