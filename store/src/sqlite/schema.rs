@@ -213,4 +213,44 @@ mod tests {
             .unwrap();
         assert!(plan.contains("inbox_by_group_event"), "{plan}");
     }
+
+    #[test]
+    fn messages_stored_before_search_existed_are_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = messenger_accounts::open_sqlite(&dir.path().join("m.db")).unwrap();
+        messenger_accounts::migrate(&mut conn).unwrap();
+        let before = &MIGRATIONS[..MIGRATIONS.len() - 1];
+        messenger_accounts::schema::migrate(&mut conn, "bridge", before).unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body) VALUES
+                ('dm:ann:bob', 1, 5, 'message', 'ann', 'p', 'r1', 'Hello there'),
+                ('g:team', 1, 1, 'member', 'ann', 'p', 'r2', 'team'),
+                ('g:team', 2, 7, 'message', 'ann', 'p', 'r3', '東京タワー');",
+        )
+        .unwrap();
+
+        messenger_accounts::schema::migrate(&mut conn, "bridge", MIGRATIONS).unwrap();
+        let hit = |q: &str| -> Vec<(String, i64)> {
+            conn.prepare(
+                "SELECT s.conv, s.seq FROM message_text t JOIN search_rows s ON s.row = t.rowid
+                 WHERE message_text MATCH ?1 ORDER BY t.rowid",
+            )
+            .unwrap()
+            .query_map([q], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        assert_eq!(hit("\"HELLO\""), [("dm:ann:bob".to_owned(), 1)]);
+        assert_eq!(hit("\"タワー\""), [("g:team".to_owned(), 2)]);
+        assert!(hit("\"team\"").is_empty(), "member events are not indexed");
+        let rows: Vec<Option<i64>> = conn
+            .prepare("SELECT text_row FROM events ORDER BY ts")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [None, Some(1), Some(2)], "numbered in storage order");
+    }
 }
