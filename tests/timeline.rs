@@ -492,6 +492,10 @@ async fn search_finds_words_inside_text_without_spaces_and_in_any_case() {
     );
     assert_eq!(found(&bob, "world he", None).await.len(), 2);
     assert!(found(&bob, "world tokyo", None).await.is_empty());
+    // Every trigram of a word is not the word.
+    bob.send(&conv, "abca cab").await.expect("send");
+    assert!(found(&bob, "abcab", None).await.is_empty());
+    assert_eq!(found(&bob, "ABCA", None).await.len(), 1);
     // Only readable conversations: bob does not see alice's chat with carol.
     assert_eq!(found(&alice, "hello", None).await.len(), 3);
     assert_eq!(found(&bob, "hello", None).await.len(), 2);

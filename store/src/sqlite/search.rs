@@ -1,7 +1,9 @@
 //! `search`, and the full-text index it reads.
 //!
 //! The index is an FTS5 table with the trigram tokenizer (`message_text`,
-//! contentless: it keeps no copy of the text). Its rowid is a message's row in
+//! contentless: it keeps no copy of the text; `detail = none`: no positions,
+//! so it only narrows the candidates down to the rows holding every trigram of
+//! the query, and the text decides). Its rowid is a message's row in
 //! `search_rows` (conversation and seq), numbered in storage order, so newest
 //! first is rowid descending and a page's cursor is the last rowid it examined.
 //!
@@ -89,12 +91,14 @@ pub(crate) fn apply(conn: &Connection, ops: &mut Vec<IndexOp>) -> rusqlite::Resu
 /// A parsed query: every word must occur in the text, case-insensitively.
 #[derive(Debug, PartialEq, Eq)]
 struct Query {
-    /// Words of three or more characters, as one FTS5 expression (each a quoted
-    /// string: a trigram match anywhere in the text); `None` when there are none.
+    /// The trigrams of the words of three or more characters, as one FTS5
+    /// expression (each a quoted one-trigram string, all required); `None` when
+    /// no word is that long. The index keeps no positions (`detail = none`), so
+    /// a row that has every trigram may still lack a word: [`Query::matches`]
+    /// decides.
     fts: Option<String>,
-    /// Words of one or two characters, lowercased: the trigram index cannot find
-    /// them, so the text is checked for them as substrings.
-    short: Vec<String>,
+    /// Every word, lowercased.
+    words: Vec<String>,
 }
 
 impl Query {
@@ -106,38 +110,38 @@ impl Query {
                 "query must be 1 to {MAX_QUERY_CHARS} characters, got {chars}"
             )));
         }
-        let mut long = Vec::new();
-        let mut short = Vec::new();
-        for word in query.split(|c: char| c.is_whitespace() || c.is_control()) {
-            if word.is_empty() {
-                continue;
-            }
-            if word.chars().count() >= 3 {
-                long.push(format!("\"{}\"", word.replace('"', "\"\"")));
-            } else {
-                short.push(word.to_lowercase());
-            }
-        }
-        if long.is_empty() && short.is_empty() {
+        let mut words: Vec<String> = query
+            .split(|c: char| c.is_whitespace() || c.is_control())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        if words.is_empty() {
             return Err(Failure::bad("query has no words"));
         }
-        long.sort();
-        long.dedup();
-        short.sort();
-        short.dedup();
+        words.sort();
+        words.dedup();
+        let mut trigrams: Vec<String> = words
+            .iter()
+            .flat_map(|word| {
+                let chars: Vec<char> = word.chars().collect();
+                chars
+                    .windows(3)
+                    .map(|t| format!("\"{}\"", t.iter().collect::<String>().replace('"', "\"\"")))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        trigrams.sort();
+        trigrams.dedup();
         Ok(Self {
-            fts: (!long.is_empty()).then(|| long.join(" ")),
-            short,
+            fts: (!trigrams.is_empty()).then(|| trigrams.join(" ")),
+            words,
         })
     }
 
-    /// Whether `body` holds every short word.
-    fn short_words_in(&self, body: &str) -> bool {
-        if self.short.is_empty() {
-            return true;
-        }
+    /// Whether `body` holds every word, case-insensitively.
+    fn matches(&self, body: &str) -> bool {
         let body = body.to_lowercase();
-        self.short.iter().all(|w| body.contains(w.as_str()))
+        self.words.iter().all(|w| body.contains(w.as_str()))
     }
 }
 
@@ -265,7 +269,7 @@ impl Ctx<'_> {
     }
 
     /// The message (conv, seq) in its current state, if the user may read it and
-    /// it holds every short word.
+    /// it holds every word.
     fn readable_match(
         &self,
         query: &Query,
@@ -305,7 +309,7 @@ impl Ctx<'_> {
             return Ok(None);
         };
         match &event {
-            Event::Message { body, deleted, .. } if !deleted && query.short_words_in(body) => {}
+            Event::Message { body, deleted, .. } if !deleted && query.matches(body) => {}
             _ => return Ok(None),
         }
         self.reactions_of(&conv, &mut event)?;
@@ -318,12 +322,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queries_split_into_trigram_words_and_short_words() {
-        let q = Query::parse("Hello  東京 a \"x\"y ok").unwrap();
-        assert_eq!(q.fts.as_deref(), Some("\"\"\"x\"\"y\" \"Hello\""));
-        assert_eq!(q.short, vec!["a".to_owned(), "ok".into(), "東京".into()]);
-        assert!(q.short_words_in("OK, a trip to 東京"));
-        assert!(!q.short_words_in("a trip"));
+    fn queries_split_into_words_and_their_trigrams() {
+        let q = Query::parse("Hello  東京 a \"x\"y ok hello").unwrap();
+        assert_eq!(
+            q.fts.as_deref(),
+            Some("\"\"\"x\"\"\" \"ell\" \"hel\" \"llo\" \"x\"\"y\"")
+        );
+        assert_eq!(q.words, ["\"x\"y", "a", "hello", "ok", "東京"]);
+        assert!(q.matches("OK, a trip to 東京 said \"X\"Y: HELLO"));
+        assert!(!q.matches("OK, a trip to 東京 said \"X\" Y: HELLO"));
+        assert_eq!(Query::parse("ok 東京").unwrap().fts, None);
         assert!(Query::parse("").is_err());
         assert!(Query::parse("   ").is_err());
         assert!(Query::parse(&"x".repeat(257)).is_err());
@@ -340,7 +348,7 @@ mod tests {
             .unwrap();
         assert!(fts5);
         conn.execute_batch(
-            "CREATE VIRTUAL TABLE t USING fts5(body, tokenize = 'trigram', content = '');
+            "CREATE VIRTUAL TABLE t USING fts5(body, tokenize = 'trigram', content = '', columnsize = 0, detail = none);
              INSERT INTO t (t, rank) VALUES ('secure-delete', 1);
              CREATE VIRTUAL TABLE terms USING fts5vocab(t, 'row');
              INSERT INTO t (rowid, body) VALUES (1, '東京タワーに行きました'), (2, 'Hello World');",
@@ -363,13 +371,13 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(hits("\"タワー\""), vec![1]);
-        assert_eq!(hits("\"WORLD\" \"hel\""), vec![2]);
+        assert_eq!(hits("\"WOR\" \"rld\" \"hel\""), vec![2]);
         conn.execute(
             "INSERT INTO t (t, rowid, body) VALUES ('delete', 2, 'Hello World')",
             [],
         )
         .unwrap();
-        assert!(hits("\"world\"").is_empty());
+        assert!(hits("\"wor\"").is_empty());
         // Secure delete: the index no longer holds the deleted row's terms.
         assert!(!has_term("wor"));
         assert!(has_term("タワー"));
