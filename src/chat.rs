@@ -1,4 +1,5 @@
-//! `messenger send | listen | history | chat`: one device of a user, through the
+//! `messenger send | edit | delete | react | search | listen | history | chat`:
+//! one device of a user, through the
 //! client library, on the command line.
 //!
 //! Each run signs in as `--user` on `--device` (default `cli`). The inbox cursor
@@ -20,7 +21,8 @@ mod lines;
 use crate::cli::{Account, ChatCommand, GroupCommand};
 use crate::settings::Settings;
 use lines::{
-    chat_message_line, chat_receipt_line, event_line, format_ts, member_line, message_line,
+    chat_message_line, chat_receipt_line, delete_line, edit_line, event_line, format_ts,
+    member_line, message_line, reaction_line,
 };
 
 /// Messages of history shown when `chat` starts.
@@ -34,7 +36,44 @@ pub(crate) fn run(settings: &Settings, cmd: ChatCommand) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         match cmd {
-            ChatCommand::Send { account, to, text } => send(settings, &account, &to, &text).await,
+            ChatCommand::Send {
+                account,
+                to,
+                text,
+                reply_to,
+            } => send(settings, &account, &to, &text, reply_to).await,
+            ChatCommand::Edit {
+                account,
+                conv,
+                seq,
+                text,
+            } => act(settings, &account, &conv, seq, Act::Edit(&text)).await,
+            ChatCommand::Delete { account, conv, seq } => {
+                act(settings, &account, &conv, seq, Act::Delete).await
+            }
+            ChatCommand::React {
+                account,
+                conv,
+                seq,
+                emoji,
+            } => act(settings, &account, &conv, seq, Act::React(&emoji)).await,
+            ChatCommand::Search {
+                account,
+                query,
+                conv,
+                cursor,
+                limit,
+            } => {
+                search(
+                    settings,
+                    &account,
+                    &query,
+                    conv.as_deref(),
+                    cursor.as_deref(),
+                    limit,
+                )
+                .await
+            }
             ChatCommand::Listen { account } => listen(settings, &account).await,
             ChatCommand::History {
                 account,
@@ -132,10 +171,19 @@ fn conversation(me: &UserId, target: &str) -> anyhow::Result<ConvId> {
     ConvId::direct(me, &other).map_err(|_| anyhow!("that is you: pick another user"))
 }
 
-async fn send(settings: &Settings, account: &Account, to: &str, text: &str) -> anyhow::Result<()> {
+async fn send(
+    settings: &Settings,
+    account: &Account,
+    to: &str,
+    text: &str,
+    reply_to: Option<u64>,
+) -> anyhow::Result<()> {
     let conv = target(account, to)?;
     let session = connect(settings, account).await?;
-    let result = session.client.send(&conv, text).await;
+    let result = match reply_to {
+        Some(seq) => session.client.reply(&conv, seq, text).await,
+        None => session.client.send(&conv, text).await,
+    };
     session.close(false).await;
     let ack = result.context("not sent")?;
     println!(
@@ -145,6 +193,62 @@ async fn send(settings: &Settings, account: &Account, to: &str, text: &str) -> a
         ack.ts,
         format_ts(ack.ts)
     );
+    Ok(())
+}
+
+/// An action on a stored message.
+enum Act<'a> {
+    Edit(&'a str),
+    Delete,
+    React(&'a str),
+}
+
+/// `edit`, `delete`, `react`: prints the new event's seq.
+async fn act(
+    settings: &Settings,
+    account: &Account,
+    conv: &str,
+    seq: u64,
+    act: Act<'_>,
+) -> anyhow::Result<()> {
+    let conv = target(account, conv)?;
+    let session = connect(settings, account).await?;
+    let result = match act {
+        Act::Edit(text) => session.client.edit(&conv, seq, text).await,
+        Act::Delete => session.client.delete(&conv, seq).await,
+        Act::React(emoji) => session.client.react(&conv, seq, emoji).await,
+    };
+    session.close(false).await;
+    let ack = result.context("refused")?;
+    println!("{}: seq {}", ack.conv, ack.seq);
+    Ok(())
+}
+
+async fn search(
+    settings: &Settings,
+    account: &Account,
+    query: &str,
+    conv: Option<&str>,
+    cursor: Option<&str>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let conv = conv.map(|c| target(account, c)).transpose()?;
+    let session = connect(settings, account).await?;
+    let result = session
+        .client
+        .search(query, conv.as_ref(), cursor, limit)
+        .await;
+    session.close(false).await;
+    let page = result.context("no search")?;
+    for m in &page.results {
+        println!("{}", message_line(m));
+    }
+    if page.results.is_empty() {
+        eprintln!("(nothing found)");
+    }
+    if let (true, Some(next)) = (page.more, &page.next) {
+        eprintln!("(more: --cursor {next})");
+    }
     Ok(())
 }
 
@@ -164,6 +268,9 @@ async fn history(
         match item {
             HistoryItem::Message(m) => println!("{}", message_line(m)),
             HistoryItem::Member(m) => println!("{}", member_line(m)),
+            HistoryItem::Edit(e) => println!("{}", edit_line(e)),
+            HistoryItem::Delete(d) => println!("{}", delete_line(d)),
+            HistoryItem::Reaction(r) => println!("{}", reaction_line(r)),
         }
     }
     if page.more {
@@ -331,6 +438,8 @@ async fn chat(settings: &Settings, account: &Account, with: &str) -> anyhow::Res
                 }
             }
             HistoryItem::Member(m) => println!("{}", member_line(m)),
+            // The messages above already show their current state.
+            HistoryItem::Edit(_) | HistoryItem::Delete(_) | HistoryItem::Reaction(_) => {}
         }
         shown = item.seq();
     }
@@ -384,6 +493,18 @@ async fn chat(settings: &Settings, account: &Account, with: &str) -> anyhow::Res
                     ClientEvent::Member(m) if m.conv == conv => {
                         shown = shown.max(m.seq);
                         println!("{}", member_line(&m));
+                    }
+                    ClientEvent::Edit(e) if e.conv == conv && e.seq > shown => {
+                        shown = e.seq;
+                        println!("{}", edit_line(&e));
+                    }
+                    ClientEvent::Delete(d) if d.conv == conv && d.seq > shown => {
+                        shown = d.seq;
+                        println!("{}", delete_line(&d));
+                    }
+                    ClientEvent::Reaction(r) if r.conv == conv && r.seq > shown => {
+                        shown = r.seq;
+                        println!("{}", reaction_line(&r));
                     }
                     ClientEvent::Message(m) => println!("{}", message_line(&m)),
                     ClientEvent::Receipt(_) | ClientEvent::Typing { .. } => {}

@@ -34,7 +34,7 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = AclFormat::Mosquitto)]
         format: AclFormat,
     },
-    /// Chat commands (send, listen, history, chat), signed in as one user.
+    /// Chat commands (send, edit, delete, react, search, listen, history, chat), signed in as one user.
     #[command(flatten)]
     Chat(ChatCommand),
     /// Measure throughput, latency, connections and memory against a server child process.
@@ -53,6 +53,60 @@ pub(crate) enum ChatCommand {
         to: String,
         /// The message.
         text: String,
+        /// Reply to the message with this seq.
+        #[arg(long, value_name = "SEQ")]
+        reply_to: Option<u64>,
+    },
+    /// Replace the text of one of your messages (within the server's edit window).
+    Edit {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// A user id (the 1-1 conversation with them) or a group, `g:<id>`.
+        conv: String,
+        /// The message's seq.
+        seq: u64,
+        /// The new text.
+        text: String,
+    },
+    /// Delete a message for everyone (yours; in a group you administer, anyone's).
+    Delete {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// A user id (the 1-1 conversation with them) or a group, `g:<id>`.
+        conv: String,
+        /// The message's seq.
+        seq: u64,
+    },
+    /// React to a message with an emoji; "" takes your reaction back.
+    React {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// A user id (the 1-1 conversation with them) or a group, `g:<id>`.
+        conv: String,
+        /// The message's seq.
+        seq: u64,
+        /// The emoji (1 to 16 bytes), or "".
+        emoji: String,
+    },
+    /// Search your conversations for messages holding every word, newest first.
+    Search {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// The words (1 to 256 characters).
+        query: String,
+        /// Only this conversation: a user id or a group, `g:<id>`.
+        #[arg(long)]
+        conv: Option<String>,
+        /// Continue from the cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     /// Print events as they come, one line each, until Ctrl-C.
     Listen {

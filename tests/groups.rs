@@ -188,6 +188,7 @@ async fn a_group_lives_its_whole_life() {
         .map(|e| match e {
             HistoryItem::Message(m) => (m.seq, format!("message {}", m.body)),
             HistoryItem::Member(m) => (m.seq, format!("{} {}", m.action, m.user)),
+            other => (other.seq(), "an action on a message".into()),
         })
         .collect();
     assert_eq!(

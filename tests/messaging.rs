@@ -80,7 +80,7 @@ async fn repeated_send_stores_once(backend: Backend) {
         .iter()
         .filter_map(|e| match e {
             HistoryItem::Message(m) => Some(m.body.clone()),
-            HistoryItem::Member(_) => None,
+            _ => None,
         })
         .collect();
     assert_eq!(bodies, ["once", "after"]);

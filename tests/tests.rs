@@ -30,6 +30,9 @@ mod presence;
 // Group chats: membership events, fan-out, admin rights, limits.
 mod groups;
 
+// Timeline actions and search: replies, edits, deletions, reactions, search windows.
+mod timeline;
+
 // Hostile input to the bridge: replies over the packet limit, unbounded lists,
 // numbers out of range, device ids without end, a removed user's name re-used.
 mod hostile;

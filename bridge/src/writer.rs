@@ -123,7 +123,8 @@ enum Planned {
     /// A request that did not decode: answered at once.
     Rejected {
         from: (UserId, DeviceId),
-        reply: Event,
+        /// Boxed: an `Event` is large, and most jobs are stored.
+        reply: Box<Event>,
     },
     /// Nothing to do.
     Nothing,
@@ -172,7 +173,7 @@ fn decode(work: Work, limits: &Limits, inputs: &mut Vec<Input>) -> Planned {
             payload,
         } => match request::decode(&payload, limits.max_request_bytes()) {
             Err(rejected) => Planned::Rejected {
-                reply: rejected.failure.reply(rejected.id),
+                reply: Box::new(rejected.failure.reply(rejected.id)),
                 from: (user, device),
             },
             Ok(request) => {

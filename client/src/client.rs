@@ -14,7 +14,7 @@ use tracing::debug;
 use crate::config::{ClientConfig, MQTT_CHANNEL_CAPACITY};
 use crate::connection::{Connection, NetEvent};
 use crate::error::{ClientError, RefusalCode};
-use crate::event::{Ack, ClientEvent, HistoryPage};
+use crate::event::{Ack, ClientEvent, HistoryPage, SearchPage};
 use crate::requests::{new_request_id, Retry};
 use crate::session::{encode, Command, Session};
 
@@ -176,12 +176,81 @@ impl Client {
         conv: &ConvId,
         body: &str,
     ) -> Result<Ack, ClientError> {
+        self.send_message(id, conv, body, None).await
+    }
+
+    /// Sends a message that replies to the message `reply_to` (its seq) of the
+    /// same conversation; otherwise as [`Client::send`].
+    pub async fn reply(
+        &self,
+        conv: &ConvId,
+        reply_to: u64,
+        body: &str,
+    ) -> Result<Ack, ClientError> {
+        self.send_message(new_request_id(), conv, body, Some(reply_to))
+            .await
+    }
+
+    async fn send_message(
+        &self,
+        id: RequestId,
+        conv: &ConvId,
+        body: &str,
+        reply_to: Option<u64>,
+    ) -> Result<Ack, ClientError> {
         let request = Request::Send {
             id: id.clone(),
             conv: conv.clone(),
             body: body.to_owned(),
+            reply_to,
         };
-        match self.request(id.as_str(), &request, Retry::Periodic).await? {
+        self.acked(conv, &request).await
+    }
+
+    /// Replaces the text of this user's message `target` in `conv` (within the
+    /// server's edit window). Resolves with the `ack` of the `edit` event; retried
+    /// with the same id like [`Client::send`].
+    pub async fn edit(&self, conv: &ConvId, target: u64, body: &str) -> Result<Ack, ClientError> {
+        let request = Request::Edit {
+            id: new_request_id(),
+            conv: conv.clone(),
+            target,
+            body: body.to_owned(),
+        };
+        self.acked(conv, &request).await
+    }
+
+    /// Deletes the message `target` of `conv` for everyone (this user's own, or
+    /// any in a group this user administers): its text is erased on the server.
+    pub async fn delete(&self, conv: &ConvId, target: u64) -> Result<Ack, ClientError> {
+        let request = Request::Delete {
+            id: new_request_id(),
+            conv: conv.clone(),
+            target,
+        };
+        self.acked(conv, &request).await
+    }
+
+    /// Reacts to the message `target` of `conv` with `emoji` (1 to 16 bytes),
+    /// replacing this user's earlier reaction; `""` takes it back.
+    pub async fn react(&self, conv: &ConvId, target: u64, emoji: &str) -> Result<Ack, ClientError> {
+        let request = Request::React {
+            id: new_request_id(),
+            conv: conv.clone(),
+            target,
+            emoji: emoji.to_owned(),
+        };
+        self.acked(conv, &request).await
+    }
+
+    /// Publishes an idempotent request (until its reply, like a send) and reads its `ack`.
+    async fn acked(&self, conv: &ConvId, request: &Request) -> Result<Ack, ClientError> {
+        let id = request
+            .id()
+            .ok_or_else(|| ClientError::InvalidRequest("a request without an id".into()))?
+            .as_str()
+            .to_owned();
+        match self.request(&id, request, Retry::Periodic).await? {
             wire::Event::Ack {
                 id,
                 conv: acked,
@@ -194,6 +263,39 @@ impl Client {
                 ts,
             }),
             other => Err(unexpected("an ack with seq and ts", &other)),
+        }
+    }
+
+    /// A page of the messages whose text holds every word of `query`
+    /// (case-insensitively), newest first, in the conversations this user may
+    /// read (only `conv` when given). Pass the page's `next` as `cursor` for
+    /// the following one.
+    pub async fn search(
+        &self,
+        query: &str,
+        conv: Option<&ConvId>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<SearchPage, ClientError> {
+        let id = new_request_id();
+        let request = Request::Search {
+            id: id.clone(),
+            query: query.to_owned(),
+            conv: conv.cloned(),
+            cursor: cursor.map(str::to_owned),
+            limit: Some(limit),
+        };
+        match self
+            .request(id.as_str(), &request, Retry::OnReconnect)
+            .await?
+        {
+            wire::Event::Search {
+                results,
+                more,
+                next,
+                ..
+            } => Ok(SearchPage::from_wire(results, more, next)),
+            other => Err(unexpected("search results", &other)),
         }
     }
 

@@ -1,6 +1,6 @@
 //! What the client hands to the app: events, acks, history pages.
 
-use messenger_protocol::wire::{self, MemberAction, ReceiptStatus, RequestId, Status};
+use messenger_protocol::wire::{self, MemberAction, Reactions, ReceiptStatus, RequestId, Status};
 use messenger_protocol::{ConvId, UserId};
 
 use crate::error::RefusalCode;
@@ -20,8 +20,71 @@ pub struct Message {
     pub device: String,
     /// The sender's request id.
     pub id: RequestId,
-    /// The text.
+    /// The text: in history and search, its latest edit; empty once deleted.
     pub body: String,
+    /// The `seq` of the message this one replies to.
+    pub reply_to: Option<u64>,
+    /// When it was last edited (history and search; also in a sync).
+    pub edited: Option<u64>,
+    /// Deleted for everyone (history and search; also in a sync).
+    pub deleted: bool,
+    /// Emoji to the users who reacted with it (history and search only).
+    pub reactions: Reactions,
+    /// This user's inbox sequence number; `None` in a history page.
+    pub useq: Option<u64>,
+}
+
+/// A message's text was replaced by its author.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// The conversation.
+    pub conv: ConvId,
+    /// This event's place in the conversation.
+    pub seq: u64,
+    /// When the server stored it.
+    pub ts: u64,
+    /// The author.
+    pub from: UserId,
+    /// The edited message's seq.
+    pub target: u64,
+    /// The new text; `None` once the message was deleted (the text is erased).
+    pub body: Option<String>,
+    /// This user's inbox sequence number; `None` in a history page.
+    pub useq: Option<u64>,
+}
+
+/// A message was deleted for everyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// The conversation.
+    pub conv: ConvId,
+    /// This event's place in the conversation.
+    pub seq: u64,
+    /// When the server stored it.
+    pub ts: u64,
+    /// Who deleted it: its author or a group admin.
+    pub from: UserId,
+    /// The deleted message's seq.
+    pub target: u64,
+    /// This user's inbox sequence number; `None` in a history page.
+    pub useq: Option<u64>,
+}
+
+/// A member reacted to a message, or took their reaction back (`emoji` empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    /// The conversation.
+    pub conv: ConvId,
+    /// This event's place in the conversation.
+    pub seq: u64,
+    /// When the server stored it.
+    pub ts: u64,
+    /// Who reacted.
+    pub from: UserId,
+    /// The message's seq.
+    pub target: u64,
+    /// The emoji; empty when the reaction was taken back.
+    pub emoji: String,
     /// This user's inbox sequence number; `None` in a history page.
     pub useq: Option<u64>,
 }
@@ -79,6 +142,12 @@ pub enum ClientEvent {
     Receipt(Receipt),
     /// A group membership change.
     Member(Member),
+    /// A message was edited.
+    Edit(Edit),
+    /// A message was deleted for everyone.
+    Delete(Deletion),
+    /// A reaction to a message was chosen, changed or taken back.
+    Reaction(Reaction),
     /// Someone is typing (never stored; no `useq`).
     Typing {
         /// The conversation.
@@ -104,6 +173,9 @@ impl ClientEvent {
             Self::Message(m) => m.useq,
             Self::Receipt(r) => r.useq,
             Self::Member(m) => m.useq,
+            Self::Edit(e) => e.useq,
+            Self::Delete(d) => d.useq,
+            Self::Reaction(r) => r.useq,
             _ => None,
         }
     }
@@ -119,6 +191,10 @@ impl ClientEvent {
                 device,
                 id,
                 body,
+                reply_to,
+                edited,
+                deleted,
+                reactions,
                 useq,
             } => Self::Message(Message {
                 conv,
@@ -128,6 +204,59 @@ impl ClientEvent {
                 device,
                 id,
                 body,
+                reply_to,
+                edited,
+                deleted,
+                reactions,
+                useq,
+            }),
+            wire::Event::Edit {
+                conv,
+                seq,
+                ts,
+                from,
+                target,
+                body,
+                useq,
+            } => Self::Edit(Edit {
+                conv,
+                seq,
+                ts,
+                from,
+                target,
+                body,
+                useq,
+            }),
+            wire::Event::Delete {
+                conv,
+                seq,
+                ts,
+                from,
+                target,
+                useq,
+            } => Self::Delete(Deletion {
+                conv,
+                seq,
+                ts,
+                from,
+                target,
+                useq,
+            }),
+            wire::Event::Reaction {
+                conv,
+                seq,
+                ts,
+                from,
+                target,
+                emoji,
+                useq,
+            } => Self::Reaction(Reaction {
+                conv,
+                seq,
+                ts,
+                from,
+                target,
+                emoji,
                 useq,
             }),
             wire::Event::Receipt {
@@ -177,6 +306,12 @@ pub enum HistoryItem {
     Message(Message),
     /// A membership change.
     Member(Member),
+    /// An edit (the message it edits already shows the latest text).
+    Edit(Edit),
+    /// A deletion (the message it deletes already shows `deleted`).
+    Delete(Deletion),
+    /// A reaction (the message it reacts to already lists the current reactions).
+    Reaction(Reaction),
 }
 
 impl HistoryItem {
@@ -185,6 +320,9 @@ impl HistoryItem {
         match self {
             Self::Message(m) => m.seq,
             Self::Member(m) => m.seq,
+            Self::Edit(e) => e.seq,
+            Self::Delete(d) => d.seq,
+            Self::Reaction(r) => r.seq,
         }
     }
 }
@@ -208,6 +346,9 @@ impl HistoryPage {
             .filter_map(|e| match ClientEvent::from_wire(e) {
                 Some(ClientEvent::Message(m)) => Some(HistoryItem::Message(m)),
                 Some(ClientEvent::Member(m)) => Some(HistoryItem::Member(m)),
+                Some(ClientEvent::Edit(e)) => Some(HistoryItem::Edit(e)),
+                Some(ClientEvent::Delete(d)) => Some(HistoryItem::Delete(d)),
+                Some(ClientEvent::Reaction(r)) => Some(HistoryItem::Reaction(r)),
                 _ => None,
             })
             .collect();
@@ -215,14 +356,45 @@ impl HistoryPage {
     }
 }
 
-/// The bridge's `ack` of a stored message: it is durable from now on.
+/// A page of `search` results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPage {
+    /// Matching messages in their current state, newest first.
+    pub results: Vec<Message>,
+    /// Whether to ask again with the cursor `next` (a page may hold fewer
+    /// results than asked for, even none, and still have `more`).
+    pub more: bool,
+    /// The cursor of the next page, while `more`.
+    pub next: Option<String>,
+}
+
+impl SearchPage {
+    /// Converts the `search` reply; anything but a message in it is skipped.
+    pub(crate) fn from_wire(results: Vec<wire::Event>, more: bool, next: Option<String>) -> Self {
+        let results = results
+            .into_iter()
+            .filter_map(|e| match ClientEvent::from_wire(e) {
+                Some(ClientEvent::Message(m)) => Some(m),
+                _ => None,
+            })
+            .collect();
+        Self {
+            results,
+            more,
+            next,
+        }
+    }
+}
+
+/// The bridge's `ack` of a stored message, edit, deletion or reaction: it is
+/// durable from now on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
-    /// The request id (the same as the message's `id`).
+    /// The request id (for a message, the same as its `id`).
     pub id: RequestId,
     /// The conversation.
     pub conv: ConvId,
-    /// The message's seq in the conversation.
+    /// The stored event's seq in the conversation.
     pub seq: u64,
     /// When it was stored (ms since the Unix epoch).
     pub ts: u64,

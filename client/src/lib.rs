@@ -1,8 +1,9 @@
 //! The messenger client: what an app links to be one device of a user.
 //!
 //! [`Client::connect`] signs in over MQTT and returns a [`Client`] (requests:
-//! send, history, conversations, receipts, typing, presence) and an
-//! [`EventStream`] (messages, receipts, membership changes, typing, presence,
+//! send and reply, edit, delete, react, history, search, conversations,
+//! receipts, typing, presence) and an [`EventStream`] (messages, edits,
+//! deletions, reactions, receipts, membership changes, typing, presence,
 //! connection changes). The client keeps the device's inbox cursor, drops
 //! repeated events and fills gaps with `sync`, publishes cumulative `delivered`
 //! receipts in batches, retries unacknowledged sends with the same id, and
@@ -13,8 +14,9 @@
 //!
 //! - [`config`]: [`ClientConfig`] and [`Transport`]; rumqttc's options from them.
 //! - `client`: the public handle [`Client`] and the [`EventStream`].
-//! - [`event`]: what the app receives: [`ClientEvent`], [`Message`], [`Receipt`],
-//!   [`Member`], [`HistoryPage`], [`Ack`].
+//! - [`event`]: what the app receives: [`ClientEvent`], [`Message`], [`Edit`],
+//!   [`Deletion`], [`Reaction`], [`Receipt`], [`Member`], [`HistoryPage`],
+//!   [`SearchPage`], [`Ack`].
 //! - [`error`]: [`ClientError`] and [`RefusalCode`].
 //! - `connection`: the task that drives rumqttc's event loop, reconnects with
 //!   backoff (`backoff`) and switches credentials.
@@ -67,5 +69,8 @@ mod session;
 pub use client::{Client, EventStream};
 pub use config::{ClientConfig, Transport};
 pub use error::{ClientError, RefusalCode};
-pub use event::{Ack, ClientEvent, HistoryItem, HistoryPage, Member, Message, Receipt};
+pub use event::{
+    Ack, ClientEvent, Deletion, Edit, HistoryItem, HistoryPage, Member, Message, Reaction, Receipt,
+    SearchPage,
+};
 pub use requests::new_request_id;

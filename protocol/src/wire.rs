@@ -88,6 +88,56 @@ pub enum Request {
         conv: ConvId,
         /// The text.
         body: String,
+        /// The `seq` of the message of the same conversation this one replies to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+    },
+    /// Replace the text of one of the sender's messages (within the edit window).
+    Edit {
+        /// Request id; a repeat with the same id stores nothing new.
+        id: RequestId,
+        /// The conversation.
+        conv: ConvId,
+        /// The message's seq.
+        target: u64,
+        /// The new text.
+        body: String,
+    },
+    /// Delete a message for everyone: its text is erased from storage.
+    Delete {
+        /// Request id; a repeat with the same id stores nothing new.
+        id: RequestId,
+        /// The conversation.
+        conv: ConvId,
+        /// The message's seq.
+        target: u64,
+    },
+    /// React to a message with an emoji (`""` takes the user's reaction back).
+    React {
+        /// Request id; a repeat with the same id stores nothing new.
+        id: RequestId,
+        /// The conversation.
+        conv: ConvId,
+        /// The message's seq.
+        target: u64,
+        /// 1 to 16 bytes of text, or `""`.
+        emoji: String,
+    },
+    /// Search the text of the messages the user may read, newest first.
+    Search {
+        /// Request id.
+        id: RequestId,
+        /// The words to find, 1 to 256 characters.
+        query: String,
+        /// Only this conversation.
+        #[serde(default)]
+        conv: Option<ConvId>,
+        /// The `next` of the previous page; the newest first when absent.
+        #[serde(default)]
+        cursor: Option<String>,
+        /// Page size.
+        #[serde(default)]
+        limit: Option<u32>,
     },
     /// A cumulative delivered/read receipt.
     Receipt {
@@ -224,6 +274,10 @@ impl Request {
     pub fn id(&self) -> Option<&RequestId> {
         match self {
             Self::Send { id, .. }
+            | Self::Edit { id, .. }
+            | Self::Delete { id, .. }
+            | Self::React { id, .. }
+            | Self::Search { id, .. }
             | Self::Sync { id, .. }
             | Self::History { id, .. }
             | Self::Conversations { id, .. }
@@ -258,6 +312,10 @@ impl Request {
     pub fn check_numbers(&self) -> Result<(), OutOfRange> {
         let fields: &[(&'static str, Option<u64>)] = match self {
             Self::Receipt { seq, .. } => &[("seq", Some(*seq))],
+            Self::Send { reply_to, .. } => &[("reply_to", *reply_to)],
+            Self::Edit { target, .. }
+            | Self::Delete { target, .. }
+            | Self::React { target, .. } => &[("target", Some(*target))],
             Self::Sync { after, .. } => &[("after", Some(*after))],
             Self::History { before, .. } => &[("before", *before)],
             Self::Mute { until, .. } => &[("until", *until)],
@@ -374,6 +432,15 @@ pub struct ConversationItem {
     pub unread: u64,
 }
 
+/// A message's reactions: each emoji with the users who chose it, by user id.
+pub type Reactions = std::collections::BTreeMap<String, Vec<UserId>>;
+
+/// The most bytes of a reaction's emoji.
+pub const MAX_EMOJI_BYTES: usize = 16;
+
+/// The most characters of a `search` query.
+pub const MAX_QUERY_CHARS: usize = 256;
+
 /// A reply (on `chat/<user>/dev/<device>`) or an event (on `chat/<user>/inbox`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -471,11 +538,90 @@ pub enum Event {
         device: String,
         /// The sender's request id.
         id: RequestId,
-        /// The text.
+        /// The text (its latest edit in `history` and `search`); empty, and absent
+        /// on the wire, once the message was deleted.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         body: String,
+        /// The `seq` of the message this one replies to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+        /// The `ts` of the latest edit (`history` and `search` only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edited: Option<u64>,
+        /// Deleted for everyone (`history` and `search` only).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+        /// Emoji to the users who reacted with it (`history` and `search` only).
+        #[serde(default, skip_serializing_if = "Reactions::is_empty")]
+        reactions: Reactions,
         /// The recipient's inbox sequence number (absent in `history`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         useq: Option<u64>,
+    },
+    /// A message's text was replaced.
+    Edit {
+        /// The conversation.
+        conv: ConvId,
+        /// This event's place in the conversation.
+        seq: u64,
+        /// When it was stored.
+        ts: u64,
+        /// The author.
+        from: UserId,
+        /// The edited message's seq.
+        target: u64,
+        /// The new text; absent once the message was deleted (the text is erased).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+        /// The recipient's inbox sequence number (absent in `history`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        useq: Option<u64>,
+    },
+    /// A message was deleted for everyone.
+    Delete {
+        /// The conversation.
+        conv: ConvId,
+        /// This event's place in the conversation.
+        seq: u64,
+        /// When it was stored.
+        ts: u64,
+        /// Who deleted it (the author, or a group admin).
+        from: UserId,
+        /// The deleted message's seq.
+        target: u64,
+        /// The recipient's inbox sequence number (absent in `history`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        useq: Option<u64>,
+    },
+    /// A member reacted to a message (an empty `emoji` takes their reaction back).
+    Reaction {
+        /// The conversation.
+        conv: ConvId,
+        /// This event's place in the conversation.
+        seq: u64,
+        /// When it was stored.
+        ts: u64,
+        /// Who reacted.
+        from: UserId,
+        /// The message's seq.
+        target: u64,
+        /// The emoji; `""` when the reaction was taken back.
+        emoji: String,
+        /// The recipient's inbox sequence number (absent in `history`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        useq: Option<u64>,
+    },
+    /// The reply to `search`.
+    Search {
+        /// The request's id.
+        id: RequestId,
+        /// Matching `message` events in their current state, newest first.
+        results: Vec<Event>,
+        /// Whether to ask again with `cursor` = `next`.
+        more: bool,
+        /// The cursor of the next page, while `more`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     /// A delivered/read receipt.
     Receipt {
@@ -526,9 +672,12 @@ impl Event {
     /// The inbox sequence number of a stored event.
     pub fn useq(&self) -> Option<u64> {
         match self {
-            Self::Message { useq, .. } | Self::Receipt { useq, .. } | Self::Member { useq, .. } => {
-                *useq
-            }
+            Self::Message { useq, .. }
+            | Self::Receipt { useq, .. }
+            | Self::Member { useq, .. }
+            | Self::Edit { useq, .. }
+            | Self::Delete { useq, .. }
+            | Self::Reaction { useq, .. } => *useq,
             _ => None,
         }
     }

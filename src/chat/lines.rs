@@ -1,6 +1,6 @@
 //! How the chat commands print events: one line each.
 
-use messenger_client::{ClientEvent, Member, Message, Receipt};
+use messenger_client::{ClientEvent, Deletion, Edit, Member, Message, Reaction, Receipt};
 use messenger_protocol::wire::{MemberAction, ReceiptStatus, Status};
 use messenger_protocol::{ConvId, UserId};
 
@@ -10,6 +10,9 @@ pub(super) fn event_line(event: &ClientEvent) -> String {
         ClientEvent::Message(m) => message_line(m),
         ClientEvent::Receipt(r) => format!("[{}] {}: {}", r.conv, r.user, receipt_text(r)),
         ClientEvent::Member(m) => member_line(m),
+        ClientEvent::Edit(e) => edit_line(e),
+        ClientEvent::Delete(d) => delete_line(d),
+        ClientEvent::Reaction(r) => reaction_line(r),
         ClientEvent::Typing { conv, user } => format!("[{conv}] {user} is typing…"),
         ClientEvent::Status(s) => status_line(s),
         ClientEvent::Connected => "(connected)".into(),
@@ -26,7 +29,7 @@ pub(super) fn message_line(m: &Message) -> String {
         m.seq,
         format_ts(m.ts),
         m.from,
-        one_line(&m.body)
+        message_text(m)
     )
 }
 
@@ -37,7 +40,67 @@ pub(super) fn chat_message_line(me: &UserId, m: &Message) -> String {
     } else {
         m.from.to_string()
     };
-    format!("{} {who}: {}", short_time(m.ts), one_line(&m.body))
+    format!("{} {who}: {}", short_time(m.ts), message_text(m))
+}
+
+/// A message's text in its current state: what it replies to, `(edited)`,
+/// `message deleted`, its reactions.
+fn message_text(m: &Message) -> String {
+    let mut text = String::new();
+    if let Some(target) = m.reply_to {
+        text.push_str(&format!("↪ #{target} "));
+    }
+    if m.deleted {
+        text.push_str("(message deleted)");
+    } else {
+        text.push_str(&one_line(&m.body));
+        if m.edited.is_some() {
+            text.push_str(" (edited)");
+        }
+    }
+    if !m.reactions.is_empty() {
+        let all: Vec<String> = m
+            .reactions
+            .iter()
+            .map(|(emoji, users)| {
+                let users: Vec<&str> = users.iter().map(UserId::as_str).collect();
+                format!("{emoji} {}", users.join(", "))
+            })
+            .collect();
+        text.push_str(&format!(" [{}]", all.join("; ")));
+    }
+    text
+}
+
+/// An edit event.
+pub(super) fn edit_line(e: &Edit) -> String {
+    let what = match &e.body {
+        Some(body) => format!("{} edited #{}: {}", e.from, e.target, one_line(body)),
+        None => format!("{} edited #{} (message deleted since)", e.from, e.target),
+    };
+    format!("[{} #{} {}] {what}", e.conv, e.seq, format_ts(e.ts))
+}
+
+/// A deletion event.
+pub(super) fn delete_line(d: &Deletion) -> String {
+    format!(
+        "[{} #{} {}] {} deleted #{}: message deleted",
+        d.conv,
+        d.seq,
+        format_ts(d.ts),
+        d.from,
+        d.target
+    )
+}
+
+/// A reaction event.
+pub(super) fn reaction_line(r: &Reaction) -> String {
+    let what = if r.emoji.is_empty() {
+        format!("{} took back their reaction to #{}", r.from, r.target)
+    } else {
+        format!("{} reacted {} to #{}", r.from, r.emoji, r.target)
+    };
+    format!("[{} #{} {}] {what}", r.conv, r.seq, format_ts(r.ts))
 }
 
 /// A membership change.
@@ -135,6 +198,10 @@ mod tests {
             device: "phone".into(),
             id: messenger_client::new_request_id(),
             body: "hi\nthere".into(),
+            reply_to: None,
+            edited: None,
+            deleted: false,
+            reactions: Default::default(),
             useq: Some(9),
         };
         assert_eq!(
@@ -143,6 +210,23 @@ mod tests {
         );
         let alice = UserId::parse("alice").unwrap();
         assert_eq!(chat_message_line(&alice, &m), "00:00 bob: hi ⏎ there");
+        let mut changed = m.clone();
+        changed.reply_to = Some(2);
+        changed.edited = Some(5);
+        changed
+            .reactions
+            .insert("👍".into(), vec![alice.clone(), m.from.clone()]);
+        assert_eq!(
+            message_line(&changed),
+            "[dm:alice:bob #3 1970-01-01 00:00:00] bob: ↪ #2 hi ⏎ there (edited) [👍 alice, bob]"
+        );
+        changed.deleted = true;
+        changed.body.clear();
+        changed.reactions.clear();
+        assert_eq!(
+            chat_message_line(&alice, &changed),
+            "00:00 bob: ↪ #2 (message deleted)"
+        );
         let r = Receipt {
             conv: m.conv.clone(),
             user: m.from.clone(),

@@ -51,6 +51,8 @@ pub struct Limits {
     pub max_group_name_chars: usize,
     /// Most devices (distinct device ids with presence or a device token) per user.
     pub max_devices_per_user: usize,
+    /// How long after sending its author may edit a message, in seconds.
+    pub edit_window_secs: u64,
 }
 
 impl Default for Limits {
@@ -61,6 +63,7 @@ impl Default for Limits {
             max_group_members: 1024,
             max_group_name_chars: 100,
             max_devices_per_user: 50,
+            edit_window_secs: 15 * 60,
         }
     }
 }
@@ -110,6 +113,17 @@ impl Limits {
                 "be between 1 and 10000",
             ));
         }
+        if self.edit_window_secs > 366 * 24 * 3600 {
+            return Err(ConfigError::invalid(
+                "limits.edit_window_secs",
+                "be at most 31622400 (366 days)",
+            ));
+        }
         Ok(())
+    }
+
+    /// The edit window in milliseconds, the unit of `ts`.
+    pub fn edit_window_ms(&self) -> u64 {
+        self.edit_window_secs * 1000
     }
 }

@@ -88,7 +88,11 @@ fn value(convs: Vec<String>) -> impl Strategy<Value = Value> {
 
 /// The fields each request type has.
 const TYPES: &[(&str, &[&str])] = &[
-    ("send", &["id", "conv", "body"]),
+    ("send", &["id", "conv", "body", "reply_to"]),
+    ("edit", &["id", "conv", "target", "body"]),
+    ("delete", &["id", "conv", "target"]),
+    ("react", &["id", "conv", "target", "emoji"]),
+    ("search", &["id", "query", "conv", "cursor", "limit"]),
     ("receipt", &["conv", "seq", "status"]),
     ("sync", &["id", "after", "limit"]),
     ("history", &["id", "conv", "before", "limit"]),
@@ -108,12 +112,12 @@ const TYPES: &[(&str, &[&str])] = &[
 /// A request of a known type (or, rarely, none) with most of its fields and
 /// perhaps a stray one; sometimes cut short into broken JSON.
 fn request(convs: Vec<String>) -> impl Strategy<Value = Vec<u8>> {
-    let fields = prop::collection::vec(value(convs.clone()), 4);
+    let fields = prop::collection::vec(value(convs.clone()), 5);
     let ids = prop::sample::select(vec!["r1", "r2", "s", "g"]).prop_map(Value::from);
     (
         prop::sample::select(TYPES),
         fields,
-        prop::collection::vec(0..4u8, 4),
+        prop::collection::vec(0..4u8, 5),
         ids,
         value(convs),
         0..10u8,

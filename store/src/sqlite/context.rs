@@ -8,6 +8,7 @@ use messenger_protocol::{ConvId, DeviceId, UserId};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::pushes::Notify;
+use super::search::IndexOp;
 use crate::config::Limits;
 use crate::{Effect, Failure, Notification};
 
@@ -24,13 +25,41 @@ pub(super) struct Ctx<'a> {
     /// The notifications this request calls for, to hand to the push workers
     /// once the transaction is committed (dropped if the request fails).
     pub(super) pushes: RefCell<Vec<Notification>>,
+    /// The search index changes this request calls for, applied at the end of
+    /// the batch (see `search::IndexOp`; dropped if the request fails).
+    pub(super) index: RefCell<Vec<IndexOp>>,
 }
 
 impl Ctx<'_> {
     /// Handles one decoded request.
     pub(super) fn handle(&self, request: Request) -> Result<Vec<Effect>, Failure> {
         match request {
-            Request::Send { id, conv, body } => self.send(&id, &conv, &body),
+            Request::Send {
+                id,
+                conv,
+                body,
+                reply_to,
+            } => self.send(&id, &conv, &body, reply_to),
+            Request::Edit {
+                id,
+                conv,
+                target,
+                body,
+            } => self.edit(&id, &conv, target, &body),
+            Request::Delete { id, conv, target } => self.delete(&id, &conv, target),
+            Request::React {
+                id,
+                conv,
+                target,
+                emoji,
+            } => self.react(&id, &conv, target, &emoji),
+            Request::Search {
+                id,
+                query,
+                conv,
+                cursor,
+                limit,
+            } => self.search(&id, &query, conv.as_ref(), cursor.as_deref(), limit),
             Request::Receipt { conv, seq, status } => self.receipt(&conv, seq, status),
             Request::Sync { id, after, limit } => self.sync(&id, after, limit),
             Request::History {
@@ -172,6 +201,30 @@ impl Ctx<'_> {
                 ErrorCode::NotMember,
                 format!("you are not a member of {conv}"),
             )),
+        }
+    }
+
+    /// The seqs of `conv` the sender may read, `(from, to)` inclusive: a member's
+    /// from their joining to the newest event, a former group member's from their
+    /// joining to their leaving. Refuses others as `require_member` does.
+    pub(super) fn read_window(&self, conv: &ConvId) -> Result<(u64, u64), Failure> {
+        match self.require_member(conv, false) {
+            Ok(last) => {
+                let joined = self
+                    .membership(conv, self.user)?
+                    .map_or(1, |m| m.joined_seq);
+                Ok((joined, last))
+            }
+            Err(failure)
+                if failure.code == ErrorCode::NotMember && conv.direct_members().is_none() =>
+            {
+                // A former group member may read what they saw while a member.
+                match self.membership(conv, self.user)? {
+                    Some(m) => Ok((m.joined_seq, m.left_seq.unwrap_or(0))),
+                    None => Err(failure),
+                }
+            }
+            Err(failure) => Err(failure),
         }
     }
 

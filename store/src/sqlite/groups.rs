@@ -26,15 +26,19 @@ impl Ctx<'_> {
         Ok(Some(out))
     }
 
-    /// A stored `message` or `member` event, as published (without `useq`).
+    /// A stored event of the timeline (without `useq`); a message in its current state.
     pub(super) fn stored_event(&self, conv: &ConvId, seq: u64) -> rusqlite::Result<Option<Event>> {
         let conv_s = conv.to_string();
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT ts, kind, sender, device, COALESCE(req_id, retired_req_id), body, action, target FROM events WHERE conv = ?1 AND seq = ?2",
-            )?
-            .query_row(params![conv_s, seq], |r| super::rows::event_from_row(r, 0, &conv_s, seq, None))
+            .prepare_cached(concat!(
+                "SELECT ",
+                super::rows::event_columns!(),
+                " FROM events e WHERE e.conv = ?1 AND e.seq = ?2"
+            ))?
+            .query_row(params![conv_s, seq], |r| {
+                super::rows::event_from_row(r, 0, &conv_s, seq, None)
+            })
             .optional()?
             .flatten())
     }

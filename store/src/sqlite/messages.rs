@@ -1,10 +1,10 @@
 //! 1-1 and group messaging: send, receipts, typing, sync, history, conversations.
 
-use messenger_protocol::wire::{ErrorCode, Event, ReceiptStatus, RequestId};
+use messenger_protocol::wire::{ErrorCode, Event, Reactions, ReceiptStatus, RequestId};
 use messenger_protocol::{ConvId, UserId};
 use rusqlite::{params, OptionalExtension};
 
-use super::rows::{event_from_row, receipt_from_row, with_useq, Budget};
+use super::rows::{event_columns, event_from_row, receipt_from_row, with_useq, Budget};
 use super::Ctx;
 use crate::outcome::{encode, Effect};
 use crate::Failure;
@@ -18,6 +18,7 @@ impl Ctx<'_> {
         id: &RequestId,
         conv: &ConvId,
         body: &str,
+        reply_to: Option<u64>,
     ) -> Result<Vec<Effect>, Failure> {
         if body.len() > self.limits.max_body_bytes {
             return Err(Failure::new(
@@ -54,6 +55,9 @@ impl Ctx<'_> {
             return Ok(out);
         }
         let (seq, members) = self.take_send_seq(conv)?;
+        if let Some(target) = reply_to {
+            self.target_message(conv, target)?;
+        }
         let ts = self.now;
         let useqs = self.next_useqs(&members)?;
         // A dm's event keeps its two useqs (a repeat redelivers with them); a group's
@@ -64,8 +68,8 @@ impl Ctx<'_> {
         };
         self.conn
             .prepare_cached(
-                "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body, useq_lo, useq_hi)
-                 VALUES (?1, ?2, ?3, 'message', ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body, useq_lo, useq_hi, ref_seq, text_row)
+                 VALUES (?1, ?2, ?3, 'message', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 conv.to_string(),
@@ -76,7 +80,9 @@ impl Ctx<'_> {
                 id.as_str(),
                 body,
                 useq_lo,
-                useq_hi
+                useq_hi,
+                reply_to,
+                self.index_new(conv, seq, body)?
             ])?;
         // The sender has read what they wrote.
         self.conn
@@ -85,7 +91,7 @@ impl Ctx<'_> {
             )?
             .execute(params![conv.to_string(), self.user.as_str(), seq])?;
         let mut out = self.deliver_at(conv, seq, &members, &useqs, |useq| {
-            self.message_event(conv, seq, ts, id, body, Some(useq))
+            self.message_event(conv, seq, ts, id, body, reply_to, Some(useq))
         })?;
         self.notify_offline(conv, seq, body)?;
         out.push(self.reply(&Event::Ack {
@@ -118,6 +124,7 @@ impl Ctx<'_> {
         Ok((seq, self.members(conv)?))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn message_event(
         &self,
         conv: &ConvId,
@@ -125,6 +132,7 @@ impl Ctx<'_> {
         ts: u64,
         id: &RequestId,
         body: &str,
+        reply_to: Option<u64>,
         useq: Option<u64>,
     ) -> Event {
         Event::Message {
@@ -135,6 +143,10 @@ impl Ctx<'_> {
             device: self.device.to_string(),
             id: id.clone(),
             body: body.to_owned(),
+            reply_to,
+            edited: None,
+            deleted: false,
+            reactions: Reactions::new(),
             useq,
         }
     }
@@ -233,10 +245,12 @@ impl Ctx<'_> {
     ) -> Result<Vec<Effect>, Failure> {
         let limit = self.page(limit, DEFAULT_PAGE)?;
         let mut stmt = self.conn.prepare_cached(
-            "SELECT i.useq, i.conv, i.seq, i.rstatus, i.ruser, i.rts,
-                    e.ts, e.kind, e.sender, e.device, COALESCE(e.req_id, e.retired_req_id), e.body, e.action, e.target
-             FROM inbox i LEFT JOIN events e ON i.rstatus IS NULL AND e.conv = i.conv AND e.seq = i.seq
-             WHERE i.user = ?1 AND i.useq > ?2 ORDER BY i.useq LIMIT ?3",
+            concat!(
+                "SELECT i.useq, i.conv, i.seq, i.rstatus, i.ruser, i.rts, ",
+                event_columns!(),
+                " FROM inbox i LEFT JOIN events e ON i.rstatus IS NULL AND e.conv = i.conv AND e.seq = i.seq
+                 WHERE i.user = ?1 AND i.useq > ?2 ORDER BY i.useq LIMIT ?3"
+            ),
         )?;
         let rows = stmt
             .query_map(params![self.user.as_str(), after, limit + 1], |r| {
@@ -282,29 +296,13 @@ impl Ctx<'_> {
         limit: Option<u32>,
     ) -> Result<Vec<Effect>, Failure> {
         let limit = self.page(limit, DEFAULT_PAGE)?;
-        let (from, to) = match self.require_member(conv, false) {
-            Ok(last) => {
-                let joined = self
-                    .membership(conv, self.user)?
-                    .map_or(1, |m| m.joined_seq);
-                (joined, last)
-            }
-            Err(failure)
-                if failure.code == ErrorCode::NotMember && conv.direct_members().is_none() =>
-            {
-                // A former group member may read what they saw while a member.
-                match self.membership(conv, self.user)? {
-                    Some(m) => (m.joined_seq, m.left_seq.unwrap_or(0)),
-                    None => return Err(failure),
-                }
-            }
-            Err(failure) => return Err(failure),
-        };
+        let (from, to) = self.read_window(conv)?;
         let upper = before.map_or(to, |b| b.saturating_sub(1).min(to));
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, ts, kind, sender, device, COALESCE(req_id, retired_req_id), body, action, target FROM events
-             WHERE conv = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT ?4",
-        )?;
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT e.seq, ",
+            event_columns!(),
+            " FROM events e WHERE e.conv = ?1 AND e.seq >= ?2 AND e.seq <= ?3 ORDER BY e.seq DESC LIMIT ?4"
+        ))?;
         let conv_s = conv.to_string();
         let rows = stmt
             .query_map(params![conv_s, from, upper, limit + 1], |r| {
@@ -313,9 +311,14 @@ impl Ctx<'_> {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut more = rows.len() > limit as usize;
+        let mut rows: Vec<Event> = rows.into_iter().take(limit as usize).flatten().collect();
+        if let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) {
+            let (lo, hi) = (seq_of(oldest), seq_of(newest));
+            self.fold_reactions(conv, lo, hi, &mut rows)?;
+        }
         let mut events = Vec::new();
         let mut budget = Budget::new(self.limits.max_reply_bytes());
-        for event in rows.into_iter().take(limit as usize).flatten() {
+        for event in rows {
             if !budget.take(&event) {
                 more = true;
                 break;
@@ -329,5 +332,17 @@ impl Ctx<'_> {
             events,
             more,
         })])
+    }
+}
+
+/// The seq of a stored event of a conversation (0 for other kinds).
+fn seq_of(event: &Event) -> u64 {
+    match event {
+        Event::Message { seq, .. }
+        | Event::Member { seq, .. }
+        | Event::Edit { seq, .. }
+        | Event::Delete { seq, .. }
+        | Event::Reaction { seq, .. } => *seq,
+        _ => 0,
     }
 }

@@ -10,6 +10,8 @@
 //!
 //! - `context`: the per-request context and what every handler shares.
 //! - `messages`, `groups`, `conversations`, `pushes`: the handlers, by request.
+//! - `timeline`: edit, delete and react, the actions on a stored message.
+//! - `search`: the `search` request and the full-text index it reads.
 //! - `presence`: device rows and each user's aggregate.
 //! - `rows`: stored rows back into events; the reply byte budget.
 //! - `removal`: what removing an account takes with it.
@@ -25,6 +27,8 @@ mod pushes;
 pub(crate) mod removal;
 mod rows;
 mod schema;
+mod search;
+mod timeline;
 
 pub use pushes::Notify;
 
@@ -91,6 +95,8 @@ impl crate::Store for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(inputs.len());
+        // The batch's search index changes, applied before it commits (see `search`).
+        let mut index = Vec::new();
         for input in inputs {
             let outcome = match input {
                 Input::Request {
@@ -98,12 +104,17 @@ impl crate::Store for SqliteStore {
                     device,
                     request,
                 } => {
+                    if matches!(request, Request::Search { .. }) {
+                        search::apply(&tx, &mut index)?;
+                    }
                     let scope = Scope {
                         limits: &self.limits,
                         notify: self.notify,
                         now,
                     };
-                    scope.request(&mut tx, &user, &device, request)?
+                    let (outcome, ops) = scope.request(&mut tx, &user, &device, request)?;
+                    index.extend(ops);
+                    outcome
                 }
                 Input::Presence {
                     user,
@@ -135,6 +146,7 @@ impl crate::Store for SqliteStore {
             };
             outcomes.push(outcome);
         }
+        search::apply(&tx, &mut index)?;
         tx.commit()?;
         Ok(outcomes)
     }
@@ -162,17 +174,18 @@ struct Scope<'a> {
 impl Scope<'_> {
     /// Handles one request in its savepoint: committed with its outcome, or rolled
     /// back and answered with an `error` reply. Only a failure of the savepoint
-    /// itself is an error (it fails the batch).
+    /// itself is an error (it fails the batch). Returns the search index changes
+    /// of a request that succeeded, for the end of the batch.
     fn request(
         &self,
         tx: &mut Transaction<'_>,
         user: &UserId,
         device: &DeviceId,
         request: Request,
-    ) -> rusqlite::Result<Outcome> {
+    ) -> rusqlite::Result<(Outcome, Vec<search::IndexOp>)> {
         let id = request.id().map(|i| i.to_string());
         let sp = tx.savepoint()?;
-        let (handled, notifications) = {
+        let (handled, notifications, index) = {
             let ctx = Ctx {
                 conn: &sp,
                 user,
@@ -181,23 +194,28 @@ impl Scope<'_> {
                 now: self.now,
                 notify: self.notify,
                 pushes: RefCell::new(Vec::new()),
+                index: RefCell::new(Vec::new()),
             };
             let handled = ctx.handle(request).and_then(|out| fits(out, self.limits));
-            (handled, ctx.pushes.take())
+            (handled, ctx.pushes.take(), ctx.index.take())
         };
         Ok(match handled {
             Ok(effects) => {
                 sp.commit()?;
-                Outcome {
+                let outcome = Outcome {
                     effects,
                     notifications,
-                }
+                };
+                (outcome, index)
             }
             // Dropping the savepoint rolls the request back.
-            Err(failure) => Outcome {
-                effects: vec![Effect::reply(&failure.reply(id))],
-                notifications: Vec::new(),
-            },
+            Err(failure) => {
+                let outcome = Outcome {
+                    effects: vec![Effect::reply(&failure.reply(id))],
+                    notifications: Vec::new(),
+                };
+                (outcome, Vec::new())
+            }
         })
     }
 }
@@ -241,6 +259,9 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, St
     // Every request runs in its own savepoint; its statement journal stays in memory
     // instead of a temporary file written (not synced) for every request.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Deleted content (a message deleted for everyone) is overwritten on its page
+    // where that costs no extra I/O, not left in the file's free space.
+    conn.pragma_update(None, "secure_delete", "FAST")?;
     // Checkpoints run on their own thread (`checkpoint`), never in a commit;
     // a WAL rewound after a burst is cut back to this size.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;

@@ -1,7 +1,7 @@
 //! Reading stored events back: a row of `events` or `inbox` as the event it
 //! was published as, and the byte budget that keeps a page under the reply limit.
 
-use messenger_protocol::wire::{Event, MemberAction, ReceiptStatus, RequestId};
+use messenger_protocol::wire::{Event, MemberAction, Reactions, ReceiptStatus, RequestId};
 use messenger_protocol::{ConvId, UserId};
 use rusqlite::Row;
 
@@ -9,14 +9,30 @@ use crate::outcome::encode;
 
 /// The event with the recipient's inbox sequence number.
 pub(super) fn with_useq(mut event: Event, value: u64) -> Event {
-    if let Event::Member { useq, .. } | Event::Message { useq, .. } = &mut event {
+    if let Event::Member { useq, .. }
+    | Event::Message { useq, .. }
+    | Event::Edit { useq, .. }
+    | Event::Delete { useq, .. }
+    | Event::Reaction { useq, .. } = &mut event
+    {
         *useq = Some(value);
     }
     event
 }
 
-/// Builds a `message` or `member` event from an `events` row whose columns
-/// `ts, kind, sender, device, req_id, body, action, target` start at `at`.
+/// The columns [`event_from_row`] reads, in its order, for a query on `events`
+/// under the alias `e` (a literal, for `concat!`).
+macro_rules! event_columns {
+    () => {
+        "e.ts, e.kind, e.sender, e.device, COALESCE(e.req_id, e.retired_req_id), \
+         e.body, e.action, e.target, e.ref_seq, e.edited_ts, e.deleted"
+    };
+}
+pub(super) use event_columns;
+
+/// Builds a `message`, `member`, `edit`, `delete` or `reaction` event from an
+/// `events` row whose `event_columns!()` start at `at`. A message comes in its
+/// current state (latest text, `edited`, `deleted`), without its reactions.
 pub(super) fn event_from_row(
     r: &Row<'_>,
     at: usize,
@@ -32,6 +48,9 @@ pub(super) fn event_from_row(
     let body: Option<String> = r.get(at + 5)?;
     let action: Option<String> = r.get(at + 6)?;
     let target: Option<String> = r.get(at + 7)?;
+    let ref_seq: Option<u64> = r.get(at + 8)?;
+    let edited: Option<u64> = r.get(at + 9)?;
+    let deleted: Option<bool> = r.get(at + 10)?;
     let (Ok(conv), Ok(from)) = (ConvId::parse(conv), UserId::parse(&sender)) else {
         return Ok(None);
     };
@@ -46,6 +65,10 @@ pub(super) fn event_from_row(
                 device,
                 id,
                 body: body.unwrap_or_default(),
+                reply_to: ref_seq,
+                edited,
+                deleted: deleted.unwrap_or(false),
+                reactions: Reactions::new(),
                 useq,
             }),
         "member" => target
@@ -61,6 +84,32 @@ pub(super) fn event_from_row(
                 name: body.unwrap_or_default(),
                 useq,
             }),
+        "edit" => ref_seq.map(|target| Event::Edit {
+            conv,
+            seq,
+            ts,
+            from,
+            target,
+            body,
+            useq,
+        }),
+        "delete" => ref_seq.map(|target| Event::Delete {
+            conv,
+            seq,
+            ts,
+            from,
+            target,
+            useq,
+        }),
+        "reaction" => ref_seq.map(|target| Event::Reaction {
+            conv,
+            seq,
+            ts,
+            from,
+            target,
+            emoji: body.unwrap_or_default(),
+            useq,
+        }),
         _ => None,
     })
 }

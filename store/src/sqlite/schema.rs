@@ -116,6 +116,48 @@ DELETE FROM push_tokens WHERE user NOT IN (SELECT name FROM users);
 DELETE FROM mutes WHERE user NOT IN (SELECT name FROM users);
 UPDATE events SET retired_req_id = req_id, req_id = NULL
 WHERE req_id IS NOT NULL AND sender NOT IN (SELECT name FROM users);
+", "
+-- Timeline actions (edit, delete, react) and search.
+-- A message row holds its current state: `body` is the latest edit (NULL once
+-- deleted: the text is erased, not hidden); edit, delete and reaction events are
+-- rows of their own kind, `ref_seq` naming the message they act on.
+ALTER TABLE events ADD COLUMN ref_seq INTEGER;   -- message: reply_to; edit/delete/reaction: target
+ALTER TABLE events ADD COLUMN edited_ts INTEGER; -- message: ts of its latest edit
+ALTER TABLE events ADD COLUMN deleted INTEGER;   -- message: 1 once deleted for everyone
+ALTER TABLE events ADD COLUMN text_row INTEGER;  -- message: its row in message_text; NULL once deleted
+-- A deletion erases the text of the message's edits too.
+CREATE INDEX events_edits ON events (conv, ref_seq) WHERE kind = 'edit';
+CREATE TABLE reactions (
+    conv  TEXT NOT NULL,
+    seq   INTEGER NOT NULL,                  -- the message
+    user  TEXT NOT NULL,
+    emoji TEXT NOT NULL,
+    ts    INTEGER NOT NULL,                  -- when chosen: users are listed by user id
+    PRIMARY KEY (conv, seq, user)
+) WITHOUT ROWID;
+-- Search: a contentless trigram index (it keeps no copy of the text, nor
+-- positions or sizes: the search checks each candidate's text), whose rowid
+-- is a message's row here; rows are numbered in storage order, so newest first is
+-- rowid descending. Rows of deleted messages are removed from both (from the
+-- index with its 'delete' command and the text, under secure-delete: no entry
+-- of the text stays behind).
+CREATE TABLE search_rows (
+    row  INTEGER PRIMARY KEY,
+    conv TEXT NOT NULL,
+    seq  INTEGER NOT NULL
+);
+CREATE VIRTUAL TABLE message_text USING fts5(
+    body, tokenize = 'trigram', content = '', columnsize = 0, detail = none
+);
+-- A deleted row leaves no trace in the index (not only a delete marker).
+INSERT INTO message_text (message_text, rank) VALUES ('secure-delete', 1);
+INSERT INTO search_rows (conv, seq)
+    SELECT conv, seq FROM events WHERE kind = 'message' AND body IS NOT NULL ORDER BY ts, conv, seq;
+CREATE INDEX search_rows_backfill ON search_rows (conv, seq);
+UPDATE events SET text_row = (SELECT row FROM search_rows s WHERE s.conv = events.conv AND s.seq = events.seq)
+WHERE kind = 'message';
+DROP INDEX search_rows_backfill;
+INSERT INTO message_text (rowid, body) SELECT text_row, body FROM events WHERE text_row IS NOT NULL;
 "];
 
 #[cfg(test)]
@@ -171,5 +213,45 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("inbox_by_group_event"), "{plan}");
+    }
+
+    #[test]
+    fn messages_stored_before_search_existed_are_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = messenger_accounts::open_sqlite(&dir.path().join("m.db")).unwrap();
+        messenger_accounts::migrate(&mut conn).unwrap();
+        let before = &MIGRATIONS[..MIGRATIONS.len() - 1];
+        messenger_accounts::schema::migrate(&mut conn, "bridge", before).unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body) VALUES
+                ('dm:ann:bob', 1, 5, 'message', 'ann', 'p', 'r1', 'Hello there'),
+                ('g:team', 1, 1, 'member', 'ann', 'p', 'r2', 'team'),
+                ('g:team', 2, 7, 'message', 'ann', 'p', 'r3', '東京タワー');",
+        )
+        .unwrap();
+
+        messenger_accounts::schema::migrate(&mut conn, "bridge", MIGRATIONS).unwrap();
+        let hit = |q: &str| -> Vec<(String, i64)> {
+            conn.prepare(
+                "SELECT s.conv, s.seq FROM message_text t JOIN search_rows s ON s.row = t.rowid
+                 WHERE message_text MATCH ?1 ORDER BY t.rowid",
+            )
+            .unwrap()
+            .query_map([q], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        assert_eq!(hit("\"HEL\" \"llo\""), [("dm:ann:bob".to_owned(), 1)]);
+        assert_eq!(hit("\"タワー\""), [("g:team".to_owned(), 2)]);
+        assert!(hit("\"tea\"").is_empty(), "member events are not indexed");
+        let rows: Vec<Option<i64>> = conn
+            .prepare("SELECT text_row FROM events ORDER BY ts")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [None, Some(1), Some(2)], "numbered in storage order");
     }
 }
