@@ -144,6 +144,10 @@ pub(crate) fn kind(request: &Request) -> &'static str {
         Request::Mute { .. } => "mute",
         Request::Typing { .. } => "typing",
         Request::Token { .. } => "token",
+        Request::Edit { .. } => "edit",
+        Request::Delete { .. } => "delete",
+        Request::React { .. } => "react",
+        Request::Search { .. } => "search",
     }
 }
 
