@@ -28,6 +28,21 @@ pub(crate) enum Command {
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
+    /// Copy the SQLite file (accounts and conversations) to FILE, consistently,
+    /// while the server runs; FILE must not exist.
+    Backup {
+        /// Where to write the copy.
+        file: PathBuf,
+    },
+    /// Write everything USER may read (conversations, messages, receipts, groups)
+    /// as JSON, for a data-portability request; works while the server runs.
+    Export {
+        /// User id.
+        user: String,
+        /// Where to write the JSON document (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Print the topic ACL for a standard broker.
     Acl {
         /// The broker's ACL format.
@@ -249,6 +264,10 @@ pub(crate) enum UserCommand {
     Remove {
         /// User id.
         name: String,
+        /// Also erase the text of every message they sent, as a deletion does
+        /// (finishes an erase that was cut short, too).
+        #[arg(long)]
+        erase: bool,
     },
     /// List users.
     List,

@@ -2,8 +2,10 @@
 //! exits 64 on bad configuration, and stops cleanly on SIGINT/SIGTERM.
 
 mod admin;
+mod backup;
 mod chat;
 mod cli;
+mod export;
 mod serve;
 mod settings;
 mod users;
@@ -39,6 +41,8 @@ fn main() -> ExitCode {
         Command::Broker => serve::broker_only(settings),
         Command::Bridge => serve::bridge_only(settings),
         Command::User(cmd) => users::run(&settings, cmd),
+        Command::Backup { file } => backup::run(&settings, &file),
+        Command::Export { user, out } => export::run(&settings, &user, &out),
         Command::Chat(cmd) => chat::run(&settings, cmd),
         Command::Acl { format: _ } => {
             print!(

@@ -22,10 +22,15 @@ pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
             accounts.set_password(&user, &password)?;
             println!("password changed for {user}; their devices were signed out");
         }
-        UserCommand::Remove { name } => {
+        UserCommand::Remove { name, erase: false } => {
             let user = UserId::parse(&name)?;
             messenger_store::remove_user(path, &user)?;
             println!("removed {user}");
+        }
+        UserCommand::Remove { name, erase: true } => {
+            let user = UserId::parse(&name)?;
+            let erased = messenger_store::erase_user(path, &user)?;
+            println!("removed {user}; erased the text of {erased} messages");
         }
         UserCommand::List => {
             for user in accounts.list()? {

@@ -21,6 +21,12 @@ mod admin;
 // `messenger user ...` from the command line, alone and while `serve` runs.
 mod users;
 
+// `messenger backup` under load and its restore; `messenger export` of one user's readable data.
+mod backup;
+
+// `messenger user remove --erase`: the account goes and its messages' text is erased.
+mod erase;
+
 // Durable 1-1 messaging through the real bridge, on the embedded broker and on Mosquitto.
 mod messaging;
 

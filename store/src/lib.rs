@@ -1,6 +1,7 @@
 //! The messenger's durable state and every rule that decides what is stored:
 //! sequencing (`seq`, `useq`), membership, receipts, presence rows, push
-//! registrations, and what removing an account takes with it.
+//! registrations, what removing an account takes with it, online backups and
+//! per-user exports.
 //!
 //! The store takes decoded requests and other [`Input`]s in batches and returns
 //! domain [`Outcome`]s: the reply to the requesting device, the events for each
@@ -21,6 +22,7 @@ mod failure;
 mod outcome;
 pub mod sqlite;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use messenger_protocol::wire::{Platform, Request};
@@ -28,7 +30,9 @@ use messenger_protocol::{DeviceId, UserId};
 
 pub use failure::{Failure, MAX_MESSAGE_BYTES};
 pub use outcome::{Effect, Notification, Outcome, Payload};
-pub use sqlite::{remove_user, Notify, SqliteStore};
+pub use sqlite::{
+    backup, erase_user, export_user, remove_user, BackupReport, ExportSummary, Notify, SqliteStore,
+};
 
 /// Failures of the store as a whole (a request's own failures are [`Failure`]s,
 /// answered in its [`Outcome`]).
@@ -43,6 +47,27 @@ pub enum StoreError {
     /// A storage thread could not be started.
     #[error("storage: cannot start a thread")]
     Thread(#[source] std::io::Error),
+    /// There is no database file to read.
+    #[error("no database at {0}")]
+    NoDatabase(PathBuf),
+    /// A backup's destination exists already; it is never overwritten.
+    #[error("{0} already exists; a backup never overwrites a file")]
+    BackupExists(PathBuf),
+    /// A file besides the database could not be created or read.
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// A backup's copy failed its check.
+    #[error("the copy at {0} failed its check: {1}")]
+    Corrupt(PathBuf, String),
+    /// Writing an export failed.
+    #[error("writing the export")]
+    Write(#[source] std::io::Error),
+    /// Encoding an export's JSON failed.
+    #[error("encoding the export")]
+    Encode(#[source] serde_json::Error),
+    /// Reading for an export failed (the cause is logged).
+    #[error("reading: {0}")]
+    Read(String),
 }
 
 /// Answers whether a client id (`<user>:<device>`) has an open connection.

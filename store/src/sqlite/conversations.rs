@@ -199,12 +199,12 @@ impl Ctx<'_> {
     }
 
     /// Up to `limit` current members after `after` by user id, and whether more follow.
-    fn member_rows(
+    pub(super) fn member_rows(
         &self,
         conv: &ConvId,
         after: Option<&UserId>,
         limit: u32,
-    ) -> Result<(Vec<MemberItem>, bool), Failure> {
+    ) -> rusqlite::Result<(Vec<MemberItem>, bool)> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT user, role FROM members
              WHERE conv = ?1 AND left_seq IS NULL AND user > ?2 ORDER BY user LIMIT ?3",

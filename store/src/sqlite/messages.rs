@@ -298,24 +298,7 @@ impl Ctx<'_> {
         let limit = self.page(limit, DEFAULT_PAGE)?;
         let (from, to) = self.read_window(conv)?;
         let upper = before.map_or(to, |b| b.saturating_sub(1).min(to));
-        let mut stmt = self.conn.prepare_cached(concat!(
-            "SELECT e.seq, ",
-            event_columns!(),
-            " FROM events e WHERE e.conv = ?1 AND e.seq >= ?2 AND e.seq <= ?3 ORDER BY e.seq DESC LIMIT ?4"
-        ))?;
-        let conv_s = conv.to_string();
-        let rows = stmt
-            .query_map(params![conv_s, from, upper, limit + 1], |r| {
-                let seq: u64 = r.get(0)?;
-                event_from_row(r, 1, &conv_s, seq, None)
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut more = rows.len() > limit as usize;
-        let mut rows: Vec<Event> = rows.into_iter().take(limit as usize).flatten().collect();
-        if let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) {
-            let (lo, hi) = (seq_of(oldest), seq_of(newest));
-            self.fold_reactions(conv, lo, hi, &mut rows)?;
-        }
+        let (rows, mut more) = self.events_between(conv, from, upper, limit, Order::NewestFirst)?;
         let mut events = Vec::new();
         let mut budget = Budget::new(self.limits.max_reply_bytes());
         for event in rows {
@@ -335,8 +318,60 @@ impl Ctx<'_> {
     }
 }
 
+/// Which end of a window [`Ctx::events_between`] starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    /// Lowest seq first (an export).
+    OldestFirst,
+    /// Highest seq first (`history` pages backwards).
+    NewestFirst,
+}
+
+impl Ctx<'_> {
+    /// Up to `limit` stored events of `conv` with seqs `from..=to`, from the end
+    /// `order` names, as `history` returns them: messages in their current state
+    /// with their reactions folded in. Says whether more events lie in the window.
+    /// Rows that no longer decode (a hand-edited file) are skipped.
+    pub(super) fn events_between(
+        &self,
+        conv: &ConvId,
+        from: u64,
+        to: u64,
+        limit: u32,
+        order: Order,
+    ) -> rusqlite::Result<(Vec<Event>, bool)> {
+        let sql = match order {
+            Order::NewestFirst => concat!(
+                "SELECT e.seq, ",
+                event_columns!(),
+                " FROM events e WHERE e.conv = ?1 AND e.seq >= ?2 AND e.seq <= ?3 ORDER BY e.seq DESC LIMIT ?4"
+            ),
+            Order::OldestFirst => concat!(
+                "SELECT e.seq, ",
+                event_columns!(),
+                " FROM events e WHERE e.conv = ?1 AND e.seq >= ?2 AND e.seq <= ?3 ORDER BY e.seq LIMIT ?4"
+            ),
+        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let conv_s = conv.to_string();
+        let rows = stmt
+            .query_map(params![conv_s, from, to, limit + 1], |r| {
+                let seq: u64 = r.get(0)?;
+                event_from_row(r, 1, &conv_s, seq, None)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = rows.len() > limit as usize;
+        let mut rows: Vec<Event> = rows.into_iter().take(limit as usize).flatten().collect();
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            let (a, b) = (seq_of(first), seq_of(last));
+            self.fold_reactions(conv, a.min(b), a.max(b), &mut rows)?;
+        }
+        Ok((rows, more))
+    }
+}
+
 /// The seq of a stored event of a conversation (0 for other kinds).
-fn seq_of(event: &Event) -> u64 {
+pub(super) fn seq_of(event: &Event) -> u64 {
     match event {
         Event::Message { seq, .. }
         | Event::Member { seq, .. }

@@ -15,11 +15,15 @@
 //! - `presence`: device rows and each user's aggregate.
 //! - `rows`: stored rows back into events; the reply byte budget.
 //! - `removal`: what removing an account takes with it.
+//! - `backup`: a consistent copy of the file while a server writes to it.
+//! - `export`: everything one user may read, as JSON.
 //! - `schema`: the tables and their migrations.
 
+mod backup;
 mod checkpoint;
 mod context;
 mod conversations;
+mod export;
 mod groups;
 mod messages;
 mod presence;
@@ -30,6 +34,8 @@ mod schema;
 mod search;
 mod timeline;
 
+pub use backup::{backup, BackupReport};
+pub use export::{export_user, ExportSummary};
 pub use pushes::Notify;
 
 use std::cell::RefCell;
@@ -293,6 +299,31 @@ pub fn remove_user(path: &Path, user: &UserId) -> Result<(), StoreError> {
     removal::purge_user(&tx, user)?;
     tx.commit()?;
     Ok(())
+}
+
+/// Removes an account as [`remove_user`] does, then erases the text of every
+/// message it sent as `delete` does (see `sqlite::removal`), a few hundred
+/// messages per transaction. A user that no longer exists (an erase cut short)
+/// has what is left of their messages erased. Returns how many were erased.
+pub fn erase_user(path: &Path, user: &UserId) -> Result<u64, StoreError> {
+    let gone = match remove_user(path, user) {
+        Ok(()) => None,
+        Err(err @ StoreError::Account(messenger_accounts::AccountsError::NotFound(_))) => Some(err),
+        Err(err) => return Err(err),
+    };
+    let mut conn = messenger_accounts::open_sqlite(path)?;
+    migrate(&mut conn)?;
+    let keys = removal::live_messages(&conn, user)?;
+    if let (Some(err), true) = (gone, keys.is_empty()) {
+        return Err(err);
+    }
+    let mut erased = 0;
+    for batch in keys.chunks(removal::ERASE_BATCH) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        erased += removal::erase_messages(&tx, batch)?;
+        tx.commit()?;
+    }
+    Ok(erased)
 }
 
 /// Opens the connection the checkpoint thread uses (same durability rules as SQLite's own checkpoints).

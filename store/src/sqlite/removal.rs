@@ -8,9 +8,20 @@
 //! while sending there fails with `unknown_user`. If an account of that name is
 //! created again, the chat opens again for both, and the new account joins it
 //! after its newest event, so it never sees what came before.
+//!
+//! Removing with `erase` also erases the text of every message the account sent,
+//! as a `delete` would (the other members see them deleted in `history`), in
+//! transactions of [`ERASE_BATCH`] messages so that a server writing meanwhile
+//! never waits long. No `delete` events are stored: devices that hold a copy of
+//! the text are not told.
 
 use messenger_protocol::UserId;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::search::{self, IndexOp};
+
+/// Messages erased per transaction.
+pub(crate) const ERASE_BATCH: usize = 500;
 
 /// Removes what `user` owned from the bridge's tables, inside the caller's transaction.
 pub(crate) fn purge_user(conn: &Connection, user: &UserId) -> rusqlite::Result<()> {
@@ -39,4 +50,60 @@ pub(crate) fn purge_user(conn: &Connection, user: &UserId) -> rusqlite::Result<(
         params![user],
     )?;
     Ok(())
+}
+
+/// The `(conv, seq)` of every message of `user` not deleted yet.
+pub(crate) fn live_messages(
+    conn: &Connection,
+    user: &UserId,
+) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT conv, seq FROM events
+         WHERE sender = ?1 AND kind = 'message' AND COALESCE(deleted, 0) = 0
+         ORDER BY conv, seq",
+    )?;
+    let keys = stmt
+        .query_map(params![user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect();
+    keys
+}
+
+/// Erases the text of these messages as `delete` does (their rows and their
+/// edits' rows lose the text, the message is marked deleted, its reactions and
+/// its search index entry go), inside the caller's transaction; no `delete`
+/// event is stored. Returns how many were erased (those not deleted since).
+pub(crate) fn erase_messages(conn: &Connection, keys: &[(String, u64)]) -> rusqlite::Result<u64> {
+    let mut erased = 0;
+    for (conv, seq) in keys {
+        let found: Option<(Option<i64>, Option<String>)> = conn
+            .prepare_cached(
+                "SELECT text_row, body FROM events
+                 WHERE conv = ?1 AND seq = ?2 AND kind = 'message' AND COALESCE(deleted, 0) = 0",
+            )?
+            .query_row(params![conv, seq], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((text_row, body)) = found else {
+            continue;
+        };
+        conn.prepare_cached(
+            "UPDATE events SET body = NULL, deleted = 1, text_row = NULL WHERE conv = ?1 AND seq = ?2",
+        )?
+        .execute(params![conv, seq])?;
+        conn.prepare_cached(
+            "UPDATE events SET body = NULL WHERE conv = ?1 AND ref_seq = ?2 AND kind = 'edit'",
+        )?
+        .execute(params![conv, seq])?;
+        conn.prepare_cached("DELETE FROM reactions WHERE conv = ?1 AND seq = ?2")?
+            .execute(params![conv, seq])?;
+        if let Some(row) = text_row {
+            conn.prepare_cached("DELETE FROM search_rows WHERE row = ?1")?
+                .execute([row])?;
+            if let Some(old) = body {
+                let mut ops = vec![IndexOp::Remove { row, old }];
+                search::apply(conn, &mut ops)?;
+            }
+        }
+        erased += 1;
+    }
+    Ok(erased)
 }

@@ -1,0 +1,106 @@
+//! `messenger user remove --erase` while `messenger serve` runs: the account goes
+//! and the text of every message it sent is erased, as a deletion erases it.
+
+use messenger_client::{Client, HistoryItem};
+use messenger_protocol::wire::Request;
+use messenger_protocol::ConvId;
+
+use crate::util::process::{Messenger, Server};
+use crate::util::{did, uid, PATIENCE};
+
+async fn device(server: &Server, user: &str) -> Client {
+    let mut config =
+        messenger_client::ClientConfig::new(server.mqtt.to_string(), uid(user), did("phone"), "pw");
+    // Other tests run beside these, some under load: slow acks are not failures here.
+    config.request_timeout = PATIENCE * 3;
+    let (client, _events) = Client::connect(config).await.expect("connect");
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_user_leaves_deletions_where_their_messages_were() {
+    let messenger = Messenger::new();
+    for user in ["alice", "bob"] {
+        messenger
+            .run(&["user", "add", user, "--password", "pw"])
+            .await
+            .ok();
+    }
+    let server = messenger.serve().await;
+    let alice = device(&server, "alice").await;
+    let bob = device(&server, "bob").await;
+    let ab = ConvId::direct(&uid("alice"), &uid("bob")).expect("dm");
+    alice.send(&ab, "sensitive one").await.expect("ack");
+    bob.send(&ab, "bob keeps this").await.expect("ack");
+    alice.send(&ab, "sensitive two").await.expect("ack");
+    alice.edit(&ab, 3, "sensitive three").await.expect("edited");
+    bob.react(&ab, 1, "👍").await.expect("reacted");
+    let reply = alice
+        .call(Request::GroupCreate {
+            id: messenger_client::new_request_id(),
+            name: "team".into(),
+            members: vec![uid("bob")],
+        })
+        .await
+        .expect("created");
+    let messenger_protocol::wire::Event::Ack {
+        conv: Some(team), ..
+    } = reply
+    else {
+        panic!("unexpected reply {reply:?}");
+    };
+    alice
+        .send(&team, "sensitive in a group")
+        .await
+        .expect("ack");
+
+    let out = messenger
+        .run(&["user", "remove", "alice", "--erase"])
+        .await
+        .ok();
+    assert_eq!(out, "removed alice; erased the text of 3 messages\n");
+
+    let page = bob.history(&ab, None, 100).await.expect("history");
+    let messages: Vec<_> = page
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            HistoryItem::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let shown: Vec<(&str, bool, &str)> = messages
+        .iter()
+        .map(|m| (m.from.as_str(), m.deleted, m.body.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("alice", true, ""),
+            ("bob", false, "bob keeps this"),
+            ("alice", true, "")
+        ]
+    );
+    assert!(
+        messages[0].reactions.is_empty(),
+        "reactions go with the text"
+    );
+    let group = bob.history(&team, None, 100).await.expect("history");
+    assert!(group.events.iter().all(|e| match e {
+        HistoryItem::Message(m) => m.deleted && m.body.is_empty(),
+        _ => true,
+    }));
+    let found = bob
+        .search("sensitive", None, None, 20)
+        .await
+        .expect("search");
+    assert!(found.results.is_empty(), "{:?}", found.results);
+    let kept = bob.search("keeps", None, None, 20).await.expect("search");
+    assert_eq!(kept.results.len(), 1);
+
+    let err = messenger
+        .run(&["user", "remove", "nobody", "--erase"])
+        .await
+        .failed();
+    assert!(err.contains("user nobody does not exist"), "{err}");
+}
