@@ -270,3 +270,98 @@ fn json(out: &mut dyn Write, value: &impl Serialize) -> Result<(), StoreError> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+
+    /// More conversations, members and events than a page of each: every one is
+    /// written once, in order.
+    #[test]
+    fn every_page_is_written_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let conn = super::super::open(&path, Durability::Os).unwrap();
+        let events = EVENTS_PER_PAGE as u64 * 2 + 50;
+        let members = MEMBERS_PER_PAGE as u64 + 50;
+        let groups = CONVERSATIONS_PER_PAGE as u64 + 20;
+        let tx = conn.unchecked_transaction().unwrap();
+        for n in 0..members {
+            tx.execute(
+                "INSERT INTO users (name, phc, created_ms) VALUES (?1, 'x', 0)",
+                [format!("u{n:03}")],
+            )
+            .unwrap();
+        }
+        tx.execute(
+            "INSERT INTO conversations (conv, kind, name, created_ms, last_seq)
+             VALUES ('dm:u000:u001', 'dm', '', 0, ?1)",
+            [events],
+        )
+        .unwrap();
+        for user in ["u000", "u001"] {
+            tx.execute(
+                "INSERT INTO members (conv, user, role, joined_seq) VALUES ('dm:u000:u001', ?1, 'member', 1)",
+                [user],
+            )
+            .unwrap();
+        }
+        for seq in 1..=events {
+            tx.execute(
+                "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body)
+                 VALUES ('dm:u000:u001', ?1, 0, 'message', 'u001', 'p', ?2, 'hi')",
+                params![seq, format!("r{seq}")],
+            )
+            .unwrap();
+        }
+        for g in 0..groups {
+            let conv = format!("g:x{g:03}");
+            tx.execute(
+                "INSERT INTO conversations (conv, kind, name, created_ms, last_seq)
+                 VALUES (?1, 'group', 'big', 0, 0)",
+                [&conv],
+            )
+            .unwrap();
+            let in_it = if g == 0 { members } else { 1 };
+            for n in 0..in_it {
+                tx.execute(
+                    "INSERT INTO members (conv, user, role, joined_seq) VALUES (?1, ?2, 'member', 1)",
+                    params![conv, format!("u{n:03}")],
+                )
+                .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+
+        let mut out = Vec::new();
+        let user = UserId::parse("u000").unwrap();
+        let summary = export_user(&path, &user, &Limits::default(), &mut out).unwrap();
+        assert_eq!(summary.conversations, groups + 1);
+        assert_eq!(summary.events, events);
+        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let convs = doc["conversations"].as_array().unwrap();
+        assert_eq!(convs.len() as u64, groups + 1);
+        let dm = convs.iter().find(|c| c["kind"] == "dm").unwrap();
+        let seqs: Vec<u64> = dm["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=events).collect::<Vec<_>>());
+        let big = convs.iter().find(|c| c["conv"] == "g:x000").unwrap();
+        let names: Vec<&str> = big["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user"].as_str().unwrap())
+            .collect();
+        let expected: Vec<String> = (0..members).map(|n| format!("u{n:03}")).collect();
+        assert_eq!(names, expected);
+
+        let nobody = UserId::parse("nobody").unwrap();
+        let err = export_user(&path, &nobody, &Limits::default(), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}
