@@ -16,6 +16,7 @@ use messenger_protocol::{ConvId, DeviceId, UserId};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+mod commands;
 mod lines;
 
 use crate::cli::{Account, ChatCommand, GroupCommand};
@@ -418,6 +419,7 @@ async fn chat(settings: &Settings, account: &Account, with: &str) -> anyhow::Res
         session.client.subscribe_status(other).await?;
     }
     eprintln!("chatting in {conv} as {me}; type a line and Enter to send it, /quit to leave");
+    eprintln!("{}", commands::USAGE);
 
     // The last few messages, marked read.
     let mut shown = 0;
@@ -455,8 +457,8 @@ async fn chat(settings: &Settings, account: &Account, with: &str) -> anyhow::Res
         let conv = conv.clone();
         tokio::spawn(async move {
             while let Some(line) = lines_rx.recv().await {
-                if let Err(err) = client.send(&conv, &line).await {
-                    eprintln!("not sent ({err}): {line}");
+                if let Err(err) = typed(&client, &conv, commands::parse(&line)).await {
+                    eprintln!("not done ({err}): {line}");
                 }
             }
         })
@@ -519,6 +521,36 @@ async fn chat(settings: &Settings, account: &Account, with: &str) -> anyhow::Res
     };
     session.close(true).await;
     outcome
+}
+
+/// Carries out a typed line in `conv`.
+async fn typed(
+    client: &Client,
+    conv: &ConvId,
+    line: commands::Line,
+) -> Result<(), messenger_client::ClientError> {
+    use commands::Line;
+    match line {
+        Line::Send(text) => client.send(conv, &text).await.map(drop),
+        Line::Reply(seq, text) => client.reply(conv, seq, &text).await.map(drop),
+        Line::Edit(seq, text) => client.edit(conv, seq, &text).await.map(drop),
+        Line::Delete(seq) => client.delete(conv, seq).await.map(drop),
+        Line::React(seq, emoji) => client.react(conv, seq, &emoji).await.map(drop),
+        Line::Search(words) => {
+            let page = client.search(&words, Some(conv), None, 10).await?;
+            if page.results.is_empty() {
+                println!("(no message matches {words:?})");
+            }
+            for m in &page.results {
+                println!("found: {}", message_line(m));
+            }
+            Ok(())
+        }
+        Line::Help(text) => {
+            eprintln!("{text}");
+            Ok(())
+        }
+    }
 }
 
 /// Reads stdin line by line until end of input or `/quit`.

@@ -122,3 +122,66 @@ async fn chat_commands_work_against_a_running_server() {
         .failed();
     assert!(bad.contains("invalid user id"), "{bad}");
 }
+
+/// `chat`'s slash commands, typed after a message: reply, edit, react, search,
+/// delete; what they did shows in the other user's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_slash_commands_act_on_messages() {
+    let messenger = Messenger::new();
+    for user in ["alice", "bob"] {
+        messenger
+            .run(&["user", "add", user, "--password", "pw"])
+            .await
+            .ok();
+    }
+    let server = messenger.serve().await;
+    let typed = messenger.dir().join("typed.txt");
+    std::fs::write(
+        &typed,
+        "first words\n/reply 1 an answer\n/edit 1 first words, edited\n/react 1 👍\n\
+         /search edited\n/fly\n/delete 2\n",
+    )
+    .expect("write input");
+    let broker = server.mqtt.to_string();
+    let state = messenger.dir().join("state").display().to_string();
+    let mut cmd = messenger.command(&[
+        "chat",
+        "bob",
+        "--user",
+        "alice",
+        "--password",
+        "pw",
+        "--broker",
+        &broker,
+        "--state-dir",
+        &state,
+    ]);
+    cmd.stdin(std::fs::File::open(&typed).expect("input"));
+    let outcome = messenger.run_command(cmd).await;
+    assert!(outcome.status.success(), "{outcome:#?}");
+    assert!(
+        outcome.stdout.contains("found:") && outcome.stdout.contains("first words, edited"),
+        "{outcome:#?}"
+    );
+    assert!(
+        outcome.stderr.contains("not understood: /fly"),
+        "{outcome:#?}"
+    );
+
+    let history = as_user(&messenger, &server, "bob", &["history", "alice"])
+        .await
+        .ok();
+    for expected in [
+        "first words, edited",
+        "(edited)",
+        "👍",
+        "↪ #1",
+        "(message deleted)",
+    ] {
+        assert!(
+            history.contains(expected),
+            "{expected:?} missing from:\n{history}"
+        );
+    }
+    assert!(!history.contains("an answer"), "deleted:\n{history}");
+}
