@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::client::GRANTED;
-use crate::util::process::{free_addr, is_free, Messenger, Server};
+use crate::util::process::{free_addr, free_addr_below_ephemeral, is_free, Messenger, Server};
 use crate::util::{Transport, PATIENCE};
 
 /// The exit code for bad configuration (EX_USAGE).
@@ -184,7 +184,8 @@ async fn serve_reports_health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_parts_of_each_role() {
     let messenger = Messenger::new();
-    let (mqtt, ws) = (free_addr(), free_addr());
+    // The bridge dials the broker before it listens: a port outside the ephemeral range.
+    let (mqtt, ws) = (free_addr_below_ephemeral(), free_addr());
     let service = [("MESSENGER_BRIDGE__PASSWORD", SERVICE_PASSWORD)];
 
     let bridge = messenger.spawn_role("bridge", mqtt, free_addr(), free_addr(), &service);

@@ -24,6 +24,23 @@ pub(crate) fn free_addr() -> SocketAddr {
         .expect("a free port")
 }
 
+/// A free port on 127.0.0.1 below the ephemeral range (32768 and up on Linux), for
+/// a server that a client starts dialling before the server listens: a connect to
+/// a closed port in the ephemeral range can pick that same port as its source and
+/// connect to itself (TCP simultaneous open), which then holds the port.
+pub(crate) fn free_addr_below_ephemeral() -> SocketAddr {
+    use rand::Rng;
+    let start: u16 = rand::thread_rng().gen_range(0..12_000);
+    (0..12_000u16)
+        .map(|i| 20_000 + (start + i) % 12_000)
+        .find_map(|port| {
+            TcpListener::bind(("127.0.0.1", port))
+                .and_then(|l| l.local_addr())
+                .ok()
+        })
+        .expect("a free port below the ephemeral range")
+}
+
 /// Whether nothing listens on `addr` (binding it succeeds).
 pub(crate) fn is_free(addr: SocketAddr) -> bool {
     TcpListener::bind(addr).is_ok()
