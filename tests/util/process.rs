@@ -149,8 +149,11 @@ impl Messenger {
 
     /// `messenger serve` on free ports (revocations polled every 100 ms); returns
     /// once its MQTT port accepts connections.
+    /// Its MQTT port is below the ephemeral range: a test may restart it on the same
+    /// port while devices are dialling it (see [`free_addr_below_ephemeral`]).
     pub(crate) async fn serve(&self) -> Server {
-        self.serve_on(free_addr(), free_addr()).await
+        self.serve_on(free_addr_below_ephemeral(), free_addr())
+            .await
     }
 
     /// `messenger serve` on these addresses (e.g. again, after [`Server::kill`]).
