@@ -153,16 +153,7 @@ pub(crate) fn kind(request: &Request) -> &'static str {
 
 /// The `outcome` label of an error code.
 pub(crate) fn code(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::BadRequest => "bad_request",
-        ErrorCode::TooLarge => "too_large",
-        ErrorCode::UnknownUser => "unknown_user",
-        ErrorCode::UnknownConversation => "unknown_conversation",
-        ErrorCode::NotMember => "not_member",
-        ErrorCode::Forbidden => "forbidden",
-        ErrorCode::RateLimited => "rate_limited",
-        ErrorCode::Internal => "internal",
-    }
+    code.as_str()
 }
 
 /// The `outcome` label of a reply payload: an `error` reply's code, else [`ACK`].

@@ -65,16 +65,7 @@ impl fmt::Display for RefusalCode {
 
 /// The wire name of a server error code (`bad_request`, `not_member`, ...).
 pub fn error_code_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::BadRequest => "bad_request",
-        ErrorCode::TooLarge => "too_large",
-        ErrorCode::UnknownUser => "unknown_user",
-        ErrorCode::UnknownConversation => "unknown_conversation",
-        ErrorCode::NotMember => "not_member",
-        ErrorCode::Forbidden => "forbidden",
-        ErrorCode::RateLimited => "rate_limited",
-        ErrorCode::Internal => "internal",
-    }
+    code.as_str()
 }
 
 /// What can go wrong for a [`Client`](crate::Client).

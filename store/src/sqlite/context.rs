@@ -297,6 +297,24 @@ impl Ctx<'_> {
         }
     }
 
+    /// Requires a message text to be non-empty and within `limits.max_body_bytes`.
+    pub(super) fn check_body(&self, body: &str) -> Result<(), Failure> {
+        if body.len() > self.limits.max_body_bytes {
+            return Err(Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "body of {} bytes is over the limit of {}",
+                    body.len(),
+                    self.limits.max_body_bytes
+                ),
+            ));
+        }
+        if body.is_empty() {
+            return Err(Failure::bad("body must not be empty"));
+        }
+        Ok(())
+    }
+
     /// Requires `user` to exist.
     pub(super) fn require_user(&self, user: &UserId) -> Result<(), Failure> {
         if messenger_accounts::user_exists(self.conn, user)? {

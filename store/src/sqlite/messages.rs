@@ -20,19 +20,7 @@ impl Ctx<'_> {
         body: &str,
         reply_to: Option<u64>,
     ) -> Result<Vec<Effect>, Failure> {
-        if body.len() > self.limits.max_body_bytes {
-            return Err(Failure::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "body of {} bytes is over the limit of {}",
-                    body.len(),
-                    self.limits.max_body_bytes
-                ),
-            ));
-        }
-        if body.is_empty() {
-            return Err(Failure::bad("body must not be empty"));
-        }
+        self.check_body(body)?;
         // A repeat: the same ack, nothing stored; delivery is repeated in case it was lost.
         if let Some((stored_conv, seq)) = self.prior(id, "message")? {
             let event = self

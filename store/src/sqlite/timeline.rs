@@ -96,19 +96,7 @@ impl Ctx<'_> {
         target: u64,
         body: &str,
     ) -> Result<Vec<Effect>, Failure> {
-        if body.len() > self.limits.max_body_bytes {
-            return Err(Failure::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "body of {} bytes is over the limit of {}",
-                    body.len(),
-                    self.limits.max_body_bytes
-                ),
-            ));
-        }
-        if body.is_empty() {
-            return Err(Failure::bad("body must not be empty"));
-        }
+        self.check_body(body)?;
         if let Some(out) = self.repeated_action(id, Action::Edit)? {
             return Ok(out);
         }
