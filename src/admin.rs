@@ -1,8 +1,14 @@
 //! The admin listener (`[admin]`, `admin.listen`): `GET /metrics` in the
-//! Prometheus text format, `GET /healthz` and `GET /readyz`, anything else 404.
+//! Prometheus text format, `GET /healthz` and `GET /readyz`; where a broker runs,
+//! the control routes `GET /sessions` and `POST /kick` (`control`, loopback
+//! callers only); anything else 404.
 //! Loopback by default; an empty `listen` turns it off. It is bound before
 //! anything else listens (a busy address is bad configuration) and runs as a
 //! supervised part of `serve`, `broker` and `bridge` (docs/OPERATIONS.md).
+
+mod control;
+
+pub(crate) use control::{ErrorReply, KickReply, SessionItem, SessionsReply, CALLER_HEADER};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use messenger_bridge::BridgeMetrics;
 use messenger_protocol::config::ConfigError;
@@ -115,6 +121,8 @@ pub(crate) struct Admin {
     pub(crate) registry: Registry,
     /// What `/readyz` checks.
     pub(crate) readiness: Readiness,
+    /// The broker's connections, where this process runs a broker (`/sessions`, `/kick`).
+    pub(crate) control: Option<messenger_broker::Control>,
 }
 
 impl Admin {
@@ -125,11 +133,26 @@ impl Admin {
         Self {
             registry,
             readiness: Readiness::default(),
+            control: None,
         }
     }
 
-    /// The answer to one request.
-    async fn answer(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    /// The answer to one request from `peer`.
+    async fn answer(
+        &self,
+        method: &Method,
+        uri: &hyper::Uri,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let path = uri.path();
+        if matches!(
+            (method, path),
+            (&Method::GET, "/sessions") | (&Method::POST, "/kick")
+        ) {
+            let (status, body) = self.control(method, uri, headers, peer).await;
+            return reply(status, "application/json", body);
+        }
         match (method, path) {
             (&Method::GET, "/metrics") => {
                 let mut text = String::new();
@@ -157,6 +180,33 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// A control route's answer (see `control`).
+    async fn control(
+        &self,
+        method: &Method,
+        uri: &hyper::Uri,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> control::Answer {
+        if let Some(refused) = control::refuse_caller(peer, headers) {
+            return refused;
+        }
+        let Some(broker) = &self.control else {
+            return (
+                StatusCode::NOT_FOUND,
+                r#"{"error":"this process runs no broker (admin commands need serve or broker)"}"#
+                    .to_owned(),
+            );
+        };
+        if method == Method::GET {
+            control::sessions(broker, uri.query()).await
+        } else {
+            control::kick(broker, uri.query()).await
+        }
+    }
+}
+
 fn text_reply(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     reply(status, "text/plain; charset=utf-8", body.into())
 }
@@ -179,9 +229,9 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    info!(addr = %listener.local_addr()?, "admin listener on (/metrics, /healthz, /readyz)");
+    info!(addr = %listener.local_addr()?, "admin listener on (/metrics, /healthz, /readyz, /sessions, /kick)");
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -198,7 +248,10 @@ pub(crate) async fn run(
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let admin = admin.clone();
                 async move {
-                    Ok::<_, Infallible>(admin.answer(request.method(), request.uri().path()).await)
+                    let answer = admin
+                        .answer(request.method(), request.uri(), request.headers(), peer)
+                        .await;
+                    Ok::<_, Infallible>(answer)
                 }
             });
             let connection = hyper::server::conn::http1::Builder::new()

@@ -19,11 +19,13 @@ use tracing::warn;
 mod commands;
 mod lines;
 
+pub(crate) use lines::format_ts;
+
 use crate::cli::{Account, ChatCommand, GroupCommand};
 use crate::settings::Settings;
 use lines::{
-    chat_message_line, chat_receipt_line, delete_line, edit_line, event_line, format_ts,
-    member_line, message_line, reaction_line,
+    chat_message_line, chat_receipt_line, delete_line, edit_line, event_line, member_line,
+    message_line, reaction_line,
 };
 
 /// Messages of history shown when `chat` starts.

@@ -28,6 +28,9 @@ pub(crate) enum Command {
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
+    /// Operate on the running server through its admin listener (`admin.listen`).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Copy the SQLite file (accounts and conversations) to FILE, consistently,
     /// while the server runs; FILE must not exist.
     Backup {
@@ -234,6 +237,23 @@ pub(crate) struct Account {
     pub(crate) state_dir: Option<PathBuf>,
 }
 
+/// Commands on the running server, through its admin listener.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// List the connected devices (of USER only, if given): address and since when.
+    Sessions {
+        /// User id.
+        user: Option<String>,
+    },
+    /// Cut the connections of USER (or of one device, USER:DEVICE) now; unlike
+    /// `user disable`, the devices may sign in again at once.
+    Kick {
+        /// `USER` or `USER:DEVICE`.
+        #[arg(value_name = "USER[:DEVICE]")]
+        target: String,
+    },
+}
+
 /// ACL file formats.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum AclFormat {
@@ -269,8 +289,19 @@ pub(crate) enum UserCommand {
         #[arg(long)]
         erase: bool,
     },
-    /// List users.
+    /// List users: created, disabled since, devices known and online.
     List,
+    /// Disable a user: refuse their sign-ins (password and device tokens) and
+    /// cut their connected devices, until `enable`.
+    Disable {
+        /// User id.
+        name: String,
+    },
+    /// Enable a disabled user again (their device tokens work again).
+    Enable {
+        /// User id.
+        name: String,
+    },
     /// Issue a device token, usable as that device's MQTT password.
     Token {
         /// User id.

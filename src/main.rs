@@ -2,6 +2,7 @@
 //! exits 64 on bad configuration, and stops cleanly on SIGINT/SIGTERM.
 
 mod admin;
+mod admin_cli;
 mod backup;
 mod chat;
 mod cli;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         Command::Broker => serve::broker_only(settings),
         Command::Bridge => serve::bridge_only(settings),
         Command::User(cmd) => users::run(&settings, cmd),
+        Command::Admin(cmd) => admin_cli::run(&settings, cmd),
         Command::Backup { file } => backup::run(&settings, &file),
         Command::Export { user, out } => export::run(&settings, &user, &out),
         Command::Chat(cmd) => chat::run(&settings, cmd),

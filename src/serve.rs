@@ -195,6 +195,7 @@ fn run_broker(
     let mut admin = Admin::new(path.clone());
     broker.metrics().register(&mut admin.registry);
     admin.readiness.broker = Some(broker.mqtt_addr());
+    admin.control = Some(broker.control());
     if let Some(prepared) = &prepared {
         prepared.register_metrics(&mut admin.registry);
         admin.readiness.bridge = Some(prepared.metrics());

@@ -4,6 +4,7 @@ use anyhow::Context;
 use messenger_accounts::Accounts;
 use messenger_protocol::{DeviceId, UserId};
 
+use crate::chat::format_ts;
 use crate::cli::UserCommand;
 use crate::settings::Settings;
 
@@ -32,9 +33,21 @@ pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
             let erased = messenger_store::erase_user(path, &user)?;
             println!("removed {user}; erased the text of {erased} messages");
         }
-        UserCommand::List => {
-            for user in accounts.list()? {
-                println!("{user}");
+        UserCommand::List => print!("{}", list(path)?),
+        UserCommand::Disable { name } => {
+            let user = UserId::parse(&name)?;
+            if accounts.set_disabled(&user, true)? {
+                println!("disabled {user}; their devices are signed out and cannot sign in");
+            } else {
+                println!("{user} was already disabled");
+            }
+        }
+        UserCommand::Enable { name } => {
+            let user = UserId::parse(&name)?;
+            if accounts.set_disabled(&user, false)? {
+                println!("enabled {user}");
+            } else {
+                println!("{user} was not disabled");
             }
         }
         UserCommand::Token { name, device } => {
@@ -44,4 +57,25 @@ pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `messenger user list`: a header, then one line per account.
+fn list(path: &std::path::Path) -> anyhow::Result<String> {
+    let time = |ms: i64| format_ts(u64::try_from(ms).unwrap_or(0));
+    let mut out = format!(
+        "{:<32}  {:<19}  {:<19}  {:>7}  {:>6}\n",
+        "USER", "CREATED (UTC)", "DISABLED SINCE", "DEVICES", "ONLINE"
+    );
+    for summary in messenger_store::list_users(path)? {
+        let account = &summary.account;
+        out.push_str(&format!(
+            "{:<32}  {:<19}  {:<19}  {:>7}  {:>6}\n",
+            account.user.as_str(),
+            time(account.created_ms),
+            account.disabled_ms.map_or_else(|| "-".to_owned(), time),
+            summary.devices,
+            summary.online,
+        ));
+    }
+    Ok(out)
 }

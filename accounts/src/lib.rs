@@ -57,6 +57,20 @@ pub enum Verdict {
     UnknownUser,
     /// The user exists and the credential is wrong.
     Rejected,
+    /// The user exists but is disabled (`messenger user disable`): refused
+    /// whatever the credential, which is not checked.
+    Disabled,
+}
+
+/// One account as `messenger user list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// Its id.
+    pub user: UserId,
+    /// When it was created, ms since the epoch.
+    pub created_ms: i64,
+    /// Since when it is disabled, ms since the epoch; `None` while it may sign in.
+    pub disabled_ms: Option<i64>,
 }
 
 /// Prefix that marks a device token, so the check knows which path to take.
@@ -103,7 +117,8 @@ pub fn open_sqlite(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE users (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE users (
         name TEXT PRIMARY KEY,
         phc TEXT NOT NULL,
         created_ms INTEGER NOT NULL
@@ -119,7 +134,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE users (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         user TEXT NOT NULL,
         at_ms INTEGER NOT NULL
-     );"];
+     );",
+    // `messenger user disable`: set while the account may not sign in.
+    "ALTER TABLE users ADD COLUMN disabled_ms INTEGER;",
+];
 
 impl Accounts {
     /// Opens (creating if needed) the store in the SQLite file at `path`.
@@ -206,6 +224,73 @@ impl Accounts {
         Ok(names.iter().filter_map(|n| UserId::parse(n).ok()).collect())
     }
 
+    /// Disables (`true`) or enables a user. A disabled user cannot sign in, with
+    /// the password or a device token (kept, and valid again once enabled); disabling
+    /// records a revocation, which signs out their connections. Returns whether
+    /// anything changed (disabling a disabled user keeps the first time).
+    pub fn set_disabled(&self, user: &UserId, disabled: bool) -> Result<bool, AccountsError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let state: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT disabled_ms FROM users WHERE name = ?1",
+                [user.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(state) = state else {
+            return Err(AccountsError::NotFound(user.clone()));
+        };
+        if state.is_some() == disabled {
+            return Ok(false);
+        }
+        let now = now_ms();
+        tx.execute(
+            "UPDATE users SET disabled_ms = ?2 WHERE name = ?1",
+            params![user.as_str(), disabled.then_some(now)],
+        )?;
+        if disabled {
+            tx.execute(
+                "INSERT INTO revocations (user, at_ms) VALUES (?1, ?2)",
+                params![user.as_str(), now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Every account with when it was created and since when it is disabled, by user id.
+    pub fn accounts(&self) -> Result<Vec<AccountInfo>, AccountsError> {
+        Self::accounts_on(&self.conn())
+    }
+
+    /// [`Accounts::accounts`] on a connection the caller holds (e.g. inside its own
+    /// read transaction).
+    pub fn accounts_on(conn: &Connection) -> Result<Vec<AccountInfo>, AccountsError> {
+        let mut stmt =
+            conn.prepare("SELECT name, created_ms, disabled_ms FROM users ORDER BY name")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        // Rows were validated on insert; skip anything a hand edit broke.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, created_ms, disabled_ms)| {
+                Some(AccountInfo {
+                    user: UserId::parse(&name).ok()?,
+                    created_ms,
+                    disabled_ms,
+                })
+            })
+            .collect())
+    }
+
     /// Whether the user exists.
     pub fn exists(&self, user: &UserId) -> Result<bool, AccountsError> {
         Ok(user_exists(&self.conn(), user)?)
@@ -227,16 +312,19 @@ impl Accounts {
         secret: &str,
     ) -> Result<Verdict, AccountsError> {
         let conn = self.conn();
-        let phc: Option<String> = conn
+        let found: Option<(String, Option<i64>)> = conn
             .query_row(
-                "SELECT phc FROM users WHERE name = ?1",
+                "SELECT phc, disabled_ms FROM users WHERE name = ?1",
                 [user.as_str()],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some(phc) = phc else {
+        let Some((phc, disabled)) = found else {
             return Ok(Verdict::UnknownUser);
         };
+        if disabled.is_some() {
+            return Ok(Verdict::Disabled);
+        }
         if secret.starts_with(TOKEN_PREFIX) {
             let stored: Option<Vec<u8>> = conn
                 .query_row(
@@ -453,6 +541,43 @@ mod tests {
         assert_eq!(names, ["alice", "alice"]);
         assert_eq!(acc.revocations_after(last).unwrap().0.len(), 0);
         assert!(acc.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_disabled_user_is_refused_whatever_the_credential_until_enabled() {
+        let dir = tempfile::tempdir().unwrap();
+        let acc = Accounts::open(&dir.path().join("m.db")).unwrap();
+        let (alice, phone) = (uid("alice"), DeviceId::parse("phone").unwrap());
+        acc.add(&alice, "pw").unwrap();
+        let token = acc.issue_token(&alice, &phone).unwrap();
+        let start = acc.latest_revocation().unwrap();
+
+        assert!(acc.set_disabled(&alice, true).unwrap());
+        assert!(!acc.set_disabled(&alice, true).unwrap(), "already disabled");
+        for secret in ["pw", token.as_str(), "wrong"] {
+            assert_eq!(
+                acc.verify(&alice, &phone, secret).unwrap(),
+                Verdict::Disabled
+            );
+        }
+        let (revoked, _) = acc.revocations_after(start).unwrap();
+        assert_eq!(revoked.len(), 1, "disabling once signs out once");
+        let listed = acc.accounts().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].disabled_ms.is_some());
+
+        assert!(acc.set_disabled(&alice, false).unwrap());
+        assert!(!acc.set_disabled(&alice, false).unwrap(), "already enabled");
+        assert_eq!(acc.verify(&alice, &phone, "pw").unwrap(), Verdict::Accepted);
+        assert_eq!(
+            acc.verify(&alice, &phone, &token).unwrap(),
+            Verdict::Accepted
+        );
+        assert_eq!(acc.accounts().unwrap()[0].disabled_ms, None);
+        assert!(matches!(
+            acc.set_disabled(&uid("nobody"), true),
+            Err(AccountsError::NotFound(_))
+        ));
     }
 
     #[test]

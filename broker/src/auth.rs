@@ -184,6 +184,16 @@ impl Authenticator {
                 info!(client_id = %connect.client_id, "signed in");
                 Ok(principal)
             }
+            // Refused like a bad credential (a client cannot tell), held back like
+            // one, but not counted as a guess: the credential was not checked.
+            Ok(Verdict::Disabled) => {
+                warn!(client_id = %connect.client_id, ?source, "account disabled; sign-in refused");
+                Err(Refusal {
+                    code: ConnectReturnCode::BadUserNamePassword,
+                    delay: (!is_token).then_some(self.failure_delay),
+                    reason: RefusedBecause::Disabled,
+                })
+            }
             Ok(verdict @ (Verdict::UnknownUser | Verdict::Rejected)) => {
                 warn!(client_id = %connect.client_id, ?source, "bad username or password");
                 if is_token {

@@ -118,9 +118,10 @@ impl Protocol for Gate {
                 // instant may have invalidated what was checked.
                 let since_ms = crate::sessions::now_ms();
                 // Behind the WebSocket front the peer is the front; the client is in its map.
-                let source = st
+                let client = st
                     .peer
-                    .map(|peer| shared.peers.client_of(peer).unwrap_or(peer).ip());
+                    .map(|peer| shared.peers.client_of(peer).unwrap_or(peer));
+                let source = client.map(|addr| addr.ip());
                 match shared
                     .auth
                     .admit(&connect, will.as_ref(), login.as_ref(), source)
@@ -134,6 +135,7 @@ impl Protocol for Gate {
                                 connect.clean_session,
                                 will.clone(),
                                 &st.revoked,
+                                client,
                             );
                         }
                         let device = matches!(principal, Principal::User(_));

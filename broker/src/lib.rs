@@ -8,7 +8,8 @@
 //! - `throttle`: failed password sign-ins per user and per source address.
 //! - `gate`: the codec wrapper through which every packet passes; the ACL seam.
 //! - `metrics`: connected devices and sign-ins, for the admin listener's `/metrics`.
-//! - `sessions`: live connections per user, cut (by a session takeover) when the account is revoked.
+//! - `sessions`: live connections per user, cut (by a session takeover) when the account is
+//!   revoked or an operator kicks them; [`Control`] lists and kicks them for the admin listener.
 //! - `websocket`: the WebSocket front: handshake timeout, subprotocol, size limits.
 //!
 //! The broker runs on its own multi-threaded Tokio runtime: rumqttd spawns a
@@ -29,8 +30,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use messenger_accounts::Accounts;
-use messenger_protocol::topics;
+use messenger_accounts::{Accounts, AccountsError};
+use messenger_protocol::{topics, DeviceId, UserId};
 use rumqttd::local::LinkBuilder;
 use rumqttd::{
     ConnectionSettings, LinkType, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
@@ -42,6 +43,7 @@ use tracing::{info, warn};
 pub use auth::ServiceAccount;
 pub use config::BrokerConfig;
 pub use metrics::BrokerMetrics;
+pub use sessions::Session;
 
 use gate::{Gate, Shared};
 
@@ -76,6 +78,8 @@ pub enum BrokerError {
 pub struct RunningBroker {
     mqtt_addr: SocketAddr,
     shared: Arc<Shared>,
+    /// Lists and cuts connections (the admin listener's `/sessions` and `/kick`).
+    control: Control,
     ws_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// Owns every broker task; shut down on stop.
@@ -99,6 +103,11 @@ impl RunningBroker {
     /// Connected devices and sign-ins, to register with the admin listener.
     pub fn metrics(&self) -> BrokerMetrics {
         self.shared.metrics.clone()
+    }
+
+    /// Lists and cuts device connections; cheap to clone.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// A cheap, shareable handle to [`RunningBroker::is_connected`].
@@ -148,6 +157,48 @@ impl Liveness {
     /// Whether a signed-in connection with this client id is open.
     pub fn is_connected(&self, client_id: &str) -> bool {
         self.0.sessions.is_connected(client_id)
+    }
+}
+
+/// The operator's hold on the broker's connections: list them, cut them.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Shared>,
+    links: sessions::Links,
+    accounts: Arc<Accounts>,
+}
+
+impl Control {
+    /// The open device connections, of `user` only if given.
+    pub fn sessions(&self, user: Option<&UserId>) -> Vec<Session> {
+        self.shared.sessions.list(user.map(UserId::as_str))
+    }
+
+    /// Whether `user` has an account. Blocking (SQLite): call it off the async workers.
+    pub fn user_exists(&self, user: &UserId) -> Result<bool, AccountsError> {
+        self.accounts.exists(user)
+    }
+
+    /// Cuts the open connections of `user` (of one `device`, if given) now, by a
+    /// session takeover as a revocation does, but records nothing: the devices may
+    /// sign in again at once. Returns the sessions cut. Must run on a
+    /// multi-threaded runtime (the takeover waits for the router).
+    pub async fn kick(&self, user: &UserId, device: Option<&DeviceId>) -> Vec<Session> {
+        let live = self
+            .shared
+            .sessions
+            .kick(user.as_str(), device.map(DeviceId::as_str));
+        let mut cut = Vec::with_capacity(live.len());
+        for conn in &live {
+            if let Err(err) = sessions::cut(&self.links, conn).await {
+                warn!(cause = %err, client_id = %conn.client_id, "cannot cut a kicked connection; it ends at its next packet");
+            }
+            cut.push(conn.session(user.as_str()));
+        }
+        if !cut.is_empty() {
+            info!(%user, connections = cut.len(), "kicked");
+        }
+        cut
     }
 }
 
@@ -234,6 +285,11 @@ pub fn start(
         )?),
         None => None,
     };
+    let control = Control {
+        shared: shared.clone(),
+        links: links.clone(),
+        accounts: accounts.clone(),
+    };
     runtime.spawn(watch_revocations(
         accounts,
         shared.clone(),
@@ -246,6 +302,7 @@ pub fn start(
     Ok(RunningBroker {
         mqtt_addr,
         shared,
+        control,
         ws_addr,
         shutdown,
         runtime: Some(runtime),

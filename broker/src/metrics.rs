@@ -23,6 +23,8 @@ pub(crate) enum RefusedBecause {
     NotAuthorized,
     /// The account store could not be read.
     Unavailable,
+    /// The account is disabled (`messenger user disable`).
+    Disabled,
 }
 
 impl RefusedBecause {
@@ -33,15 +35,17 @@ impl RefusedBecause {
             Self::Throttled => "throttled",
             Self::NotAuthorized => "not_authorized",
             Self::Unavailable => "unavailable",
+            Self::Disabled => "disabled",
         }
     }
 
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::BadClientId,
         Self::BadCredentials,
         Self::Throttled,
         Self::NotAuthorized,
         Self::Unavailable,
+        Self::Disabled,
     ];
 }
 

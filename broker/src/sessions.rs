@@ -1,4 +1,6 @@
-//! Live connections per user, so that revoking an account cuts its connections.
+//! Live connections per user, so that revoking an account cuts its connections,
+//! and so that an operator can list them (`messenger admin sessions`) and cut
+//! them (`messenger admin kick`).
 //!
 //! A revoked connection is marked (the gate then refuses its next packet either
 //! way) and taken over: a local link with the same client id connects to the
@@ -8,6 +10,7 @@
 //! its next packet, up to its keepalive.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -29,6 +32,58 @@ pub(crate) struct Live {
     /// When its sign-in began (ms since the epoch): revocations after it cut it,
     /// earlier ones (e.g. the password change it signed in after) do not.
     since_ms: i64,
+    /// The client's address (behind the WebSocket front: the client's, not the front's).
+    peer: Option<SocketAddr>,
+}
+
+impl Live {
+    /// Whether the connection is still open and not being cut.
+    fn open(&self) -> bool {
+        self.revoked
+            .upgrade()
+            .is_some_and(|flag| !flag.load(Ordering::Acquire))
+    }
+
+    /// Marks the connection revoked (its gate refuses its next packet); false if it is gone.
+    fn mark(&self) -> bool {
+        match self.revoked.upgrade() {
+            Some(flag) => {
+                flag.store(true, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How `messenger admin sessions` shows it.
+    pub(crate) fn session(&self, user: &str) -> Session {
+        Session {
+            user: user.to_owned(),
+            device: self.device().to_owned(),
+            address: self.peer,
+            since_ms: self.since_ms,
+        }
+    }
+
+    /// The device part of its client id (`<user>:<device>`).
+    fn device(&self) -> &str {
+        self.client_id
+            .split_once(':')
+            .map_or(self.client_id.as_str(), |(_, device)| device)
+    }
+}
+
+/// One signed-in device connection, as `messenger admin sessions` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Whose.
+    pub user: String,
+    /// Which device.
+    pub device: String,
+    /// The client's address, when known.
+    pub address: Option<SocketAddr>,
+    /// When it signed in, ms since the epoch.
+    pub since_ms: i64,
 }
 
 /// The wall clock in ms since the epoch, the unit of the revocations table.
@@ -80,7 +135,8 @@ impl Sessions {
         }
     }
 
-    /// Records a connection; `revoked` is set when the user is revoked.
+    /// Records a connection from `peer`; `revoked` is set when the user is revoked.
+    #[allow(clippy::too_many_arguments)] // one call site, in the gate; each is a fact of the CONNECT
     pub(crate) fn register(
         &self,
         since_ms: i64,
@@ -89,6 +145,7 @@ impl Sessions {
         clean_session: bool,
         will: Option<LastWill>,
         revoked: &Arc<AtomicBool>,
+        peer: Option<SocketAddr>,
     ) {
         let mut map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
         let list = map.entry(user.to_owned()).or_default();
@@ -99,7 +156,45 @@ impl Sessions {
             will,
             revoked: Arc::downgrade(revoked),
             since_ms,
+            peer,
         });
+    }
+
+    /// The open device connections, of `user` only if given, by user, then
+    /// device, then sign-in time.
+    pub(crate) fn list(&self, user: Option<&str>) -> Vec<Session> {
+        let map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions: Vec<Session> = map
+            .iter()
+            .filter(|(name, _)| user.is_none_or(|u| u == name.as_str()))
+            .flat_map(|(name, list)| {
+                list.iter()
+                    .filter(|live| live.open())
+                    .map(|live| live.session(name))
+            })
+            .collect();
+        sessions.sort_by(|a, b| {
+            (&a.user, &a.device, a.since_ms).cmp(&(&b.user, &b.device, b.since_ms))
+        });
+        sessions
+    }
+
+    /// Marks revoked the open connections of `user` (of its `device` only, if
+    /// given) and returns them, to be [`cut`]. Unlike [`Sessions::revoke`] this
+    /// records nothing: the devices may sign in again at once.
+    pub(crate) fn kick(&self, user: &str, device: Option<&str>) -> Vec<Live> {
+        let mut map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = map.remove(user) else {
+            return Vec::new();
+        };
+        let (chosen, kept): (Vec<Live>, Vec<Live>) = list
+            .into_iter()
+            .filter(|live| live.revoked.strong_count() > 0)
+            .partition(|live| device.is_none_or(|d| d == live.device()));
+        if !kept.is_empty() {
+            map.insert(user.to_owned(), kept);
+        }
+        chosen.into_iter().filter(Live::mark).collect()
     }
 
     /// Counts a signed-in connection as live for as long as the guard lives;
@@ -138,16 +233,7 @@ impl Sessions {
         if !after.is_empty() {
             map.insert(user.to_owned(), after);
         }
-        before
-            .into_iter()
-            .filter(|live| match live.revoked.upgrade() {
-                Some(flag) => {
-                    flag.store(true, Ordering::Release);
-                    true
-                }
-                None => false,
-            })
-            .collect()
+        before.into_iter().filter(Live::mark).collect()
     }
 }
 

@@ -144,7 +144,7 @@ fn one_line(body: &str) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) for a ts in ms since the Unix epoch.
-pub(super) fn format_ts(ms: u64) -> String {
+pub(crate) fn format_ts(ms: u64) -> String {
     let secs = ms / 1000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;

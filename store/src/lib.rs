@@ -31,7 +31,8 @@ use messenger_protocol::{DeviceId, UserId};
 pub use failure::{Failure, MAX_MESSAGE_BYTES};
 pub use outcome::{Effect, Notification, Outcome, Payload};
 pub use sqlite::{
-    backup, erase_user, export_user, remove_user, BackupReport, ExportSummary, Notify, SqliteStore,
+    backup, erase_user, export_user, list_users, remove_user, BackupReport, ExportSummary, Notify,
+    SqliteStore, UserSummary,
 };
 
 /// Failures of the store as a whole (a request's own failures are [`Failure`]s,

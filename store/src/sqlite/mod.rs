@@ -17,6 +17,7 @@
 //! - `removal`: what removing an account takes with it.
 //! - `backup`: a consistent copy of the file while a server writes to it.
 //! - `export`: everything one user may read, as JSON.
+//! - `roster`: the operator's list of accounts with their devices.
 //! - `schema`: the tables and their migrations.
 
 mod backup;
@@ -29,6 +30,7 @@ mod messages;
 mod presence;
 mod pushes;
 pub(crate) mod removal;
+mod roster;
 mod rows;
 mod schema;
 mod search;
@@ -37,6 +39,7 @@ mod timeline;
 pub use backup::{backup, BackupReport};
 pub use export::{export_user, ExportSummary};
 pub use pushes::Notify;
+pub use roster::{list_users, UserSummary};
 
 use std::cell::RefCell;
 use std::path::Path;
