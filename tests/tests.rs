@@ -21,6 +21,9 @@ mod admin;
 // `messenger user ...` from the command line, alone and while `serve` runs.
 mod users;
 
+// The operator's commands against `serve`: user list/disable/enable, admin sessions/kick, bad input.
+mod operator;
+
 // `messenger backup` under load and its restore; `messenger export` of one user's readable data.
 mod backup;
 
