@@ -181,6 +181,13 @@ impl Prepared {
                 shutdown.clone(),
             ));
         }
+        if bridge.storage.retention_days > 0 {
+            tokio::spawn(wake_for_housekeeping(
+                jobs_tx.clone(),
+                HOUSEKEEPING_EVERY,
+                shutdown.clone(),
+            ));
+        }
         let sink = push.as_ref().map(|(service, _)| service.sink());
         let pusher = push.map(|(service, dead)| {
             tokio::spawn(forget_dead_tokens(dead, jobs_tx.clone(), shutdown.clone()));
@@ -381,6 +388,33 @@ async fn reconcile(
     }
 }
 
+/// How often an idle writer is woken for the store's housekeeping (retention
+/// decides itself whether a step is due; waking costs a channel message).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// Wakes the writer periodically, so that retention runs on an idle server too
+/// (a busy one runs it between batches anyway).
+async fn wake_for_housekeeping(
+    jobs: mpsc::UnboundedSender<writer::Job>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let job = writer::Job {
+            work: writer::Work::Housekeeping,
+            ack: None,
+            epoch: 0,
+        };
+        if jobs.send(job).is_err() {
+            return;
+        }
+    }
+}
+
 /// Hands the tokens the push service calls dead to the writer, to delete.
 async fn forget_dead_tokens(
     mut dead: mpsc::UnboundedReceiver<DeadToken>,
@@ -441,6 +475,8 @@ mod fault {
             panic!("injected fault: <database>.fail-writer exists (test hook)");
         }
 
-        fn between_batches(&mut self) {}
+        fn between_batches(&mut self) -> messenger_store::Housekeeping {
+            messenger_store::Housekeeping::Done
+        }
     }
 }

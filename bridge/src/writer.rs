@@ -14,7 +14,7 @@ use bytes::Bytes;
 use messenger_protocol::wire::{ErrorCode, Event};
 use messenger_protocol::{DeviceId, UserId};
 use messenger_push::{Alert, Notification, Sink, Target};
-use messenger_store::{Effect, Failure, Input, Outcome, Store};
+use messenger_store::{Effect, Failure, Housekeeping, Input, Outcome, Store};
 use rumqttc::Publish;
 use tokio::sync::mpsc;
 use tracing::{debug, error};
@@ -54,6 +54,9 @@ pub(crate) enum Work {
     Store(Input),
     /// Nothing to do but ack (a publish on a topic the bridge does not handle).
     Skip,
+    /// Nothing to store: wakes the writer so that the store's housekeeping
+    /// (retention) runs while no request comes.
+    Housekeeping,
 }
 
 /// The result of one committed batch, in order.
@@ -88,6 +91,11 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
+        batch.retain(|job| !matches!(job.work, Work::Housekeeping));
+        if batch.is_empty() {
+            housekeeping(store.as_mut(), &jobs);
+            continue;
+        }
         let size = batch.len();
         metrics.queue_depth.set(jobs.len() as i64);
         let (out, pushes) = process(store.as_mut(), limits, batch, now_ms(), metrics);
@@ -106,8 +114,14 @@ pub(crate) fn run(
             return;
         }
         // The batch's acks are on their way; the next batch may wait for this.
-        store.between_batches();
+        housekeeping(store.as_mut(), &jobs);
     }
+}
+
+/// The store's housekeeping: one step, and more while no job waits (so a job
+/// waits for one step at most).
+fn housekeeping(store: &mut dyn Store, jobs: &mpsc::UnboundedReceiver<Job>) {
+    while store.between_batches() == Housekeeping::More && jobs.is_empty() {}
 }
 
 /// What became of a job before the store saw it.
@@ -196,7 +210,7 @@ fn decode(work: Work, limits: &Limits, inputs: &mut Vec<Input>) -> Planned {
                 id: None,
             }
         }
-        Work::Skip => Planned::Nothing,
+        Work::Skip | Work::Housekeeping => Planned::Nothing,
     }
 }
 

@@ -26,6 +26,9 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// The durability policy.
     pub durability: Durability,
+    /// Events older than this many days are removed in the background; 0 keeps
+    /// them for ever.
+    pub retention_days: u32,
 }
 
 impl Default for StorageConfig {
@@ -33,7 +36,24 @@ impl Default for StorageConfig {
         Self {
             path: PathBuf::from("data/messenger.db"),
             durability: Durability::Fsync,
+            retention_days: 0,
         }
+    }
+}
+
+/// The longest retention that is not a mistake: 100 years.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+impl StorageConfig {
+    /// Checks values that parse but make no sense, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.retention_days > MAX_RETENTION_DAYS {
+            return Err(ConfigError::invalid(
+                "storage.retention_days",
+                format!("be between 0 (keep for ever) and {MAX_RETENTION_DAYS} days"),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -119,6 +119,17 @@ pub trait Store: Send {
     /// an `Err` means nothing of the batch was stored.
     fn process(&mut self, inputs: Vec<Input>, now: u64) -> Result<Vec<Outcome>, StoreError>;
 
-    /// Housekeeping between batches (the caller has handed the last outcomes on).
-    fn between_batches(&mut self);
+    /// Housekeeping between batches (the caller has handed the last outcomes on):
+    /// one small step of it. [`Housekeeping::More`] asks to be called again as soon
+    /// as no batch is waiting.
+    fn between_batches(&mut self) -> Housekeeping;
+}
+
+/// Whether a store has housekeeping it could do at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Housekeeping {
+    /// Nothing is due now.
+    Done,
+    /// Another step is due (e.g. retention has more old events to remove).
+    More,
 }

@@ -95,6 +95,7 @@ impl Server {
             storage: StorageConfig {
                 path: db.clone(),
                 durability: Durability::Os,
+                retention_days: 0,
             },
             limits: Limits::default(),
             push,

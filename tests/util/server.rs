@@ -160,6 +160,7 @@ impl TestServer {
             storage: StorageConfig {
                 path: self.db.clone(),
                 durability: Durability::Fsync,
+                retention_days: 0,
             },
             limits: self.limits.clone(),
             liveness,

@@ -250,6 +250,9 @@ impl Ctx<'_> {
                     Some(status) => {
                         receipt_from_row(&conv, seq, &status, r.get(4)?, r.get(5)?, useq)
                     }
+                    // A user's newest inbox row outlives its event under retention
+                    // (it holds their useq counter): nothing to deliver.
+                    None if r.get::<_, Option<String>>(7)?.is_none() => None,
                     None => event_from_row(r, 6, &conv, seq, Some(useq))?,
                 })
             })?

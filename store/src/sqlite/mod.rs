@@ -15,6 +15,7 @@
 //! - `presence`: device rows and each user's aggregate.
 //! - `rows`: stored rows back into events; the reply byte budget.
 //! - `removal`: what removing an account takes with it.
+//! - `retention`: removing events older than `storage.retention_days`, between batches.
 //! - `backup`: a consistent copy of the file while a server writes to it.
 //! - `export`: everything one user may read, as JSON.
 //! - `roster`: the operator's list of accounts with their devices.
@@ -30,6 +31,7 @@ mod messages;
 mod presence;
 mod pushes;
 pub(crate) mod removal;
+mod retention;
 mod roster;
 mod rows;
 mod schema;
@@ -53,7 +55,7 @@ use tracing::error;
 use self::checkpoint::{Checkpointer, Wal};
 use self::context::Ctx;
 use crate::config::{Durability, Limits, StorageConfig};
-use crate::{Effect, Failure, Input, Liveness, Outcome, StoreError};
+use crate::{Effect, Failure, Housekeeping, Input, Liveness, Outcome, StoreError};
 
 /// The writer's page cache, in KiB.
 const CACHE_KIB: i64 = 16 * 1024;
@@ -68,6 +70,8 @@ pub struct SqliteStore {
     notify: Notify,
     liveness: Option<Liveness>,
     wal: Arc<Wal>,
+    /// Removes old events between batches, when `storage.retention_days` is set.
+    retention: Option<retention::Retention>,
     /// Taken on drop, to stop the thread.
     checkpointer: Option<Checkpointer>,
 }
@@ -93,6 +97,7 @@ impl SqliteStore {
             notify,
             liveness,
             wal: checkpointer.wal(),
+            retention: retention::Retention::new(config.retention_days),
             checkpointer: Some(checkpointer),
         })
     }
@@ -160,8 +165,17 @@ impl crate::Store for SqliteStore {
         Ok(outcomes)
     }
 
-    fn between_batches(&mut self) {
+    fn between_batches(&mut self) -> Housekeeping {
         self.wal.rewind_if_due(&self.conn);
+        let more = self
+            .retention
+            .as_mut()
+            .is_some_and(|retention| retention.run_if_due(&mut self.conn, now_ms()));
+        if more {
+            Housekeeping::More
+        } else {
+            Housekeeping::Done
+        }
     }
 }
 
@@ -255,6 +269,13 @@ fn fits(out: Vec<Effect>, limits: &Limits) -> Result<Vec<Effect>, Failure> {
         }
         _ => Ok(out),
     }
+}
+
+/// The wall clock in ms since the epoch, the unit of `ts`.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Opens the SQLite file with the durability policy and runs migrations.
