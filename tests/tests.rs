@@ -27,6 +27,9 @@ mod operator;
 // `messenger backup` under load and its restore; `messenger export` of one user's readable data.
 mod backup;
 
+// `storage.retention_days`: old messages removed after a restart, new ones and sends unaffected.
+mod retention;
+
 // `messenger user remove --erase`: the account goes and its messages' text is erased.
 mod erase;
 

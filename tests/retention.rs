@@ -1,0 +1,140 @@
+//! `storage.retention_days` end to end: messages aged in the SQLite file while
+//! the server is down are removed after a restart with retention on, while
+//! newer ones stay, sends keep being acked and a sync from the start delivers
+//! what remains; bad values exit 64 naming the key.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use messenger_client::{Client, HistoryItem};
+use messenger_protocol::ConvId;
+
+use crate::util::client::GRANTED;
+use crate::util::process::{free_addr, Messenger, Server};
+use crate::util::{did, uid, Transport, PATIENCE};
+
+/// The exit code for bad configuration (EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
+
+/// A day in ms.
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+async fn device(server: &Server, user: &str) -> Client {
+    let mut config =
+        messenger_client::ClientConfig::new(server.mqtt.to_string(), uid(user), did("phone"), "pw");
+    config.request_timeout = PATIENCE * 3;
+    let (client, _events) = Client::connect(config).await.expect("connect");
+    client
+}
+
+/// The message seqs of `conv` that `client` reads in `history` (one page is enough here).
+async fn history(client: &Client, conv: &ConvId) -> BTreeSet<u64> {
+    let page = client.history(conv, None, 100).await.expect("history");
+    assert!(!page.more);
+    page.events
+        .iter()
+        .filter_map(|item| match item {
+            HistoryItem::Message(m) => Some(m.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_messages_go_new_ones_stay_and_sends_go_on() {
+    let m = Messenger::new();
+    for user in ["ann", "bob"] {
+        m.run(&["user", "add", user, "--password", "pw"]).await.ok();
+    }
+    let conv = ConvId::direct(&uid("ann"), &uid("bob")).expect("dm");
+    let mut server = m.serve().await;
+    let ann = device(&server, "ann").await;
+    for i in 0..6 {
+        ann.send(&conv, &format!("message {i}"))
+            .await
+            .expect("acked");
+    }
+    drop(ann);
+    server.terminate();
+    assert!(server.exit_status(PATIENCE).await.success());
+
+    // Seqs 1..=4 are three days old now.
+    let db = m.db();
+    let aged = tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open(db).expect("open the database");
+        conn.execute(
+            "UPDATE events SET ts = ts - ?1 WHERE seq <= 4",
+            [3 * DAY_MS],
+        )
+        .expect("ageing")
+    })
+    .await
+    .expect("join");
+    assert_eq!(aged, 4);
+
+    let retention = [("MESSENGER_STORAGE__RETENTION_DAYS", "1")];
+    let mut server = m.spawn_role("serve", server.mqtt, server.ws, free_addr(), &retention);
+    server.wait_until_accepting().await;
+    let ann = device(&server, "ann").await;
+    // Sends are acked while retention works; poll history until the old ones are gone.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut sent = 0;
+    loop {
+        let ack = ann
+            .send(&conv, &format!("later {sent}"))
+            .await
+            .expect("acked");
+        sent += 1;
+        assert_eq!(ack.seq, 6 + sent);
+        let seqs = history(&ann, &conv).await;
+        if !seqs.contains(&1) {
+            let expected: BTreeSet<u64> = (5..=6 + sent).collect();
+            assert_eq!(seqs, expected, "the old ones only went:\n{}", server.log());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old messages still there after {PATIENCE:?}: {seqs:?}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A sync from the start delivers what remains, in useq order, and no more.
+    let mut bob = server
+        .device(Transport::Tcp, "bob:raw", "pw")
+        .connect()
+        .await
+        .expect("bob signs in");
+    assert_eq!(bob.subscribe(&["chat/bob/dev/raw"]).await, [GRANTED]);
+    let sync = bob
+        .reply("bob", br#"{"type":"sync","id":"s1","after":0,"limit":100}"#)
+        .await;
+    assert_eq!(sync["type"], "sync", "{sync}");
+    let seqs: Vec<u64> = sync["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, (5..=6 + sent).collect::<Vec<_>>(), "{sync}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_retention_days_exit_64_naming_the_key() {
+    let m = Messenger::new();
+    for bad in ["-1", "36501", "10000000000", "soon"] {
+        let mut cmd = m.command(&["serve"]);
+        cmd.env("MESSENGER_STORAGE__RETENTION_DAYS", bad);
+        let outcome = m.run_command(cmd).await;
+        assert_eq!(
+            outcome.status.code(),
+            Some(EXIT_CONFIG),
+            "{bad}: {outcome:#?}"
+        );
+        assert!(
+            outcome.stderr.contains("retention_days"),
+            "{bad}: {outcome:#?}"
+        );
+    }
+}
