@@ -14,7 +14,8 @@
 //! event goes: a user's next useq is one past their newest row, and must not go
 //! back; `sync` skips such a row (`messages.rs`).
 //!
-//! A pass walks the conversations in id order, [`STEP_EVENTS`] events and
+//! A pass walks the conversations in id order, [`STEP_EVENTS`] events,
+//! about [`STEP_INBOX_ROWS`] inbox rows (a group event has one per member) and
 //! [`STEP_CONVERSATIONS`] conversations at most per step, each step one
 //! transaction; the writer runs further steps while no request waits. After a
 //! complete pass the next one begins [`PASS_INTERVAL`] later.
@@ -29,6 +30,10 @@ use super::search::{self, IndexOp};
 
 /// Events removed in one step (one transaction) at most.
 pub(crate) const STEP_EVENTS: usize = 256;
+
+/// Inbox rows deleted in one step, about: a step stops after the event that
+/// reaches it (one event of a group deletes a row per member).
+pub(crate) const STEP_INBOX_ROWS: usize = 4096;
 
 /// Conversations looked at in one step at most (each costs one index seek when
 /// it has nothing old).
@@ -91,7 +96,11 @@ impl Retention {
             return false;
         }
         let cutoff = now_ms.saturating_sub(self.keep_ms);
-        match step(conn, cutoff, &self.resume, STEP_EVENTS, STEP_CONVERSATIONS) {
+        let budget = Budget {
+            events: STEP_EVENTS,
+            inbox_rows: STEP_INBOX_ROWS,
+        };
+        match step(conn, cutoff, &self.resume, budget, STEP_CONVERSATIONS) {
             Ok(Step { removed, next }) => {
                 self.removed_in_pass += removed as u64;
                 match next {
@@ -134,14 +143,22 @@ struct Old {
     useqs: [Option<u64>; 2],
 }
 
-/// One step: in one transaction, removes at most `max_events` events older than
-/// `cutoff_ms` (ts in ms) from at most `max_conversations` conversations, from
-/// `resume` on.
+/// What one step may do at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Events removed.
+    pub(crate) events: usize,
+    /// Inbox rows deleted (exceeded by the last event's rows at most).
+    pub(crate) inbox_rows: usize,
+}
+
+/// One step: in one transaction, removes events older than `cutoff_ms` (ts in
+/// ms) from at most `max_conversations` conversations, from `resume` on, within `budget`.
 pub(crate) fn step(
     conn: &mut Connection,
     cutoff_ms: u64,
     resume: &Resume,
-    max_events: usize,
+    mut budget: Budget,
     max_conversations: usize,
 ) -> rusqlite::Result<Step> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -150,8 +167,7 @@ pub(crate) fn step(
     let mut index = Vec::new();
     let mut next = None;
     for conv in &convs {
-        let budget = max_events - removed;
-        let (n, maybe_more) = trim(&tx, conv, cutoff_ms, budget, &mut index)?;
+        let (n, maybe_more) = trim(&tx, conv, cutoff_ms, &mut budget, &mut index)?;
         removed += n;
         if maybe_more {
             next = Some(Resume::At(conv.clone()));
@@ -186,16 +202,16 @@ fn conversations(
     convs
 }
 
-/// Removes the old prefix of `conv`, `budget` events at most; returns how many
-/// went and whether more old ones may remain.
+/// Removes the old prefix of `conv` within what is left of `budget` (and takes
+/// it from there); returns how many events went and whether more old ones may remain.
 fn trim(
     conn: &Connection,
     conv: &str,
     cutoff_ms: u64,
-    budget: usize,
+    budget: &mut Budget,
     index: &mut Vec<IndexOp>,
 ) -> rusqlite::Result<(usize, bool)> {
-    if budget == 0 {
+    if budget.events == 0 || budget.inbox_rows == 0 {
         return Ok((0, true));
     }
     let mut stmt = conn.prepare_cached(
@@ -203,7 +219,8 @@ fn trim(
          WHERE conv = ?1 ORDER BY seq LIMIT ?2",
     )?;
     let mut old = Vec::new();
-    let mut rows = stmt.query(params![conv, budget as i64])?;
+    let fetched = budget.events;
+    let mut rows = stmt.query(params![conv, fetched as i64])?;
     while let Some(r) = rows.next()? {
         let ts: u64 = r.get(1)?;
         if ts >= cutoff_ms {
@@ -218,25 +235,33 @@ fn trim(
         });
     }
     drop(rows);
-    let n = old.len();
+    let found = old.len();
     let direct = ConvId::parse(conv).ok().and_then(|c| {
         c.direct_members()
             .map(|(lo, hi)| [lo.as_str().to_owned(), hi.as_str().to_owned()])
     });
+    let mut n = 0;
     for event in old {
-        remove(conn, conv, direct.as_ref(), &event, index)?;
+        let inbox_rows = remove(conn, conv, direct.as_ref(), &event, index)?;
+        n += 1;
+        budget.events -= 1;
+        budget.inbox_rows = budget.inbox_rows.saturating_sub(inbox_rows);
+        if budget.inbox_rows == 0 {
+            return Ok((n, true));
+        }
     }
-    Ok((n, n == budget))
+    Ok((n, found == fetched))
 }
 
-/// Removes one event and what hangs on it (see the module docs).
+/// Removes one event and what hangs on it (see the module docs); returns how
+/// many inbox rows went.
 fn remove(
     conn: &Connection,
     conv: &str,
     direct: Option<&[String; 2]>,
     event: &Old,
     index: &mut Vec<IndexOp>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<usize> {
     let seq = event.seq;
     conn.prepare_cached("DELETE FROM events WHERE conv = ?1 AND seq = ?2")?
         .execute(params![conv, seq])?;
@@ -256,26 +281,29 @@ fn remove(
     }
     // Inbox rows of the event, but not a user's newest (it holds their useq counter).
     let keep_newest = "AND useq < (SELECT MAX(n.useq) FROM inbox n WHERE n.user = inbox.user)";
+    let mut inbox_rows = 0;
     match direct {
         Some(users) => {
             for (user, useq) in users.iter().zip(event.useqs) {
                 let Some(useq) = useq else { continue };
-                conn.prepare_cached(&format!(
-                    "DELETE FROM inbox WHERE user = ?1 AND useq = ?2 AND conv = ?3 AND seq = ?4
-                     AND rstatus IS NULL {keep_newest}"
-                ))?
-                .execute(params![user, useq, conv, seq])?;
+                inbox_rows += conn
+                    .prepare_cached(&format!(
+                        "DELETE FROM inbox WHERE user = ?1 AND useq = ?2 AND conv = ?3 AND seq = ?4
+                         AND rstatus IS NULL {keep_newest}"
+                    ))?
+                    .execute(params![user, useq, conv, seq])?;
             }
         }
         None => {
-            conn.prepare_cached(&format!(
-                "DELETE FROM inbox WHERE conv = ?1 AND seq = ?2 AND rstatus IS NULL
-                 AND conv LIKE 'g:%' {keep_newest}"
-            ))?
-            .execute(params![conv, seq])?;
+            inbox_rows += conn
+                .prepare_cached(&format!(
+                    "DELETE FROM inbox WHERE conv = ?1 AND seq = ?2 AND rstatus IS NULL
+                     AND conv LIKE 'g:%' {keep_newest}"
+                ))?
+                .execute(params![conv, seq])?;
         }
     }
-    Ok(())
+    Ok(inbox_rows)
 }
 
 #[cfg(test)]
@@ -338,6 +366,14 @@ mod tests {
         }
     }
 
+    /// A budget of `n` events and inbox rows to spare.
+    fn events(n: usize) -> Budget {
+        Budget {
+            events: n,
+            inbox_rows: 1_000_000,
+        }
+    }
+
     fn seqs(conn: &Connection, conv: &str) -> Vec<u64> {
         conn.prepare("SELECT seq FROM events WHERE conv = ?1 ORDER BY seq")
             .unwrap()
@@ -367,17 +403,24 @@ mod tests {
         assert_eq!(seqs(&conn, dm).len(), 14);
 
         // Budget 4: the four oldest go, and the conversation may hold more.
-        let first = step(&mut conn, 5_000, &Resume::Start, 4, 10).unwrap();
+        let first = step(&mut conn, 5_000, &Resume::Start, events(4), 10).unwrap();
         assert_eq!(first.removed, 4);
         assert_eq!(first.next, Some(Resume::At(dm.to_owned())));
         assert_eq!(seqs(&conn, dm), (5..=14).collect::<Vec<_>>());
 
         // The rest of the old prefix; ts = cutoff stays.
-        let second = step(&mut conn, 5_000, first.next.as_ref().unwrap(), 100, 10).unwrap();
+        let second = step(
+            &mut conn,
+            5_000,
+            first.next.as_ref().unwrap(),
+            events(100),
+            10,
+        )
+        .unwrap();
         assert_eq!(second.removed, 7, "messages 5..=10 and the reaction event");
         assert_eq!(second.next, None, "one conversation: the pass is complete");
         assert_eq!(seqs(&conn, dm), [12, 13, 14]);
-        let again = step(&mut conn, 5_000, &Resume::Start, 100, 10).unwrap();
+        let again = step(&mut conn, 5_000, &Resume::Start, events(100), 10).unwrap();
         assert_eq!(again.removed, 0);
 
         // What hung on the old messages went with them.
@@ -422,7 +465,7 @@ mod tests {
         let mut resume = Resume::Start;
         let mut steps = Vec::new();
         loop {
-            let done = step(&mut conn, 2_000, &resume, 100, 2).unwrap();
+            let done = step(&mut conn, 2_000, &resume, events(100), 2).unwrap();
             steps.push(done.removed);
             match done.next {
                 Some(next) => resume = next,
@@ -439,11 +482,56 @@ mod tests {
     }
 
     #[test]
+    fn a_step_stops_after_the_event_that_spends_its_inbox_rows() {
+        let users = ["ann", "u1", "u2", "u3", "u4"];
+        let (_dir, mut store, mut conn) = setup(&users);
+        let created = request(
+            &mut store,
+            "ann",
+            1_000,
+            json!({"type": "group_create", "id": "g1", "name": "five", "members": ["u1", "u2", "u3", "u4"]}),
+        );
+        let conv = created["conv"].as_str().expect("a group id").to_owned();
+        send(&mut store, "ann", &conv, 1_000, 4);
+        send(&mut store, "u1", &conv, 9_000, 1);
+        let rows_of = |conn: &Connection, seq: u64| -> i64 {
+            conn.query_row(
+                "SELECT COUNT(*) FROM inbox WHERE conv = ?1 AND seq = ?2 AND rstatus IS NULL",
+                params![conv, seq],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(rows_of(&conn, 1), 5, "the created event is in five inboxes");
+
+        // 7 rows: the first event (5 rows) fits, the second (5 more) passes it and ends the step.
+        let budget = Budget {
+            events: 100,
+            inbox_rows: 7,
+        };
+        let first = step(&mut conn, 5_000, &Resume::Start, budget, 10).unwrap();
+        assert_eq!(first.removed, 2);
+        assert_eq!(first.next, Some(Resume::At(conv.clone())));
+        assert_eq!(seqs(&conn, &conv), [3, 4, 5, 6]);
+        assert_eq!((rows_of(&conn, 1), rows_of(&conn, 2)), (0, 0));
+        let rest = step(
+            &mut conn,
+            5_000,
+            first.next.as_ref().unwrap(),
+            events(100),
+            10,
+        )
+        .unwrap();
+        assert_eq!(rest.removed, 3);
+        assert_eq!(seqs(&conn, &conv), [6], "the new message stays");
+    }
+
+    #[test]
     fn a_users_newest_inbox_row_outlives_its_event_and_sync_goes_on() {
         let (_dir, mut store, mut conn) = setup(&["ann", "bob"]);
         let dm = "dm:ann:bob";
         send(&mut store, "ann", dm, 1_000, 2);
-        let done = step(&mut conn, 2_000, &Resume::Start, 100, 10).unwrap();
+        let done = step(&mut conn, 2_000, &Resume::Start, events(100), 10).unwrap();
         assert_eq!(done.removed, 2);
         let kept: Vec<(String, u64)> = conn
             .prepare("SELECT user, useq FROM inbox ORDER BY user")
