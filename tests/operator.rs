@@ -85,7 +85,7 @@ async fn sessions_kick_disable_and_enable_through_the_real_binary() {
     assert_eq!(lines.len(), 2, "{all}");
     assert!(lines[0].starts_with("alice:phone  127.0.0.1:"), "{all}");
     assert!(lines[0].contains(" since 20"), "{all}");
-    // Behind the WebSocket front, the client's own address, not the front's.
+    // Over WebSocket too (on loopback the front's address and the client's look alike).
     assert!(lines[1].starts_with("alice:tab  127.0.0.1:"), "{all}");
     let only = admin(&m, &server, &["admin", "sessions", "alice"])
         .await
