@@ -86,6 +86,7 @@ impl Settings {
     fn validate(&self) -> anyhow::Result<()> {
         self.broker.validate()?;
         self.limits.validate()?;
+        self.storage.validate()?;
         self.push.validate()?;
         self.bridge.validate()?;
         self.admin.address()?;

@@ -119,7 +119,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE users (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         user TEXT NOT NULL,
         at_ms INTEGER NOT NULL
-     );"];
+     );", "
+     -- HTTP requests (POST /files) carry a bare device token: find its device by it.
+     CREATE INDEX device_tokens_by_hash ON device_tokens (hash);"];
 
 impl Accounts {
     /// Opens (creating if needed) the store in the SQLite file at `path`.
@@ -274,6 +276,25 @@ impl Accounts {
         } else {
             Ok(Verdict::Rejected)
         }
+    }
+
+    /// The user and device a device token belongs to, if it is a current one.
+    /// A token is 256 random bits, so its owner is looked up by its hash.
+    pub fn token_owner(&self, token: &str) -> Result<Option<(UserId, DeviceId)>, AccountsError> {
+        if !token.starts_with(TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let found: Option<(String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT user, device FROM device_tokens WHERE hash = ?1",
+                [&sha256(token.as_bytes())[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(found.and_then(|(user, device)| {
+            Some((UserId::parse(&user).ok()?, DeviceId::parse(&device).ok()?))
+        }))
     }
 
     fn verified_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, [u8; 32])>> {

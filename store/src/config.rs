@@ -26,6 +26,10 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// The durability policy.
     pub durability: Durability,
+    /// The directory of uploaded files' bytes; `files` beside the database when absent.
+    pub files_path: Option<PathBuf>,
+    /// How long an upload that no message carries is kept, in seconds.
+    pub unreferenced_file_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -33,7 +37,44 @@ impl Default for StorageConfig {
         Self {
             path: PathBuf::from("data/messenger.db"),
             durability: Durability::Fsync,
+            files_path: None,
+            unreferenced_file_secs: 24 * 3600,
         }
+    }
+}
+
+impl StorageConfig {
+    /// Where uploaded files' bytes live: `files_path`, or `files` beside the database.
+    pub fn files_dir(&self) -> PathBuf {
+        match &self.files_path {
+            Some(dir) => dir.clone(),
+            None => self
+                .path
+                .parent()
+                .map_or_else(|| PathBuf::from("files"), |dir| dir.join("files")),
+        }
+    }
+
+    /// How long an upload no message carries is kept, in milliseconds.
+    pub fn unreferenced_file_ms(&self) -> u64 {
+        self.unreferenced_file_secs.saturating_mul(1000)
+    }
+
+    /// Checks values that parse but make no sense, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.files_path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(ConfigError::invalid(
+                "storage.files_path",
+                "be a directory path (omit it for `files` beside the database)",
+            ));
+        }
+        if self.unreferenced_file_secs == 0 || self.unreferenced_file_secs > 366 * 24 * 3600 {
+            return Err(ConfigError::invalid(
+                "storage.unreferenced_file_secs",
+                "be between 1 and 31622400 (366 days)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -53,6 +94,8 @@ pub struct Limits {
     pub max_devices_per_user: usize,
     /// How long after sending its author may edit a message, in seconds.
     pub edit_window_secs: u64,
+    /// Largest uploaded file (`POST /files`), in bytes.
+    pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
@@ -64,6 +107,7 @@ impl Default for Limits {
             max_group_name_chars: 100,
             max_devices_per_user: 50,
             edit_window_secs: 15 * 60,
+            max_file_bytes: 25 * 1024 * 1024,
         }
     }
 }
@@ -117,6 +161,12 @@ impl Limits {
             return Err(ConfigError::invalid(
                 "limits.edit_window_secs",
                 "be at most 31622400 (366 days)",
+            ));
+        }
+        if self.max_file_bytes == 0 || self.max_file_bytes > 1 << 40 {
+            return Err(ConfigError::invalid(
+                "limits.max_file_bytes",
+                "be between 1 and 1099511627776 (1 TiB)",
             ));
         }
         Ok(())
