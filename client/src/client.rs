@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use messenger_protocol::wire::{self, ConversationItem, Request, RequestId};
+use messenger_protocol::wire::{self, AttachmentRef, ConversationItem, Request, RequestId};
 use messenger_protocol::{topics, ConvId, DeviceId, UserId};
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Packet};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -176,7 +176,19 @@ impl Client {
         conv: &ConvId,
         body: &str,
     ) -> Result<Ack, ClientError> {
-        self.send_message(id, conv, body, None).await
+        self.send_message(id, conv, body, None, Vec::new()).await
+    }
+
+    /// Sends a message carrying files this user uploaded ([`WebFiles::upload`](crate::WebFiles::upload)),
+    /// at most 10; `body` may then be empty. Otherwise as [`Client::send`].
+    pub async fn send_files(
+        &self,
+        conv: &ConvId,
+        body: &str,
+        attachments: Vec<AttachmentRef>,
+    ) -> Result<Ack, ClientError> {
+        self.send_message(new_request_id(), conv, body, None, attachments)
+            .await
     }
 
     /// Sends a message that replies to the message `reply_to` (its seq) of the
@@ -187,7 +199,7 @@ impl Client {
         reply_to: u64,
         body: &str,
     ) -> Result<Ack, ClientError> {
-        self.send_message(new_request_id(), conv, body, Some(reply_to))
+        self.send_message(new_request_id(), conv, body, Some(reply_to), Vec::new())
             .await
     }
 
@@ -197,12 +209,14 @@ impl Client {
         conv: &ConvId,
         body: &str,
         reply_to: Option<u64>,
+        attachments: Vec<AttachmentRef>,
     ) -> Result<Ack, ClientError> {
         let request = Request::Send {
             id: id.clone(),
             conv: conv.clone(),
             body: body.to_owned(),
             reply_to,
+            attachments,
         };
         self.acked(conv, &request).await
     }

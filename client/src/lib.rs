@@ -18,6 +18,7 @@
 //!   [`Deletion`], [`Reaction`], [`Receipt`], [`Member`], [`HistoryPage`],
 //!   [`SearchPage`], [`Ack`].
 //! - [`error`]: [`ClientError`] and [`RefusalCode`].
+//! - `files`: [`WebFiles`], uploads and downloads over HTTP on the web listener.
 //! - `connection`: the task that drives rumqttc's event loop, reconnects with
 //!   backoff (`backoff`) and switches credentials.
 //! - `session`: the task that owns the protocol state: pending requests
@@ -61,6 +62,7 @@ pub mod event;
 mod backoff;
 mod client;
 mod connection;
+mod files;
 mod inbox;
 mod receipts;
 mod requests;
@@ -69,6 +71,7 @@ mod session;
 pub use client::{Client, EventStream};
 pub use config::{ClientConfig, Transport};
 pub use error::{ClientError, RefusalCode};
+pub use files::WebFiles;
 pub use event::{
     Ack, ClientEvent, Deletion, Edit, HistoryItem, HistoryPage, Member, Message, Reaction, Receipt,
     SearchPage,
