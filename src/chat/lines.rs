@@ -57,6 +57,17 @@ fn message_text(m: &Message) -> String {
         if m.edited.is_some() {
             text.push_str(" (edited)");
         }
+        for file in &m.attachments {
+            if !text.is_empty() && !text.ends_with(' ') {
+                text.push(' ');
+            }
+            text.push_str(&format!(
+                "[\u{1f4ce} {} ({}, file {})]",
+                one_line(&file.name),
+                size_text(file.size),
+                file.file
+            ));
+        }
     }
     if !m.reactions.is_empty() {
         let all: Vec<String> = m
@@ -70,6 +81,21 @@ fn message_text(m: &Message) -> String {
         text.push_str(&format!(" [{}]", all.join("; ")));
     }
     text
+}
+
+/// A size for people: bytes, KiB, MiB or GiB.
+pub(super) fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// An edit event.
