@@ -225,6 +225,7 @@ mod tests {
             id: messenger_client::new_request_id(),
             body: "hi\nthere".into(),
             reply_to: None,
+            attachments: Vec::new(),
             edited: None,
             deleted: false,
             reactions: Default::default(),
@@ -246,6 +247,20 @@ mod tests {
             message_line(&changed),
             "[dm:alice:bob #3 1970-01-01 00:00:00] bob: ↪ #2 hi ⏎ there (edited) [👍 alice, bob]"
         );
+        let mut with_file = m.clone();
+        with_file.body.clear();
+        with_file.attachments.push(messenger_protocol::wire::Attachment {
+            file: messenger_protocol::FileId::parse("f00d").unwrap(),
+            name: "trip.jpg".into(),
+            size: 3 * 1024 * 1024 / 2,
+            media_type: "image/jpeg".into(),
+        });
+        assert_eq!(
+            chat_message_line(&alice, &with_file),
+            "00:00 bob: [\u{1f4ce} trip.jpg (1.5 MiB, file f00d)]"
+        );
+        assert_eq!(size_text(999), "999 B");
+        assert_eq!(size_text(2048), "2.0 KiB");
         changed.deleted = true;
         changed.body.clear();
         changed.reactions.clear();

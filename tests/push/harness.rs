@@ -95,6 +95,7 @@ impl Server {
             storage: StorageConfig {
                 path: db.clone(),
                 durability: Durability::Os,
+                ..StorageConfig::default()
             },
             limits: Limits::default(),
             push,

@@ -160,6 +160,7 @@ impl TestServer {
             storage: StorageConfig {
                 path: self.db.clone(),
                 durability: Durability::Fsync,
+                ..StorageConfig::default()
             },
             limits: self.limits.clone(),
             liveness,
