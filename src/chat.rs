@@ -45,11 +45,9 @@ pub(crate) fn run(settings: &Settings, cmd: ChatCommand) -> anyhow::Result<()> {
                 reply_to,
                 files,
             } => send(settings, &account, &to, &text, reply_to, &files).await,
-            ChatCommand::Download {
-                account,
-                file,
-                out,
-            } => download(settings, &account, &file, out).await,
+            ChatCommand::Download { account, file, out } => {
+                download(settings, &account, &file, out).await
+            }
             ChatCommand::Edit {
                 account,
                 conv,

@@ -83,8 +83,7 @@ async fn wait_for_files(messenger: &Messenger, what: &str, done: impl Fn(&[Strin
 }
 
 async fn device(server: &Server, user: &str, device: &str) -> (Client, EventStream) {
-    let mut config =
-        ClientConfig::new(server.mqtt.to_string(), uid(user), did(device), "pw");
+    let mut config = ClientConfig::new(server.mqtt.to_string(), uid(user), did(device), "pw");
     config.request_timeout = PATIENCE * 3;
     Client::connect(config).await.expect("connect")
 }
@@ -185,10 +184,14 @@ async fn a_member_downloads_the_bytes_sent_and_another_device_sees_them_after_sy
     assert_eq!(uploaded.size, bytes.len() as u64);
     assert_eq!(uploaded.media_type, "application/x-test");
     assert_eq!(uploaded.sha256.len(), 64);
-    assert_ne!(uploaded.file.as_str(), uploaded.sha256, "the id is not the hash");
+    assert_ne!(
+        uploaded.file.as_str(),
+        uploaded.sha256,
+        "the id is not the hash"
+    );
     assert_eq!(
         stored(&messenger),
-        [uploaded.sha256.clone()],
+        std::slice::from_ref(&uploaded.sha256),
         "the bytes under their hash, nothing else"
     );
 
@@ -289,8 +292,16 @@ async fn the_cli_sends_a_file_and_downloads_it() {
     let state = messenger.dir().join("state").display().to_string();
     let account = |user: &'static str| -> Vec<String> {
         [
-            "--user", user, "--password", "pw", "--broker", &broker, "--web", &webaddr,
-            "--state-dir", &state,
+            "--user",
+            user,
+            "--password",
+            "pw",
+            "--broker",
+            &broker,
+            "--web",
+            &webaddr,
+            "--state-dir",
+            &state,
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -305,7 +316,10 @@ async fn the_cli_sends_a_file_and_downloads_it() {
     let sent = messenger.run(&refs).await.ok();
     assert!(sent.starts_with("sent to dm:alice:bob: seq 1"), "{sent}");
 
-    let mut args: Vec<String> = ["history", "alice"].iter().map(|s| (*s).to_owned()).collect();
+    let mut args: Vec<String> = ["history", "alice"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     args.extend(account("bob"));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let history = messenger.run(&refs).await.ok();
@@ -361,7 +375,7 @@ async fn an_upload_over_the_limit_gets_413_and_leaves_nothing() {
     let mut chunked = Vec::new();
     for _ in 0..3 {
         chunked.extend_from_slice(b"258\r\n");
-        chunked.extend(std::iter::repeat(b'x').take(0x258));
+        chunked.extend(std::iter::repeat_n(b'x', 0x258));
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
@@ -399,22 +413,27 @@ async fn uploads_without_valid_credentials_get_401() {
         ("a malformed header", Some("Basic !!!".to_owned())),
     ] {
         let head = match &auth {
-            Some(auth) => format!(
-                "POST /files HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Length: 5\r\n"
-            ),
+            Some(auth) => {
+                format!("POST /files HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Length: 5\r\n")
+            }
             None => "POST /files HTTP/1.1\r\nContent-Length: 5\r\n".to_owned(),
         };
         let (code, head, _) = raw_http(server.ws, &head, b"hello").await;
         assert_eq!(code, 401, "{what}");
         assert!(
-            head.to_ascii_lowercase().contains("www-authenticate: basic"),
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: basic"),
             "{what}: {head}"
         );
     }
     // The client library says the same.
     let (path, _) = random_file(messenger.dir(), "f", 10);
     assert_eq!(
-        status(web(&server, "alice", "wrong").upload(&path, "text/plain").await),
+        status(
+            web(&server, "alice", "wrong")
+                .upload(&path, "text/plain")
+                .await
+        ),
         401
     );
     assert!(stored(&messenger).is_empty(), "{:?}", stored(&messenger));
@@ -427,7 +446,11 @@ async fn a_download_by_a_non_member_is_the_404_of_a_missing_file() {
     let (path, _) = random_file(messenger.dir(), "secret.bin", 4096);
     let uploaded = upload(&web(&server, "alice", "pw"), &path).await;
     alice
-        .send_files(&dm("alice", "bob"), "for bob", attach(&uploaded, "secret.bin"))
+        .send_files(
+            &dm("alice", "bob"),
+            "for bob",
+            attach(&uploaded, "secret.bin"),
+        )
         .await
         .expect("sent");
     // carol uploads the very same bytes: her own upload, under its own id.
@@ -466,7 +489,11 @@ async fn a_download_by_a_non_member_is_the_404_of_a_missing_file() {
     assert_eq!(get(hers.file.to_string(), "bob").await.0, 404);
     let out = messenger.dir().join("x");
     assert_eq!(
-        status(web(&server, "carol", "pw").download(&uploaded.file, &out).await),
+        status(
+            web(&server, "carol", "pw")
+                .download(&uploaded.file, &out)
+                .await
+        ),
         404
     );
     assert!(!out.exists());
@@ -480,7 +507,11 @@ async fn sending_a_file_uploaded_by_someone_else_is_refused_and_stores_nothing()
     let bobs = upload(&web(&server, "bob", "pw"), &path).await;
     let conv = dm("alice", "bob");
     assert_eq!(
-        code(alice.send_files(&conv, "look", attach(&bobs, "b.bin")).await),
+        code(
+            alice
+                .send_files(&conv, "look", attach(&bobs, "b.bin"))
+                .await
+        ),
         ErrorCode::BadRequest
     );
     let unknown = Uploaded {
@@ -493,7 +524,7 @@ async fn sending_a_file_uploaded_by_someone_else_is_refused_and_stores_nothing()
     );
     let page = alice.history(&conv, None, 10).await;
     assert!(
-        matches!(&page, Err(_)) || page.as_ref().is_ok_and(|p| p.events.is_empty()),
+        page.is_err() || page.as_ref().is_ok_and(|p| p.events.is_empty()),
         "nothing stored: {page:?}"
     );
     // The next message takes seq 1: the refusals used none.
@@ -517,7 +548,10 @@ async fn more_than_ten_attachments_are_refused() {
     );
     // Ten go.
     refs.truncate(10);
-    let ack = alice.send_files(&conv, "", refs).await.expect("ten attachments");
+    let ack = alice
+        .send_files(&conv, "", refs)
+        .await
+        .expect("ten attachments");
     assert_eq!(ack.seq, 1, "the refusal stored nothing");
 }
 
@@ -531,7 +565,9 @@ async fn a_cut_upload_leaves_nothing_behind() {
         basic("alice", "pw")
     );
     tcp.write_all(head.as_bytes()).await.expect("head");
-    tcp.write_all(&[1u8; 400_000]).await.expect("part of the body");
+    tcp.write_all(&[1u8; 400_000])
+        .await
+        .expect("part of the body");
     // The partial upload is on disk while the body comes...
     wait_for_files(&messenger, "a partial upload", |names| {
         names.len() == 1 && names[0].starts_with(".upload-")
@@ -565,7 +601,7 @@ async fn a_file_goes_with_the_last_message_that_carries_it() {
         .download(&uploaded.file, &out)
         .await
         .expect("the second message still carries it");
-    assert_eq!(stored(&messenger), [uploaded.sha256.clone()]);
+    assert_eq!(stored(&messenger), std::slice::from_ref(&uploaded.sha256));
 
     alice.delete(&conv, second.seq).await.expect("deleted");
     assert!(
@@ -576,7 +612,11 @@ async fn a_file_goes_with_the_last_message_that_carries_it() {
     let gone = messenger.dir().join("gone");
     assert_eq!(status(bob_web.download(&uploaded.file, &gone).await), 404);
     assert_eq!(
-        status(web(&server, "alice", "pw").download(&uploaded.file, &gone).await),
+        status(
+            web(&server, "alice", "pw")
+                .download(&uploaded.file, &gone)
+                .await
+        ),
         404,
         "not even to its uploader"
     );
@@ -595,7 +635,7 @@ async fn a_file_goes_with_the_last_message_that_carries_it() {
         .send_files(&dm("bob", "carol"), "bye", attach(&carols, "c.bin"))
         .await
         .expect("sent");
-    assert_eq!(stored(&messenger), [carols.sha256.clone()]);
+    assert_eq!(stored(&messenger), std::slice::from_ref(&carols.sha256));
     messenger
         .run(&["user", "remove", "carol", "--erase"])
         .await
@@ -628,4 +668,64 @@ async fn uploads_no_message_carries_are_swept() {
         .download(&kept.file, &out)
         .await
         .expect("a file a message carries stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_over_http_count_in_the_sign_in_throttle() {
+    let (_messenger, server) = server_with(&[
+        ("MESSENGER_BROKER__SIGN_IN_FREE_FAILURES", "2"),
+        ("MESSENGER_BROKER__SIGN_IN_BACKOFF_MS", "60000"),
+        ("MESSENGER_BROKER__SIGN_IN_FAILURE_DELAY_MS", "10"),
+    ])
+    .await;
+    let head = |password: &str| {
+        format!(
+            "POST /files HTTP/1.1\r\nAuthorization: {}\r\nContent-Length: 1\r\n",
+            basic("alice", password)
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(raw_http(server.ws, &head("guess"), b"x").await.0, 401);
+    }
+    // alice is locked out, over HTTP and MQTT alike, even with her password...
+    assert_eq!(raw_http(server.ws, &head("pw"), b"x").await.0, 401);
+    let config = ClientConfig::new(server.mqtt.to_string(), uid("alice"), did("phone"), "pw");
+    assert!(
+        matches!(
+            Client::connect(config).await,
+            Err(ClientError::Refused(
+                messenger_client::RefusalCode::BadCredentials
+            ))
+        ),
+        "MQTT sign-in refused while throttled"
+    );
+    // ...and bob is not.
+    let (code, _, body) = raw_http(
+        server.ws,
+        &format!(
+            "POST /files HTTP/1.1\r\nAuthorization: {}\r\nContent-Length: 1\r\n",
+            basic("bob", "pw")
+        ),
+        b"x",
+    )
+    .await;
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_requests_on_the_web_listener_get_404() {
+    let (_messenger, server) = server_with(&[]).await;
+    let auth = basic("alice", "pw");
+    for head in [
+        "GET / HTTP/1.1\r\n".to_owned(),
+        "GET /index.html HTTP/1.1\r\n".to_owned(),
+        format!("GET /files HTTP/1.1\r\nAuthorization: {auth}\r\n"),
+        format!("PUT /files/0123 HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n"),
+        format!("POST /files/0123 HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n"),
+    ] {
+        assert_eq!(raw_http(server.ws, &head, b"").await.0, 404, "{head}");
+    }
+    // MQTT over WebSocket still works on any path.
+    let device = server.device(crate::util::Transport::Ws, "alice:phone", "pw");
+    device.connect().await.expect("MQTT over WebSocket");
 }

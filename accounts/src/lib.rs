@@ -103,7 +103,8 @@ pub fn open_sqlite(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE users (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE users (
         name TEXT PRIMARY KEY,
         phc TEXT NOT NULL,
         created_ms INTEGER NOT NULL
@@ -119,9 +120,11 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE users (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         user TEXT NOT NULL,
         at_ms INTEGER NOT NULL
-     );", "
+     );",
+    "
      -- HTTP requests (POST /files) carry a bare device token: find its device by it.
-     CREATE INDEX device_tokens_by_hash ON device_tokens (hash);"];
+     CREATE INDEX device_tokens_by_hash ON device_tokens (hash);",
+];
 
 impl Accounts {
     /// Opens (creating if needed) the store in the SQLite file at `path`.

@@ -393,10 +393,8 @@ async fn sweep_files(
     unreferenced_ms: u64,
     shutdown: CancellationToken,
 ) {
-    let every = Duration::from_millis(unreferenced_ms / 4).clamp(
-        Duration::from_millis(250),
-        Duration::from_secs(3600),
-    );
+    let every = Duration::from_millis(unreferenced_ms / 4)
+        .clamp(Duration::from_millis(250), Duration::from_secs(3600));
     loop {
         let job = writer::Job {
             work: writer::Work::Store(Input::SweepFiles { unreferenced_ms }),

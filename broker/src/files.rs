@@ -165,7 +165,9 @@ impl Files {
                 Ok(frame) => frame,
                 Err(err) => return Ok(Written::Cut(err)),
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             size += data.len() as u64;
             if size > self.max_file_bytes {
                 return Ok(Written::TooLarge);
@@ -188,18 +190,18 @@ impl Files {
         };
         let catalog = self.catalog.clone();
         let reader = user.clone();
-        let found = match tokio::task::spawn_blocking(move || catalog.readable(&reader, &file)).await
-        {
-            Ok(Ok(found)) => found,
-            Ok(Err(err)) => {
-                error!(cause = %err, "cannot look up a file");
-                return internal();
-            }
-            Err(err) => {
-                error!(cause = %err, "cannot look up a file");
-                return internal();
-            }
-        };
+        let found =
+            match tokio::task::spawn_blocking(move || catalog.readable(&reader, &file)).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(err)) => {
+                    error!(cause = %err, "cannot look up a file");
+                    return internal();
+                }
+                Err(err) => {
+                    error!(cause = %err, "cannot look up a file");
+                    return internal();
+                }
+            };
         let Some(stored) = found else {
             return http::not_found();
         };

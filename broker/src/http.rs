@@ -81,8 +81,10 @@ fn is_websocket_upgrade(request: &Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let connection = headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
     });
     upgrade && connection && request.method() == Method::GET
 }
@@ -110,7 +112,11 @@ async fn sign_in(
 
 /// The `Authorization` header: `Bearer <device token>` or `Basic` user id and password.
 fn credentials(request: &Request<Incoming>) -> Option<HttpCredentials> {
-    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, rest) = value.trim().split_once(' ')?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
@@ -158,9 +164,10 @@ pub(crate) fn json(status: StatusCode, body: String) -> Response<Body> {
             .boxed_unsync(),
     );
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 

@@ -189,7 +189,10 @@ pub(crate) fn upgrade(
     let version_ok = headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v.as_bytes() == b"13");
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| version_ok) else {
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| version_ok)
+    else {
         return http::text(
             StatusCode::BAD_REQUEST,
             "a WebSocket upgrade needs Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key\n",

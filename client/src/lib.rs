@@ -71,9 +71,9 @@ mod session;
 pub use client::{Client, EventStream};
 pub use config::{ClientConfig, Transport};
 pub use error::{ClientError, RefusalCode};
-pub use files::WebFiles;
 pub use event::{
     Ack, ClientEvent, Deletion, Edit, HistoryItem, HistoryPage, Member, Message, Reaction, Receipt,
     SearchPage,
 };
+pub use files::WebFiles;
 pub use requests::new_request_id;

@@ -249,12 +249,14 @@ mod tests {
         );
         let mut with_file = m.clone();
         with_file.body.clear();
-        with_file.attachments.push(messenger_protocol::wire::Attachment {
-            file: messenger_protocol::FileId::parse("f00d").unwrap(),
-            name: "trip.jpg".into(),
-            size: 3 * 1024 * 1024 / 2,
-            media_type: "image/jpeg".into(),
-        });
+        with_file
+            .attachments
+            .push(messenger_protocol::wire::Attachment {
+                file: messenger_protocol::FileId::parse("f00d").unwrap(),
+                name: "trip.jpg".into(),
+                size: 3 * 1024 * 1024 / 2,
+                media_type: "image/jpeg".into(),
+            });
         assert_eq!(
             chat_message_line(&alice, &with_file),
             "00:00 bob: [\u{1f4ce} trip.jpg (1.5 MiB, file f00d)]"

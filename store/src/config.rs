@@ -62,7 +62,11 @@ impl StorageConfig {
 
     /// Checks values that parse but make no sense, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.files_path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        if self
+            .files_path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
             return Err(ConfigError::invalid(
                 "storage.files_path",
                 "be a directory path (omit it for `files` beside the database)",

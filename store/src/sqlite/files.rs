@@ -127,7 +127,10 @@ impl Catalog {
         let blob = self.blob_path(&record);
         if let Err(err) = std::fs::rename(temp, &blob) {
             // The row goes again; nothing refers to it yet.
-            let _ = conn.execute("DELETE FROM uploads WHERE file = ?1", [record.file.as_str()]);
+            let _ = conn.execute(
+                "DELETE FROM uploads WHERE file = ?1",
+                [record.file.as_str()],
+            );
             return Err(StoreError::Io(blob, err));
         }
         Ok(record)
@@ -160,16 +163,18 @@ impl Catalog {
                 ))
             })
             .optional()?;
-        Ok(found.and_then(|(uploader, sha256, size, media_type, created_ms)| {
-            Some(UploadRecord {
-                file: file.clone(),
-                uploader: UserId::parse(&uploader).ok()?,
-                sha256,
-                size,
-                media_type,
-                created_ms,
-            })
-        }))
+        Ok(
+            found.and_then(|(uploader, sha256, size, media_type, created_ms)| {
+                Some(UploadRecord {
+                    file: file.clone(),
+                    uploader: UserId::parse(&uploader).ok()?,
+                    sha256,
+                    size,
+                    media_type,
+                    created_ms,
+                })
+            }),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -205,10 +210,7 @@ pub(super) fn check_refs(refs: &[AttachmentRef]) -> Result<(), Failure> {
             ));
         }
         if refs[..i].iter().any(|earlier| earlier.file == r.file) {
-            return Err(Failure::bad(format!(
-                "file {} is attached twice",
-                r.file
-            )));
+            return Err(Failure::bad(format!("file {} is attached twice", r.file)));
         }
     }
     Ok(())
@@ -287,7 +289,11 @@ pub(crate) fn detach(conn: &Connection, conv: &str, seq: u64) -> rusqlite::Resul
 /// Removes the bytes of each hash no upload row names any more. Runs inside the
 /// write transaction, just before its commit (see the module's ordering note).
 /// A file that cannot be removed is logged and left for the sweep's next pass.
-pub(crate) fn remove_unused(conn: &Connection, dir: &Path, hashes: &[String]) -> rusqlite::Result<()> {
+pub(crate) fn remove_unused(
+    conn: &Connection,
+    dir: &Path,
+    hashes: &[String],
+) -> rusqlite::Result<()> {
     for sha in hashes {
         let used = conn
             .prepare_cached("SELECT 1 FROM uploads WHERE sha256 = ?1 LIMIT 1")?
@@ -326,7 +332,11 @@ pub(super) fn unreferenced(conn: &Connection, cutoff_ms: u64) -> rusqlite::Resul
 /// Removes what an interrupted process left in the files directory: partial
 /// uploads older than `age`, and bytes no upload row names (a crash between a
 /// removal and its commit, or files put there by hand) older than `age`.
-pub(super) fn sweep_directory(conn: &Connection, dir: &Path, age: Duration) -> rusqlite::Result<()> {
+pub(super) fn sweep_directory(
+    conn: &Connection,
+    dir: &Path,
+    age: Duration,
+) -> rusqlite::Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };

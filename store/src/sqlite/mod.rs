@@ -42,8 +42,8 @@ pub use pushes::Notify;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 
 use messenger_protocol::wire::{ErrorCode, Request};
 use messenger_protocol::{DeviceId, UserId};
@@ -161,8 +161,15 @@ impl crate::Store for SqliteStore {
                     Outcome::default()
                 }
                 Input::SweepFiles { unreferenced_ms } => {
-                    released.extend(files::unreferenced(&tx, now.saturating_sub(unreferenced_ms))?);
-                    files::sweep_directory(&tx, &self.files_dir, Duration::from_millis(unreferenced_ms))?;
+                    released.extend(files::unreferenced(
+                        &tx,
+                        now.saturating_sub(unreferenced_ms),
+                    )?);
+                    files::sweep_directory(
+                        &tx,
+                        &self.files_dir,
+                        Duration::from_millis(unreferenced_ms),
+                    )?;
                     Outcome::default()
                 }
             };
