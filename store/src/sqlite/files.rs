@@ -374,3 +374,42 @@ pub(super) fn sweep_directory(
 fn is_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(file: &str, name: &str) -> AttachmentRef {
+        AttachmentRef {
+            file: FileId::parse(file).unwrap(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn attachment_refs_are_checked_before_anything_is_stored() {
+        assert!(check_refs(&[]).is_ok());
+        let ten: Vec<_> = (0..10).map(|i| r(&format!("f{i}"), "n")).collect();
+        assert!(check_refs(&ten).is_ok());
+        let eleven: Vec<_> = (0..11).map(|i| r(&format!("f{i}"), "n")).collect();
+        for bad in [
+            eleven,
+            vec![r("a", "")],
+            vec![r("a", &"x".repeat(MAX_ATTACHMENT_NAME_CHARS + 1))],
+            vec![r("a", "tab\there")],
+            vec![r("a", "one"), r("a", "two")],
+        ] {
+            let err = check_refs(&bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{bad:?}");
+        }
+        assert!(check_refs(&[r("a", &"é".repeat(MAX_ATTACHMENT_NAME_CHARS))]).is_ok());
+    }
+
+    #[test]
+    fn only_lowercase_sha256_hex_names_bytes() {
+        assert!(is_hash(&"ab".repeat(32)));
+        assert!(!is_hash(&"AB".repeat(32)));
+        assert!(!is_hash("abc"));
+        assert!(!is_hash(&format!(".upload-{}", "a".repeat(56))));
+    }
+}
