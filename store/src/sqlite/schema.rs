@@ -245,7 +245,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = messenger_accounts::open_sqlite(&dir.path().join("m.db")).unwrap();
         messenger_accounts::migrate(&mut conn).unwrap();
-        let before = &MIGRATIONS[..MIGRATIONS.len() - 1];
+        let search = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE VIRTUAL TABLE message_text"))
+            .unwrap();
+        let before = &MIGRATIONS[..search];
         messenger_accounts::schema::migrate(&mut conn, "bridge", before).unwrap();
         conn.execute_batch(
             "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body) VALUES
