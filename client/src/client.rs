@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use messenger_protocol::wire::{self, AttachmentRef, ConversationItem, Request, RequestId};
 use messenger_protocol::{topics, ConvId, DeviceId, UserId};
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Packet};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, NetworkOptions, Packet};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -89,6 +89,11 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<(Client, EventStream), ClientError> {
         let options = config.mqtt_options()?;
         let (mqtt, mut eventloop) = AsyncClient::new(options, MQTT_CHANNEL_CAPACITY);
+        // A request is one small packet: Nagle's algorithm would hold it back until
+        // the broker acknowledged the previous one (up to a delayed ACK, ~40 ms).
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         first_connack(&mut eventloop).await?;
         debug!(client_id = %config.client_id(), "signed in");
 
