@@ -729,3 +729,66 @@ async fn other_requests_on_the_web_listener_get_404() {
     let device = server.device(crate::util::Transport::Ws, "alice:phone", "pw");
     device.connect().await.expect("MQTT over WebSocket");
 }
+
+/// `messenger broker` and `messenger bridge` as two processes on one data
+/// file: the broker's web listener records the upload, the bridge validates the
+/// attachment and, on deletion, removes the bytes the broker wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_shared_by_a_broker_and_a_bridge_in_separate_processes() {
+    let messenger = Messenger::new();
+    for user in ["alice", "bob"] {
+        messenger
+            .run(&["user", "add", user, "--password", "pw"])
+            .await
+            .ok();
+    }
+    let (mqtt, ws) = (free_addr_below_ephemeral(), free_addr());
+    let service = [("MESSENGER_BRIDGE__PASSWORD", "svc-secret")];
+    let mut broker = messenger.spawn_role("broker", mqtt, ws, free_addr(), &service);
+    broker.wait_until_accepting().await;
+    let bridge = messenger.spawn_role("bridge", mqtt, free_addr(), free_addr(), &service);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let ready = match TcpStream::connect(bridge.admin).await {
+            Ok(_) => {
+                raw_http(bridge.admin, "GET /readyz HTTP/1.1\r\n", b"")
+                    .await
+                    .0
+                    == 200
+            }
+            Err(_) => false,
+        };
+        if ready && TcpStream::connect(ws).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready:\n{}\n{}",
+            broker.log(),
+            bridge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (alice, _) = device(&broker, "alice", "phone").await;
+    let (path, bytes) = random_file(messenger.dir(), "shared.bin", 70_000);
+    let uploaded = upload(&web(&broker, "alice", "pw"), &path).await;
+    let conv = dm("alice", "bob");
+    let ack = alice
+        .send_files(&conv, "from two processes", attach(&uploaded, "shared.bin"))
+        .await
+        .expect("the bridge sees the broker's upload");
+    let out = messenger.dir().join("copy");
+    web(&broker, "bob", "pw")
+        .download(&uploaded.file, &out)
+        .await
+        .expect("the broker sees the bridge's message");
+    assert_eq!(std::fs::read(&out).expect("read"), bytes);
+
+    alice.delete(&conv, ack.seq).await.expect("deleted");
+    assert!(
+        stored(&messenger).is_empty(),
+        "the bridge removed the bytes: {:?}",
+        stored(&messenger)
+    );
+}
