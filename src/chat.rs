@@ -633,8 +633,10 @@ async fn typed(
     match line {
         Line::File(path) => {
             let web = web.as_ref().map_err(|e| anyhow!("{e}"))?;
-            let attachments = upload_all(web, &[PathBuf::from(path)]).await?;
-            client.send_files(conv, "", attachments).await.map(drop)?;
+            let attachments = upload_all(web, &[PathBuf::from(&path)]).await?;
+            let ack = client.send_files(conv, "", attachments).await?;
+            // Our own lines are not echoed back; say where the file went.
+            println!("(sent {path} as #{})", ack.seq);
             Ok(())
         }
         Line::Send(text) => Ok(client.send(conv, &text).await.map(drop)?),

@@ -792,3 +792,58 @@ async fn uploads_are_shared_by_a_broker_and_a_bridge_in_separate_processes() {
         stored(&messenger)
     );
 }
+
+/// `chat`'s `/file PATH` uploads the file and sends it; the other user sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_sends_a_file_with_slash_file() {
+    let (messenger, server) = server_with(&[]).await;
+    random_file(messenger.dir(), "plan.pdf", 3000);
+    let typed = messenger.dir().join("typed.txt");
+    std::fs::write(&typed, "the plan:\n/file plan.pdf\n/file missing.pdf\n").expect("input");
+    let (broker, webaddr) = (server.mqtt.to_string(), server.ws.to_string());
+    let state = messenger.dir().join("state").display().to_string();
+    let mut cmd = messenger.command(&[
+        "chat",
+        "bob",
+        "--user",
+        "alice",
+        "--password",
+        "pw",
+        "--broker",
+        &broker,
+        "--web",
+        &webaddr,
+        "--state-dir",
+        &state,
+    ]);
+    cmd.stdin(std::fs::File::open(&typed).expect("input"));
+    let outcome = messenger.run_command(cmd).await;
+    assert!(outcome.status.success(), "{outcome:#?}");
+    assert!(
+        outcome.stdout.contains("(sent plan.pdf as #2)"),
+        "{outcome:#?}"
+    );
+    assert!(
+        outcome.stderr.contains("missing.pdf"),
+        "a file that is not there is reported: {outcome:#?}"
+    );
+    let (bob, _) = device(&server, "bob", "phone").await;
+    let page = bob
+        .history(&dm("alice", "bob"), None, 10)
+        .await
+        .expect("history");
+    let files: Vec<(String, u64, String)> = page
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            messenger_client::HistoryItem::Message(m) => Some(m),
+            _ => None,
+        })
+        .flat_map(|m| m.attachments.clone())
+        .map(|a| (a.name, a.size, a.media_type))
+        .collect();
+    assert_eq!(
+        files,
+        [("plan.pdf".to_owned(), 3000, "application/pdf".to_owned())]
+    );
+}
