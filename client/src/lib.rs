@@ -1,8 +1,8 @@
 //! The messenger client: what an app links to be one device of a user.
 //!
 //! [`Client::connect`] signs in over MQTT and returns a [`Client`] (requests:
-//! send and reply, edit, delete, react, history, search, conversations,
-//! receipts, typing, presence) and an [`EventStream`] (messages, edits,
+//! send and reply, send with files, edit, delete, react, history, search,
+//! conversations, receipts, typing, presence) and an [`EventStream`] (messages, edits,
 //! deletions, reactions, receipts, membership changes, typing, presence,
 //! connection changes). The client keeps the device's inbox cursor, drops
 //! repeated events and fills gaps with `sync`, publishes cumulative `delivered`
