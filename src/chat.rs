@@ -1,4 +1,4 @@
-//! `messenger send | edit | delete | react | search | listen | history | chat`:
+//! `messenger send | download | edit | delete | react | search | listen | history | chat`:
 //! one device of a user, through the
 //! client library, on the command line.
 //!
@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use messenger_client::{Client, ClientConfig, ClientEvent, EventStream, HistoryItem};
-use messenger_protocol::{ConvId, DeviceId, UserId};
+use messenger_client::{Client, ClientConfig, ClientEvent, EventStream, HistoryItem, WebFiles};
+use messenger_protocol::wire::AttachmentRef;
+use messenger_protocol::{ConvId, DeviceId, FileId, UserId};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -44,7 +45,11 @@ pub(crate) fn run(settings: &Settings, cmd: ChatCommand) -> anyhow::Result<()> {
                 to,
                 text,
                 reply_to,
-            } => send(settings, &account, &to, &text, reply_to).await,
+                files,
+            } => send(settings, &account, &to, &text, reply_to, &files).await,
+            ChatCommand::Download { account, file, out } => {
+                download(settings, &account, &file, out).await
+            }
             ChatCommand::Edit {
                 account,
                 conv,
@@ -180,11 +185,23 @@ async fn send(
     to: &str,
     text: &str,
     reply_to: Option<u64>,
+    files: &[PathBuf],
 ) -> anyhow::Result<()> {
     let conv = target(account, to)?;
+    if reply_to.is_some() && !files.is_empty() {
+        return Err(anyhow!("--reply-to and --file cannot be combined yet"));
+    }
+    let attachments = if files.is_empty() {
+        Vec::new()
+    } else {
+        upload_all(&web_files(settings, account)?, files).await?
+    };
     let session = connect(settings, account).await?;
     let result = match reply_to {
         Some(seq) => session.client.reply(&conv, seq, text).await,
+        None if !attachments.is_empty() => {
+            session.client.send_files(&conv, text, attachments).await
+        }
         None => session.client.send(&conv, text).await,
     };
     session.close(false).await;
@@ -196,6 +213,86 @@ async fn send(
         ack.ts,
         format_ts(ack.ts)
     );
+    Ok(())
+}
+
+/// The web listener for `account`: `--web`, or the configuration's `broker.ws_listen`.
+fn web_files(settings: &Settings, account: &Account) -> anyhow::Result<WebFiles> {
+    let web = match (&account.web, settings.broker.ws_listen) {
+        (Some(web), _) => web.clone(),
+        (None, Some(listen)) => connect_addr(listen).to_string(),
+        (None, None) => {
+            return Err(anyhow!(
+                "no web listener: pass --web host:port (broker.ws_listen is off)"
+            ))
+        }
+    };
+    Ok(WebFiles {
+        web,
+        user: UserId::parse(&account.user).context("--user")?,
+        secret: account.password.clone(),
+    })
+}
+
+/// Uploads each file; the attachments that name them (by their file names).
+async fn upload_all(web: &WebFiles, paths: &[PathBuf]) -> anyhow::Result<Vec<AttachmentRef>> {
+    let mut attachments = Vec::with_capacity(paths.len());
+    for path in paths {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| anyhow!("{} names no file", path.display()))?;
+        let uploaded = web
+            .upload(path, media_type_of(path))
+            .await
+            .with_context(|| format!("cannot upload {}", path.display()))?;
+        attachments.push(AttachmentRef {
+            file: uploaded.file,
+            name,
+        });
+    }
+    Ok(attachments)
+}
+
+/// A media type from a file name's extension, for the common kinds.
+fn media_type_of(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "txt" | "md" => "text/plain",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "pdf" => "application/pdf",
+        "json" => "application/json",
+        "mp4" => "video/mp4",
+        "mp3" => "audio/mpeg",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
+    }
+}
+
+/// `download`: writes the file to `out` (or its id), which must not exist.
+async fn download(
+    settings: &Settings,
+    account: &Account,
+    file: &str,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let file = FileId::parse(file).context("FILE")?;
+    let out = out.unwrap_or_else(|| PathBuf::from(file.as_str()));
+    if out.exists() {
+        return Err(anyhow!("{} already exists", out.display()));
+    }
+    let web = web_files(settings, account)?;
+    let bytes = web
+        .download(&file, &out)
+        .await
+        .with_context(|| format!("cannot download {file}"))?;
+    println!("saved {file} to {} ({bytes} bytes)", out.display());
     Ok(())
 }
 
@@ -454,12 +551,14 @@ async fn chat(settings: &Settings, account: &Account, with: &str) -> anyhow::Res
     // Lines from stdin, sent one after the other (in order) by their own task.
     let (lines_tx, mut lines_rx) = mpsc::channel::<String>(64);
     std::thread::spawn(move || read_lines(lines_tx));
+    // `/file` needs the web listener; without one it says so when used.
+    let web = web_files(settings, account).map_err(|e| e.to_string());
     let sender = {
         let client = session.client.clone();
         let conv = conv.clone();
         tokio::spawn(async move {
             while let Some(line) = lines_rx.recv().await {
-                if let Err(err) = typed(&client, &conv, commands::parse(&line)).await {
+                if let Err(err) = typed(&client, &web, &conv, commands::parse(&line)).await {
                     eprintln!("not done ({err}): {line}");
                 }
             }
@@ -528,16 +627,25 @@ async fn chat(settings: &Settings, account: &Account, with: &str) -> anyhow::Res
 /// Carries out a typed line in `conv`.
 async fn typed(
     client: &Client,
+    web: &Result<WebFiles, String>,
     conv: &ConvId,
     line: commands::Line,
-) -> Result<(), messenger_client::ClientError> {
+) -> anyhow::Result<()> {
     use commands::Line;
     match line {
-        Line::Send(text) => client.send(conv, &text).await.map(drop),
-        Line::Reply(seq, text) => client.reply(conv, seq, &text).await.map(drop),
-        Line::Edit(seq, text) => client.edit(conv, seq, &text).await.map(drop),
-        Line::Delete(seq) => client.delete(conv, seq).await.map(drop),
-        Line::React(seq, emoji) => client.react(conv, seq, &emoji).await.map(drop),
+        Line::File(path) => {
+            let web = web.as_ref().map_err(|e| anyhow!("{e}"))?;
+            let attachments = upload_all(web, &[PathBuf::from(&path)]).await?;
+            let ack = client.send_files(conv, "", attachments).await?;
+            // Our own lines are not echoed back; say where the file went.
+            println!("(sent {path} as #{})", ack.seq);
+            Ok(())
+        }
+        Line::Send(text) => Ok(client.send(conv, &text).await.map(drop)?),
+        Line::Reply(seq, text) => Ok(client.reply(conv, seq, &text).await.map(drop)?),
+        Line::Edit(seq, text) => Ok(client.edit(conv, seq, &text).await.map(drop)?),
+        Line::Delete(seq) => Ok(client.delete(conv, seq).await.map(drop)?),
+        Line::React(seq, emoji) => Ok(client.react(conv, seq, &emoji).await.map(drop)?),
         Line::Search(words) => {
             let page = client.search(&words, Some(conv), None, 10).await?;
             if page.results.is_empty() {

@@ -52,7 +52,7 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = AclFormat::Mosquitto)]
         format: AclFormat,
     },
-    /// Chat commands (send, edit, delete, react, search, listen, history, chat), signed in as one user.
+    /// Chat commands (send, download, edit, delete, react, search, listen, history, chat), signed in as one user.
     #[command(flatten)]
     Chat(ChatCommand),
     /// Measure throughput, latency, connections and memory against a server child process.
@@ -69,11 +69,26 @@ pub(crate) enum ChatCommand {
         account: Account,
         /// A user id (the 1-1 conversation with them) or a group, `g:<id>`.
         to: String,
-        /// The message.
+        /// The message (may be left out when files are attached).
+        #[arg(default_value = "")]
         text: String,
         /// Reply to the message with this seq.
         #[arg(long, value_name = "SEQ")]
         reply_to: Option<u64>,
+        /// Attach this file (uploaded first, over HTTP); repeat for more (at most 10).
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+    },
+    /// Download a file a message carries (its id is shown after the paperclip).
+    Download {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// The file's id.
+        file: String,
+        /// Where to write it (default: the file's id, in the current directory); must not exist.
+        #[arg(short = 'o', long = "out", value_name = "PATH")]
+        out: Option<PathBuf>,
     },
     /// Replace the text of one of your messages (within the server's edit window).
     Edit {
@@ -231,6 +246,9 @@ pub(crate) struct Account {
     /// Broker address, host:port (default: the configuration's broker.listen).
     #[arg(long)]
     pub(crate) broker: Option<String>,
+    /// The server's web listener, host:port, for files (default: the configuration's broker.ws_listen).
+    #[arg(long)]
+    pub(crate) web: Option<String>,
     /// Where the inbox cursor of each user and device is kept between runs
     /// (default: $XDG_STATE_HOME/messenger or ~/.local/state/messenger).
     #[arg(long, env = "MESSENGER_STATE_DIR")]

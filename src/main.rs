@@ -7,6 +7,7 @@ mod backup;
 mod chat;
 mod cli;
 mod export;
+mod files;
 mod serve;
 mod settings;
 mod users;

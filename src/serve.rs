@@ -191,7 +191,12 @@ fn run_broker(
         username: settings.bridge.username.clone(),
         password: service_password,
     };
-    let mut broker = messenger_broker::start(&settings.broker, accounts, service)?;
+    let files = match settings.broker.ws_listen {
+        Some(_) => Some(crate::files::web_files(settings)?),
+        None => None,
+    };
+    let mut broker =
+        messenger_broker::start_with_files(&settings.broker, accounts, service, files)?;
     let mut admin = Admin::new(path.clone());
     broker.metrics().register(&mut admin.registry);
     admin.readiness.broker = Some(broker.mqtt_addr());

@@ -195,6 +195,41 @@ mod tests {
     }
 
     #[test]
+    fn file_settings_default_beside_the_database_and_bad_ones_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = dir.path().join("none.toml");
+        let s = Settings::from_sources(
+            &none,
+            false,
+            env(&[("MESSENGER_STORAGE__PATH", "/srv/m/messenger.db")]),
+        )
+        .unwrap();
+        assert_eq!(s.storage.files_dir(), PathBuf::from("/srv/m/files"));
+        assert_eq!(s.limits.max_file_bytes, 25 * 1024 * 1024);
+        assert_eq!(s.storage.unreferenced_file_secs, 86_400);
+        for (key, value, named) in [
+            (
+                "MESSENGER_LIMITS__MAX_FILE_BYTES",
+                "0",
+                "limits.max_file_bytes",
+            ),
+            ("MESSENGER_LIMITS__MAX_FILE_BYTES", "-1", "max_file_bytes"),
+            (
+                "MESSENGER_STORAGE__UNREFERENCED_FILE_SECS",
+                "0",
+                "storage.unreferenced_file_secs",
+            ),
+            ("MESSENGER_STORAGE__FILES_PATH", "", "storage.files_path"),
+        ] {
+            let err = format!(
+                "{:#}",
+                Settings::from_sources(&none, false, env(&[(key, value)])).unwrap_err()
+            );
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
     fn push_is_off_by_default_and_checked_when_configured() {
         let dir = tempfile::tempdir().unwrap();
         let none = dir.path().join("none.toml");

@@ -30,7 +30,7 @@ pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Remove { name, erase: true } => {
             let user = UserId::parse(&name)?;
-            let erased = messenger_store::erase_user(path, &user)?;
+            let erased = messenger_store::erase_user(path, &settings.storage.files_dir(), &user)?;
             println!("removed {user}; erased the text of {erased} messages");
         }
         UserCommand::List => print!("{}", list(path)?),

@@ -19,6 +19,10 @@ const FIGURES: &[&str] = &[
     "connections",
     "rss_bytes_per_connection",
     "rss_growth_bytes",
+    "search_p50_ms",
+    "search_p99_ms",
+    "upload_mib_per_s",
+    "download_mib_per_s",
 ];
 
 /// Figures that count something the quick run certainly did.
@@ -28,6 +32,10 @@ const COUNTS: &[&str] = &[
     "e2e_ratio",
     "paced_rate",
     "connections",
+    "search_messages",
+    "search_p99_ms",
+    "upload_mib_per_s",
+    "download_mib_per_s",
 ];
 
 #[test]

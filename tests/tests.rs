@@ -45,6 +45,9 @@ mod groups;
 // Timeline actions and search: replies, edits, deletions, reactions, search windows.
 mod timeline;
 
+// Files: uploads and downloads on the web listener, attachments, limits, removal and the sweep.
+mod files;
+
 // Hostile input to the bridge: replies over the packet limit, unbounded lists,
 // numbers out of range, device ids without end, a removed user's name re-used.
 mod hostile;

@@ -137,6 +137,9 @@ const MIGRATIONS: &[&str] = &[
      );",
     // `messenger user disable`: set while the account may not sign in.
     "ALTER TABLE users ADD COLUMN disabled_ms INTEGER;",
+    "
+     -- HTTP requests (POST /files) carry a bare device token: find its device by it.
+     CREATE INDEX device_tokens_by_hash ON device_tokens (hash);",
 ];
 
 impl Accounts {
@@ -364,6 +367,27 @@ impl Accounts {
         }
     }
 
+    /// The user and device a device token belongs to, if it is a current one and
+    /// its user is not disabled.
+    /// A token is 256 random bits, so its owner is looked up by its hash.
+    pub fn token_owner(&self, token: &str) -> Result<Option<(UserId, DeviceId)>, AccountsError> {
+        if !token.starts_with(TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let found: Option<(String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT t.user, t.device FROM device_tokens t JOIN users u ON u.name = t.user
+                 WHERE t.hash = ?1 AND u.disabled_ms IS NULL",
+                [&sha256(token.as_bytes())[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(found.and_then(|(user, device)| {
+            Some((UserId::parse(&user).ok()?, DeviceId::parse(&device).ok()?))
+        }))
+    }
+
     fn verified_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, [u8; 32])>> {
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -560,6 +584,11 @@ mod tests {
                 Verdict::Disabled
             );
         }
+        assert_eq!(
+            acc.token_owner(&token).unwrap(),
+            None,
+            "a disabled user's token opens no HTTP request either"
+        );
         let (revoked, _) = acc.revocations_after(start).unwrap();
         assert_eq!(revoked.len(), 1, "disabling once signs out once");
         let listed = acc.accounts().unwrap();
@@ -572,6 +601,10 @@ mod tests {
         assert_eq!(
             acc.verify(&alice, &phone, &token).unwrap(),
             Verdict::Accepted
+        );
+        assert_eq!(
+            acc.token_owner(&token).unwrap(),
+            Some((alice.clone(), phone.clone()))
         );
         assert_eq!(acc.accounts().unwrap()[0].disabled_ms, None);
         assert!(matches!(

@@ -17,12 +17,13 @@
 //! - `devices`: simulated devices on rumqttc, and what they observe.
 //! - `pacer`: sends at a fixed rate; `patience`: how long any wait may take.
 //! - `stats`: latency samples and percentiles.
-//! - `raw`, `e2e`, `groups`, `connections`: the phases.
+//! - `raw`, `e2e`, `groups`, `connections`, `search`, `files`: the phases.
 //! - `report`: the table and the JSON file.
 
 mod connections;
 mod devices;
 mod e2e;
+mod files;
 mod groups;
 mod options;
 mod pacer;
@@ -30,6 +31,7 @@ mod patience;
 mod raw;
 mod report;
 mod scratch;
+mod search;
 mod seed;
 mod server;
 mod stats;
@@ -106,12 +108,32 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
     } else {
         connections::Connections::default()
     };
+    let search = if options.runs(Phase::Search) {
+        info!(messages = options.search_messages, "search");
+        search::run(options, spec("search")?).await?
+    } else {
+        search::Search::default()
+    };
+    let files = if options.runs(Phase::Files) {
+        info!(
+            files = options.file_count,
+            bytes = options.file_bytes,
+            "files"
+        );
+        files::run(options, spec("files")?).await?
+    } else {
+        files::Files::default()
+    };
     Ok(Report::new(
         options,
         machine,
         &raw,
         &messaging,
         &connections,
+        &report::Extra {
+            search: &search,
+            files: &files,
+        },
         started.elapsed(),
     ))
 }

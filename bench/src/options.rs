@@ -58,6 +58,21 @@ pub struct BenchArgs {
     /// Connections: devices per user [100; quick 10].
     #[arg(long)]
     devices_per_user: Option<usize>,
+    /// Search: messages in one user's readable set, seeded through the store [1000000; quick 20000].
+    #[arg(long)]
+    search_messages: Option<u64>,
+    /// Search: that user's 1-1 conversations the messages are spread over [100; quick 10].
+    #[arg(long)]
+    search_partners: Option<usize>,
+    /// Search: queries, one at a time [300; quick 30].
+    #[arg(long)]
+    search_queries: Option<usize>,
+    /// Files: bytes per file [10485760; quick 1048576].
+    #[arg(long)]
+    file_bytes: Option<u64>,
+    /// Files: files uploaded, then downloaded, one at a time [20; quick 3].
+    #[arg(long)]
+    file_count: Option<usize>,
     /// Extra configuration for the servers under test, as NAME=VALUE environment
     /// variables (e.g. MESSENGER_BROKER__SEGMENT_BYTES=131072); repeatable.
     #[arg(long = "server-env", value_parser = parse_env)]
@@ -81,6 +96,10 @@ pub(crate) enum Phase {
     Groups,
     /// Idle connections, memory per connection, reconnection after a restart.
     Connections,
+    /// Search latency over one user's large readable set.
+    Search,
+    /// Upload and download throughput on the web listener.
+    Files,
 }
 
 /// `storage.durability` of the servers under test.
@@ -121,6 +140,11 @@ pub(crate) struct Options {
     pub(crate) group_messages: usize,
     pub(crate) connections: usize,
     pub(crate) devices_per_user: usize,
+    pub(crate) search_messages: u64,
+    pub(crate) search_partners: usize,
+    pub(crate) search_queries: usize,
+    pub(crate) file_bytes: u64,
+    pub(crate) file_count: usize,
     pub(crate) server_env: Vec<(String, String)>,
     pub(crate) keep: bool,
     /// Where to write the figures as JSON, if anywhere.
@@ -158,6 +182,15 @@ impl Options {
             group_messages: count(a.group_messages, 50, 5),
             connections: count(a.connections, 10_000, 100),
             devices_per_user: count(a.devices_per_user, 100, 10),
+            search_messages: a
+                .search_messages
+                .unwrap_or(if q { 20_000 } else { 1_000_000 }),
+            search_partners: count(a.search_partners, 100, 10),
+            search_queries: count(a.search_queries, 300, 30),
+            file_bytes: a
+                .file_bytes
+                .unwrap_or(if q { 1024 * 1024 } else { 10 * 1024 * 1024 }),
+            file_count: count(a.file_count, 20, 3),
             server_env: a.server_env.clone(),
             keep: a.keep,
             json: a.json.clone(),
@@ -187,6 +220,15 @@ impl Options {
         }
         if self.connections == 0 || self.devices_per_user == 0 {
             bail!("--connections and --devices-per-user must be at least 1");
+        }
+        if self.search_messages == 0
+            || self.search_queries == 0
+            || !(1..=9_999).contains(&self.search_partners)
+        {
+            bail!("--search-messages and --search-queries must be at least 1, --search-partners 1 to 9999");
+        }
+        if self.file_count == 0 || self.file_bytes == 0 || self.file_bytes > 1 << 32 {
+            bail!("--file-count must be at least 1 and --file-bytes 1 to 4294967296");
         }
         Ok(())
     }

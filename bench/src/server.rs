@@ -57,7 +57,7 @@ pub(crate) struct Server {
     spec: ServerSpec,
     /// MQTT over TCP, fixed for the server's life across restarts.
     addr: SocketAddr,
-    /// MQTT over WebSocket (unused, but it must not collide with anything).
+    /// The web listener: MQTT over WebSocket (unused) and `/files` (the files phase).
     ws_addr: SocketAddr,
     /// `None` once stopped or killed.
     child: Option<Child>,
@@ -81,6 +81,11 @@ impl Server {
     /// The MQTT address devices connect to.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The web listener (MQTT over WebSocket, `/files`).
+    pub(crate) fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
     }
 
     /// The child's resident memory, from `/proc/<pid>/status` (`VmRSS`).

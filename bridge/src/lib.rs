@@ -174,6 +174,11 @@ impl Prepared {
         let (batches_tx, batches_rx) = mpsc::channel(64);
         let (done_tx, done_rx) = oneshot::channel();
         let epoch = Arc::new(AtomicU64::new(0));
+        tokio::spawn(sweep_files(
+            jobs_tx.clone(),
+            bridge.storage.unreferenced_file_ms(),
+            shutdown.clone(),
+        ));
         if bridge.liveness.is_some() {
             tokio::spawn(reconcile(
                 jobs_tx.clone(),
@@ -411,6 +416,31 @@ async fn wake_for_housekeeping(
         };
         if jobs.send(job).is_err() {
             return;
+        }
+    }
+}
+
+/// Asks the writer, periodically, to remove the uploads no message has carried
+/// for `unreferenced_ms` (checked every quarter of that, at least every hour).
+async fn sweep_files(
+    jobs: mpsc::UnboundedSender<writer::Job>,
+    unreferenced_ms: u64,
+    shutdown: CancellationToken,
+) {
+    let every = Duration::from_millis(unreferenced_ms / 4)
+        .clamp(Duration::from_millis(250), Duration::from_secs(3600));
+    loop {
+        let job = writer::Job {
+            work: writer::Work::Store(Input::SweepFiles { unreferenced_ms }),
+            ack: None,
+            epoch: 0,
+        };
+        if jobs.send(job).is_err() {
+            return;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use messenger_accounts::{Accounts, Verdict, TOKEN_PREFIX};
 use messenger_protocol::acl::{self, Principal};
-use messenger_protocol::{ClientId, UserId};
+use messenger_protocol::{ClientId, DeviceId, UserId};
 use rumqttd::protocol::{Connect, ConnectReturnCode, LastWill, Login};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
@@ -30,6 +30,19 @@ impl std::fmt::Debug for ServiceAccount {
             .field("username", &self.username)
             .finish_non_exhaustive()
     }
+}
+
+/// What an HTTP request's `Authorization` header carries.
+pub(crate) enum HttpCredentials {
+    /// `Bearer <device token>`.
+    Token(String),
+    /// `Basic` with the user id and password.
+    Password {
+        /// The user id as sent.
+        user: String,
+        /// The password.
+        password: String,
+    },
 }
 
 /// Why a CONNECT is refused: its CONNACK code, and how long to hold that CONNACK back.
@@ -205,6 +218,60 @@ impl Authenticator {
             Err(err) => {
                 warn!(cause = %err, "account store unavailable");
                 Err(ConnectReturnCode::ServiceUnavailable.into())
+            }
+        }
+    }
+
+    /// Signs in an HTTP request (the web listener's `/files`) from `source`:
+    /// the user, or the refusal's delay (set for a failed password, as for a
+    /// CONNECT). Passwords pass the same throttle as MQTT sign-ins and their
+    /// failures count in it; device tokens are looked up by their hash, not
+    /// throttled. The service account has no HTTP access.
+    pub(crate) fn http_user(
+        &self,
+        credentials: &HttpCredentials,
+        source: IpAddr,
+    ) -> Result<UserId, Option<Duration>> {
+        let source = Some(source);
+        match credentials {
+            HttpCredentials::Token(token) => {
+                match self.blocking(|| self.accounts.token_owner(token)) {
+                    Ok(Some((user, _device))) => Ok(user),
+                    Ok(None) => {
+                        warn!(?source, "HTTP request with an unknown device token");
+                        Err(None)
+                    }
+                    Err(err) => {
+                        warn!(cause = %err, "account store unavailable");
+                        Err(None)
+                    }
+                }
+            }
+            HttpCredentials::Password { user, password } => {
+                let Ok(user) = UserId::parse(user) else {
+                    return Err(self.bad_password(None, source).delay);
+                };
+                if !self.throttle.admits(user.as_str(), source, Instant::now()) {
+                    warn!(%user, ?source, "too many failed sign-ins; HTTP request refused unchecked");
+                    return Err(Some(self.failure_delay));
+                }
+                // A password check does not look at the device.
+                let device = DeviceId::parse("http").expect("a valid device id");
+                match self.blocking(|| self.accounts.verify(&user, &device, password)) {
+                    Ok(Verdict::Accepted) => {
+                        self.throttle.succeeded(user.as_str());
+                        Ok(user)
+                    }
+                    Ok(verdict) => {
+                        warn!(%user, ?source, "HTTP request with a bad username or password");
+                        let known = matches!(verdict, Verdict::Rejected).then_some(user.as_str());
+                        Err(self.bad_password(known, source).delay)
+                    }
+                    Err(err) => {
+                        warn!(cause = %err, "account store unavailable");
+                        Err(None)
+                    }
+                }
             }
         }
     }

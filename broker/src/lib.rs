@@ -10,16 +10,21 @@
 //! - `metrics`: connected devices and sign-ins, for the admin listener's `/metrics`.
 //! - `sessions`: live connections per user, cut (by a session takeover) when the account is
 //!   revoked or an operator kicks them; [`Control`] lists and kicks them for the admin listener.
-//! - `websocket`: the WebSocket front: handshake timeout, subprotocol, size limits.
+//! - `websocket`: the web listener: HTTP/1.1 per connection, handshake timeout;
+//!   WebSocket upgrades (subprotocol, size limits) piped to the MQTT listener.
+//! - `http`: the web listener's other requests: routes, sign-in by `Authorization`.
+//! - [`files`]: `POST /files` and `GET /files/<file>`, streamed to and from disk.
 //!
 //! The broker runs on its own multi-threaded Tokio runtime: rumqttd spawns a
 //! task per connection that nothing else can cancel, so stopping the broker
 //! shuts that runtime down, which closes every connection.
 
 pub mod config;
+pub mod files;
 
 mod auth;
 mod gate;
+mod http;
 mod metrics;
 mod sessions;
 mod throttle;
@@ -42,6 +47,7 @@ use tracing::{info, warn};
 
 pub use auth::ServiceAccount;
 pub use config::BrokerConfig;
+pub use files::{CatalogError, FileCatalog, Files, StoredFile};
 pub use metrics::BrokerMetrics;
 pub use sessions::Session;
 
@@ -227,11 +233,22 @@ fn reserve(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
         .map_err(|source| BrokerError::Bind { addr, source })
 }
 
-/// Starts the broker on its own runtime and returns once its listeners accept connections.
+/// Starts the broker on its own runtime and returns once its listeners accept
+/// connections; the web listener answers `/files` with `404`.
 pub fn start(
     config: &BrokerConfig,
     accounts: Arc<Accounts>,
     service: ServiceAccount,
+) -> Result<RunningBroker, BrokerError> {
+    start_with_files(config, accounts, service, None)
+}
+
+/// [`start`], with uploads and downloads on the web listener when `files` is set.
+pub fn start_with_files(
+    config: &BrokerConfig,
+    accounts: Arc<Accounts>,
+    service: ServiceAccount,
+    files: Option<Files>,
 ) -> Result<RunningBroker, BrokerError> {
     let mqtt_addr = reserve(config.listen)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -279,6 +296,11 @@ pub fn start(
                 handshake_timeout: Duration::from_millis(config.ws_handshake_timeout_ms),
                 max_packet_bytes: config.max_packet_bytes,
                 peers: shared.peers.clone(),
+                http: http::Routes {
+                    shared: shared.clone(),
+                    files,
+                },
+                shutdown: shutdown.clone(),
             },
             shutdown.clone(),
             stopped_tx,

@@ -1,5 +1,9 @@
-//! MQTT over WebSocket: a front that finishes each client's HTTP upgrade in its
-//! own task, under a timeout, then pipes the MQTT bytes into the TCP listener.
+//! The web listener: HTTP/1.1 in front of the broker. A WebSocket upgrade on any
+//! path is MQTT over WebSocket; `http` routes every other request (`/files`).
+//! Each connection is served in its own task; its request head (the upgrade
+//! included) must arrive within the handshake timeout, and each further
+//! request's head too. After an upgrade, the MQTT bytes are piped into the TCP
+//! listener.
 //!
 //! rumqttd's own WebSocket listener runs the handshake inline in its accept loop
 //! with no timeout, so one idle TCP connection would block every later client.
@@ -22,16 +26,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_tungstenite::tungstenite::handshake::server::{
-    Callback, ErrorResponse, Request, Response,
-};
-use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tokio::TokioAdapter;
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::WebSocketStream;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use ws_stream_tungstenite::WsStream;
+
+use crate::http::{self, Body};
 
 /// How much a WebSocket connection reads at once (tungstenite's read buffer).
 const READ_CHUNK_BYTES: usize = 8 * 1024;
@@ -48,41 +57,8 @@ pub(crate) const WS_SLACK_BYTES: usize = 16 * 1024;
 /// Size of each direction's copy buffer.
 const COPY_BUFFER_BYTES: usize = 8 * 1024;
 
-/// Answers the upgrade with `Sec-WebSocket-Protocol: mqtt` when the client
-/// offers `mqtt` (RFC 6455: the server picks one of the offered values), with no
-/// subprotocol when the client offers none, and refuses (400) a client that
-/// offers only others.
-struct MqttSubprotocol;
-
-impl Callback for MqttSubprotocol {
-    fn on_request(
-        self,
-        request: &Request,
-        mut response: Response,
-    ) -> Result<Response, ErrorResponse> {
-        let offered = request.headers().get_all("sec-websocket-protocol");
-        if offered.iter().next().is_none() {
-            return Ok(response);
-        }
-        let mqtt_offered = offered.iter().any(|value| {
-            value
-                .to_str()
-                .is_ok_and(|v| v.split(',').any(|p| p.trim() == SUBPROTOCOL))
-        });
-        if !mqtt_offered {
-            let mut refusal = ErrorResponse::new(Some(format!(
-                "unsupported WebSocket subprotocol; this server speaks {SUBPROTOCOL:?}\n"
-            )));
-            *refusal.status_mut() = StatusCode::BAD_REQUEST;
-            return Err(refusal);
-        }
-        response.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-        Ok(response)
-    }
-}
+/// The most bytes of a request head (request line and headers) the front holds.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// The upstream connections of the front (by their local address, which is the
 /// peer address the broker sees) and the client each one carries.
@@ -132,6 +108,10 @@ pub(crate) struct Front {
     pub(crate) max_packet_bytes: usize,
     /// Where the broker finds each piped connection's client.
     pub(crate) peers: Arc<Peers>,
+    /// What the HTTP requests need: sign-in, uploads.
+    pub(crate) http: http::Routes,
+    /// Ends upgraded connections too.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Front {
@@ -142,7 +122,7 @@ impl Front {
     }
 }
 
-/// Accepts WebSocket clients on `listener` until `shutdown`, each piped to `front.mqtt`.
+/// Accepts clients on `listener` until `shutdown`, each served by [`serve`].
 pub(crate) async fn run(listener: TcpListener, front: Front, shutdown: CancellationToken) {
     let front = Arc::new(front);
     loop {
@@ -154,50 +134,144 @@ pub(crate) async fn run(listener: TcpListener, front: Front, shutdown: Cancellat
             Ok(ok) => ok,
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                warn!(cause = %err, "websocket accept failed");
+                warn!(cause = %err, "web accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         let shutdown = shutdown.clone();
         let front = front.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = serve(stream, peer, &front) => {}
+                () = serve(stream, peer, front) => {}
             }
         });
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, front: &Front) {
-    let _ = stream.set_nodelay(true);
+/// Serves one client connection (TCP, or a TLS stream over it) as HTTP/1.1:
+/// requests go to [`http::route`], which hands WebSocket upgrades back to [`upgrade`].
+pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, front: Arc<Front>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = front.handshake_timeout;
+    let service = hyper::service::service_fn(move |request| {
+        let front = front.clone();
+        async move { Ok::<_, std::convert::Infallible>(http::route(request, peer, &front).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(err) = connection.await {
+        debug!(%peer, cause = %err, "web connection ended");
+    }
+}
+
+/// Answers a WebSocket upgrade request: `101` with `Sec-WebSocket-Protocol: mqtt`
+/// when the client offers `mqtt` (RFC 6455: the server picks one of the offered
+/// values), with no subprotocol when the client offers none; `400` to a client
+/// that offers only others or whose upgrade is malformed. On `101`, a task
+/// takes the upgraded connection and pipes it to the broker.
+pub(crate) fn upgrade(
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+    front: &Arc<Front>,
+) -> Response<Body> {
+    let headers = request.headers();
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| version_ok)
+    else {
+        return http::text(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade needs Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key\n",
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let subprotocol = match offered_subprotocol(headers) {
+        Ok(chosen) => chosen,
+        Err(()) => {
+            return http::text(
+                StatusCode::BAD_REQUEST,
+                &format!("unsupported WebSocket subprotocol; this server speaks {SUBPROTOCOL:?}\n"),
+            )
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let front = front.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                debug!(%peer, cause = %err, "websocket upgrade failed");
+                return;
+            }
+        };
+        let shutdown = front.shutdown.clone();
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = carry(TokioIo::new(upgraded), peer, &front) => {}
+        }
+    });
+    let mut response = Response::new(http::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(protocol) = subprotocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    response
+}
+
+/// The subprotocol to answer: none when none is offered, `mqtt` when offered;
+/// `Err` when only others are.
+fn offered_subprotocol(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
+    let offered = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL);
+    if offered.iter().next().is_none() {
+        return Ok(None);
+    }
+    let mqtt_offered = offered.iter().any(|value| {
+        value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|p| p.trim() == SUBPROTOCOL))
+    });
+    if mqtt_offered {
+        Ok(Some(HeaderValue::from_static(SUBPROTOCOL)))
+    } else {
+        Err(())
+    }
+}
+
+/// Pipes an upgraded connection's MQTT bytes to the broker's TCP listener, its
+/// frames and messages capped (see [`Front::limit`]).
+async fn carry<S>(upgraded: S, peer: SocketAddr, front: &Front)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     // tungstenite reads in chunks of read_buffer_size, allocated per connection
     // (128 KiB by default; its docs suggest a few KiB for many mostly idle clients).
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_CHUNK_BYTES)
         .max_frame_size(Some(front.limit()))
         .max_message_size(Some(front.limit()));
-    let ws = match tokio::time::timeout(
-        front.handshake_timeout,
-        async_tungstenite::tokio::accept_hdr_async_with_config(
-            stream,
-            MqttSubprotocol,
-            Some(config),
-        ),
-    )
-    .await
-    {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(err)) => {
-            debug!(%peer, cause = %err, "websocket handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "websocket handshake timed out");
-            return;
-        }
-    };
+    let ws =
+        WebSocketStream::from_raw_socket(TokioAdapter::new(upgraded), Role::Server, Some(config))
+            .await;
     let upstream = match TcpStream::connect(front.mqtt).await {
         Ok(s) => s,
         Err(err) => {

@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use messenger_protocol::wire::{self, ConversationItem, Request, RequestId};
+use messenger_protocol::wire::{self, AttachmentRef, ConversationItem, Request, RequestId};
 use messenger_protocol::{topics, ConvId, DeviceId, UserId};
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Packet};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, NetworkOptions, Packet};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -89,6 +89,11 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<(Client, EventStream), ClientError> {
         let options = config.mqtt_options()?;
         let (mqtt, mut eventloop) = AsyncClient::new(options, MQTT_CHANNEL_CAPACITY);
+        // A request is one small packet: Nagle's algorithm would hold it back until
+        // the broker acknowledged the previous one (up to a delayed ACK, ~40 ms).
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         first_connack(&mut eventloop).await?;
         debug!(client_id = %config.client_id(), "signed in");
 
@@ -176,7 +181,19 @@ impl Client {
         conv: &ConvId,
         body: &str,
     ) -> Result<Ack, ClientError> {
-        self.send_message(id, conv, body, None).await
+        self.send_message(id, conv, body, None, Vec::new()).await
+    }
+
+    /// Sends a message carrying files this user uploaded ([`WebFiles::upload`](crate::WebFiles::upload)),
+    /// at most 10; `body` may then be empty. Otherwise as [`Client::send`].
+    pub async fn send_files(
+        &self,
+        conv: &ConvId,
+        body: &str,
+        attachments: Vec<AttachmentRef>,
+    ) -> Result<Ack, ClientError> {
+        self.send_message(new_request_id(), conv, body, None, attachments)
+            .await
     }
 
     /// Sends a message that replies to the message `reply_to` (its seq) of the
@@ -187,7 +204,7 @@ impl Client {
         reply_to: u64,
         body: &str,
     ) -> Result<Ack, ClientError> {
-        self.send_message(new_request_id(), conv, body, Some(reply_to))
+        self.send_message(new_request_id(), conv, body, Some(reply_to), Vec::new())
             .await
     }
 
@@ -197,12 +214,14 @@ impl Client {
         conv: &ConvId,
         body: &str,
         reply_to: Option<u64>,
+        attachments: Vec<AttachmentRef>,
     ) -> Result<Ack, ClientError> {
         let request = Request::Send {
             id: id.clone(),
             conv: conv.clone(),
             body: body.to_owned(),
             reply_to,
+            attachments,
         };
         self.acked(conv, &request).await
     }

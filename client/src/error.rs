@@ -112,6 +112,18 @@ pub enum ClientError {
     /// The reply could not be decoded, or was not the kind the request expects.
     #[error("cannot decode the reply: {0}")]
     Decode(String),
+    /// The web listener answered a file transfer with an error status.
+    #[error("the server answered {status}: {message}")]
+    Http {
+        /// The HTTP status (401: bad credentials, 404: no such file or not yours
+        /// to read, 413: over the server's file limit).
+        status: u16,
+        /// The answer's text.
+        message: String,
+    },
+    /// A file transfer failed: the connection, or the local file.
+    #[error("file transfer: {0}")]
+    Transfer(String),
 }
 
 #[cfg(test)]

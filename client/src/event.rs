@@ -1,6 +1,8 @@
 //! What the client hands to the app: events, acks, history pages.
 
-use messenger_protocol::wire::{self, MemberAction, Reactions, ReceiptStatus, RequestId, Status};
+use messenger_protocol::wire::{
+    self, Attachment, MemberAction, Reactions, ReceiptStatus, RequestId, Status,
+};
 use messenger_protocol::{ConvId, UserId};
 
 use crate::error::RefusalCode;
@@ -24,6 +26,9 @@ pub struct Message {
     pub body: String,
     /// The `seq` of the message this one replies to.
     pub reply_to: Option<u64>,
+    /// The files it carries (fetch each with [`WebFiles::download`](crate::WebFiles::download));
+    /// none once deleted.
+    pub attachments: Vec<Attachment>,
     /// When it was last edited (history and search; also in a sync).
     pub edited: Option<u64>,
     /// Deleted for everyone (history and search; also in a sync).
@@ -192,6 +197,7 @@ impl ClientEvent {
                 id,
                 body,
                 reply_to,
+                attachments,
                 edited,
                 deleted,
                 reactions,
@@ -205,6 +211,7 @@ impl ClientEvent {
                 id,
                 body,
                 reply_to,
+                attachments,
                 edited,
                 deleted,
                 reactions,

@@ -1,8 +1,8 @@
 //! The messenger client: what an app links to be one device of a user.
 //!
 //! [`Client::connect`] signs in over MQTT and returns a [`Client`] (requests:
-//! send and reply, edit, delete, react, history, search, conversations,
-//! receipts, typing, presence) and an [`EventStream`] (messages, edits,
+//! send and reply, send with files, edit, delete, react, history, search,
+//! conversations, receipts, typing, presence) and an [`EventStream`] (messages, edits,
 //! deletions, reactions, receipts, membership changes, typing, presence,
 //! connection changes). The client keeps the device's inbox cursor, drops
 //! repeated events and fills gaps with `sync`, publishes cumulative `delivered`
@@ -18,6 +18,7 @@
 //!   [`Deletion`], [`Reaction`], [`Receipt`], [`Member`], [`HistoryPage`],
 //!   [`SearchPage`], [`Ack`].
 //! - [`error`]: [`ClientError`] and [`RefusalCode`].
+//! - `files`: [`WebFiles`], uploads and downloads over HTTP on the web listener.
 //! - `connection`: the task that drives rumqttc's event loop, reconnects with
 //!   backoff (`backoff`) and switches credentials.
 //! - `session`: the task that owns the protocol state: pending requests
@@ -61,6 +62,7 @@ pub mod event;
 mod backoff;
 mod client;
 mod connection;
+mod files;
 mod inbox;
 mod receipts;
 mod requests;
@@ -73,4 +75,5 @@ pub use event::{
     Ack, ClientEvent, Deletion, Edit, HistoryItem, HistoryPage, Member, Message, Reaction, Receipt,
     SearchPage,
 };
+pub use files::WebFiles;
 pub use requests::new_request_id;

@@ -22,6 +22,9 @@ pub enum IdError {
     /// Not a client id: `<user>:<device>`.
     #[error("invalid client id {0:?}: expected <user>:<device>")]
     Client(String),
+    /// Not a file id: `^[A-Za-z0-9_-]{1,64}$`.
+    #[error("invalid file id {0:?}: expected 1-64 of A-Z a-z 0-9 _ -")]
+    File(String),
 }
 
 /// The most characters of a rejected value an [`IdError`] keeps: errors are echoed
@@ -122,6 +125,14 @@ string_id!(
     GroupId,
     is_token_id,
     Conv
+);
+
+string_id!(
+    /// An uploaded file, as `POST /files` named it: `^[A-Za-z0-9_-]{1,64}$` (the
+    /// server issues 32 random hex digits, one per upload, never the content hash).
+    FileId,
+    is_token_id,
+    File
 );
 
 /// A conversation: a 1-1 chat between two users, or a group.

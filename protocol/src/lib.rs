@@ -15,4 +15,4 @@ pub mod ids;
 pub mod topics;
 pub mod wire;
 
-pub use ids::{ClientId, ConvId, DeviceId, GroupId, IdError, UserId};
+pub use ids::{ClientId, ConvId, DeviceId, FileId, GroupId, IdError, UserId};

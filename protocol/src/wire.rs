@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ConvId, UserId};
+use crate::ids::{ConvId, FileId, UserId};
 
 /// A device-chosen request id, 1 to 64 characters, echoed in the reply.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -91,6 +91,10 @@ pub enum Request {
         /// The `seq` of the message of the same conversation this one replies to.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<u64>,
+        /// Files the sender uploaded (`POST /files`), at most [`MAX_ATTACHMENTS`];
+        /// with any, `body` may be empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<AttachmentRef>,
     },
     /// Replace the text of one of the sender's messages (within the edit window).
     Edit {
@@ -454,6 +458,49 @@ pub type Reactions = std::collections::BTreeMap<String, Vec<UserId>>;
 /// The most bytes of a reaction's emoji.
 pub const MAX_EMOJI_BYTES: usize = 16;
 
+/// The most attachments of one message.
+pub const MAX_ATTACHMENTS: usize = 10;
+
+/// The most characters of an attachment's name.
+pub const MAX_ATTACHMENT_NAME_CHARS: usize = 255;
+
+/// A file named in a `send`: an upload of the sender's, and the name to show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRef {
+    /// The upload (`POST /files` answered it as `file`).
+    pub file: FileId,
+    /// The name to show, 1 to [`MAX_ATTACHMENT_NAME_CHARS`] characters, no control characters.
+    pub name: String,
+}
+
+/// A file a `message` carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Where to fetch it: `GET /files/<file>`.
+    pub file: FileId,
+    /// The name the sender gave it.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type, as uploaded (`Content-Type`).
+    #[serde(rename = "type")]
+    pub media_type: String,
+}
+
+/// The answer to `POST /files` (HTTP 201).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uploaded {
+    /// The upload's id, for `send`'s `attachments` and `GET /files/<file>`.
+    pub file: FileId,
+    /// Bytes stored.
+    pub size: u64,
+    /// The media type stored (the upload's `Content-Type`, or `application/octet-stream`).
+    #[serde(rename = "type")]
+    pub media_type: String,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+}
+
 /// The most characters of a `search` query.
 pub const MAX_QUERY_CHARS: usize = 256;
 
@@ -561,6 +608,9 @@ pub enum Event {
         /// The `seq` of the message this one replies to.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<u64>,
+        /// The files it carries; none once the message was deleted.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
         /// The `ts` of the latest edit (`history` and `search` only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         edited: Option<u64>,

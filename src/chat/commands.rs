@@ -15,13 +15,15 @@ pub(super) enum Line {
     React(u64, String),
     /// `/search WORDS`: the newest matching messages of this conversation.
     Search(String),
+    /// `/file PATH`: uploads a file and sends it.
+    File(String),
     /// A slash command that is not one of these, or lacks its arguments: how to use them.
     Help(String),
 }
 
 /// What the commands look like.
 pub(super) const USAGE: &str = "commands: /reply SEQ TEXT, /edit SEQ TEXT, /delete SEQ, \
-/react SEQ [EMOJI], /search WORDS, /quit; a line starting with // sends the rest with one /";
+/react SEQ [EMOJI], /search WORDS, /file PATH, /quit; a line starting with // sends the rest with one /";
 
 /// Reads a line. A line that starts with `//` is a message starting with `/`.
 pub(super) fn parse(line: &str) -> Line {
@@ -47,6 +49,7 @@ pub(super) fn parse(line: &str) -> Line {
         "delete" => rest.parse().ok().map(Line::Delete),
         "react" => seq_and(rest).map(|(seq, emoji)| Line::React(seq, emoji)),
         "search" if !rest.is_empty() => Some(Line::Search(rest.to_owned())),
+        "file" if !rest.is_empty() => Some(Line::File(rest.to_owned())),
         _ => None,
     };
     parsed.unwrap_or_else(|| Line::Help(format!("not understood: {line}; {USAGE}")))
@@ -69,12 +72,17 @@ mod tests {
         assert_eq!(parse("/react 6 👍"), Line::React(6, "👍".into()));
         assert_eq!(parse("/react 6"), Line::React(6, String::new()));
         assert_eq!(parse("/search 東京 trip"), Line::Search("東京 trip".into()));
+        assert_eq!(
+            parse("/file notes/a b.txt"),
+            Line::File("notes/a b.txt".into())
+        );
         for bad in [
             "/reply 3",
             "/edit x text",
             "/delete",
             "/delete two",
             "/search",
+            "/file",
             "/fly",
         ] {
             assert!(matches!(parse(bad), Line::Help(_)), "{bad}");

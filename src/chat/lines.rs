@@ -57,6 +57,17 @@ fn message_text(m: &Message) -> String {
         if m.edited.is_some() {
             text.push_str(" (edited)");
         }
+        for file in &m.attachments {
+            if !text.is_empty() && !text.ends_with(' ') {
+                text.push(' ');
+            }
+            text.push_str(&format!(
+                "[\u{1f4ce} {} ({}, file {})]",
+                one_line(&file.name),
+                size_text(file.size),
+                file.file
+            ));
+        }
     }
     if !m.reactions.is_empty() {
         let all: Vec<String> = m
@@ -70,6 +81,21 @@ fn message_text(m: &Message) -> String {
         text.push_str(&format!(" [{}]", all.join("; ")));
     }
     text
+}
+
+/// A size for people: bytes, KiB, MiB or GiB.
+pub(super) fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// An edit event.
@@ -199,6 +225,7 @@ mod tests {
             id: messenger_client::new_request_id(),
             body: "hi\nthere".into(),
             reply_to: None,
+            attachments: Vec::new(),
             edited: None,
             deleted: false,
             reactions: Default::default(),
@@ -220,6 +247,22 @@ mod tests {
             message_line(&changed),
             "[dm:alice:bob #3 1970-01-01 00:00:00] bob: ↪ #2 hi ⏎ there (edited) [👍 alice, bob]"
         );
+        let mut with_file = m.clone();
+        with_file.body.clear();
+        with_file
+            .attachments
+            .push(messenger_protocol::wire::Attachment {
+                file: messenger_protocol::FileId::parse("f00d").unwrap(),
+                name: "trip.jpg".into(),
+                size: 3 * 1024 * 1024 / 2,
+                media_type: "image/jpeg".into(),
+            });
+        assert_eq!(
+            chat_message_line(&alice, &with_file),
+            "00:00 bob: [\u{1f4ce} trip.jpg (1.5 MiB, file f00d)]"
+        );
+        assert_eq!(size_text(999), "999 B");
+        assert_eq!(size_text(2048), "2.0 KiB");
         changed.deleted = true;
         changed.body.clear();
         changed.reactions.clear();

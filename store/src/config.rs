@@ -29,6 +29,10 @@ pub struct StorageConfig {
     /// Events older than this many days are removed in the background; 0 keeps
     /// them for ever.
     pub retention_days: u32,
+    /// The directory of uploaded files' bytes; `files` beside the database when absent.
+    pub files_path: Option<PathBuf>,
+    /// How long an upload that no message carries is kept, in seconds.
+    pub unreferenced_file_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -37,6 +41,8 @@ impl Default for StorageConfig {
             path: PathBuf::from("data/messenger.db"),
             durability: Durability::Fsync,
             retention_days: 0,
+            files_path: None,
+            unreferenced_file_secs: 24 * 3600,
         }
     }
 }
@@ -45,12 +51,44 @@ impl Default for StorageConfig {
 pub const MAX_RETENTION_DAYS: u32 = 36_500;
 
 impl StorageConfig {
+    /// Where uploaded files' bytes live: `files_path`, or `files` beside the database.
+    pub fn files_dir(&self) -> PathBuf {
+        match &self.files_path {
+            Some(dir) => dir.clone(),
+            None => self
+                .path
+                .parent()
+                .map_or_else(|| PathBuf::from("files"), |dir| dir.join("files")),
+        }
+    }
+
+    /// How long an upload no message carries is kept, in milliseconds.
+    pub fn unreferenced_file_ms(&self) -> u64 {
+        self.unreferenced_file_secs.saturating_mul(1000)
+    }
+
     /// Checks values that parse but make no sense, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.retention_days > MAX_RETENTION_DAYS {
             return Err(ConfigError::invalid(
                 "storage.retention_days",
                 format!("be between 0 (keep for ever) and {MAX_RETENTION_DAYS} days"),
+            ));
+        }
+        if self
+            .files_path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "storage.files_path",
+                "be a directory path (omit it for `files` beside the database)",
+            ));
+        }
+        if self.unreferenced_file_secs == 0 || self.unreferenced_file_secs > 366 * 24 * 3600 {
+            return Err(ConfigError::invalid(
+                "storage.unreferenced_file_secs",
+                "be between 1 and 31622400 (366 days)",
             ));
         }
         Ok(())
@@ -73,6 +111,8 @@ pub struct Limits {
     pub max_devices_per_user: usize,
     /// How long after sending its author may edit a message, in seconds.
     pub edit_window_secs: u64,
+    /// Largest uploaded file (`POST /files`), in bytes.
+    pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
@@ -84,6 +124,7 @@ impl Default for Limits {
             max_group_name_chars: 100,
             max_devices_per_user: 50,
             edit_window_secs: 15 * 60,
+            max_file_bytes: 25 * 1024 * 1024,
         }
     }
 }
@@ -137,6 +178,12 @@ impl Limits {
             return Err(ConfigError::invalid(
                 "limits.edit_window_secs",
                 "be at most 31622400 (366 days)",
+            ));
+        }
+        if self.max_file_bytes == 0 || self.max_file_bytes > 1 << 40 {
+            return Err(ConfigError::invalid(
+                "limits.max_file_bytes",
+                "be between 1 and 1099511627776 (1 TiB)",
             ));
         }
         Ok(())

@@ -30,6 +30,7 @@ use messenger_protocol::{DeviceId, UserId};
 
 pub use failure::{Failure, MAX_MESSAGE_BYTES};
 pub use outcome::{Effect, Notification, Outcome, Payload};
+pub use sqlite::files::{Catalog, UploadRecord};
 pub use sqlite::{
     backup, erase_user, export_user, list_users, remove_user, BackupReport, ExportSummary, Notify,
     SqliteStore, UserSummary,
@@ -99,6 +100,12 @@ pub enum Input {
     Reconcile,
     /// Every user's status again (whoever kept them lost them).
     Republish,
+    /// Remove the uploads no message carries that are older than
+    /// `unreferenced_ms`, their bytes, and stray files of the files directory.
+    SweepFiles {
+        /// How long an unreferenced upload is kept, ms.
+        unreferenced_ms: u64,
+    },
     /// A push service called a token dead: delete it unless it was registered
     /// again after `not_after_ms`.
     ForgetToken {

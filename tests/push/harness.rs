@@ -95,7 +95,7 @@ impl Server {
             storage: StorageConfig {
                 path: db.clone(),
                 durability: Durability::Os,
-                retention_days: 0,
+                ..StorageConfig::default()
             },
             limits: Limits::default(),
             push,

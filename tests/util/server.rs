@@ -160,7 +160,7 @@ impl TestServer {
             storage: StorageConfig {
                 path: self.db.clone(),
                 durability: Durability::Fsync,
-                retention_days: 0,
+                ..StorageConfig::default()
             },
             limits: self.limits.clone(),
             liveness,

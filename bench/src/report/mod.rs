@@ -9,8 +9,10 @@ use serde::Serialize;
 
 use crate::connections::Connections;
 use crate::e2e::{Messaging, RssSample};
+use crate::files::Files;
 use crate::options::{Durability, Options, Phase};
 use crate::raw::Raw;
+use crate::search::Search;
 
 /// The machine the run was on.
 #[derive(Debug, Clone, Serialize)]
@@ -159,6 +161,32 @@ pub(crate) struct Report {
     pub(crate) rss_end_bytes: u64,
     /// Long run: server memory about every second.
     pub(crate) rss_series: Vec<RssSample>,
+    /// Search: messages in the reader's readable set.
+    pub(crate) search_messages: u64,
+    /// Search: seconds to seed them through the store.
+    pub(crate) search_seed_secs: f64,
+    /// Search: request -> reply, every query, median.
+    pub(crate) search_p50_ms: f64,
+    /// Search: request -> reply, every query, 99th percentile.
+    pub(crate) search_p99_ms: f64,
+    /// Search: one common word, 99th percentile.
+    pub(crate) search_one_word_p99_ms: f64,
+    /// Search: two words that rarely meet, 99th percentile.
+    pub(crate) search_two_words_p99_ms: f64,
+    /// Search: a word found nowhere, 99th percentile.
+    pub(crate) search_absent_p99_ms: f64,
+    /// Files: bytes per file.
+    pub(crate) file_bytes: u64,
+    /// Files: files moved each way.
+    pub(crate) file_count: usize,
+    /// Files: upload throughput, MiB/s.
+    pub(crate) upload_mib_per_s: f64,
+    /// Files: download throughput, MiB/s.
+    pub(crate) download_mib_per_s: f64,
+    /// Files: one upload, 99th percentile.
+    pub(crate) upload_p99_ms: f64,
+    /// Files: one download, 99th percentile.
+    pub(crate) download_p99_ms: f64,
     /// Storage durability of the servers.
     pub(crate) durability: Durability,
     /// The phases that ran.
@@ -171,6 +199,14 @@ pub(crate) struct Report {
     pub(crate) total_secs: f64,
 }
 
+/// The results of the phases added with files and search.
+pub(crate) struct Extra<'a> {
+    /// The search phase.
+    pub(crate) search: &'a Search,
+    /// The files phase.
+    pub(crate) files: &'a Files,
+}
+
 impl Report {
     /// Collects the phases' results.
     pub(crate) fn new(
@@ -179,8 +215,10 @@ impl Report {
         raw: &Raw,
         messaging: &Messaging,
         connections: &Connections,
+        extra: &Extra<'_>,
         elapsed: Duration,
     ) -> Self {
+        let (search, files) = (extra.search, extra.files);
         let (paced, sat, group) = (&messaging.paced, &messaging.saturated, &messaging.group);
         let ratio = if raw.msgs_per_s > 0.0 {
             sat.msgs_per_s / raw.msgs_per_s
@@ -237,6 +275,19 @@ impl Report {
             rss_baseline_bytes: sat.rss_baseline_bytes,
             rss_end_bytes: sat.rss_end_bytes,
             rss_series: sat.rss_series.clone(),
+            search_messages: search.messages,
+            search_seed_secs: search.seed_secs,
+            search_p50_ms: search.all.p50_ms,
+            search_p99_ms: search.all.p99_ms,
+            search_one_word_p99_ms: search.one_word.p99_ms,
+            search_two_words_p99_ms: search.two_words.p99_ms,
+            search_absent_p99_ms: search.absent.p99_ms,
+            file_bytes: files.file_bytes,
+            file_count: files.count,
+            upload_mib_per_s: files.upload_mib_per_s,
+            download_mib_per_s: files.download_mib_per_s,
+            upload_p99_ms: files.upload.p99_ms,
+            download_p99_ms: files.download.p99_ms,
             durability: options.durability,
             phases: options.phases.clone(),
             machine,
@@ -270,6 +321,10 @@ mod tests {
             &Raw::default(),
             &Messaging::default(),
             &Connections::default(),
+            &Extra {
+                search: &Search::default(),
+                files: &Files::default(),
+            },
             Duration::from_secs(1),
         )
     }

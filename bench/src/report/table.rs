@@ -11,6 +11,7 @@ const TARGET_RATIO: f64 = 0.25;
 const TARGET_PACED_P99_MS: f64 = 10.0;
 const TARGET_BYTES_PER_CONNECTION: f64 = 30.0 * 1024.0;
 const TARGET_GROWTH_BYTES: u64 = 100 * 1000 * 1000;
+const TARGET_SEARCH_P99_MS: f64 = 50.0;
 
 impl Report {
     /// Whether `phase` ran.
@@ -26,6 +27,8 @@ impl Report {
             self.paced_rows(),
             self.group_rows(),
             self.connection_rows(),
+            self.search_rows(),
+            self.file_rows(),
         ]
         .into_iter()
         .flatten()
@@ -189,6 +192,59 @@ impl Report {
                     "{:.2} / {:.2}",
                     self.restart_listen_secs, self.reconnect_secs
                 ),
+            ),
+        ]
+    }
+}
+
+impl Report {
+    /// Search latency over the seeded readable set.
+    fn search_rows(&self) -> Vec<Row> {
+        if !self.ran(Phase::Search) {
+            return vec![Row::skipped("search")];
+        }
+        vec![
+            Row::new(
+                "search: messages readable / seeded in s",
+                format!("{} / {:.1}", self.search_messages, self.search_seed_secs),
+            ),
+            Row::new(
+                "search p50 / p99 ms",
+                format!("{:.2} / {:.2}", self.search_p50_ms, self.search_p99_ms),
+            )
+            .against(self.search_p99_ms < TARGET_SEARCH_P99_MS, "p99 < 50 ms"),
+            Row::new(
+                "search p99 ms: one word / two / absent",
+                format!(
+                    "{:.2} / {:.2} / {:.2}",
+                    self.search_one_word_p99_ms,
+                    self.search_two_words_p99_ms,
+                    self.search_absent_p99_ms
+                ),
+            ),
+        ]
+    }
+
+    /// Upload and download throughput.
+    fn file_rows(&self) -> Vec<Row> {
+        if !self.ran(Phase::Files) {
+            return vec![Row::skipped("files")];
+        }
+        vec![
+            Row::new(
+                "files: count x bytes",
+                format!("{} x {}", self.file_count, self.file_bytes),
+            ),
+            Row::new(
+                "upload / download MiB/s",
+                format!(
+                    "{:.1} / {:.1}",
+                    self.upload_mib_per_s, self.download_mib_per_s
+                ),
+            ),
+            Row::new(
+                "one upload / download p99 ms",
+                format!("{:.1} / {:.1}", self.upload_p99_ms, self.download_p99_ms),
             ),
         ]
     }

@@ -199,7 +199,7 @@ fn every_reply_fits_and_no_input_yields_internal() {
     let storage = StorageConfig {
         path: path.clone(),
         durability: Durability::Os,
-        retention_days: 0,
+        ..StorageConfig::default()
     };
     let mut store = SqliteStore::open(&storage, limits.clone(), Notify::Off, None).expect("store");
     // Some state for the handlers to work on: a dm with a message and a group.

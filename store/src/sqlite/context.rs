@@ -28,6 +28,9 @@ pub(super) struct Ctx<'a> {
     /// The search index changes this request calls for, applied at the end of
     /// the batch (see `search::IndexOp`; dropped if the request fails).
     pub(super) index: RefCell<Vec<IndexOp>>,
+    /// The hashes of the uploads this request let go of (a deleted message's
+    /// files), whose bytes go at the end of the batch (dropped if the request fails).
+    pub(super) released: RefCell<Vec<String>>,
 }
 
 impl Ctx<'_> {
@@ -39,7 +42,8 @@ impl Ctx<'_> {
                 conv,
                 body,
                 reply_to,
-            } => self.send(&id, &conv, &body, reply_to),
+                attachments,
+            } => self.send(&id, &conv, &body, reply_to, &attachments),
             Request::Edit {
                 id,
                 conv,

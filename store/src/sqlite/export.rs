@@ -132,6 +132,7 @@ pub fn export_user(
         notify: Notify::Off,
         pushes: RefCell::new(Vec::new()),
         index: RefCell::new(Vec::new()),
+        released: RefCell::new(Vec::new()),
     };
     let mut summary = ExportSummary::default();
     put(

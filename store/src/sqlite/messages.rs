@@ -1,10 +1,15 @@
 //! 1-1 and group messaging: send, receipts, typing, sync, history, conversations.
 
-use messenger_protocol::wire::{ErrorCode, Event, Reactions, ReceiptStatus, RequestId};
+use messenger_protocol::wire::{
+    Attachment, AttachmentRef, ErrorCode, Event, Reactions, ReceiptStatus, RequestId,
+};
 use messenger_protocol::{ConvId, UserId};
 use rusqlite::{params, OptionalExtension};
 
-use super::rows::{event_columns, event_from_row, receipt_from_row, with_useq, Budget};
+use super::files;
+use super::rows::{
+    attachments_column, event_columns, event_from_row, receipt_from_row, with_useq, Budget,
+};
 use super::Ctx;
 use crate::outcome::{encode, Effect};
 use crate::Failure;
@@ -19,8 +24,12 @@ impl Ctx<'_> {
         conv: &ConvId,
         body: &str,
         reply_to: Option<u64>,
+        refs: &[AttachmentRef],
     ) -> Result<Vec<Effect>, Failure> {
-        self.check_body(body)?;
+        files::check_refs(refs)?;
+        if !body.is_empty() || refs.is_empty() {
+            self.check_body(body)?;
+        }
         // A repeat: the same ack, nothing stored; delivery is repeated in case it was lost.
         if let Some((stored_conv, seq)) = self.prior(id, "message")? {
             let event = self
@@ -47,6 +56,7 @@ impl Ctx<'_> {
             self.target_message(conv, target)?;
         }
         let ts = self.now;
+        let attachments = files::attach(self.conn, self.user, conv, seq, refs)?;
         let useqs = self.next_useqs(&members)?;
         // A dm's event keeps its two useqs (a repeat redelivers with them); a group's
         // inbox rows are found through the inbox's group index instead.
@@ -56,8 +66,8 @@ impl Ctx<'_> {
         };
         self.conn
             .prepare_cached(
-                "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body, useq_lo, useq_hi, ref_seq, text_row)
-                 VALUES (?1, ?2, ?3, 'message', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body, useq_lo, useq_hi, ref_seq, text_row, attachments)
+                 VALUES (?1, ?2, ?3, 'message', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 conv.to_string(),
@@ -70,7 +80,8 @@ impl Ctx<'_> {
                 useq_lo,
                 useq_hi,
                 reply_to,
-                self.index_new(conv, seq, body)?
+                self.index_new(conv, seq, body)?,
+                attachments_column(&attachments)
             ])?;
         // The sender has read what they wrote.
         self.conn
@@ -79,9 +90,14 @@ impl Ctx<'_> {
             )?
             .execute(params![conv.to_string(), self.user.as_str(), seq])?;
         let mut out = self.deliver_at(conv, seq, &members, &useqs, |useq| {
-            self.message_event(conv, seq, ts, id, body, reply_to, Some(useq))
+            self.message_event(conv, seq, ts, id, body, reply_to, &attachments, Some(useq))
         })?;
-        self.notify_offline(conv, seq, body)?;
+        match attachments.first() {
+            Some(file) if body.is_empty() => {
+                self.notify_offline(conv, seq, &format!("\u{1f4ce} {}", file.name))?;
+            }
+            _ => self.notify_offline(conv, seq, body)?,
+        }
         out.push(self.reply(&Event::Ack {
             id: id.clone(),
             conv: Some(conv.clone()),
@@ -121,6 +137,7 @@ impl Ctx<'_> {
         id: &RequestId,
         body: &str,
         reply_to: Option<u64>,
+        attachments: &[Attachment],
         useq: Option<u64>,
     ) -> Event {
         Event::Message {
@@ -132,6 +149,7 @@ impl Ctx<'_> {
             id: id.clone(),
             body: body.to_owned(),
             reply_to,
+            attachments: attachments.to_vec(),
             edited: None,
             deleted: false,
             reactions: Reactions::new(),

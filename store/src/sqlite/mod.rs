@@ -12,6 +12,7 @@
 //! - `messages`, `groups`, `conversations`, `pushes`: the handlers, by request.
 //! - `timeline`: edit, delete and react, the actions on a stored message.
 //! - `search`: the `search` request and the full-text index it reads.
+//! - `files`: uploads, the messages that carry them, their bytes on disk.
 //! - `presence`: device rows and each user's aggregate.
 //! - `rows`: stored rows back into events; the reply byte budget.
 //! - `removal`: what removing an account takes with it.
@@ -26,6 +27,7 @@ mod checkpoint;
 mod context;
 mod conversations;
 mod export;
+pub mod files;
 mod groups;
 mod messages;
 mod presence;
@@ -44,8 +46,9 @@ pub use pushes::Notify;
 pub use roster::{list_users, UserSummary};
 
 use std::cell::RefCell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use messenger_protocol::wire::{ErrorCode, Request};
 use messenger_protocol::{DeviceId, UserId};
@@ -69,6 +72,8 @@ pub struct SqliteStore {
     limits: Limits,
     notify: Notify,
     liveness: Option<Liveness>,
+    /// Where uploaded files' bytes live.
+    files_dir: PathBuf,
     wal: Arc<Wal>,
     /// Removes old events between batches, when `storage.retention_days` is set.
     retention: Option<retention::Retention>,
@@ -90,6 +95,8 @@ impl SqliteStore {
         liveness: Option<Liveness>,
     ) -> Result<Self, StoreError> {
         let conn = open(&config.path, config.durability)?;
+        let files_dir = config.files_dir();
+        std::fs::create_dir_all(&files_dir).map_err(|e| StoreError::Io(files_dir.clone(), e))?;
         let checkpointer = Checkpointer::start(config.path.clone(), checkpoint::RESTART_FRAMES)?;
         Ok(Self {
             conn,
@@ -97,8 +104,9 @@ impl SqliteStore {
             notify,
             liveness,
             wal: checkpointer.wal(),
-            retention: retention::Retention::new(config.retention_days),
+            retention: retention::Retention::new(config.retention_days, files_dir.clone()),
             checkpointer: Some(checkpointer),
+            files_dir,
         })
     }
 }
@@ -111,6 +119,8 @@ impl crate::Store for SqliteStore {
         let mut outcomes = Vec::with_capacity(inputs.len());
         // The batch's search index changes, applied before it commits (see `search`).
         let mut index = Vec::new();
+        // The hashes of the uploads the batch let go of; their bytes go before it commits.
+        let mut released = Vec::new();
         for input in inputs {
             let outcome = match input {
                 Input::Request {
@@ -126,8 +136,9 @@ impl crate::Store for SqliteStore {
                         notify: self.notify,
                         now,
                     };
-                    let (outcome, ops) = scope.request(&mut tx, &user, &device, request)?;
+                    let (outcome, ops, gone) = scope.request(&mut tx, &user, &device, request)?;
                     index.extend(ops);
+                    released.extend(gone);
                     outcome
                 }
                 Input::Presence {
@@ -157,10 +168,23 @@ impl crate::Store for SqliteStore {
                     pushes::forget(&tx, platform, &token, not_after_ms)?;
                     Outcome::default()
                 }
+                Input::SweepFiles { unreferenced_ms } => {
+                    released.extend(files::unreferenced(
+                        &tx,
+                        now.saturating_sub(unreferenced_ms),
+                    )?);
+                    files::sweep_directory(
+                        &tx,
+                        &self.files_dir,
+                        Duration::from_millis(unreferenced_ms),
+                    )?;
+                    Outcome::default()
+                }
             };
             outcomes.push(outcome);
         }
         search::apply(&tx, &mut index)?;
+        files::remove_unused(&tx, &self.files_dir, &released)?;
         tx.commit()?;
         Ok(outcomes)
     }
@@ -198,17 +222,18 @@ impl Scope<'_> {
     /// Handles one request in its savepoint: committed with its outcome, or rolled
     /// back and answered with an `error` reply. Only a failure of the savepoint
     /// itself is an error (it fails the batch). Returns the search index changes
-    /// of a request that succeeded, for the end of the batch.
+    /// of a request that succeeded, and the hashes of the uploads it let go of,
+    /// for the end of the batch.
     fn request(
         &self,
         tx: &mut Transaction<'_>,
         user: &UserId,
         device: &DeviceId,
         request: Request,
-    ) -> rusqlite::Result<(Outcome, Vec<search::IndexOp>)> {
+    ) -> rusqlite::Result<(Outcome, Vec<search::IndexOp>, Vec<String>)> {
         let id = request.id().map(|i| i.to_string());
         let sp = tx.savepoint()?;
-        let (handled, notifications, index) = {
+        let (handled, notifications, index, released) = {
             let ctx = Ctx {
                 conn: &sp,
                 user,
@@ -218,9 +243,15 @@ impl Scope<'_> {
                 notify: self.notify,
                 pushes: RefCell::new(Vec::new()),
                 index: RefCell::new(Vec::new()),
+                released: RefCell::new(Vec::new()),
             };
             let handled = ctx.handle(request).and_then(|out| fits(out, self.limits));
-            (handled, ctx.pushes.take(), ctx.index.take())
+            (
+                handled,
+                ctx.pushes.take(),
+                ctx.index.take(),
+                ctx.released.take(),
+            )
         };
         Ok(match handled {
             Ok(effects) => {
@@ -229,7 +260,7 @@ impl Scope<'_> {
                     effects,
                     notifications,
                 };
-                (outcome, index)
+                (outcome, index, released)
             }
             // Dropping the savepoint rolls the request back.
             Err(failure) => {
@@ -237,7 +268,7 @@ impl Scope<'_> {
                     effects: vec![Effect::reply(&failure.reply(id))],
                     notifications: Vec::new(),
                 };
-                (outcome, Vec::new())
+                (outcome, Vec::new(), Vec::new())
             }
         })
     }
@@ -328,8 +359,10 @@ pub fn remove_user(path: &Path, user: &UserId) -> Result<(), StoreError> {
 /// Removes an account as [`remove_user`] does, then erases the text of every
 /// message it sent as `delete` does (see `sqlite::removal`), a few hundred
 /// messages per transaction. A user that no longer exists (an erase cut short)
-/// has what is left of their messages erased. Returns how many were erased.
-pub fn erase_user(path: &Path, user: &UserId) -> Result<u64, StoreError> {
+/// has what is left of their messages erased, and their attachments let go of
+/// (the bytes of uploads no other message carries are removed from `files_dir`).
+/// Returns how many were erased.
+pub fn erase_user(path: &Path, files_dir: &Path, user: &UserId) -> Result<u64, StoreError> {
     let gone = match remove_user(path, user) {
         Ok(()) => None,
         Err(err @ StoreError::Account(messenger_accounts::AccountsError::NotFound(_))) => Some(err),
@@ -344,7 +377,9 @@ pub fn erase_user(path: &Path, user: &UserId) -> Result<u64, StoreError> {
     let mut erased = 0;
     for batch in keys.chunks(removal::ERASE_BATCH) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        erased += removal::erase_messages(&tx, batch)?;
+        let (n, released) = removal::erase_messages(&tx, batch)?;
+        erased += n;
+        files::remove_unused(&tx, files_dir, &released)?;
         tx.commit()?;
     }
     Ok(erased)

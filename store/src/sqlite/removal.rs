@@ -71,9 +71,15 @@ pub(crate) fn live_messages(
 /// Erases the text of these messages as `delete` does (their rows and their
 /// edits' rows lose the text, the message is marked deleted, its reactions and
 /// its search index entry go), inside the caller's transaction; no `delete`
-/// event is stored. Returns how many were erased (those not deleted since).
-pub(crate) fn erase_messages(conn: &Connection, keys: &[(String, u64)]) -> rusqlite::Result<u64> {
+/// event is stored; their attachments are let go of as `delete` does. Returns
+/// how many were erased (those not deleted since) and the hashes of the
+/// uploads that went with them.
+pub(crate) fn erase_messages(
+    conn: &Connection,
+    keys: &[(String, u64)],
+) -> rusqlite::Result<(u64, Vec<String>)> {
     let mut erased = 0;
+    let mut released = Vec::new();
     for (conv, seq) in keys {
         let found: Option<(Option<i64>, Option<String>)> = conn
             .prepare_cached(
@@ -103,7 +109,8 @@ pub(crate) fn erase_messages(conn: &Connection, keys: &[(String, u64)]) -> rusql
                 search::apply(conn, &mut ops)?;
             }
         }
+        released.extend(super::files::detach(conn, conv, *seq)?);
         erased += 1;
     }
-    Ok(erased)
+    Ok((erased, released))
 }

@@ -20,12 +20,14 @@
 //! transaction; the writer runs further steps while no request waits. After a
 //! complete pass the next one begins [`PASS_INTERVAL`] later.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use messenger_protocol::ConvId;
 use rusqlite::{params, Connection, TransactionBehavior};
 use tracing::{debug, info, warn};
 
+use super::files;
 use super::search::{self, IndexOp};
 
 /// Events removed in one step (one transaction) at most.
@@ -76,12 +78,15 @@ pub(crate) struct Retention {
     resume: Resume,
     /// Events removed in the pass in progress.
     removed_in_pass: u64,
+    /// Where uploads' bytes live (a removed message's attachments go too).
+    files_dir: PathBuf,
 }
 
 impl Retention {
     /// The job for `days` of retention; `None` for 0 (keep for ever).
-    pub(crate) fn new(days: u32) -> Option<Self> {
+    pub(crate) fn new(days: u32, files_dir: PathBuf) -> Option<Self> {
         (days > 0).then(|| Self {
+            files_dir,
             keep_ms: u64::from(days) * DAY_MS,
             due: Instant::now(),
             resume: Resume::Start,
@@ -100,7 +105,14 @@ impl Retention {
             events: STEP_EVENTS,
             inbox_rows: STEP_INBOX_ROWS,
         };
-        match step(conn, cutoff, &self.resume, budget, STEP_CONVERSATIONS) {
+        match step(
+            conn,
+            &self.files_dir,
+            cutoff,
+            &self.resume,
+            budget,
+            STEP_CONVERSATIONS,
+        ) {
             Ok(Step { removed, next }) => {
                 self.removed_in_pass += removed as u64;
                 match next {
@@ -134,6 +146,14 @@ impl Retention {
     }
 }
 
+/// What a step's removals leave to do before it commits.
+struct Gone<'a> {
+    /// Search index entries to remove.
+    index: &'a mut Vec<IndexOp>,
+    /// Hashes of uploads that went, whose bytes go if no upload names them.
+    released: &'a mut Vec<String>,
+}
+
 /// An event about to be removed.
 struct Old {
     seq: u64,
@@ -156,6 +176,7 @@ pub(crate) struct Budget {
 /// ms) from at most `max_conversations` conversations, from `resume` on, within `budget`.
 pub(crate) fn step(
     conn: &mut Connection,
+    files_dir: &Path,
     cutoff_ms: u64,
     resume: &Resume,
     mut budget: Budget,
@@ -165,9 +186,14 @@ pub(crate) fn step(
     let convs = conversations(&tx, resume, max_conversations)?;
     let mut removed = 0;
     let mut index = Vec::new();
+    let mut released = Vec::new();
     let mut next = None;
     for conv in &convs {
-        let (n, maybe_more) = trim(&tx, conv, cutoff_ms, &mut budget, &mut index)?;
+        let mut gone = Gone {
+            index: &mut index,
+            released: &mut released,
+        };
+        let (n, maybe_more) = trim(&tx, conv, cutoff_ms, &mut budget, &mut gone)?;
         removed += n;
         if maybe_more {
             next = Some(Resume::At(conv.clone()));
@@ -178,6 +204,7 @@ pub(crate) fn step(
         next = convs.last().cloned().map(Resume::After);
     }
     search::apply(&tx, &mut index)?;
+    files::remove_unused(&tx, files_dir, &released)?;
     tx.commit()?;
     Ok(Step { removed, next })
 }
@@ -209,7 +236,7 @@ fn trim(
     conv: &str,
     cutoff_ms: u64,
     budget: &mut Budget,
-    index: &mut Vec<IndexOp>,
+    gone: &mut Gone<'_>,
 ) -> rusqlite::Result<(usize, bool)> {
     if budget.events == 0 || budget.inbox_rows == 0 {
         return Ok((0, true));
@@ -242,7 +269,7 @@ fn trim(
     });
     let mut n = 0;
     for event in old {
-        let inbox_rows = remove(conn, conv, direct.as_ref(), &event, index)?;
+        let inbox_rows = remove(conn, conv, direct.as_ref(), &event, gone)?;
         n += 1;
         budget.events -= 1;
         budget.inbox_rows = budget.inbox_rows.saturating_sub(inbox_rows);
@@ -260,7 +287,7 @@ fn remove(
     conv: &str,
     direct: Option<&[String; 2]>,
     event: &Old,
-    index: &mut Vec<IndexOp>,
+    gone: &mut Gone<'_>,
 ) -> rusqlite::Result<usize> {
     let seq = event.seq;
     conn.prepare_cached("DELETE FROM events WHERE conv = ?1 AND seq = ?2")?
@@ -272,12 +299,12 @@ fn remove(
             conn.prepare_cached("DELETE FROM search_rows WHERE row = ?1")?
                 .execute([row])?;
             if let Some(old) = event.body.clone() {
-                index.push(IndexOp::Remove { row, old });
+                gone.index.push(IndexOp::Remove { row, old });
             }
         }
-        // Attachments: once messages carry files, delete this message's file
-        // references here, in this transaction; the unreferenced-file sweep then
-        // removes the bytes.
+        // Its attachments: the uploads no other message carries go, and their
+        // bytes before the step commits.
+        gone.released.extend(files::detach(conn, conv, seq)?);
     }
     // Inbox rows of the event, but not a user's newest (it holds their useq counter).
     let keep_newest = "AND useq < (SELECT MAX(n.useq) FROM inbox n WHERE n.user = inbox.user)";
@@ -316,6 +343,11 @@ mod tests {
 
     use super::super::{Notify, SqliteStore};
 
+    /// No message in these tests carries a file: the steps never look here.
+    fn no_files() -> &'static Path {
+        Path::new("no-files-here")
+    }
+
     /// A store with these users, and a second connection to its file for the steps.
     fn setup(users: &[&str]) -> (tempfile::TempDir, SqliteStore, Connection) {
         let dir = tempfile::tempdir().unwrap();
@@ -327,7 +359,7 @@ mod tests {
         let config = StorageConfig {
             path: path.clone(),
             durability: Durability::Os,
-            retention_days: 0,
+            ..StorageConfig::default()
         };
         let store = SqliteStore::open(&config, Limits::default(), Notify::Off, None).unwrap();
         let conn = messenger_accounts::open_sqlite(&path).unwrap();
@@ -403,7 +435,7 @@ mod tests {
         assert_eq!(seqs(&conn, dm).len(), 14);
 
         // Budget 4: the four oldest go, and the conversation may hold more.
-        let first = step(&mut conn, 5_000, &Resume::Start, events(4), 10).unwrap();
+        let first = step(&mut conn, no_files(), 5_000, &Resume::Start, events(4), 10).unwrap();
         assert_eq!(first.removed, 4);
         assert_eq!(first.next, Some(Resume::At(dm.to_owned())));
         assert_eq!(seqs(&conn, dm), (5..=14).collect::<Vec<_>>());
@@ -411,6 +443,7 @@ mod tests {
         // The rest of the old prefix; ts = cutoff stays.
         let second = step(
             &mut conn,
+            no_files(),
             5_000,
             first.next.as_ref().unwrap(),
             events(100),
@@ -420,7 +453,15 @@ mod tests {
         assert_eq!(second.removed, 7, "messages 5..=10 and the reaction event");
         assert_eq!(second.next, None, "one conversation: the pass is complete");
         assert_eq!(seqs(&conn, dm), [12, 13, 14]);
-        let again = step(&mut conn, 5_000, &Resume::Start, events(100), 10).unwrap();
+        let again = step(
+            &mut conn,
+            no_files(),
+            5_000,
+            &Resume::Start,
+            events(100),
+            10,
+        )
+        .unwrap();
         assert_eq!(again.removed, 0);
 
         // What hung on the old messages went with them.
@@ -465,7 +506,7 @@ mod tests {
         let mut resume = Resume::Start;
         let mut steps = Vec::new();
         loop {
-            let done = step(&mut conn, 2_000, &resume, events(100), 2).unwrap();
+            let done = step(&mut conn, no_files(), 2_000, &resume, events(100), 2).unwrap();
             steps.push(done.removed);
             match done.next {
                 Some(next) => resume = next,
@@ -509,13 +550,14 @@ mod tests {
             events: 100,
             inbox_rows: 7,
         };
-        let first = step(&mut conn, 5_000, &Resume::Start, budget, 10).unwrap();
+        let first = step(&mut conn, no_files(), 5_000, &Resume::Start, budget, 10).unwrap();
         assert_eq!(first.removed, 2);
         assert_eq!(first.next, Some(Resume::At(conv.clone())));
         assert_eq!(seqs(&conn, &conv), [3, 4, 5, 6]);
         assert_eq!((rows_of(&conn, 1), rows_of(&conn, 2)), (0, 0));
         let rest = step(
             &mut conn,
+            no_files(),
             5_000,
             first.next.as_ref().unwrap(),
             events(100),
@@ -531,7 +573,15 @@ mod tests {
         let (_dir, mut store, mut conn) = setup(&["ann", "bob"]);
         let dm = "dm:ann:bob";
         send(&mut store, "ann", dm, 1_000, 2);
-        let done = step(&mut conn, 2_000, &Resume::Start, events(100), 10).unwrap();
+        let done = step(
+            &mut conn,
+            no_files(),
+            2_000,
+            &Resume::Start,
+            events(100),
+            10,
+        )
+        .unwrap();
         assert_eq!(done.removed, 2);
         let kept: Vec<(String, u64)> = conn
             .prepare("SELECT user, useq FROM inbox ORDER BY user")
@@ -565,7 +615,11 @@ mod tests {
 
     #[test]
     fn retention_is_off_at_zero_days() {
-        assert!(Retention::new(0).is_none());
-        assert_eq!(Retention::new(2).map(|r| r.keep_ms), Some(2 * DAY_MS));
+        let files = PathBuf::from("files");
+        assert!(Retention::new(0, files.clone()).is_none());
+        assert_eq!(
+            Retention::new(2, files).map(|r| r.keep_ms),
+            Some(2 * DAY_MS)
+        );
     }
 }

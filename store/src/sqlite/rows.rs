@@ -1,7 +1,9 @@
 //! Reading stored events back: a row of `events` or `inbox` as the event it
 //! was published as, and the byte budget that keeps a page under the reply limit.
 
-use messenger_protocol::wire::{Event, MemberAction, Reactions, ReceiptStatus, RequestId};
+use messenger_protocol::wire::{
+    Attachment, Event, MemberAction, Reactions, ReceiptStatus, RequestId,
+};
 use messenger_protocol::{ConvId, UserId};
 use rusqlite::Row;
 
@@ -25,7 +27,7 @@ pub(super) fn with_useq(mut event: Event, value: u64) -> Event {
 macro_rules! event_columns {
     () => {
         "e.ts, e.kind, e.sender, e.device, COALESCE(e.req_id, e.retired_req_id), \
-         e.body, e.action, e.target, e.ref_seq, e.edited_ts, e.deleted"
+         e.body, e.action, e.target, e.ref_seq, e.edited_ts, e.deleted, e.attachments"
     };
 }
 pub(super) use event_columns;
@@ -51,6 +53,7 @@ pub(super) fn event_from_row(
     let ref_seq: Option<u64> = r.get(at + 8)?;
     let edited: Option<u64> = r.get(at + 9)?;
     let deleted: Option<bool> = r.get(at + 10)?;
+    let attachments: Option<String> = r.get(at + 11)?;
     let (Ok(conv), Ok(from)) = (ConvId::parse(conv), UserId::parse(&sender)) else {
         return Ok(None);
     };
@@ -66,6 +69,7 @@ pub(super) fn event_from_row(
                 id,
                 body: body.unwrap_or_default(),
                 reply_to: ref_seq,
+                attachments: attachments_from_column(attachments.as_deref()),
                 edited,
                 deleted: deleted.unwrap_or(false),
                 reactions: Reactions::new(),
@@ -112,6 +116,22 @@ pub(super) fn event_from_row(
         }),
         _ => None,
     })
+}
+
+/// A message's `attachments` column (JSON) as the event carries it; a value that
+/// no longer decodes (a hand-edited file) shows none.
+fn attachments_from_column(column: Option<&str>) -> Vec<Attachment> {
+    column
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default()
+}
+
+/// A message's attachments as its `attachments` column keeps them (NULL for none).
+pub(super) fn attachments_column(attachments: &[Attachment]) -> Option<String> {
+    if attachments.is_empty() {
+        return None;
+    }
+    serde_json::to_string(attachments).ok()
 }
 
 pub(super) fn receipt_from_row(

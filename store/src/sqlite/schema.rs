@@ -158,6 +158,31 @@ UPDATE events SET text_row = (SELECT row FROM search_rows s WHERE s.conv = event
 WHERE kind = 'message';
 DROP INDEX search_rows_backfill;
 INSERT INTO message_text (rowid, body) SELECT text_row, body FROM events WHERE text_row IS NOT NULL;
+", "
+-- Files (POST /files). One row per upload, under a random id: the bytes are
+-- `<storage.files_path>/<sha256>`, shared by every upload of the same bytes, so
+-- the id a user holds says nothing about other users' uploads.
+CREATE TABLE uploads (
+    file       TEXT PRIMARY KEY,
+    uploader   TEXT NOT NULL,
+    sha256     TEXT NOT NULL,                -- hex; the name of the bytes on disk
+    size       INTEGER NOT NULL,
+    type       TEXT NOT NULL,                -- media type, as uploaded
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX uploads_by_sha ON uploads (sha256);
+CREATE INDEX uploads_by_age ON uploads (created_ms);
+-- Which messages carry which uploads: download permission, and a file goes with
+-- the last message that carries it.
+CREATE TABLE attachments (
+    file TEXT NOT NULL,
+    conv TEXT NOT NULL,
+    seq  INTEGER NOT NULL,
+    PRIMARY KEY (file, conv, seq)
+) WITHOUT ROWID;
+CREATE INDEX attachments_by_message ON attachments (conv, seq);
+-- message: its attachments as sent, JSON [{file,name,size,type}]; NULL once deleted.
+ALTER TABLE events ADD COLUMN attachments TEXT;
 "];
 
 #[cfg(test)]
@@ -220,7 +245,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = messenger_accounts::open_sqlite(&dir.path().join("m.db")).unwrap();
         messenger_accounts::migrate(&mut conn).unwrap();
-        let before = &MIGRATIONS[..MIGRATIONS.len() - 1];
+        let search = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE VIRTUAL TABLE message_text"))
+            .unwrap();
+        let before = &MIGRATIONS[..search];
         messenger_accounts::schema::migrate(&mut conn, "bridge", before).unwrap();
         conn.execute_batch(
             "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body) VALUES

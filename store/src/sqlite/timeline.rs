@@ -170,6 +170,8 @@ impl Ctx<'_> {
                 self.index_remove(row, old);
             }
         }
+        let released = super::files::detach(self.conn, &conv_s, target)?;
+        self.released.borrow_mut().extend(released);
         self.store_action(id, conv, Action::Delete, target, None)
     }
 

@@ -1,0 +1,415 @@
+//! Uploaded files: the record of each upload (`uploads`), the messages that
+//! carry them (`attachments`), and their bytes on disk.
+//!
+//! The bytes of an upload are `<files dir>/<sha256>`, shared by every upload of
+//! the same bytes; clients only ever see the upload's own random id, so holding
+//! one says nothing about what other users uploaded. The HTTP front (in the
+//! broker's process) writes the bytes and the upload's row through [`Catalog`]
+//! on its own connection to the shared SQLite file; the writer attaches uploads
+//! to messages (`send`) and lets go of them when a message is deleted: an
+//! upload no message carries any more goes with its last message, and the bytes
+//! go with the last upload of their hash.
+//!
+//! Ordering makes the bytes safe across processes: an upload inserts its row
+//! before it renames its bytes into place, and the writer removes bytes only
+//! inside its write transaction, after seeing no row with that hash; SQLite's
+//! single writer puts every insert either before that look (the bytes stay) or
+//! after the removal (the rename puts them back).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use messenger_protocol::wire::{
+    Attachment, AttachmentRef, ErrorCode, MAX_ATTACHMENTS, MAX_ATTACHMENT_NAME_CHARS,
+};
+use messenger_protocol::{ConvId, FileId, UserId};
+use rand::RngCore;
+use rusqlite::{params, Connection, OptionalExtension};
+use tracing::{info, warn};
+
+use crate::config::StorageConfig;
+use crate::{Failure, StoreError};
+
+/// The start of the name of an upload's bytes while they are being written.
+pub const TEMP_PREFIX: &str = ".upload-";
+
+/// What is known of one upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRecord {
+    /// Its id, chosen by the server.
+    pub file: FileId,
+    /// Who uploaded it.
+    pub uploader: UserId,
+    /// SHA-256 of the bytes, hex; the bytes' name on disk.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+    /// Media type, as uploaded.
+    pub media_type: String,
+    /// When it was stored, ms since the epoch.
+    pub created_ms: u64,
+}
+
+/// Uploads as the HTTP front sees them: where to write bytes, recording an
+/// upload, and who may read one. Blocking (SQLite, files); one connection.
+pub struct Catalog {
+    conn: Mutex<Connection>,
+    dir: PathBuf,
+}
+
+impl Catalog {
+    /// Opens the shared SQLite file (migrating it) and creates the files directory.
+    pub fn open(config: &StorageConfig) -> Result<Self, StoreError> {
+        let mut conn = messenger_accounts::open_sqlite(&config.path)?;
+        super::migrate(&mut conn)?;
+        let dir = config.files_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Io(dir.clone(), e))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            dir,
+        })
+    }
+
+    /// The files directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A fresh name in the files directory for an upload's bytes while they are written.
+    pub fn temp_path(&self) -> PathBuf {
+        let mut raw = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut raw);
+        self.dir.join(format!("{TEMP_PREFIX}{}", hex::encode(raw)))
+    }
+
+    /// Where the bytes of an upload live.
+    pub fn blob_path(&self, record: &UploadRecord) -> PathBuf {
+        blob_path(&self.dir, &record.sha256)
+    }
+
+    /// Records a complete upload whose bytes are at `temp` (written and synced)
+    /// and moves them to their content-hash name. On failure the bytes at
+    /// `temp` are left for the caller to remove.
+    pub fn keep(
+        &self,
+        temp: &Path,
+        uploader: &UserId,
+        sha256: &str,
+        size: u64,
+        media_type: &str,
+        now_ms: u64,
+    ) -> Result<UploadRecord, StoreError> {
+        let mut raw = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let file = FileId::parse(&hex::encode(raw)).expect("32 hex digits are a file id");
+        let record = UploadRecord {
+            file,
+            uploader: uploader.clone(),
+            sha256: sha256.to_owned(),
+            size,
+            media_type: media_type.to_owned(),
+            created_ms: now_ms,
+        };
+        let conn = self.lock();
+        conn.prepare_cached(
+            "INSERT INTO uploads (file, uploader, sha256, size, type, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            record.file.as_str(),
+            uploader.as_str(),
+            sha256,
+            size,
+            media_type,
+            now_ms
+        ])?;
+        let blob = self.blob_path(&record);
+        if let Err(err) = std::fs::rename(temp, &blob) {
+            // The row goes again; nothing refers to it yet.
+            let _ = conn.execute(
+                "DELETE FROM uploads WHERE file = ?1",
+                [record.file.as_str()],
+            );
+            return Err(StoreError::Io(blob, err));
+        }
+        Ok(record)
+    }
+
+    /// The upload `file` if `user` may read it: they uploaded it, or a message
+    /// that carries it lies in their read window of its conversation (as
+    /// `history` would show it to them). `None` otherwise, and when it does not exist.
+    pub fn readable(
+        &self,
+        user: &UserId,
+        file: &FileId,
+    ) -> Result<Option<UploadRecord>, StoreError> {
+        let conn = self.lock();
+        let found = conn
+            .prepare_cached(
+                "SELECT u.uploader, u.sha256, u.size, u.type, u.created_ms FROM uploads u
+                 WHERE u.file = ?1 AND (u.uploader = ?2 OR EXISTS (
+                     SELECT 1 FROM attachments a JOIN members m ON m.conv = a.conv AND m.user = ?2
+                     WHERE a.file = u.file AND a.seq >= m.joined_seq
+                       AND (m.left_seq IS NULL OR a.seq <= m.left_seq)))",
+            )?
+            .query_row(params![file.as_str(), user.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, u64>(4)?,
+                ))
+            })
+            .optional()?;
+        Ok(
+            found.and_then(|(uploader, sha256, size, media_type, created_ms)| {
+                Some(UploadRecord {
+                    file: file.clone(),
+                    uploader: UserId::parse(&uploader).ok()?,
+                    sha256,
+                    size,
+                    media_type,
+                    created_ms,
+                })
+            }),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The bytes of uploads with this hash.
+fn blob_path(dir: &Path, sha256: &str) -> PathBuf {
+    dir.join(sha256)
+}
+
+/// Checks a `send`'s attachments before anything is stored: at most
+/// [`MAX_ATTACHMENTS`], each named (1 to [`MAX_ATTACHMENT_NAME_CHARS`]
+/// characters, no control characters), no upload twice.
+pub(super) fn check_refs(refs: &[AttachmentRef]) -> Result<(), Failure> {
+    if refs.len() > MAX_ATTACHMENTS {
+        return Err(Failure::bad(format!(
+            "{} attachments are over the limit of {MAX_ATTACHMENTS}",
+            refs.len()
+        )));
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let chars = r.name.chars().count();
+        if chars == 0 || chars > MAX_ATTACHMENT_NAME_CHARS {
+            return Err(Failure::bad(format!(
+                "attachment name must be 1 to {MAX_ATTACHMENT_NAME_CHARS} characters, got {chars}"
+            )));
+        }
+        if r.name.chars().any(char::is_control) {
+            return Err(Failure::bad(
+                "attachment name must not contain control characters",
+            ));
+        }
+        if refs[..i].iter().any(|earlier| earlier.file == r.file) {
+            return Err(Failure::bad(format!("file {} is attached twice", r.file)));
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the sender's uploads to the message `(conv, seq)` being stored;
+/// returns them as the message carries them. An upload that does not exist or
+/// is someone else's is `bad_request`, with the same words either way.
+pub(super) fn attach(
+    conn: &Connection,
+    sender: &UserId,
+    conv: &ConvId,
+    seq: u64,
+    refs: &[AttachmentRef],
+) -> Result<Vec<Attachment>, Failure> {
+    let mut out = Vec::with_capacity(refs.len());
+    for r in refs {
+        let found: Option<(u64, String)> = conn
+            .prepare_cached("SELECT size, type FROM uploads WHERE file = ?1 AND uploader = ?2")?
+            .query_row(params![r.file.as_str(), sender.as_str()], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        let Some((size, media_type)) = found else {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("file {} is not an upload of yours", r.file),
+            ));
+        };
+        conn.prepare_cached("INSERT INTO attachments (file, conv, seq) VALUES (?1, ?2, ?3)")?
+            .execute(params![r.file.as_str(), conv.to_string(), seq])?;
+        out.push(Attachment {
+            file: r.file.clone(),
+            name: r.name.clone(),
+            size,
+            media_type,
+        });
+    }
+    Ok(out)
+}
+
+/// Lets go of the attachments of the message `(conv, seq)` (it is being
+/// deleted): the uploads no other message carries go too. Returns the hashes
+/// of the uploads that went, whose bytes [`remove_unused`] removes before the commit.
+pub(crate) fn detach(conn: &Connection, conv: &str, seq: u64) -> rusqlite::Result<Vec<String>> {
+    let files: Vec<String> = conn
+        .prepare_cached("SELECT file FROM attachments WHERE conv = ?1 AND seq = ?2")?
+        .query_map(params![conv, seq], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    conn.prepare_cached("DELETE FROM attachments WHERE conv = ?1 AND seq = ?2")?
+        .execute(params![conv, seq])?;
+    conn.prepare_cached("UPDATE events SET attachments = NULL WHERE conv = ?1 AND seq = ?2")?
+        .execute(params![conv, seq])?;
+    let mut gone = Vec::new();
+    for file in files {
+        let still_carried = conn
+            .prepare_cached("SELECT 1 FROM attachments WHERE file = ?1 LIMIT 1")?
+            .query_row([&file], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if still_carried {
+            continue;
+        }
+        let sha: Option<String> = conn
+            .prepare_cached("DELETE FROM uploads WHERE file = ?1 RETURNING sha256")?
+            .query_row([&file], |r| r.get(0))
+            .optional()?;
+        gone.extend(sha);
+    }
+    Ok(gone)
+}
+
+/// Removes the bytes of each hash no upload row names any more. Runs inside the
+/// write transaction, just before its commit (see the module's ordering note).
+/// A file that cannot be removed is logged and left for the sweep's next pass.
+pub(crate) fn remove_unused(
+    conn: &Connection,
+    dir: &Path,
+    hashes: &[String],
+) -> rusqlite::Result<()> {
+    for sha in hashes {
+        let used = conn
+            .prepare_cached("SELECT 1 FROM uploads WHERE sha256 = ?1 LIMIT 1")?
+            .query_row([sha], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if used || !is_hash(sha) {
+            continue;
+        }
+        match std::fs::remove_file(blob_path(dir, sha)) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => warn!(cause = %err, %sha, "cannot remove a file's bytes"),
+        }
+    }
+    Ok(())
+}
+
+/// The uploads no message carries that are older than `cutoff_ms`: their rows
+/// go, and the hashes of their bytes are returned for [`remove_unused`].
+pub(super) fn unreferenced(conn: &Connection, cutoff_ms: u64) -> rusqlite::Result<Vec<String>> {
+    let gone: Vec<String> = conn
+        .prepare_cached(
+            "DELETE FROM uploads WHERE created_ms < ?1
+               AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.file = uploads.file)
+             RETURNING sha256",
+        )?
+        .query_map([cutoff_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if !gone.is_empty() {
+        info!(uploads = gone.len(), "removed uploads no message carries");
+    }
+    Ok(gone)
+}
+
+/// Removes what an interrupted process left in the files directory: partial
+/// uploads older than `age`, and bytes no upload row names (a crash between a
+/// removal and its commit, or files put there by hand) older than `age`.
+pub(super) fn sweep_directory(
+    conn: &Connection,
+    dir: &Path,
+    age: Duration,
+) -> rusqlite::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let cutoff = SystemTime::now().checked_sub(age);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| cutoff.is_some_and(|c| modified < c));
+        if !old {
+            continue;
+        }
+        let stray = if name.starts_with(TEMP_PREFIX) {
+            true
+        } else if is_hash(name) {
+            conn.prepare_cached("SELECT 1 FROM uploads WHERE sha256 = ?1 LIMIT 1")?
+                .query_row([name], |_| Ok(()))
+                .optional()?
+                .is_none()
+        } else {
+            false
+        };
+        if stray {
+            if let Err(err) = std::fs::remove_file(entry.path()) {
+                warn!(cause = %err, file = %name, "cannot remove a stray file");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `s` is a SHA-256 in lowercase hex (the only names of bytes on disk).
+fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(file: &str, name: &str) -> AttachmentRef {
+        AttachmentRef {
+            file: FileId::parse(file).unwrap(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn attachment_refs_are_checked_before_anything_is_stored() {
+        assert!(check_refs(&[]).is_ok());
+        let ten: Vec<_> = (0..10).map(|i| r(&format!("f{i}"), "n")).collect();
+        assert!(check_refs(&ten).is_ok());
+        let eleven: Vec<_> = (0..11).map(|i| r(&format!("f{i}"), "n")).collect();
+        for bad in [
+            eleven,
+            vec![r("a", "")],
+            vec![r("a", &"x".repeat(MAX_ATTACHMENT_NAME_CHARS + 1))],
+            vec![r("a", "tab\there")],
+            vec![r("a", "one"), r("a", "two")],
+        ] {
+            let err = check_refs(&bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{bad:?}");
+        }
+        assert!(check_refs(&[r("a", &"é".repeat(MAX_ATTACHMENT_NAME_CHARS))]).is_ok());
+    }
+
+    #[test]
+    fn only_lowercase_sha256_hex_names_bytes() {
+        assert!(is_hash(&"ab".repeat(32)));
+        assert!(!is_hash(&"AB".repeat(32)));
+        assert!(!is_hash("abc"));
+        assert!(!is_hash(&format!(".upload-{}", "a".repeat(56))));
+    }
+}

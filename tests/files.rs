@@ -1,0 +1,849 @@
+//! Files end to end through the real binary (issue 13, files): `POST /files` and
+//! `GET /files/<file>` on the web listener, `send` with attachments, downloads by
+//! members only, a file's bytes going with the last message that carries it, the
+//! sweep of uploads no message carries, and every refusal changing nothing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use messenger_client::{Client, ClientConfig, ClientError, ClientEvent, EventStream, WebFiles};
+use messenger_protocol::wire::{AttachmentRef, ErrorCode, Uploaded};
+use messenger_protocol::{ConvId, FileId};
+use rand::RngCore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::process::{free_addr, free_addr_below_ephemeral, Messenger, Server};
+use crate::util::{did, uid, PATIENCE};
+
+/// A server with alice, bob and carol (password `pw`), `env` besides.
+async fn server_with(env: &[(&str, &str)]) -> (Messenger, Server) {
+    let messenger = Messenger::new();
+    for user in ["alice", "bob", "carol"] {
+        messenger
+            .run(&["user", "add", user, "--password", "pw"])
+            .await
+            .ok();
+    }
+    let mut server = messenger.spawn_role(
+        "serve",
+        free_addr_below_ephemeral(),
+        free_addr(),
+        free_addr(),
+        env,
+    );
+    server.wait_until_accepting().await;
+    // The web listener comes up just after the MQTT listener.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while TcpStream::connect(server.ws).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the web listener did not come up:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (messenger, server)
+}
+
+/// The files directory (the default: `files` beside the database).
+fn files_dir(messenger: &Messenger) -> PathBuf {
+    messenger.dir().join("data").join("files")
+}
+
+/// The names in the files directory.
+fn stored(messenger: &Messenger) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(files_dir(messenger))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Waits until the files directory's names satisfy `done`.
+async fn wait_for_files(messenger: &Messenger, what: &str, done: impl Fn(&[String]) -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let names = stored(messenger);
+        if done(&names) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the files directory holds {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn device(server: &Server, user: &str, device: &str) -> (Client, EventStream) {
+    let mut config = ClientConfig::new(server.mqtt.to_string(), uid(user), did(device), "pw");
+    config.request_timeout = PATIENCE * 3;
+    Client::connect(config).await.expect("connect")
+}
+
+fn web(server: &Server, user: &str, secret: &str) -> WebFiles {
+    WebFiles {
+        web: server.ws.to_string(),
+        user: uid(user),
+        secret: secret.to_owned(),
+    }
+}
+
+fn dm(a: &str, b: &str) -> ConvId {
+    ConvId::direct(&uid(a), &uid(b)).expect("dm")
+}
+
+/// `n` random bytes written to a file in `dir`.
+fn random_file(dir: &Path, name: &str, n: usize) -> (PathBuf, Vec<u8>) {
+    let mut bytes = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let path = dir.join(name);
+    std::fs::write(&path, &bytes).expect("write");
+    (path, bytes)
+}
+
+async fn upload(web: &WebFiles, path: &Path) -> Uploaded {
+    web.upload(path, "application/x-test")
+        .await
+        .unwrap_or_else(|err| panic!("upload {}: {err}", path.display()))
+}
+
+fn attach(uploaded: &Uploaded, name: &str) -> Vec<AttachmentRef> {
+    vec![AttachmentRef {
+        file: uploaded.file.clone(),
+        name: name.to_owned(),
+    }]
+}
+
+/// The server's refusal code of a failed call.
+fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Server { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// The HTTP status of a failed transfer.
+fn status<T: std::fmt::Debug>(result: Result<T, ClientError>) -> u16 {
+    match result {
+        Err(ClientError::Http { status, .. }) => status,
+        other => panic!("expected an HTTP error, got {other:?}"),
+    }
+}
+
+/// One raw HTTP/1.1 exchange (`Connection: close`): status, head and body.
+async fn raw_http(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("{head}Host: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("write head");
+    // The server may answer (and close) before it has read a refused body.
+    let _ = tcp.write_all(body).await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer within patience")
+        .expect("read");
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&answer)));
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, head, answer[split + 4..].to_vec())
+}
+
+/// The HTTP Basic header value of `user:password`.
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_downloads_the_bytes_sent_and_another_device_sees_them_after_sync() {
+    let (messenger, server) = server_with(&[]).await;
+    let (alice, _alice_events) = device(&server, "alice", "phone").await;
+    let (_bob, mut bob_events) = device(&server, "bob", "phone").await;
+    let (path, bytes) = random_file(messenger.dir(), "photo.bin", 300 * 1024 + 7);
+
+    let uploaded = upload(&web(&server, "alice", "pw"), &path).await;
+    assert_eq!(uploaded.size, bytes.len() as u64);
+    assert_eq!(uploaded.media_type, "application/x-test");
+    assert_eq!(uploaded.sha256.len(), 64);
+    assert_ne!(
+        uploaded.file.as_str(),
+        uploaded.sha256,
+        "the id is not the hash"
+    );
+    assert_eq!(
+        stored(&messenger),
+        std::slice::from_ref(&uploaded.sha256),
+        "the bytes under their hash, nothing else"
+    );
+
+    let conv = dm("alice", "bob");
+    let ack = alice
+        .send_files(&conv, "", attach(&uploaded, "photo.bin"))
+        .await
+        .expect("sent");
+    let seen = crate::util::server::expect(&mut bob_events, |e| match e {
+        ClientEvent::Message(m) if m.seq == ack.seq => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(seen.body, "");
+    assert_eq!(seen.attachments.len(), 1);
+    let carried = &seen.attachments[0];
+    assert_eq!(
+        (
+            &carried.file,
+            carried.name.as_str(),
+            carried.size,
+            carried.media_type.as_str()
+        ),
+        (
+            &uploaded.file,
+            "photo.bin",
+            bytes.len() as u64,
+            "application/x-test"
+        )
+    );
+
+    // bob downloads with his password, then with a device token.
+    let out = messenger.dir().join("bob-copy");
+    let n = web(&server, "bob", "pw")
+        .download(&carried.file, &out)
+        .await
+        .expect("download");
+    assert_eq!(n, bytes.len() as u64);
+    assert_eq!(std::fs::read(&out).expect("read"), bytes);
+    let token = messenger
+        .run(&["user", "token", "bob", "--device", "tablet"])
+        .await
+        .ok();
+    let token = token
+        .split_whitespace()
+        .find(|w| w.starts_with("mtk_"))
+        .unwrap_or_else(|| panic!("no token in {token:?}"))
+        .to_owned();
+    let out2 = messenger.dir().join("bob-copy-2");
+    web(&server, "bob", &token)
+        .download(&carried.file, &out2)
+        .await
+        .expect("download with a token");
+    assert_eq!(std::fs::read(&out2).expect("read"), bytes);
+    // The answer's headers: the type as uploaded, never sniffed.
+    let (code, head, body) = raw_http(
+        server.ws,
+        &format!(
+            "GET /files/{} HTTP/1.1\r\nAuthorization: {}\r\n",
+            carried.file,
+            basic("bob", "pw")
+        ),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: application/x-test"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert_eq!(body, bytes);
+
+    // alice's second device sees the attachment after its sync, and in history.
+    let (laptop, mut laptop_events) = device(&server, "alice", "laptop").await;
+    let synced = crate::util::server::expect(&mut laptop_events, |e| match e {
+        ClientEvent::Message(m) if m.seq == ack.seq => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(synced.attachments, seen.attachments);
+    let page = laptop.history(&conv, None, 10).await.expect("history");
+    let in_history = page
+        .events
+        .iter()
+        .find_map(|e| match e {
+            messenger_client::HistoryItem::Message(m) if m.seq == ack.seq => Some(m),
+            _ => None,
+        })
+        .expect("the message in history");
+    assert_eq!(in_history.attachments, seen.attachments);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_a_file_and_downloads_it() {
+    let (messenger, server) = server_with(&[]).await;
+    let (_path, bytes) = random_file(messenger.dir(), "notes.txt", 2000);
+    let broker = server.mqtt.to_string();
+    let webaddr = server.ws.to_string();
+    let state = messenger.dir().join("state").display().to_string();
+    let account = |user: &'static str| -> Vec<String> {
+        [
+            "--user",
+            user,
+            "--password",
+            "pw",
+            "--broker",
+            &broker,
+            "--web",
+            &webaddr,
+            "--state-dir",
+            &state,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let mut args: Vec<String> = ["send", "bob", "here you go", "--file", "notes.txt"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.extend(account("alice"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sent = messenger.run(&refs).await.ok();
+    assert!(sent.starts_with("sent to dm:alice:bob: seq 1"), "{sent}");
+
+    let mut args: Vec<String> = ["history", "alice"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.extend(account("bob"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let history = messenger.run(&refs).await.ok();
+    assert!(
+        history.contains("here you go") && history.contains("notes.txt (2.0 KiB, file "),
+        "{history}"
+    );
+    let file = history
+        .split("file ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the file id in the history line")
+        .to_owned();
+
+    let mut args: Vec<String> = ["download", file.as_str(), "-o", "copy.txt"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.extend(account("bob"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let saved = messenger.run(&refs).await.ok();
+    assert!(saved.contains("(2000 bytes)"), "{saved}");
+    assert_eq!(
+        std::fs::read(messenger.dir().join("copy.txt")).expect("read"),
+        bytes
+    );
+
+    // carol is no member: the same refusal as for a file that does not exist.
+    let mut args: Vec<String> = ["download", file.as_str(), "-o", "carol.txt"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.extend(account("carol"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = messenger.run(&refs).await.failed();
+    assert!(refused.contains("404"), "{refused}");
+    assert!(!messenger.dir().join("carol.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_over_the_limit_gets_413_and_leaves_nothing() {
+    let (messenger, server) = server_with(&[("MESSENGER_LIMITS__MAX_FILE_BYTES", "1000")]).await;
+    let auth = basic("alice", "pw");
+    // Declared too large: refused before the body is read.
+    let (code, _, body) = raw_http(
+        server.ws,
+        &format!("POST /files HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Length: 5000\r\n"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 413, "{}", String::from_utf8_lossy(&body));
+    // Chunked, no length: refused once the count passes the limit.
+    let mut chunked = Vec::new();
+    for _ in 0..3 {
+        chunked.extend_from_slice(b"258\r\n");
+        chunked.extend(std::iter::repeat_n(b'x', 0x258));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (code, _, _) = raw_http(
+        server.ws,
+        &format!("POST /files HTTP/1.1\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n"),
+        &chunked,
+    )
+    .await;
+    assert_eq!(code, 413);
+    // At the limit is fine: the limit is what it says.
+    let (code, _, body) = raw_http(
+        server.ws,
+        &format!("POST /files HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Length: 1000\r\n"),
+        &[7u8; 1000],
+    )
+    .await;
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let kept: Uploaded = serde_json::from_slice(&body).expect("201 JSON");
+    wait_for_files(&messenger, "only the upload at the limit", |names| {
+        names == [kept.sha256.clone()]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_without_valid_credentials_get_401() {
+    let (messenger, server) = server_with(&[]).await;
+    let bad_token = format!("Bearer mtk_{}", "0".repeat(64));
+    for (what, auth) in [
+        ("no credentials", None),
+        ("a wrong password", Some(basic("alice", "nope"))),
+        ("an unknown user", Some(basic("zed", "pw"))),
+        ("a bad token", Some(bad_token.clone())),
+        ("a malformed header", Some("Basic !!!".to_owned())),
+    ] {
+        let head = match &auth {
+            Some(auth) => {
+                format!("POST /files HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Length: 5\r\n")
+            }
+            None => "POST /files HTTP/1.1\r\nContent-Length: 5\r\n".to_owned(),
+        };
+        let (code, head, _) = raw_http(server.ws, &head, b"hello").await;
+        assert_eq!(code, 401, "{what}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: basic"),
+            "{what}: {head}"
+        );
+    }
+    // The client library says the same.
+    let (path, _) = random_file(messenger.dir(), "f", 10);
+    assert_eq!(
+        status(
+            web(&server, "alice", "wrong")
+                .upload(&path, "text/plain")
+                .await
+        ),
+        401
+    );
+    assert!(stored(&messenger).is_empty(), "{:?}", stored(&messenger));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_by_a_non_member_is_the_404_of_a_missing_file() {
+    let (messenger, server) = server_with(&[]).await;
+    let (alice, _) = device(&server, "alice", "phone").await;
+    let (path, _) = random_file(messenger.dir(), "secret.bin", 4096);
+    let uploaded = upload(&web(&server, "alice", "pw"), &path).await;
+    alice
+        .send_files(
+            &dm("alice", "bob"),
+            "for bob",
+            attach(&uploaded, "secret.bin"),
+        )
+        .await
+        .expect("sent");
+    // carol uploads the very same bytes: her own upload, under its own id.
+    let hers = upload(&web(&server, "carol", "pw"), &path).await;
+    assert_ne!(hers.file, uploaded.file);
+    assert_eq!(hers.sha256, uploaded.sha256);
+
+    let get = |file: String, user: &'static str| {
+        let addr = server.ws;
+        async move {
+            raw_http(
+                addr,
+                &format!(
+                    "GET /files/{file} HTTP/1.1\r\nAuthorization: {}\r\n",
+                    basic(user, "pw")
+                ),
+                b"",
+            )
+            .await
+        }
+    };
+    let (code, _, _) = get(uploaded.file.to_string(), "bob").await;
+    assert_eq!(code, 200, "bob is a member");
+    let forbidden = get(uploaded.file.to_string(), "carol").await;
+    let missing = get("0123456789abcdef0123456789abcdef".to_owned(), "carol").await;
+    let malformed = get("not.an.id".to_owned(), "carol").await;
+    assert_eq!(forbidden.0, 404);
+    for other in [&missing, &malformed] {
+        assert_eq!(
+            (other.0, &other.2),
+            (forbidden.0, &forbidden.2),
+            "the same answer"
+        );
+    }
+    // bob may not read carol's upload of the same bytes, nor carol alice's.
+    assert_eq!(get(hers.file.to_string(), "bob").await.0, 404);
+    let out = messenger.dir().join("x");
+    assert_eq!(
+        status(
+            web(&server, "carol", "pw")
+                .download(&uploaded.file, &out)
+                .await
+        ),
+        404
+    );
+    assert!(!out.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_a_file_uploaded_by_someone_else_is_refused_and_stores_nothing() {
+    let (messenger, server) = server_with(&[]).await;
+    let (alice, _) = device(&server, "alice", "phone").await;
+    let (path, _) = random_file(messenger.dir(), "b.bin", 100);
+    let bobs = upload(&web(&server, "bob", "pw"), &path).await;
+    let conv = dm("alice", "bob");
+    assert_eq!(
+        code(
+            alice
+                .send_files(&conv, "look", attach(&bobs, "b.bin"))
+                .await
+        ),
+        ErrorCode::BadRequest
+    );
+    let unknown = Uploaded {
+        file: FileId::parse("0123456789abcdef0123456789abcdef").expect("id"),
+        ..bobs.clone()
+    };
+    assert_eq!(
+        code(alice.send_files(&conv, "look", attach(&unknown, "x")).await),
+        ErrorCode::BadRequest
+    );
+    let page = alice.history(&conv, None, 10).await;
+    assert!(
+        page.is_err() || page.as_ref().is_ok_and(|p| p.events.is_empty()),
+        "nothing stored: {page:?}"
+    );
+    // The next message takes seq 1: the refusals used none.
+    assert_eq!(alice.send(&conv, "hi").await.expect("sent").seq, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_ten_attachments_are_refused() {
+    let (messenger, server) = server_with(&[]).await;
+    let (alice, _) = device(&server, "alice", "phone").await;
+    let web = web(&server, "alice", "pw");
+    let mut refs = Vec::new();
+    for i in 0..11 {
+        let (path, _) = random_file(messenger.dir(), &format!("f{i}"), 10);
+        refs.extend(attach(&upload(&web, &path).await, &format!("f{i}")));
+    }
+    let conv = dm("alice", "bob");
+    assert_eq!(
+        code(alice.send_files(&conv, "", refs.clone()).await),
+        ErrorCode::BadRequest
+    );
+    // Ten go.
+    refs.truncate(10);
+    let ack = alice
+        .send_files(&conv, "", refs)
+        .await
+        .expect("ten attachments");
+    assert_eq!(ack.seq, 1, "the refusal stored nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_upload_leaves_nothing_behind() {
+    let (messenger, server) = server_with(&[]).await;
+    let mut tcp = TcpStream::connect(server.ws).await.expect("connect");
+    let head = format!(
+        "POST /files HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Length: 1000000\r\n\r\n",
+        server.ws,
+        basic("alice", "pw")
+    );
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    tcp.write_all(&[1u8; 400_000])
+        .await
+        .expect("part of the body");
+    // The partial upload is on disk while the body comes...
+    wait_for_files(&messenger, "a partial upload", |names| {
+        names.len() == 1 && names[0].starts_with(".upload-")
+    })
+    .await;
+    // ...and gone once the connection drops mid-body.
+    drop(tcp);
+    wait_for_files(&messenger, "nothing after the cut", <[String]>::is_empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_goes_with_the_last_message_that_carries_it() {
+    let (messenger, server) = server_with(&[]).await;
+    let (alice, _) = device(&server, "alice", "phone").await;
+    let (path, _) = random_file(messenger.dir(), "a.bin", 5000);
+    let uploaded = upload(&web(&server, "alice", "pw"), &path).await;
+    let conv = dm("alice", "bob");
+    let first = alice
+        .send_files(&conv, "one", attach(&uploaded, "a.bin"))
+        .await
+        .expect("sent");
+    let second = alice
+        .send_files(&conv, "again", attach(&uploaded, "a.bin"))
+        .await
+        .expect("sent");
+    let bob_web = web(&server, "bob", "pw");
+
+    alice.delete(&conv, first.seq).await.expect("deleted");
+    let out = messenger.dir().join("still");
+    bob_web
+        .download(&uploaded.file, &out)
+        .await
+        .expect("the second message still carries it");
+    assert_eq!(stored(&messenger), std::slice::from_ref(&uploaded.sha256));
+
+    alice.delete(&conv, second.seq).await.expect("deleted");
+    assert!(
+        stored(&messenger).is_empty(),
+        "the bytes go with the last message: {:?}",
+        stored(&messenger)
+    );
+    let gone = messenger.dir().join("gone");
+    assert_eq!(status(bob_web.download(&uploaded.file, &gone).await), 404);
+    assert_eq!(
+        status(
+            web(&server, "alice", "pw")
+                .download(&uploaded.file, &gone)
+                .await
+        ),
+        404,
+        "not even to its uploader"
+    );
+    let page = alice.history(&conv, None, 10).await.expect("history");
+    for event in &page.events {
+        if let messenger_client::HistoryItem::Message(m) = event {
+            assert!(m.deleted && m.attachments.is_empty(), "{m:?}");
+        }
+    }
+
+    // `user remove --erase` lets go of the files of the messages it erases.
+    let (path, _) = random_file(messenger.dir(), "c.bin", 3000);
+    let carols = upload(&web(&server, "carol", "pw"), &path).await;
+    let (carol, _) = device(&server, "carol", "phone").await;
+    carol
+        .send_files(&dm("bob", "carol"), "bye", attach(&carols, "c.bin"))
+        .await
+        .expect("sent");
+    assert_eq!(stored(&messenger), std::slice::from_ref(&carols.sha256));
+    messenger
+        .run(&["user", "remove", "carol", "--erase"])
+        .await
+        .ok();
+    assert!(stored(&messenger).is_empty(), "{:?}", stored(&messenger));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_no_message_carries_are_swept() {
+    let (messenger, server) =
+        server_with(&[("MESSENGER_STORAGE__UNREFERENCED_FILE_SECS", "1")]).await;
+    let (alice, _) = device(&server, "alice", "phone").await;
+    let alice_web = web(&server, "alice", "pw");
+    let (kept_path, _) = random_file(messenger.dir(), "kept.bin", 100);
+    let (lone_path, _) = random_file(messenger.dir(), "lone.bin", 100);
+    let kept = upload(&alice_web, &kept_path).await;
+    let lone = upload(&alice_web, &lone_path).await;
+    alice
+        .send_files(&dm("alice", "bob"), "", attach(&kept, "kept.bin"))
+        .await
+        .expect("sent");
+    wait_for_files(&messenger, "the unsent upload swept", |names| {
+        names == [kept.sha256.clone()]
+    })
+    .await;
+    let out = messenger.dir().join("lone-copy");
+    assert_eq!(status(alice_web.download(&lone.file, &out).await), 404);
+    let out = messenger.dir().join("kept-copy");
+    web(&server, "bob", "pw")
+        .download(&kept.file, &out)
+        .await
+        .expect("a file a message carries stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_over_http_count_in_the_sign_in_throttle() {
+    let (_messenger, server) = server_with(&[
+        ("MESSENGER_BROKER__SIGN_IN_FREE_FAILURES", "2"),
+        ("MESSENGER_BROKER__SIGN_IN_BACKOFF_MS", "60000"),
+        ("MESSENGER_BROKER__SIGN_IN_FAILURE_DELAY_MS", "10"),
+    ])
+    .await;
+    let head = |password: &str| {
+        format!(
+            "POST /files HTTP/1.1\r\nAuthorization: {}\r\nContent-Length: 1\r\n",
+            basic("alice", password)
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(raw_http(server.ws, &head("guess"), b"x").await.0, 401);
+    }
+    // alice is locked out, over HTTP and MQTT alike, even with her password...
+    assert_eq!(raw_http(server.ws, &head("pw"), b"x").await.0, 401);
+    let config = ClientConfig::new(server.mqtt.to_string(), uid("alice"), did("phone"), "pw");
+    assert!(
+        matches!(
+            Client::connect(config).await,
+            Err(ClientError::Refused(
+                messenger_client::RefusalCode::BadCredentials
+            ))
+        ),
+        "MQTT sign-in refused while throttled"
+    );
+    // ...and bob is not.
+    let (code, _, body) = raw_http(
+        server.ws,
+        &format!(
+            "POST /files HTTP/1.1\r\nAuthorization: {}\r\nContent-Length: 1\r\n",
+            basic("bob", "pw")
+        ),
+        b"x",
+    )
+    .await;
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_requests_on_the_web_listener_get_404() {
+    let (_messenger, server) = server_with(&[]).await;
+    let auth = basic("alice", "pw");
+    for head in [
+        "GET / HTTP/1.1\r\n".to_owned(),
+        "GET /index.html HTTP/1.1\r\n".to_owned(),
+        format!("GET /files HTTP/1.1\r\nAuthorization: {auth}\r\n"),
+        format!("PUT /files/0123 HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n"),
+        format!("POST /files/0123 HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n"),
+    ] {
+        assert_eq!(raw_http(server.ws, &head, b"").await.0, 404, "{head}");
+    }
+    // MQTT over WebSocket still works on any path.
+    let device = server.device(crate::util::Transport::Ws, "alice:phone", "pw");
+    device.connect().await.expect("MQTT over WebSocket");
+}
+
+/// `messenger broker` and `messenger bridge` as two processes on one data
+/// file: the broker's web listener records the upload, the bridge validates the
+/// attachment and, on deletion, removes the bytes the broker wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_shared_by_a_broker_and_a_bridge_in_separate_processes() {
+    let messenger = Messenger::new();
+    for user in ["alice", "bob"] {
+        messenger
+            .run(&["user", "add", user, "--password", "pw"])
+            .await
+            .ok();
+    }
+    let (mqtt, ws) = (free_addr_below_ephemeral(), free_addr());
+    let service = [("MESSENGER_BRIDGE__PASSWORD", "svc-secret")];
+    let mut broker = messenger.spawn_role("broker", mqtt, ws, free_addr(), &service);
+    broker.wait_until_accepting().await;
+    let bridge = messenger.spawn_role("bridge", mqtt, free_addr(), free_addr(), &service);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let ready = match TcpStream::connect(bridge.admin).await {
+            Ok(_) => {
+                raw_http(bridge.admin, "GET /readyz HTTP/1.1\r\n", b"")
+                    .await
+                    .0
+                    == 200
+            }
+            Err(_) => false,
+        };
+        if ready && TcpStream::connect(ws).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready:\n{}\n{}",
+            broker.log(),
+            bridge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (alice, _) = device(&broker, "alice", "phone").await;
+    let (path, bytes) = random_file(messenger.dir(), "shared.bin", 70_000);
+    let uploaded = upload(&web(&broker, "alice", "pw"), &path).await;
+    let conv = dm("alice", "bob");
+    let ack = alice
+        .send_files(&conv, "from two processes", attach(&uploaded, "shared.bin"))
+        .await
+        .expect("the bridge sees the broker's upload");
+    let out = messenger.dir().join("copy");
+    web(&broker, "bob", "pw")
+        .download(&uploaded.file, &out)
+        .await
+        .expect("the broker sees the bridge's message");
+    assert_eq!(std::fs::read(&out).expect("read"), bytes);
+
+    alice.delete(&conv, ack.seq).await.expect("deleted");
+    assert!(
+        stored(&messenger).is_empty(),
+        "the bridge removed the bytes: {:?}",
+        stored(&messenger)
+    );
+}
+
+/// `chat`'s `/file PATH` uploads the file and sends it; the other user sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_sends_a_file_with_slash_file() {
+    let (messenger, server) = server_with(&[]).await;
+    random_file(messenger.dir(), "plan.pdf", 3000);
+    let typed = messenger.dir().join("typed.txt");
+    std::fs::write(&typed, "the plan:\n/file plan.pdf\n/file missing.pdf\n").expect("input");
+    let (broker, webaddr) = (server.mqtt.to_string(), server.ws.to_string());
+    let state = messenger.dir().join("state").display().to_string();
+    let mut cmd = messenger.command(&[
+        "chat",
+        "bob",
+        "--user",
+        "alice",
+        "--password",
+        "pw",
+        "--broker",
+        &broker,
+        "--web",
+        &webaddr,
+        "--state-dir",
+        &state,
+    ]);
+    cmd.stdin(std::fs::File::open(&typed).expect("input"));
+    let outcome = messenger.run_command(cmd).await;
+    assert!(outcome.status.success(), "{outcome:#?}");
+    assert!(
+        outcome.stdout.contains("(sent plan.pdf as #2)"),
+        "{outcome:#?}"
+    );
+    assert!(
+        outcome.stderr.contains("missing.pdf"),
+        "a file that is not there is reported: {outcome:#?}"
+    );
+    let (bob, _) = device(&server, "bob", "phone").await;
+    let page = bob
+        .history(&dm("alice", "bob"), None, 10)
+        .await
+        .expect("history");
+    let files: Vec<(String, u64, String)> = page
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            messenger_client::HistoryItem::Message(m) => Some(m),
+            _ => None,
+        })
+        .flat_map(|m| m.attachments.clone())
+        .map(|a| (a.name, a.size, a.media_type))
+        .collect();
+    assert_eq!(
+        files,
+        [("plan.pdf".to_owned(), 3000, "application/pdf".to_owned())]
+    );
+}
