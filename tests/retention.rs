@@ -1,12 +1,14 @@
 //! `storage.retention_days` end to end: messages aged in the SQLite file while
 //! the server is down are removed after a restart with retention on, while
 //! newer ones stay, sends keep being acked and a sync from the start delivers
-//! what remains; bad values exit 64 naming the key.
+//! what remains; an old message's file goes with it; bad values exit 64 naming
+//! the key.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use messenger_client::{Client, HistoryItem};
+use messenger_client::{Client, HistoryItem, WebFiles};
+use messenger_protocol::wire::AttachmentRef;
 use messenger_protocol::ConvId;
 
 use crate::util::client::GRANTED;
@@ -118,6 +120,115 @@ async fn old_messages_go_new_ones_stay_and_sends_go_on() {
         .filter_map(|e| e["seq"].as_u64())
         .collect();
     assert_eq!(seqs, (5..=6 + sent).collect::<Vec<_>>(), "{sync}");
+}
+
+/// Waits until the web listener (up just after the MQTT listener) accepts.
+async fn wait_for_web(server: &Server) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(server.ws).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the web listener did not come up:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The names in the files directory (the default: `files` beside the database).
+fn stored_files(m: &Messenger) -> BTreeSet<String> {
+    std::fs::read_dir(m.dir().join("data").join("files"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_message_takes_its_file_with_it() {
+    let m = Messenger::new();
+    for user in ["ann", "bob"] {
+        m.run(&["user", "add", user, "--password", "pw"]).await.ok();
+    }
+    let conv = ConvId::direct(&uid("ann"), &uid("bob")).expect("dm");
+    let mut server = m.serve().await;
+    wait_for_web(&server).await;
+    let web = WebFiles {
+        web: server.ws.to_string(),
+        user: uid("ann"),
+        secret: "pw".to_owned(),
+    };
+    let ann = device(&server, "ann").await;
+    let mut uploads = Vec::new();
+    for (seq, bytes) in [(1u64, "old bytes"), (2, "new bytes")] {
+        let path = m.dir().join(format!("upload-{seq}.txt"));
+        std::fs::write(&path, bytes).expect("write the upload");
+        let uploaded = web.upload(&path, "text/plain").await.expect("uploaded");
+        let ack = ann
+            .send_files(
+                &conv,
+                "",
+                vec![AttachmentRef {
+                    file: uploaded.file.clone(),
+                    name: format!("{seq}.txt"),
+                }],
+            )
+            .await
+            .expect("acked");
+        assert_eq!(ack.seq, seq);
+        uploads.push(uploaded);
+    }
+    let both: BTreeSet<String> = uploads.iter().map(|u| u.sha256.clone()).collect();
+    assert_eq!(stored_files(&m), both);
+    drop(ann);
+    server.terminate();
+    assert!(server.exit_status(PATIENCE).await.success());
+
+    // The first message is three days old now.
+    let db = m.db();
+    let aged = tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open(db).expect("open the database");
+        conn.execute("UPDATE events SET ts = ts - ?1 WHERE seq = 1", [3 * DAY_MS])
+            .expect("ageing")
+    })
+    .await
+    .expect("join");
+    assert_eq!(aged, 1);
+
+    let retention = [("MESSENGER_STORAGE__RETENTION_DAYS", "1")];
+    let mut server = m.spawn_role("serve", server.mqtt, server.ws, free_addr(), &retention);
+    server.wait_until_accepting().await;
+    let ann = device(&server, "ann").await;
+    let kept: BTreeSet<String> = [uploads[1].sha256.clone()].into();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !(history(&ann, &conv).await == BTreeSet::from([2]) && stored_files(&m) == kept) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old message or its file is still there: {:?}, {:?}\n{}",
+            history(&ann, &conv).await,
+            stored_files(&m),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_web(&server).await;
+    let web = WebFiles {
+        web: server.ws.to_string(),
+        user: uid("ann"),
+        secret: "pw".to_owned(),
+    };
+    let dest = m.dir().join("downloaded");
+    assert!(
+        web.download(&uploads[0].file, &dest).await.is_err(),
+        "the old upload is gone for its uploader too"
+    );
+    assert_eq!(
+        web.download(&uploads[1].file, &dest).await.expect("kept"),
+        9
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
