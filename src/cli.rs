@@ -225,9 +225,16 @@ pub(crate) struct Account {
     /// Device id of this command line.
     #[arg(long, default_value = "cli")]
     pub(crate) device: String,
-    /// Broker address, host:port (default: the configuration's broker.listen).
+    /// Broker address, host:port (default: the configuration's broker.listen,
+    /// or broker.tls_listen with --tls).
     #[arg(long)]
     pub(crate) broker: Option<String>,
+    /// Connect over TLS (the broker's tls_listen), trusting the system's CAs or --ca-file.
+    #[arg(long)]
+    pub(crate) tls: bool,
+    /// Trust only the CA certificates in this PEM file (a private CA); needs --tls.
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    pub(crate) ca_file: Option<PathBuf>,
     /// Where the inbox cursor of each user and device is kept between runs
     /// (default: $XDG_STATE_HOME/messenger or ~/.local/state/messenger).
     #[arg(long, env = "MESSENGER_STATE_DIR")]

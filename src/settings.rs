@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use messenger_bridge::config::{BridgeConfig, Limits, PushConfig, StorageConfig};
-use messenger_broker::BrokerConfig;
+use messenger_broker::{BrokerConfig, TlsConfig};
 use serde::Deserialize;
 
 use crate::admin::AdminConfig;
@@ -20,6 +20,8 @@ pub(crate) const DEFAULT_FILE: &str = "config/messenger.toml";
 pub(crate) struct Settings {
     /// The embedded broker.
     pub(crate) broker: BrokerConfig,
+    /// The certificate of the broker's TLS listeners.
+    pub(crate) tls: TlsConfig,
     /// The bridge's connection to the broker.
     pub(crate) bridge: BridgeConfig,
     /// The SQLite file.
@@ -89,6 +91,14 @@ impl Settings {
         self.push.validate()?;
         self.bridge.validate()?;
         self.admin.address()?;
+        if self.broker.needs_tls() {
+            if self.tls.cert_path.is_none() {
+                bail!("tls.cert_path must be set when broker.tls_listen or broker.wss_listen is");
+            }
+            if self.tls.key_path.is_none() {
+                bail!("tls.key_path must be set when broker.tls_listen or broker.wss_listen is");
+            }
+        }
         // Every reply's payload is at most max_reply_bytes; the packet adds its topic
         // (at most ~110 bytes) and a fixed header.
         let needed = self.limits.max_reply_bytes() + PACKET_OVERHEAD;
@@ -141,7 +151,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(s.broker.listen.port(), 2);
+        assert_eq!(s.broker.listen.map(|a| a.port()), Some(2));
         assert_eq!(s.storage.path, PathBuf::from("/tmp/x.db"));
     }
 

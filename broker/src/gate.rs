@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     pub(crate) peers: Arc<Peers>,
     /// Connected devices and sign-ins (the same gauge as `sessions` holds).
     pub(crate) metrics: crate::BrokerMetrics,
+    /// Plain MQTT is off (`broker.listen = ""`): devices sign in only through a
+    /// front (an upstream connection in `peers`); the service account from anywhere.
+    pub(crate) fronts_only: bool,
 }
 
 /// Where a connection stands.
@@ -117,14 +120,20 @@ impl Protocol for Gate {
                 // Taken before the credentials are checked: a revocation after this
                 // instant may have invalidated what was checked.
                 let since_ms = crate::sessions::now_ms();
-                // Behind the WebSocket front the peer is the front; the client is in its map.
-                let source = st
-                    .peer
-                    .map(|peer| shared.peers.client_of(peer).unwrap_or(peer).ip());
-                match shared
-                    .auth
-                    .admit(&connect, will.as_ref(), login.as_ref(), source)
-                {
+                // Behind a front the peer is the front; the client is in its map.
+                let via_front = st.peer.and_then(|peer| shared.peers.client_of(peer));
+                let source = st.peer.map(|peer| via_front.unwrap_or(peer).ip());
+                let direct_device = shared.fronts_only
+                    && via_front.is_none()
+                    && !shared.auth.is_service(login.as_ref());
+                let decided = if direct_device {
+                    Err(shared.auth.refuse_direct(&connect, source))
+                } else {
+                    shared
+                        .auth
+                        .admit(&connect, will.as_ref(), login.as_ref(), source)
+                };
+                match decided {
                     Ok(principal) => {
                         if let Principal::User(user) = &principal {
                             shared.sessions.register(

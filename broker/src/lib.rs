@@ -1,5 +1,5 @@
 //! The embedded MQTT broker: rumqttd with sign-in against the account store and
-//! the protocol's topic ACL, over TCP and WebSocket.
+//! the protocol's topic ACL, over TCP, WebSocket, TLS and WebSocket over TLS.
 //!
 //! # Layout
 //!
@@ -9,7 +9,9 @@
 //! - `gate`: the codec wrapper through which every packet passes; the ACL seam.
 //! - `metrics`: connected devices and sign-ins, for the admin listener's `/metrics`.
 //! - `sessions`: live connections per user, cut (by a session takeover) when the account is revoked.
-//! - `websocket`: the WebSocket front: handshake timeout, subprotocol, size limits.
+//! - `websocket`: the WebSocket front (WSS too): handshake timeout, subprotocol, size limits.
+//! - `mqtts`: the MQTT over TLS front, piping into the TCP listener like the WebSocket front.
+//! - [`tls`]: the `[tls]` certificate, checked at start and reloadable.
 //!
 //! The broker runs on its own multi-threaded Tokio runtime: rumqttd spawns a
 //! task per connection that nothing else can cancel, so stopping the broker
@@ -17,9 +19,12 @@
 
 pub mod config;
 
+pub mod tls;
+
 mod auth;
 mod gate;
 mod metrics;
+mod mqtts;
 mod sessions;
 mod throttle;
 mod websocket;
@@ -40,8 +45,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use auth::ServiceAccount;
-pub use config::BrokerConfig;
+pub use config::{BrokerConfig, TlsConfig};
 pub use metrics::BrokerMetrics;
+pub use tls::{Certificates, TlsError};
 
 use gate::{Gate, Shared};
 
@@ -62,10 +68,13 @@ pub enum BrokerError {
     /// The MQTT listener did not come up.
     #[error("the MQTT listener on {0} did not come up")]
     NotListening(SocketAddr),
+    /// A TLS listener is configured without a certificate, or its acceptor cannot be built.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     /// A listener stopped while the broker was running.
     #[error("the {listener} listener stopped: {cause}")]
     Stopped {
-        /// Which (`mqtt`, `websocket`).
+        /// Which (`mqtt`, `websocket`, `mqtt-tls`, `websocket-tls`).
         listener: &'static str,
         /// Why.
         cause: String,
@@ -77,6 +86,8 @@ pub struct RunningBroker {
     mqtt_addr: SocketAddr,
     shared: Arc<Shared>,
     ws_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    wss_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// Owns every broker task; shut down on stop.
     runtime: Option<tokio::runtime::Runtime>,
@@ -85,7 +96,8 @@ pub struct RunningBroker {
 }
 
 impl RunningBroker {
-    /// The address of the MQTT over TCP listener.
+    /// The address of the MQTT over TCP listener: with `broker.listen = ""`, the
+    /// loopback listener only the fronts and the service account may sign in through.
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
     }
@@ -109,6 +121,16 @@ impl RunningBroker {
     /// The address of the MQTT over WebSocket listener, if enabled.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws_addr
+    }
+
+    /// The address of the MQTT over TLS listener, if enabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The address of the MQTT over WebSocket over TLS listener, if enabled.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
     }
 
     /// Resolves if a listener stops while the broker runs (it should not):
@@ -176,13 +198,42 @@ fn reserve(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
         .map_err(|source| BrokerError::Bind { addr, source })
 }
 
-/// Starts the broker on its own runtime and returns once its listeners accept connections.
+/// Starts the broker without TLS listeners (see [`start_with_tls`]).
 pub fn start(
     config: &BrokerConfig,
     accounts: Arc<Accounts>,
     service: ServiceAccount,
 ) -> Result<RunningBroker, BrokerError> {
-    let mqtt_addr = reserve(config.listen)?;
+    start_with_tls(config, None, accounts, service)
+}
+
+/// Starts the broker on its own runtime and returns once its listeners accept
+/// connections. `certificates` serves `broker.tls_listen` and `broker.wss_listen`
+/// (required when either is set).
+pub fn start_with_tls(
+    config: &BrokerConfig,
+    certificates: Option<&Certificates>,
+    accounts: Arc<Accounts>,
+    service: ServiceAccount,
+) -> Result<RunningBroker, BrokerError> {
+    let acceptor = match (config.needs_tls(), certificates) {
+        (false, _) => None,
+        (true, Some(certificates)) => Some(certificates.acceptor()?),
+        (true, None) => {
+            return Err(TlsError::Missing {
+                key: "tls.cert_path",
+            }
+            .into())
+        }
+    };
+    // Plain MQTT off: the fronts and the bridge still need the TCP listener; it
+    // goes on a loopback port where the gate admits only them.
+    let fronts_only = config.listen.is_none();
+    let mqtt_addr = reserve(
+        config
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("broker")
         .enable_all()
@@ -195,7 +246,7 @@ pub fn start(
     let router_tx = router.spawn();
     let takeover_tx = router_tx.clone();
     let links = sessions::links(move |client_id| LinkBuilder::new(client_id, takeover_tx.clone()));
-    let shared = shared_state(config, accounts.clone(), service.clone());
+    let shared = shared_state(config, accounts.clone(), service.clone(), fronts_only);
     let mut server = Server::new(
         server_settings(config, mqtt_addr, &service),
         router_tx,
@@ -219,20 +270,56 @@ pub fn start(
         runtime.shutdown_background();
         return Err(BrokerError::NotListening(mqtt_addr));
     }
+    let web_front = |tls: Option<tokio_rustls::TlsAcceptor>| websocket::Front {
+        mqtt: mqtt_addr,
+        handshake_timeout: Duration::from_millis(config.ws_handshake_timeout_ms),
+        max_packet_bytes: config.max_packet_bytes,
+        peers: shared.peers.clone(),
+        tls,
+    };
     let ws_addr = match config.ws_listen {
         Some(addr) => Some(start_websocket(
             &runtime,
             addr,
-            websocket::Front {
-                mqtt: mqtt_addr,
-                handshake_timeout: Duration::from_millis(config.ws_handshake_timeout_ms),
-                max_packet_bytes: config.max_packet_bytes,
-                peers: shared.peers.clone(),
-            },
+            web_front(None),
             shutdown.clone(),
-            stopped_tx,
+            stopped_tx.clone(),
         )?),
         None => None,
+    };
+    let (tls_addr, wss_addr) = match acceptor {
+        Some(acceptor) => {
+            let tls_addr = match config.tls_listen {
+                Some(addr) => {
+                    let front = mqtts::Front {
+                        mqtt: mqtt_addr,
+                        acceptor: acceptor.clone(),
+                        handshake_timeout: Duration::from_millis(config.connect_timeout_ms.into()),
+                        before_answer: web_front(None).limit(),
+                        peers: shared.peers.clone(),
+                    };
+                    let (listener, bound) = bind(&runtime, addr)?;
+                    spawn_front(&runtime, "mqtt-tls", shutdown.clone(), stopped_tx.clone(), {
+                        let shutdown = shutdown.clone();
+                        mqtts::run(listener, front, shutdown)
+                    });
+                    Some(bound)
+                }
+                None => None,
+            };
+            let wss_addr = match config.wss_listen {
+                Some(addr) => Some(start_websocket(
+                    &runtime,
+                    addr,
+                    web_front(Some(acceptor)),
+                    shutdown.clone(),
+                    stopped_tx,
+                )?),
+                None => None,
+            };
+            (tls_addr, wss_addr)
+        }
+        None => (None, None),
     };
     runtime.spawn(watch_revocations(
         accounts,
@@ -242,11 +329,18 @@ pub fn start(
         shutdown.clone(),
     ));
 
-    info!(mqtt = %mqtt_addr, websocket = ?ws_addr, "broker listening");
+    if fronts_only {
+        info!(internal = %mqtt_addr, websocket = ?ws_addr, mqtt_tls = ?tls_addr, websocket_tls = ?wss_addr,
+            "broker listening; plain MQTT off (broker.listen is empty): the loopback listener admits only the fronts and the bridge");
+    } else {
+        info!(mqtt = %mqtt_addr, websocket = ?ws_addr, mqtt_tls = ?tls_addr, websocket_tls = ?wss_addr, "broker listening");
+    }
     Ok(RunningBroker {
         mqtt_addr,
         shared,
         ws_addr,
+        tls_addr,
+        wss_addr,
         shutdown,
         runtime: Some(runtime),
         stopped,
@@ -271,6 +365,7 @@ fn shared_state(
     config: &BrokerConfig,
     accounts: Arc<Accounts>,
     service: ServiceAccount,
+    fronts_only: bool,
 ) -> Arc<Shared> {
     let policy = throttle::Policy {
         free_per_user: config.sign_in_free_failures,
@@ -290,6 +385,7 @@ fn shared_state(
         sessions: Arc::new(sessions::Sessions::new(metrics.connected.clone())),
         metrics,
         peers: Arc::new(websocket::Peers::default()),
+        fronts_only,
     })
 }
 
@@ -334,7 +430,40 @@ async fn accepting(addr: SocketAddr, task: &tokio::task::JoinHandle<String>) -> 
     false
 }
 
-/// Binds the WebSocket front and starts it; returns its address.
+/// Binds a front's listener; returns it and its address.
+fn bind(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), BrokerError> {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Runs a front's accept loop; reports it if it returns before `shutdown`.
+fn spawn_front(
+    runtime: &tokio::runtime::Runtime,
+    name: &'static str,
+    shutdown: CancellationToken,
+    stopped: tokio::sync::mpsc::UnboundedSender<BrokerError>,
+    front: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    runtime.spawn(async move {
+        front.await;
+        if !shutdown.is_cancelled() {
+            let _ = stopped.send(BrokerError::Stopped {
+                listener: name,
+                cause: "it returned".into(),
+            });
+        }
+    });
+}
+
+/// Binds the WebSocket front (WSS with a certificate) and starts it; returns its address.
 fn start_websocket(
     runtime: &tokio::runtime::Runtime,
     addr: SocketAddr,
@@ -342,21 +471,14 @@ fn start_websocket(
     shutdown: CancellationToken,
     stopped: tokio::sync::mpsc::UnboundedSender<BrokerError>,
 ) -> Result<SocketAddr, BrokerError> {
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(addr))
-        .map_err(|source| BrokerError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| BrokerError::Bind { addr, source })?;
-    runtime.spawn(async move {
-        websocket::run(listener, front, shutdown.clone()).await;
-        if !shutdown.is_cancelled() {
-            let _ = stopped.send(BrokerError::Stopped {
-                listener: "websocket",
-                cause: "it returned".into(),
-            });
-        }
-    });
+    let (listener, bound) = bind(runtime, addr)?;
+    let name = if front.tls.is_some() {
+        "websocket-tls"
+    } else {
+        "websocket"
+    };
+    let run = websocket::run(listener, front, shutdown.clone());
+    spawn_front(runtime, name, shutdown, stopped, run);
     Ok(bound)
 }
 

@@ -11,6 +11,9 @@
 //! before the broker has answered (its CONNACK), so unauthenticated clients can
 //! park at most one packet's worth of bytes each.
 //!
+//! With a certificate (`broker.wss_listen`) the front first finishes the TLS
+//! handshake, under the same timeout, then serves the decrypted stream alike.
+//!
 //! The broker sees the front's loopback address as the peer of every piped
 //! connection; [`Peers`] tells it which client each one carries (the sign-in
 //! throttle counts failures per client address).
@@ -29,6 +32,7 @@ use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use ws_stream_tungstenite::WsStream;
@@ -96,7 +100,7 @@ impl Peers {
     }
 
     /// Records that `upstream` carries `client` until the guard is dropped.
-    fn register(self: &Arc<Self>, upstream: SocketAddr, client: SocketAddr) -> PeerGuard {
+    pub(crate) fn register(self: &Arc<Self>, upstream: SocketAddr, client: SocketAddr) -> PeerGuard {
         self.lock().insert(upstream, client);
         PeerGuard {
             peers: self.clone(),
@@ -111,7 +115,7 @@ impl Peers {
 
 /// Removes its entry from [`Peers`] when the piped connection ends: the map
 /// holds one entry per open WebSocket connection.
-struct PeerGuard {
+pub(crate) struct PeerGuard {
     peers: Arc<Peers>,
     upstream: SocketAddr,
 }
@@ -132,12 +136,14 @@ pub(crate) struct Front {
     pub(crate) max_packet_bytes: usize,
     /// Where the broker finds each piped connection's client.
     pub(crate) peers: Arc<Peers>,
+    /// Set for WSS: the TLS handshake comes first.
+    pub(crate) tls: Option<TlsAcceptor>,
 }
 
 impl Front {
     /// The most bytes a client may have in flight at once: one frame, one message,
     /// or everything before the broker's first answer.
-    fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.max_packet_bytes.saturating_add(WS_SLACK_BYTES)
     }
 }
@@ -164,14 +170,29 @@ pub(crate) async fn run(listener: TcpListener, front: Front, shutdown: Cancellat
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = serve(stream, peer, &front) => {}
+                () = accept(stream, peer, &front) => {}
             }
         });
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, front: &Front) {
+/// Finishes the TLS handshake first if the front has a certificate.
+async fn accept(stream: TcpStream, peer: SocketAddr, front: &Front) {
     let _ = stream.set_nodelay(true);
+    let Some(acceptor) = &front.tls else {
+        return serve(stream, peer, front).await;
+    };
+    match tokio::time::timeout(front.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve(tls, peer, front).await,
+        Ok(Err(err)) => debug!(%peer, cause = %err, "wss tls handshake failed"),
+        Err(_) => debug!(%peer, "wss tls handshake timed out"),
+    }
+}
+
+async fn serve<S>(stream: S, peer: SocketAddr, front: &Front)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     // tungstenite reads in chunks of read_buffer_size, allocated per connection
     // (128 KiB by default; its docs suggest a few KiB for many mostly idle clients).
     let config = WebSocketConfig::default()
@@ -221,7 +242,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, front: &Front) {
 /// Copies bytes both ways until either side closes or fails. Until the broker
 /// has sent anything (its CONNACK), at most `before_answer` bytes go upstream;
 /// a client that sends more is cut off.
-async fn pipe<C>(client: C, upstream: TcpStream, before_answer: usize) -> io::Result<()>
+pub(crate) async fn pipe<C>(client: C, upstream: TcpStream, before_answer: usize) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite,
 {
