@@ -253,8 +253,12 @@ async fn reload_on_hangup(certificates: Certificates, shutdown: CancellationToke
                 got = hangup.recv() => if got.is_none() { return },
             }
             match certificates.reload() {
-                Ok(()) => info!(cert = %certificates.cert_path().display(), "SIGHUP: TLS certificate reloaded"),
-                Err(err) => error!(cause = %err, "SIGHUP: TLS certificate not reloaded; keeping the one in use"),
+                Ok(()) => {
+                    info!(cert = %certificates.cert_path().display(), "SIGHUP: TLS certificate reloaded")
+                }
+                Err(err) => {
+                    error!(cause = %err, "SIGHUP: TLS certificate not reloaded; keeping the one in use")
+                }
             }
         }
     }

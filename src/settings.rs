@@ -91,14 +91,6 @@ impl Settings {
         self.push.validate()?;
         self.bridge.validate()?;
         self.admin.address()?;
-        if self.broker.needs_tls() {
-            if self.tls.cert_path.is_none() {
-                bail!("tls.cert_path must be set when broker.tls_listen or broker.wss_listen is");
-            }
-            if self.tls.key_path.is_none() {
-                bail!("tls.key_path must be set when broker.tls_listen or broker.wss_listen is");
-            }
-        }
         // Every reply's payload is at most max_reply_bytes; the packet adds its topic
         // (at most ~110 bytes) and a fixed header.
         let needed = self.limits.max_reply_bytes() + PACKET_OVERHEAD;

@@ -299,10 +299,16 @@ pub fn start_with_tls(
                         peers: shared.peers.clone(),
                     };
                     let (listener, bound) = bind(&runtime, addr)?;
-                    spawn_front(&runtime, "mqtt-tls", shutdown.clone(), stopped_tx.clone(), {
-                        let shutdown = shutdown.clone();
-                        mqtts::run(listener, front, shutdown)
-                    });
+                    spawn_front(
+                        &runtime,
+                        "mqtt-tls",
+                        shutdown.clone(),
+                        stopped_tx.clone(),
+                        {
+                            let shutdown = shutdown.clone();
+                            mqtts::run(listener, front, shutdown)
+                        },
+                    );
                     Some(bound)
                 }
                 None => None,

@@ -63,19 +63,18 @@ pub(crate) async fn run(listener: TcpListener, front: Front, shutdown: Cancellat
 
 async fn serve(stream: TcpStream, peer: SocketAddr, front: &Front) {
     let _ = stream.set_nodelay(true);
-    let tls = match tokio::time::timeout(front.handshake_timeout, front.acceptor.accept(stream))
-        .await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(err)) => {
-            debug!(%peer, cause = %err, "tls handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "tls handshake timed out");
-            return;
-        }
-    };
+    let tls =
+        match tokio::time::timeout(front.handshake_timeout, front.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => {
+                debug!(%peer, cause = %err, "tls handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "tls handshake timed out");
+                return;
+            }
+        };
     let upstream = match TcpStream::connect(front.mqtt).await {
         Ok(s) => s,
         Err(err) => {

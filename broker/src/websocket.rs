@@ -100,7 +100,11 @@ impl Peers {
     }
 
     /// Records that `upstream` carries `client` until the guard is dropped.
-    pub(crate) fn register(self: &Arc<Self>, upstream: SocketAddr, client: SocketAddr) -> PeerGuard {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        upstream: SocketAddr,
+        client: SocketAddr,
+    ) -> PeerGuard {
         self.lock().insert(upstream, client);
         PeerGuard {
             peers: self.clone(),

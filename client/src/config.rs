@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_protocol::{topics, wire, DeviceId, UserId};
+use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::CertificateDer;
-use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration};
 
 use crate::error::ClientError;
 
@@ -162,8 +162,11 @@ impl ClientConfig {
                 o
             }
             (Transport::WebSocket, Some(tls)) => {
-                let mut o =
-                    MqttOptions::new(self.client_id(), format!("wss://{}/mqtt", self.broker), port);
+                let mut o = MqttOptions::new(
+                    self.client_id(),
+                    format!("wss://{}/mqtt", self.broker),
+                    port,
+                );
                 o.set_transport(rumqttc::Transport::Wss(tls));
                 o
             }
@@ -198,7 +201,8 @@ fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, ClientError> {
             }
         }
         Trust::CaFile(path) => {
-            let bad = |why: String| ClientError::Config(format!("CA file {}: {why}", path.display()));
+            let bad =
+                |why: String| ClientError::Config(format!("CA file {}: {why}", path.display()));
             let pem = std::fs::read(path).map_err(|err| bad(format!("cannot read it: {err}")))?;
             let certs = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()

@@ -59,7 +59,9 @@ fn element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
             return None;
         }
         let (bytes, input) = input.split_at(n);
-        let len = bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
         (len, input)
     };
     (input.len() >= len).then(|| input.split_at(len))
@@ -164,10 +166,7 @@ mod tests {
     fn dates_round_trip() {
         for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2024, 12, 31), (2100, 3, 1)] {
             let t = days_from_civil(y, m, d) * 86_400 + 3_723;
-            assert_eq!(
-                format_utc(t),
-                format!("{y:04}-{m:02}-{d:02} 01:02:03 UTC")
-            );
+            assert_eq!(format_utc(t), format!("{y:04}-{m:02}-{d:02} 01:02:03 UTC"));
         }
     }
 }
