@@ -19,6 +19,12 @@ const FIGURES: &[&str] = &[
     "connections",
     "rss_bytes_per_connection",
     "rss_growth_bytes",
+    "plain_connects_per_s",
+    "tls_connects_per_s",
+    "plain_rss_bytes_per_connection",
+    "tls_rss_bytes_per_connection",
+    "plain_e2e_msgs_per_s",
+    "tls_e2e_msgs_per_s",
 ];
 
 /// Figures that count something the quick run certainly did.
@@ -28,6 +34,11 @@ const COUNTS: &[&str] = &[
     "e2e_ratio",
     "paced_rate",
     "connections",
+    "tls_connections",
+    "plain_connects_per_s",
+    "tls_connects_per_s",
+    "plain_e2e_msgs_per_s",
+    "tls_e2e_msgs_per_s",
 ];
 
 #[test]
@@ -49,6 +60,7 @@ fn quick_bench_reports_every_figure() {
     );
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("e2e / raw"), "{table}");
+    assert!(table.contains("msgs/s: plain / tls"), "{table}");
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     for name in FIGURES {

@@ -17,7 +17,7 @@
 //! - `devices`: simulated devices on rumqttc, and what they observe.
 //! - `pacer`: sends at a fixed rate; `patience`: how long any wait may take.
 //! - `stats`: latency samples and percentiles.
-//! - `raw`, `e2e`, `groups`, `connections`: the phases.
+//! - `raw`, `e2e`, `groups`, `connections`, `tls`: the phases.
 //! - `report`: the table and the JSON file.
 
 mod connections;
@@ -33,6 +33,7 @@ mod scratch;
 mod seed;
 mod server;
 mod stats;
+mod tls;
 
 use std::time::Instant;
 
@@ -83,6 +84,7 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
             service_password: hex::encode(password),
             max_connections: (options.peak_connections() + 100).max(20_000),
             env: options.server_env.clone(),
+            tls: None,
         })
     };
     let raw = if options.runs(Phase::Raw) {
@@ -106,12 +108,22 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
     } else {
         connections::Connections::default()
     };
+    let tls = if options.runs(Phase::Tls) {
+        info!(
+            devices = options.tls_connections,
+            "tls: MQTT over TLS beside plain"
+        );
+        tls::run(options, spec("tls-plain")?, spec("tls")?).await?
+    } else {
+        tls::TlsComparison::default()
+    };
     Ok(Report::new(
         options,
         machine,
         &raw,
         &messaging,
         &connections,
+        &tls,
         started.elapsed(),
     ))
 }

@@ -58,6 +58,12 @@ pub struct BenchArgs {
     /// Connections: devices per user [100; quick 10].
     #[arg(long)]
     devices_per_user: Option<usize>,
+    /// TLS: idle devices connected over plain MQTT and then over MQTT/TLS [10000; quick 100].
+    #[arg(long)]
+    tls_connections: Option<usize>,
+    /// TLS: messages of the saturated e2e run over each transport (after a warm-up) [200000; quick 2000].
+    #[arg(long)]
+    tls_messages: Option<u64>,
     /// Extra configuration for the servers under test, as NAME=VALUE environment
     /// variables (e.g. MESSENGER_BROKER__SEGMENT_BYTES=131072); repeatable.
     #[arg(long = "server-env", value_parser = parse_env)]
@@ -81,6 +87,8 @@ pub(crate) enum Phase {
     Groups,
     /// Idle connections, memory per connection, reconnection after a restart.
     Connections,
+    /// MQTT over TLS beside plain MQTT: connect rate, memory per idle connection, e2e throughput.
+    Tls,
 }
 
 /// `storage.durability` of the servers under test.
@@ -121,6 +129,8 @@ pub(crate) struct Options {
     pub(crate) group_messages: usize,
     pub(crate) connections: usize,
     pub(crate) devices_per_user: usize,
+    pub(crate) tls_connections: usize,
+    pub(crate) tls_messages: u64,
     pub(crate) server_env: Vec<(String, String)>,
     pub(crate) keep: bool,
     /// Where to write the figures as JSON, if anywhere.
@@ -158,6 +168,8 @@ impl Options {
             group_messages: count(a.group_messages, 50, 5),
             connections: count(a.connections, 10_000, 100),
             devices_per_user: count(a.devices_per_user, 100, 10),
+            tls_connections: count(a.tls_connections, 10_000, 100),
+            tls_messages: a.tls_messages.unwrap_or(if q { 2_000 } else { 200_000 }),
             server_env: a.server_env.clone(),
             keep: a.keep,
             json: a.json.clone(),
@@ -188,6 +200,9 @@ impl Options {
         if self.connections == 0 || self.devices_per_user == 0 {
             bail!("--connections and --devices-per-user must be at least 1");
         }
+        if self.tls_connections == 0 || self.tls_messages == 0 {
+            bail!("--tls-connections and --tls-messages must be at least 1");
+        }
         Ok(())
     }
 
@@ -210,6 +225,9 @@ impl Options {
         }
         if self.runs(Phase::Connections) {
             peak = peak.max(self.connections + 1);
+        }
+        if self.runs(Phase::Tls) {
+            peak = peak.max(self.tls_connections + 1).max(2 * self.pairs + 1);
         }
         peak
     }

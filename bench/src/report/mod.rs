@@ -11,6 +11,7 @@ use crate::connections::Connections;
 use crate::e2e::{Messaging, RssSample};
 use crate::options::{Durability, Options, Phase};
 use crate::raw::Raw;
+use crate::tls::TlsComparison;
 
 /// The machine the run was on.
 #[derive(Debug, Clone, Serialize)]
@@ -159,6 +160,26 @@ pub(crate) struct Report {
     pub(crate) rss_end_bytes: u64,
     /// Long run: server memory about every second.
     pub(crate) rss_series: Vec<RssSample>,
+    /// TLS phase: idle devices connected over each transport.
+    pub(crate) tls_connections: usize,
+    /// TLS phase: plain MQTT, devices connected per second.
+    pub(crate) plain_connects_per_s: f64,
+    /// TLS phase: MQTT over TLS, devices connected per second.
+    pub(crate) tls_connects_per_s: f64,
+    /// TLS phase: plain MQTT, server memory per idle connection.
+    pub(crate) plain_rss_bytes_per_connection: f64,
+    /// TLS phase: MQTT over TLS, server memory per idle connection.
+    pub(crate) tls_rss_bytes_per_connection: f64,
+    /// TLS phase: messages of each e2e run.
+    pub(crate) tls_e2e_messages: u64,
+    /// TLS phase: plain MQTT, e2e messages delivered per second.
+    pub(crate) plain_e2e_msgs_per_s: f64,
+    /// TLS phase: MQTT over TLS, e2e messages delivered per second.
+    pub(crate) tls_e2e_msgs_per_s: f64,
+    /// TLS phase: plain MQTT, the server's CPU time per message, microseconds.
+    pub(crate) plain_server_cpu_us_per_msg: f64,
+    /// TLS phase: MQTT over TLS, the server's CPU time per message, microseconds.
+    pub(crate) tls_server_cpu_us_per_msg: f64,
     /// Storage durability of the servers.
     pub(crate) durability: Durability,
     /// The phases that ran.
@@ -179,6 +200,7 @@ impl Report {
         raw: &Raw,
         messaging: &Messaging,
         connections: &Connections,
+        tls: &TlsComparison,
         elapsed: Duration,
     ) -> Self {
         let (paced, sat, group) = (&messaging.paced, &messaging.saturated, &messaging.group);
@@ -237,6 +259,16 @@ impl Report {
             rss_baseline_bytes: sat.rss_baseline_bytes,
             rss_end_bytes: sat.rss_end_bytes,
             rss_series: sat.rss_series.clone(),
+            tls_connections: tls.tls.devices,
+            plain_connects_per_s: tls.plain.connects_per_s,
+            tls_connects_per_s: tls.tls.connects_per_s,
+            plain_rss_bytes_per_connection: tls.plain.rss_bytes_per_connection,
+            tls_rss_bytes_per_connection: tls.tls.rss_bytes_per_connection,
+            tls_e2e_messages: tls.tls.messages,
+            plain_e2e_msgs_per_s: tls.plain.msgs_per_s,
+            tls_e2e_msgs_per_s: tls.tls.msgs_per_s,
+            plain_server_cpu_us_per_msg: tls.plain.server_cpu_us_per_msg,
+            tls_server_cpu_us_per_msg: tls.tls.server_cpu_us_per_msg,
             durability: options.durability,
             phases: options.phases.clone(),
             machine,
@@ -270,6 +302,7 @@ mod tests {
             &Raw::default(),
             &Messaging::default(),
             &Connections::default(),
+            &TlsComparison::default(),
             Duration::from_secs(1),
         )
     }
