@@ -40,6 +40,9 @@ pub(crate) fn broker_only(settings: Settings) -> anyhow::Result<()> {
     if settings.bridge.password.is_empty() {
         info!("bridge.password is empty: no bridge can sign in to this broker");
     }
+    if settings.broker.listen.is_none() {
+        warn!("broker.listen is empty: only this machine's TLS and WebSocket fronts reach the broker; a `messenger bridge` elsewhere cannot");
+    }
     let password = settings.bridge.password.clone();
     run_broker(&settings, password, false)
 }

@@ -196,6 +196,49 @@ mod tests {
     }
 
     #[test]
+    fn empty_listeners_are_off_and_bad_ones_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = dir.path().join("none.toml");
+        let s = Settings::from_sources(&none, false, HashMap::new()).unwrap();
+        assert!(s.broker.listen.is_some() && s.broker.tls_listen.is_none());
+        assert!(s.broker.wss_listen.is_none() && !s.broker.needs_tls());
+        let s = Settings::from_sources(
+            &none,
+            false,
+            env(&[
+                ("MESSENGER_BROKER__LISTEN", ""),
+                ("MESSENGER_BROKER__WS_LISTEN", " "),
+                ("MESSENGER_BROKER__TLS_LISTEN", "0.0.0.0:8883"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((s.broker.listen, s.broker.ws_listen), (None, None));
+        assert!(s.broker.needs_tls());
+        let internet = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/internet.toml");
+        let s = Settings::from_sources(&internet, true, HashMap::new()).unwrap();
+        assert!(s.broker.listen.is_none() && s.broker.tls_listen.is_some());
+        assert!(s.tls.cert_path.is_some() && s.tls.key_path.is_some());
+        for key in ["TLS_LISTEN", "WSS_LISTEN"] {
+            let var = format!("MESSENGER_BROKER__{key}");
+            let err = format!(
+                "{:#}",
+                Settings::from_sources(&none, false, env(&[(&var, "nowhere")])).unwrap_err()
+            );
+            assert!(err.contains(&key.to_lowercase()), "{err}");
+        }
+        std::fs::write(
+            dir.path().join("t.toml"),
+            "[tls]\ncert_path = \"a\"\nkey_pth = \"b\"\n",
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            Settings::from_sources(&dir.path().join("t.toml"), true, HashMap::new()).unwrap_err()
+        );
+        assert!(err.contains("key_pth"), "{err}");
+    }
+
+    #[test]
     fn push_is_off_by_default_and_checked_when_configured() {
         let dir = tempfile::tempdir().unwrap();
         let none = dir.path().join("none.toml");
