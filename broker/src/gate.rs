@@ -39,7 +39,7 @@ const DENIED_TOPIC: &str = "$messenger/denied";
 pub(crate) struct Shared {
     pub(crate) auth: Authenticator,
     pub(crate) sessions: Arc<Sessions>,
-    /// The WebSocket front's upstream connections and the clients they carry.
+    /// The fronts' (WebSocket, TLS) upstream connections and the clients they carry.
     pub(crate) peers: Arc<Peers>,
     /// Connected devices and sign-ins (the same gauge as `sessions` holds).
     pub(crate) metrics: crate::BrokerMetrics,

@@ -295,19 +295,19 @@ pub fn start_with_tls(
                         mqtt: mqtt_addr,
                         acceptor: acceptor.clone(),
                         handshake_timeout: Duration::from_millis(config.connect_timeout_ms.into()),
-                        before_answer: web_front(None).limit(),
+                        before_answer: config
+                            .max_packet_bytes
+                            .saturating_add(websocket::WS_SLACK_BYTES),
                         peers: shared.peers.clone(),
                     };
                     let (listener, bound) = bind(&runtime, addr)?;
+                    let run = mqtts::run(listener, front, shutdown.clone());
                     spawn_front(
                         &runtime,
                         "mqtt-tls",
                         shutdown.clone(),
                         stopped_tx.clone(),
-                        {
-                            let shutdown = shutdown.clone();
-                            mqtts::run(listener, front, shutdown)
-                        },
+                        run,
                     );
                     Some(bound)
                 }

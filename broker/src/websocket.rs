@@ -147,7 +147,7 @@ pub(crate) struct Front {
 impl Front {
     /// The most bytes a client may have in flight at once: one frame, one message,
     /// or everything before the broker's first answer.
-    pub(crate) fn limit(&self) -> usize {
+    fn limit(&self) -> usize {
         self.max_packet_bytes.saturating_add(WS_SLACK_BYTES)
     }
 }
