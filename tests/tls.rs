@@ -205,6 +205,24 @@ async fn clients_trusting_the_ca_chat_over_tls_and_wss() {
         .ok();
     assert!(history.contains("bob: back over wss"), "{history}");
 
+    // Without --ca-file the system's CAs are trusted, and the test CA is not one of them.
+    let tls = at.tls.to_string();
+    let refused = messenger
+        .run(&[
+            "send",
+            "bob",
+            "x",
+            "--user",
+            "alice",
+            "--password",
+            "pw",
+            "--broker",
+            &tls,
+            "--tls",
+        ])
+        .await
+        .failed();
+    assert!(refused.contains("certificate"), "{refused}");
     // A client that trusts another CA: the CLI and the library, on both TLS listeners.
     let refused = over_tls(
         &messenger,
