@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use messenger_client::{Client, ClientConfig, ClientEvent, EventStream, HistoryItem, WebFiles};
+use messenger_client::{
+    Client, ClientConfig, ClientEvent, EventStream, HistoryItem, Trust, WebFiles,
+};
 use messenger_protocol::wire::AttachmentRef;
 use messenger_protocol::{ConvId, DeviceId, FileId, UserId};
 use tokio::sync::mpsc;
@@ -130,7 +132,7 @@ async fn connect(settings: &Settings, account: &Account) -> anyhow::Result<Sessi
     let device = DeviceId::parse(&account.device).context("--device")?;
     let broker = match &account.broker {
         Some(b) => b.clone(),
-        None => connect_addr(settings.broker.listen).to_string(),
+        None => default_broker(settings, account.tls)?,
     };
     let cursor = CursorFile::new(account.state_dir.as_deref(), &broker, &user, &device);
     let mut config = ClientConfig::new(
@@ -139,6 +141,10 @@ async fn connect(settings: &Settings, account: &Account) -> anyhow::Result<Sessi
         device,
         account.password.clone(),
     );
+    config.tls = account.tls.then(|| match &account.ca_file {
+        Some(path) => Trust::CaFile(path.clone()),
+        None => Trust::SystemRoots,
+    });
     config.start_after_useq = cursor.load();
     config.max_packet_bytes = settings.broker.max_packet_bytes;
     let (client, events) = Client::connect(config)
@@ -149,6 +155,21 @@ async fn connect(settings: &Settings, account: &Account) -> anyhow::Result<Sessi
         events,
         cursor,
     })
+}
+
+/// The configuration's listener for this transport, when `--broker` is not given.
+fn default_broker(settings: &Settings, tls: bool) -> anyhow::Result<String> {
+    let listen = if tls {
+        settings
+            .broker
+            .tls_listen
+            .context("--tls without --broker needs broker.tls_listen in the configuration")?
+    } else {
+        settings.broker.listen.context(
+            "broker.listen is empty (plain MQTT is off): give --tls (and broker.tls_listen) or --broker",
+        )?
+    };
+    Ok(connect_addr(listen).to_string())
 }
 
 /// Where to connect for a listen address: a wildcard address means this machine.

@@ -54,7 +54,7 @@ pub(crate) enum Command {
     },
     /// Chat commands (send, download, edit, delete, react, search, listen, history, chat), signed in as one user.
     #[command(flatten)]
-    Chat(ChatCommand),
+    Chat(Box<ChatCommand>),
     /// Measure throughput, latency, connections and memory against a server child process.
     Bench(Box<messenger_bench::BenchArgs>),
 }
@@ -243,12 +243,19 @@ pub(crate) struct Account {
     /// Device id of this command line.
     #[arg(long, default_value = "cli")]
     pub(crate) device: String,
-    /// Broker address, host:port (default: the configuration's broker.listen).
+    /// Broker address, host:port (default: the configuration's broker.listen,
+    /// or broker.tls_listen with --tls).
     #[arg(long)]
     pub(crate) broker: Option<String>,
     /// The server's web listener, host:port, for files (default: the configuration's broker.ws_listen).
     #[arg(long)]
     pub(crate) web: Option<String>,
+    /// Connect over TLS (the broker's tls_listen), trusting the system's CAs or --ca-file.
+    #[arg(long)]
+    pub(crate) tls: bool,
+    /// Trust only the CA certificates in this PEM file (a private CA); needs --tls.
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    pub(crate) ca_file: Option<PathBuf>,
     /// Where the inbox cursor of each user and device is kept between runs
     /// (default: $XDG_STATE_HOME/messenger or ~/.local/state/messenger).
     #[arg(long, env = "MESSENGER_STATE_DIR")]

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         Command::Admin(cmd) => admin_cli::run(&settings, cmd),
         Command::Backup { file } => backup::run(&settings, &file),
         Command::Export { user, out } => export::run(&settings, &user, &out),
-        Command::Chat(cmd) => chat::run(&settings, cmd),
+        Command::Chat(cmd) => chat::run(&settings, *cmd),
         Command::Acl { format: _ } => {
             print!(
                 "{}",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use messenger_accounts::Accounts;
-use messenger_broker::ServiceAccount;
+use messenger_broker::{Certificates, ServiceAccount};
 use rand::RngCore;
 use std::time::Duration;
 
@@ -39,6 +39,9 @@ pub(crate) fn serve(settings: Settings) -> anyhow::Result<()> {
 pub(crate) fn broker_only(settings: Settings) -> anyhow::Result<()> {
     if settings.bridge.password.is_empty() {
         info!("bridge.password is empty: no bridge can sign in to this broker");
+    }
+    if settings.broker.listen.is_none() {
+        warn!("broker.listen is empty: only this machine's TLS and WebSocket fronts reach the broker; a `messenger bridge` elsewhere cannot");
     }
     let password = settings.bridge.password.clone();
     run_broker(&settings, password, false)
@@ -176,6 +179,11 @@ fn run_broker(
     with_bridge: bool,
 ) -> anyhow::Result<()> {
     // Everything that can fail on bad configuration happens before anything listens.
+    let certificates = if settings.broker.needs_tls() {
+        Some(Certificates::load(&settings.tls).map_err(config_failure)?)
+    } else {
+        None
+    };
     let prepared = if with_bridge {
         let mut bridge = bridge(settings);
         bridge.config.password = service_password.clone();
@@ -191,12 +199,15 @@ fn run_broker(
         username: settings.bridge.username.clone(),
         password: service_password,
     };
-    let files = match settings.broker.ws_listen {
-        Some(_) => Some(crate::files::web_files(settings)?),
-        None => None,
+    let files = match (settings.broker.ws_listen, settings.broker.wss_listen) {
+        (None, None) => None,
+        _ => Some(crate::files::web_files(settings)?),
     };
-    let mut broker =
-        messenger_broker::start_with_files(&settings.broker, accounts, service, files)?;
+    let extras = messenger_broker::Extras {
+        certificates: certificates.as_ref(),
+        files,
+    };
+    let mut broker = messenger_broker::start_with(&settings.broker, extras, accounts, service)?;
     let mut admin = Admin::new(path.clone());
     broker.metrics().register(&mut admin.registry);
     admin.readiness.broker = Some(broker.mqtt_addr());
@@ -211,6 +222,9 @@ fn run_broker(
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let admin = spawn_admin(listener, admin, &shutdown);
+        if let Some(certificates) = certificates {
+            tokio::spawn(reload_on_hangup(certificates, shutdown.clone()));
+        }
         let bridge = prepared.map(|prepared| {
             let liveness = broker.liveness();
             let prepared = prepared.with_liveness(Arc::new(move |client_id: &str| {
@@ -225,6 +239,41 @@ fn run_broker(
     result?;
     info!("stopped");
     Ok(())
+}
+
+/// Reads the `[tls]` files again on each SIGHUP: new TLS connections get the
+/// new certificate, open ones keep theirs; a bad file keeps the old certificate.
+async fn reload_on_hangup(certificates: Certificates, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => hangup,
+            Err(err) => {
+                warn!(cause = %err, "cannot watch SIGHUP; certificate reloads need a restart");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                got = hangup.recv() => if got.is_none() { return },
+            }
+            match certificates.reload() {
+                Ok(()) => {
+                    info!(cert = %certificates.cert_path().display(), "SIGHUP: TLS certificate reloaded")
+                }
+                Err(err) => {
+                    error!(cause = %err, "SIGHUP: TLS certificate not reloaded; keeping the one in use")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = certificates;
+        shutdown.cancelled().await;
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

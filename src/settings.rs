@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use messenger_bridge::config::{BridgeConfig, Limits, PushConfig, StorageConfig};
-use messenger_broker::BrokerConfig;
+use messenger_broker::{BrokerConfig, TlsConfig};
 use serde::Deserialize;
 
 use crate::admin::AdminConfig;
@@ -20,6 +20,8 @@ pub(crate) const DEFAULT_FILE: &str = "config/messenger.toml";
 pub(crate) struct Settings {
     /// The embedded broker.
     pub(crate) broker: BrokerConfig,
+    /// The certificate of the broker's TLS listeners.
+    pub(crate) tls: TlsConfig,
     /// The bridge's connection to the broker.
     pub(crate) bridge: BridgeConfig,
     /// The SQLite file.
@@ -142,7 +144,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(s.broker.listen.port(), 2);
+        assert_eq!(s.broker.listen.map(|a| a.port()), Some(2));
         assert_eq!(s.storage.path, PathBuf::from("/tmp/x.db"));
     }
 
@@ -227,6 +229,49 @@ mod tests {
             );
             assert!(err.contains(named), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn empty_listeners_are_off_and_bad_ones_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = dir.path().join("none.toml");
+        let s = Settings::from_sources(&none, false, HashMap::new()).unwrap();
+        assert!(s.broker.listen.is_some() && s.broker.tls_listen.is_none());
+        assert!(s.broker.wss_listen.is_none() && !s.broker.needs_tls());
+        let s = Settings::from_sources(
+            &none,
+            false,
+            env(&[
+                ("MESSENGER_BROKER__LISTEN", ""),
+                ("MESSENGER_BROKER__WS_LISTEN", " "),
+                ("MESSENGER_BROKER__TLS_LISTEN", "0.0.0.0:8883"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((s.broker.listen, s.broker.ws_listen), (None, None));
+        assert!(s.broker.needs_tls());
+        let internet = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/internet.toml");
+        let s = Settings::from_sources(&internet, true, HashMap::new()).unwrap();
+        assert!(s.broker.listen.is_none() && s.broker.tls_listen.is_some());
+        assert!(s.tls.cert_path.is_some() && s.tls.key_path.is_some());
+        for key in ["TLS_LISTEN", "WSS_LISTEN"] {
+            let var = format!("MESSENGER_BROKER__{key}");
+            let err = format!(
+                "{:#}",
+                Settings::from_sources(&none, false, env(&[(&var, "nowhere")])).unwrap_err()
+            );
+            assert!(err.contains(&key.to_lowercase()), "{err}");
+        }
+        std::fs::write(
+            dir.path().join("t.toml"),
+            "[tls]\ncert_path = \"a\"\nkey_pth = \"b\"\n",
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            Settings::from_sources(&dir.path().join("t.toml"), true, HashMap::new()).unwrap_err()
+        );
+        assert!(err.contains("key_pth"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,12 @@ const FIGURES: &[&str] = &[
     "search_p99_ms",
     "upload_mib_per_s",
     "download_mib_per_s",
+    "plain_connects_per_s",
+    "tls_connects_per_s",
+    "plain_rss_bytes_per_connection",
+    "tls_rss_bytes_per_connection",
+    "plain_e2e_msgs_per_s",
+    "tls_e2e_msgs_per_s",
 ];
 
 /// Figures that count something the quick run certainly did.
@@ -36,6 +42,11 @@ const COUNTS: &[&str] = &[
     "search_p99_ms",
     "upload_mib_per_s",
     "download_mib_per_s",
+    "tls_connections",
+    "plain_connects_per_s",
+    "tls_connects_per_s",
+    "plain_e2e_msgs_per_s",
+    "tls_e2e_msgs_per_s",
 ];
 
 #[test]
@@ -57,6 +68,7 @@ fn quick_bench_reports_every_figure() {
     );
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("e2e / raw"), "{table}");
+    assert!(table.contains("msgs/s: plain / tls"), "{table}");
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     for name in FIGURES {

@@ -15,6 +15,10 @@ mod mosquitto;
 // `messenger serve` as a process: start, sign-in, SIGTERM, bad configuration (exit 64).
 mod serve;
 
+// TLS through the real binary: MQTT over TLS and WSS, untrusted clients, plain MQTT off,
+// certificate reload on SIGHUP, bad certificate files (exit 64).
+mod tls;
+
 // The admin listener of the real binary: /healthz, /readyz per role, /metrics, a busy address (exit 64).
 mod admin;
 

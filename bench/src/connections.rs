@@ -55,6 +55,7 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<C
     let options_idle = FleetOptions {
         inflight: 10,
         channel: 16,
+        tls: None,
     };
     let to_spec = |id| Spec {
         id,
@@ -64,7 +65,7 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<C
     let probe = Fleet::start(
         server.addr(),
         probe_id.into_iter().map(to_spec).collect(),
-        options_idle,
+        options_idle.clone(),
     );
     probe.wait_ready(PATIENCE).await?;
     probe.wait_bridge(0, PATIENCE).await?;

@@ -133,6 +133,15 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<M
 
 /// Device 2k and 2k+1 talk to each other in `dm:<a>:<b>`.
 fn pairs(server: &Server, identities: Vec<Identity>) -> Fleet {
+    pairs_at(server.addr(), None, identities)
+}
+
+/// [`pairs`] against `addr`, over TLS with `tls`.
+pub(crate) fn pairs_at(
+    addr: std::net::SocketAddr,
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    identities: Vec<Identity>,
+) -> Fleet {
     let users: Vec<String> = identities.iter().map(|id| id.user.clone()).collect();
     let specs = identities
         .into_iter()
@@ -152,16 +161,18 @@ fn pairs(server: &Server, identities: Vec<Identity>) -> Fleet {
         })
         .collect();
     Fleet::start(
-        server.addr(),
+        addr,
         specs,
         FleetOptions {
             inflight: 100,
             channel: 256,
+            tls,
         },
     )
 }
 
-fn errors(fleet: &Fleet) -> u64 {
+/// `error` replies (and refused sends) so far.
+pub(crate) fn errors(fleet: &Fleet) -> u64 {
     fleet
         .shared
         .metrics

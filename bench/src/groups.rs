@@ -52,6 +52,7 @@ pub(crate) async fn run(
         FleetOptions {
             inflight: 16,
             channel: 64,
+            tls: None,
         },
     );
     fleet.wait_ready(PATIENCE).await?;

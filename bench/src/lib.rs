@@ -17,7 +17,7 @@
 //! - `devices`: simulated devices on rumqttc, and what they observe.
 //! - `pacer`: sends at a fixed rate; `patience`: how long any wait may take.
 //! - `stats`: latency samples and percentiles.
-//! - `raw`, `e2e`, `groups`, `connections`, `search`, `files`: the phases.
+//! - `raw`, `e2e`, `groups`, `connections`, `search`, `files`, `tls`: the phases.
 //! - `report`: the table and the JSON file.
 
 mod connections;
@@ -35,6 +35,7 @@ mod search;
 mod seed;
 mod server;
 mod stats;
+mod tls;
 
 use std::time::Instant;
 
@@ -85,6 +86,7 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
             service_password: hex::encode(password),
             max_connections: (options.peak_connections() + 100).max(20_000),
             env: options.server_env.clone(),
+            tls: None,
         })
     };
     let raw = if options.runs(Phase::Raw) {
@@ -124,6 +126,15 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
     } else {
         files::Files::default()
     };
+    let tls = if options.runs(Phase::Tls) {
+        info!(
+            devices = options.tls_connections,
+            "tls: MQTT over TLS beside plain"
+        );
+        tls::run(options, spec("tls-plain")?, spec("tls")?).await?
+    } else {
+        tls::TlsComparison::default()
+    };
     Ok(Report::new(
         options,
         machine,
@@ -133,6 +144,7 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
         &report::Extra {
             search: &search,
             files: &files,
+            tls: &tls,
         },
         started.elapsed(),
     ))

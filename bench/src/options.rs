@@ -73,6 +73,12 @@ pub struct BenchArgs {
     /// Files: files uploaded, then downloaded, one at a time [20; quick 3].
     #[arg(long)]
     file_count: Option<usize>,
+    /// TLS: idle devices connected over plain MQTT and then over MQTT/TLS [10000; quick 100].
+    #[arg(long)]
+    tls_connections: Option<usize>,
+    /// TLS: messages of the saturated e2e run over each transport (after a warm-up) [200000; quick 2000].
+    #[arg(long)]
+    tls_messages: Option<u64>,
     /// Extra configuration for the servers under test, as NAME=VALUE environment
     /// variables (e.g. MESSENGER_BROKER__SEGMENT_BYTES=131072); repeatable.
     #[arg(long = "server-env", value_parser = parse_env)]
@@ -100,6 +106,8 @@ pub(crate) enum Phase {
     Search,
     /// Upload and download throughput on the web listener.
     Files,
+    /// MQTT over TLS beside plain MQTT: connect rate, memory per idle connection, e2e throughput.
+    Tls,
 }
 
 /// `storage.durability` of the servers under test.
@@ -145,6 +153,8 @@ pub(crate) struct Options {
     pub(crate) search_queries: usize,
     pub(crate) file_bytes: u64,
     pub(crate) file_count: usize,
+    pub(crate) tls_connections: usize,
+    pub(crate) tls_messages: u64,
     pub(crate) server_env: Vec<(String, String)>,
     pub(crate) keep: bool,
     /// Where to write the figures as JSON, if anywhere.
@@ -191,6 +201,8 @@ impl Options {
                 .file_bytes
                 .unwrap_or(if q { 1024 * 1024 } else { 10 * 1024 * 1024 }),
             file_count: count(a.file_count, 20, 3),
+            tls_connections: count(a.tls_connections, 10_000, 100),
+            tls_messages: a.tls_messages.unwrap_or(if q { 2_000 } else { 200_000 }),
             server_env: a.server_env.clone(),
             keep: a.keep,
             json: a.json.clone(),
@@ -230,6 +242,9 @@ impl Options {
         if self.file_count == 0 || self.file_bytes == 0 || self.file_bytes > 1 << 32 {
             bail!("--file-count must be at least 1 and --file-bytes 1 to 4294967296");
         }
+        if self.tls_connections == 0 || self.tls_messages == 0 {
+            bail!("--tls-connections and --tls-messages must be at least 1");
+        }
         Ok(())
     }
 
@@ -252,6 +267,9 @@ impl Options {
         }
         if self.runs(Phase::Connections) {
             peak = peak.max(self.connections + 1);
+        }
+        if self.runs(Phase::Tls) {
+            peak = peak.max(self.tls_connections + 1).max(2 * self.pairs + 1);
         }
         peak
     }

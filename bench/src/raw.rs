@@ -51,6 +51,7 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<R
     let fleet_options = FleetOptions {
         inflight: 100,
         channel: 64,
+        tls: None,
     };
     let consumer = Fleet::start(
         server.addr(),
@@ -61,7 +62,7 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<R
             },
             conv: None,
         }],
-        fleet_options,
+        fleet_options.clone(),
     );
     let publishers = Fleet::start(
         server.addr(),

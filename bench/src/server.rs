@@ -43,6 +43,8 @@ pub(crate) struct ServerSpec {
     pub(crate) max_connections: usize,
     /// More `MESSENGER_*` variables for the server (`--server-env`), applied last.
     pub(crate) env: Vec<(String, String)>,
+    /// The certificate chain and key files for an MQTT over TLS listener, if it has one.
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServerSpec {
@@ -59,16 +61,30 @@ pub(crate) struct Server {
     addr: SocketAddr,
     /// The web listener: MQTT over WebSocket (unused) and `/files` (the files phase).
     ws_addr: SocketAddr,
+    /// MQTT over TLS, when the spec has a certificate.
+    tls_addr: Option<SocketAddr>,
     /// `None` once stopped or killed.
     child: Option<Child>,
 }
 
 impl Server {
-    /// Starts the child on two free loopback ports; returns once it accepts connections.
+    /// Starts the child on two free loopback ports (three with TLS); returns once
+    /// it accepts connections.
     pub(crate) async fn start(spec: ServerSpec) -> anyhow::Result<Self> {
         let addr = free_port(None)?;
+        let ws_addr = free_port(Some(addr.port()))?;
+        let tls_addr = match spec.tls {
+            Some(_) => Some(loop {
+                let port = free_port(Some(addr.port()))?;
+                if port != ws_addr {
+                    break port;
+                }
+            }),
+            None => None,
+        };
         let mut server = Self {
-            ws_addr: free_port(Some(addr.port()))?,
+            ws_addr,
+            tls_addr,
             addr,
             spec,
             child: None,
@@ -86,6 +102,11 @@ impl Server {
     /// The web listener (MQTT over WebSocket, `/files`).
     pub(crate) fn ws_addr(&self) -> SocketAddr {
         self.ws_addr
+    }
+
+    /// The MQTT over TLS address, if the server has one.
+    pub(crate) fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The child's resident memory, from `/proc/<pid>/status` (`VmRSS`).
@@ -168,6 +189,17 @@ impl Server {
         .env("MESSENGER_BRIDGE__PASSWORD", &spec.service_password)
         // Metrics on, as in production, on a port of its own (`--server-env` may turn it off).
         .env("MESSENGER_ADMIN__LISTEN", "127.0.0.1:0")
+        .envs(
+            self.tls_addr
+                .iter()
+                .flat_map(|addr| [("MESSENGER_BROKER__TLS_LISTEN", addr.to_string())]),
+        )
+        .envs(spec.tls.iter().flat_map(|(cert, key)| {
+            [
+                ("MESSENGER_TLS__CERT_PATH", cert.display().to_string()),
+                ("MESSENGER_TLS__KEY_PATH", key.display().to_string()),
+            ]
+        }))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -195,7 +227,12 @@ impl Server {
                 );
             }
             // Both listeners: until the second one is bound, its port is only reserved by chance.
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
+            let tls_up = match self.tls_addr {
+                Some(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
+                None => true,
+            };
+            if tls_up
+                && tokio::net::TcpStream::connect(self.addr).await.is_ok()
                 && tokio::net::TcpStream::connect(self.ws_addr).await.is_ok()
             {
                 return Ok(());

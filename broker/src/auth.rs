@@ -140,6 +140,20 @@ impl Authenticator {
         decided
     }
 
+    /// Whether these credentials name the service account (not whether they are right).
+    pub(crate) fn is_service(&self, login: Option<&Login>) -> bool {
+        login.is_some_and(|login| login.username == self.service.username)
+    }
+
+    /// Refuses (and counts) a device that signs in on the loopback listener
+    /// directly while plain MQTT is off: devices come through a front.
+    pub(crate) fn refuse_direct(&self, connect: &Connect, source: Option<IpAddr>) -> Refusal {
+        warn!(client_id = %connect.client_id, ?source, "plain MQTT is off (broker.listen is empty); refused");
+        let refusal = Refusal::from(ConnectReturnCode::NotAuthorized);
+        self.metrics.refused(refusal.reason);
+        refusal
+    }
+
     /// [`Authenticator::admit`] without the counting.
     fn decide(
         &self,

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 pub use messenger_protocol::config::ConfigError;
 
@@ -10,10 +10,23 @@ pub use messenger_protocol::config::ConfigError;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// MQTT over TCP. Port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// MQTT over WebSocket; `None` turns the WebSocket listener off. Port 0 picks a free port.
+    /// MQTT over TCP; `None` (`""` in the configuration) turns plain MQTT off: the
+    /// broker then listens on a loopback port of its own choosing that only the TLS
+    /// and WebSocket fronts and the service account (the bridge) may sign in through.
+    /// Port 0 picks a free port.
+    #[serde(deserialize_with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+    /// MQTT over WebSocket; `None` (`""`) turns the WebSocket listener off. Port 0 picks a free port.
+    #[serde(deserialize_with = "optional_addr")]
     pub ws_listen: Option<SocketAddr>,
+    /// MQTT over TLS (8883 by convention); `None` (`""`, the default) turns it off.
+    /// Needs the `[tls]` certificate and key.
+    #[serde(deserialize_with = "optional_addr")]
+    pub tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS (the web listener over HTTPS/WSS); `None` (`""`,
+    /// the default) turns it off. Needs the `[tls]` certificate and key.
+    #[serde(deserialize_with = "optional_addr")]
+    pub wss_listen: Option<SocketAddr>,
     /// Largest MQTT packet accepted from a client, in bytes.
     pub max_packet_bytes: usize,
     /// Most simultaneous connections.
@@ -60,8 +73,10 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
             ws_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8083))),
+            tls_listen: None,
+            wss_listen: None,
             max_packet_bytes: 128 * 1024,
             max_connections: 20_000,
             connect_timeout_ms: 5_000,
@@ -80,7 +95,26 @@ impl Default for BrokerConfig {
     }
 }
 
+/// A listener's address: `host:port` with an IP address, or empty for off.
+fn optional_addr<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(de)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected host:port with an IP address, or \"\" to turn the listener off (got {text:?})"
+        ))
+    })
+}
+
 impl BrokerConfig {
+    /// Whether a listener needs the `[tls]` certificate.
+    pub fn needs_tls(&self) -> bool {
+        self.tls_listen.is_some() || self.wss_listen.is_some()
+    }
+
     /// Checks values that parse but make no sense, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_packet_bytes < 1024 || self.max_packet_bytes > 16 * 1024 * 1024 {
@@ -169,4 +203,15 @@ impl BrokerConfig {
         }
         Ok(())
     }
+}
+
+/// The `[tls]` table: the certificate the TLS listeners (`broker.tls_listen`,
+/// `broker.wss_listen`) present. Read at start and again on reload.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first, sent to clients as given.
+    pub cert_path: Option<std::path::PathBuf>,
+    /// PEM file with the leaf certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<std::path::PathBuf>,
 }

@@ -39,10 +39,13 @@ const DENIED_TOPIC: &str = "$messenger/denied";
 pub(crate) struct Shared {
     pub(crate) auth: Authenticator,
     pub(crate) sessions: Arc<Sessions>,
-    /// The WebSocket front's upstream connections and the clients they carry.
+    /// The fronts' (WebSocket, TLS) upstream connections and the clients they carry.
     pub(crate) peers: Arc<Peers>,
     /// Connected devices and sign-ins (the same gauge as `sessions` holds).
     pub(crate) metrics: crate::BrokerMetrics,
+    /// Plain MQTT is off (`broker.listen = ""`): devices sign in only through a
+    /// front (an upstream connection in `peers`); the service account from anywhere.
+    pub(crate) fronts_only: bool,
 }
 
 /// Where a connection stands.
@@ -117,15 +120,21 @@ impl Protocol for Gate {
                 // Taken before the credentials are checked: a revocation after this
                 // instant may have invalidated what was checked.
                 let since_ms = crate::sessions::now_ms();
-                // Behind the WebSocket front the peer is the front; the client is in its map.
-                let client = st
-                    .peer
-                    .map(|peer| shared.peers.client_of(peer).unwrap_or(peer));
+                // Behind a front the peer is the front; the client is in its map.
+                let via_front = st.peer.and_then(|peer| shared.peers.client_of(peer));
+                let client = st.peer.map(|peer| via_front.unwrap_or(peer));
                 let source = client.map(|addr| addr.ip());
-                match shared
-                    .auth
-                    .admit(&connect, will.as_ref(), login.as_ref(), source)
-                {
+                let direct_device = shared.fronts_only
+                    && via_front.is_none()
+                    && !shared.auth.is_service(login.as_ref());
+                let decided = if direct_device {
+                    Err(shared.auth.refuse_direct(&connect, source))
+                } else {
+                    shared
+                        .auth
+                        .admit(&connect, will.as_ref(), login.as_ref(), source)
+                };
+                match decided {
                     Ok(principal) => {
                         if let Principal::User(user) = &principal {
                             shared.sessions.register(

@@ -1,5 +1,5 @@
 //! The embedded MQTT broker: rumqttd with sign-in against the account store and
-//! the protocol's topic ACL, over TCP and WebSocket.
+//! the protocol's topic ACL, over TCP, WebSocket, TLS and WebSocket over TLS.
 //!
 //! # Layout
 //!
@@ -11,9 +11,11 @@
 //! - `sessions`: live connections per user, cut (by a session takeover) when the account is
 //!   revoked or an operator kicks them; [`Control`] lists and kicks them for the admin listener.
 //! - `websocket`: the web listener: HTTP/1.1 per connection, handshake timeout;
-//!   WebSocket upgrades (subprotocol, size limits) piped to the MQTT listener.
+//!   WebSocket upgrades (subprotocol, size limits) piped to the MQTT listener; WSS too.
 //! - `http`: the web listener's other requests: routes, sign-in by `Authorization`.
 //! - [`files`]: `POST /files` and `GET /files/<file>`, streamed to and from disk.
+//! - `mqtts`: the MQTT over TLS front, piping into the TCP listener like the WebSocket front.
+//! - [`tls`]: the `[tls]` certificate, checked at start and reloadable.
 //!
 //! The broker runs on its own multi-threaded Tokio runtime: rumqttd spawns a
 //! task per connection that nothing else can cancel, so stopping the broker
@@ -22,10 +24,13 @@
 pub mod config;
 pub mod files;
 
+pub mod tls;
+
 mod auth;
 mod gate;
 mod http;
 mod metrics;
+mod mqtts;
 mod sessions;
 mod throttle;
 mod websocket;
@@ -46,10 +51,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use auth::ServiceAccount;
-pub use config::BrokerConfig;
+pub use config::{BrokerConfig, TlsConfig};
 pub use files::{CatalogError, FileCatalog, Files, StoredFile};
 pub use metrics::BrokerMetrics;
 pub use sessions::Session;
+pub use tls::{Certificates, TlsError};
 
 use gate::{Gate, Shared};
 
@@ -70,10 +76,13 @@ pub enum BrokerError {
     /// The MQTT listener did not come up.
     #[error("the MQTT listener on {0} did not come up")]
     NotListening(SocketAddr),
+    /// A TLS listener is configured without a certificate, or its acceptor cannot be built.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     /// A listener stopped while the broker was running.
     #[error("the {listener} listener stopped: {cause}")]
     Stopped {
-        /// Which (`mqtt`, `websocket`).
+        /// Which (`mqtt`, `websocket`, `mqtt-tls`, `websocket-tls`).
         listener: &'static str,
         /// Why.
         cause: String,
@@ -87,6 +96,8 @@ pub struct RunningBroker {
     /// Lists and cuts connections (the admin listener's `/sessions` and `/kick`).
     control: Control,
     ws_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    wss_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// Owns every broker task; shut down on stop.
     runtime: Option<tokio::runtime::Runtime>,
@@ -95,7 +106,8 @@ pub struct RunningBroker {
 }
 
 impl RunningBroker {
-    /// The address of the MQTT over TCP listener.
+    /// The address of the MQTT over TCP listener: with `broker.listen = ""`, the
+    /// loopback listener only the fronts and the service account may sign in through.
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
     }
@@ -124,6 +136,16 @@ impl RunningBroker {
     /// The address of the MQTT over WebSocket listener, if enabled.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws_addr
+    }
+
+    /// The address of the MQTT over TLS listener, if enabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The address of the MQTT over WebSocket over TLS listener, if enabled.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
     }
 
     /// Resolves if a listener stops while the broker runs (it should not):
@@ -233,24 +255,55 @@ fn reserve(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
         .map_err(|source| BrokerError::Bind { addr, source })
 }
 
-/// Starts the broker on its own runtime and returns once its listeners accept
-/// connections; the web listener answers `/files` with `404`.
+/// Starts the broker without TLS listeners or file routes (see [`start_with`]).
 pub fn start(
     config: &BrokerConfig,
     accounts: Arc<Accounts>,
     service: ServiceAccount,
 ) -> Result<RunningBroker, BrokerError> {
-    start_with_files(config, accounts, service, None)
+    start_with(config, Extras::default(), accounts, service)
 }
 
-/// [`start`], with uploads and downloads on the web listener when `files` is set.
-pub fn start_with_files(
+/// What the broker serves besides MQTT over TCP and WebSocket.
+#[derive(Default)]
+pub struct Extras<'a> {
+    /// The `[tls]` certificate for `broker.tls_listen` and `broker.wss_listen`
+    /// (required when either is set).
+    pub certificates: Option<&'a Certificates>,
+    /// Uploads and downloads on the web listeners; without it `/files` is `404`.
+    pub files: Option<Files>,
+}
+
+/// Starts the broker on its own runtime and returns once its listeners accept
+/// connections.
+pub fn start_with(
     config: &BrokerConfig,
+    extras: Extras<'_>,
     accounts: Arc<Accounts>,
     service: ServiceAccount,
-    files: Option<Files>,
 ) -> Result<RunningBroker, BrokerError> {
-    let mqtt_addr = reserve(config.listen)?;
+    let Extras {
+        certificates,
+        files,
+    } = extras;
+    let acceptor = match (config.needs_tls(), certificates) {
+        (false, _) => None,
+        (true, Some(certificates)) => Some(certificates.acceptor()?),
+        (true, None) => {
+            return Err(TlsError::Missing {
+                key: "tls.cert_path",
+            }
+            .into())
+        }
+    };
+    // Plain MQTT off: the fronts and the bridge still need the TCP listener; it
+    // goes on a loopback port where the gate admits only them.
+    let fronts_only = config.listen.is_none();
+    let mqtt_addr = reserve(
+        config
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("broker")
         .enable_all()
@@ -263,7 +316,7 @@ pub fn start_with_files(
     let router_tx = router.spawn();
     let takeover_tx = router_tx.clone();
     let links = sessions::links(move |client_id| LinkBuilder::new(client_id, takeover_tx.clone()));
-    let shared = shared_state(config, accounts.clone(), service.clone());
+    let shared = shared_state(config, accounts.clone(), service.clone(), fronts_only);
     let mut server = Server::new(
         server_settings(config, mqtt_addr, &service),
         router_tx,
@@ -287,25 +340,67 @@ pub fn start_with_files(
         runtime.shutdown_background();
         return Err(BrokerError::NotListening(mqtt_addr));
     }
+    let web_front = |tls: Option<tokio_rustls::TlsAcceptor>| websocket::Front {
+        mqtt: mqtt_addr,
+        handshake_timeout: Duration::from_millis(config.ws_handshake_timeout_ms),
+        max_packet_bytes: config.max_packet_bytes,
+        peers: shared.peers.clone(),
+        http: http::Routes {
+            shared: shared.clone(),
+            files: files.clone(),
+        },
+        shutdown: shutdown.clone(),
+        tls,
+    };
     let ws_addr = match config.ws_listen {
         Some(addr) => Some(start_websocket(
             &runtime,
             addr,
-            websocket::Front {
-                mqtt: mqtt_addr,
-                handshake_timeout: Duration::from_millis(config.ws_handshake_timeout_ms),
-                max_packet_bytes: config.max_packet_bytes,
-                peers: shared.peers.clone(),
-                http: http::Routes {
-                    shared: shared.clone(),
-                    files,
-                },
-                shutdown: shutdown.clone(),
-            },
+            web_front(None),
             shutdown.clone(),
-            stopped_tx,
+            stopped_tx.clone(),
         )?),
         None => None,
+    };
+    let (tls_addr, wss_addr) = match acceptor {
+        Some(acceptor) => {
+            let tls_addr = match config.tls_listen {
+                Some(addr) => {
+                    let front = mqtts::Front {
+                        mqtt: mqtt_addr,
+                        acceptor: acceptor.clone(),
+                        handshake_timeout: Duration::from_millis(config.connect_timeout_ms.into()),
+                        before_answer: config
+                            .max_packet_bytes
+                            .saturating_add(websocket::WS_SLACK_BYTES),
+                        peers: shared.peers.clone(),
+                    };
+                    let (listener, bound) = bind(&runtime, addr)?;
+                    let run = mqtts::run(listener, front, shutdown.clone());
+                    spawn_front(
+                        &runtime,
+                        "mqtt-tls",
+                        shutdown.clone(),
+                        stopped_tx.clone(),
+                        run,
+                    );
+                    Some(bound)
+                }
+                None => None,
+            };
+            let wss_addr = match config.wss_listen {
+                Some(addr) => Some(start_websocket(
+                    &runtime,
+                    addr,
+                    web_front(Some(acceptor)),
+                    shutdown.clone(),
+                    stopped_tx,
+                )?),
+                None => None,
+            };
+            (tls_addr, wss_addr)
+        }
+        None => (None, None),
     };
     let control = Control {
         shared: shared.clone(),
@@ -320,12 +415,19 @@ pub fn start_with_files(
         shutdown.clone(),
     ));
 
-    info!(mqtt = %mqtt_addr, websocket = ?ws_addr, "broker listening");
+    if fronts_only {
+        info!(internal = %mqtt_addr, websocket = ?ws_addr, mqtt_tls = ?tls_addr, websocket_tls = ?wss_addr,
+            "broker listening; plain MQTT off (broker.listen is empty): the loopback listener admits only the fronts and the bridge");
+    } else {
+        info!(mqtt = %mqtt_addr, websocket = ?ws_addr, mqtt_tls = ?tls_addr, websocket_tls = ?wss_addr, "broker listening");
+    }
     Ok(RunningBroker {
         mqtt_addr,
         shared,
         control,
         ws_addr,
+        tls_addr,
+        wss_addr,
         shutdown,
         runtime: Some(runtime),
         stopped,
@@ -350,6 +452,7 @@ fn shared_state(
     config: &BrokerConfig,
     accounts: Arc<Accounts>,
     service: ServiceAccount,
+    fronts_only: bool,
 ) -> Arc<Shared> {
     let policy = throttle::Policy {
         free_per_user: config.sign_in_free_failures,
@@ -369,6 +472,7 @@ fn shared_state(
         sessions: Arc::new(sessions::Sessions::new(metrics.connected.clone())),
         metrics,
         peers: Arc::new(websocket::Peers::default()),
+        fronts_only,
     })
 }
 
@@ -413,7 +517,40 @@ async fn accepting(addr: SocketAddr, task: &tokio::task::JoinHandle<String>) -> 
     false
 }
 
-/// Binds the WebSocket front and starts it; returns its address.
+/// Binds a front's listener; returns it and its address.
+fn bind(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), BrokerError> {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Runs a front's accept loop; reports it if it returns before `shutdown`.
+fn spawn_front(
+    runtime: &tokio::runtime::Runtime,
+    name: &'static str,
+    shutdown: CancellationToken,
+    stopped: tokio::sync::mpsc::UnboundedSender<BrokerError>,
+    front: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    runtime.spawn(async move {
+        front.await;
+        if !shutdown.is_cancelled() {
+            let _ = stopped.send(BrokerError::Stopped {
+                listener: name,
+                cause: "it returned".into(),
+            });
+        }
+    });
+}
+
+/// Binds the WebSocket front (WSS with a certificate) and starts it; returns its address.
 fn start_websocket(
     runtime: &tokio::runtime::Runtime,
     addr: SocketAddr,
@@ -421,21 +558,14 @@ fn start_websocket(
     shutdown: CancellationToken,
     stopped: tokio::sync::mpsc::UnboundedSender<BrokerError>,
 ) -> Result<SocketAddr, BrokerError> {
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(addr))
-        .map_err(|source| BrokerError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| BrokerError::Bind { addr, source })?;
-    runtime.spawn(async move {
-        websocket::run(listener, front, shutdown.clone()).await;
-        if !shutdown.is_cancelled() {
-            let _ = stopped.send(BrokerError::Stopped {
-                listener: "websocket",
-                cause: "it returned".into(),
-            });
-        }
-    });
+    let (listener, bound) = bind(runtime, addr)?;
+    let name = if front.tls.is_some() {
+        "websocket-tls"
+    } else {
+        "websocket"
+    };
+    let run = websocket::run(listener, front, shutdown.clone());
+    spawn_front(runtime, name, shutdown, stopped, run);
     Ok(bound)
 }
 

@@ -15,6 +15,9 @@
 //! before the broker has answered (its CONNACK), so unauthenticated clients can
 //! park at most one packet's worth of bytes each.
 //!
+//! With a certificate (`broker.wss_listen`) the front first finishes the TLS
+//! handshake, under the same timeout, then serves the decrypted stream alike.
+//!
 //! The broker sees the front's loopback address as the peer of every piped
 //! connection; [`Peers`] tells it which client each one carries (the sign-in
 //! throttle counts failures per client address).
@@ -36,6 +39,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use ws_stream_tungstenite::WsStream;
@@ -72,7 +76,11 @@ impl Peers {
     }
 
     /// Records that `upstream` carries `client` until the guard is dropped.
-    fn register(self: &Arc<Self>, upstream: SocketAddr, client: SocketAddr) -> PeerGuard {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        upstream: SocketAddr,
+        client: SocketAddr,
+    ) -> PeerGuard {
         self.lock().insert(upstream, client);
         PeerGuard {
             peers: self.clone(),
@@ -87,7 +95,7 @@ impl Peers {
 
 /// Removes its entry from [`Peers`] when the piped connection ends: the map
 /// holds one entry per open WebSocket connection.
-struct PeerGuard {
+pub(crate) struct PeerGuard {
     peers: Arc<Peers>,
     upstream: SocketAddr,
 }
@@ -112,6 +120,8 @@ pub(crate) struct Front {
     pub(crate) http: http::Routes,
     /// Ends upgraded connections too.
     pub(crate) shutdown: CancellationToken,
+    /// Set for WSS: the TLS handshake comes first.
+    pub(crate) tls: Option<TlsAcceptor>,
 }
 
 impl Front {
@@ -145,9 +155,22 @@ pub(crate) async fn run(listener: TcpListener, front: Front, shutdown: Cancellat
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = serve(stream, peer, front) => {}
+                () = accept(stream, peer, front) => {}
             }
         });
+    }
+}
+
+/// Finishes the TLS handshake first if the front has a certificate (WSS), then
+/// serves the connection.
+async fn accept(stream: TcpStream, peer: SocketAddr, front: Arc<Front>) {
+    let Some(acceptor) = front.tls.clone() else {
+        return serve(stream, peer, front).await;
+    };
+    match tokio::time::timeout(front.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve(tls, peer, front).await,
+        Ok(Err(err)) => debug!(%peer, cause = %err, "wss tls handshake failed"),
+        Err(_) => debug!(%peer, "wss tls handshake timed out"),
     }
 }
 
@@ -295,7 +318,7 @@ where
 /// Copies bytes both ways until either side closes or fails. Until the broker
 /// has sent anything (its CONNACK), at most `before_answer` bytes go upstream;
 /// a client that sends more is cut off.
-async fn pipe<C>(client: C, upstream: TcpStream, before_answer: usize) -> io::Result<()>
+pub(crate) async fn pipe<C>(client: C, upstream: TcpStream, before_answer: usize) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite,
 {

@@ -1,9 +1,14 @@
 //! How to reach the broker and who signs in.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_protocol::{topics, wire, DeviceId, UserId};
-use rumqttc::{LastWill, MqttOptions, QoS};
+use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::error::ClientError;
 
@@ -13,8 +18,18 @@ pub enum Transport {
     /// MQTT over TCP (the broker's `listen` address).
     #[default]
     Tcp,
-    /// MQTT over WebSocket (the broker's `ws_listen` address), at `ws://<broker>/mqtt`.
+    /// MQTT over WebSocket (the broker's `ws_listen` address), at `ws://<broker>/mqtt`
+    /// (`wss://` with [`ClientConfig::tls`]).
     WebSocket,
+}
+
+/// Which certificates a TLS connection trusts to sign the broker's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The operating system's trusted CAs.
+    SystemRoots,
+    /// Only the CA certificates in this PEM file (a private CA).
+    CaFile(PathBuf),
 }
 
 /// Everything [`Client::connect`](crate::Client::connect) needs.
@@ -26,6 +41,9 @@ pub struct ClientConfig {
     pub broker: String,
     /// TCP or WebSocket.
     pub transport: Transport,
+    /// TLS over either transport (the broker's `tls_listen` or `wss_listen`
+    /// address), trusting these CAs; `None` for plain TCP or WebSocket.
+    pub tls: Option<Trust>,
     /// Who signs in; the MQTT username.
     pub user: UserId,
     /// This device; the MQTT client id is `<user>:<device>`, so two connections
@@ -53,6 +71,7 @@ impl std::fmt::Debug for ClientConfig {
         f.debug_struct("ClientConfig")
             .field("broker", &self.broker)
             .field("transport", &self.transport)
+            .field("tls", &self.tls)
             .field("user", &self.user)
             .field("device", &self.device)
             .field("keepalive", &self.keepalive)
@@ -85,6 +104,7 @@ impl ClientConfig {
         Self {
             broker: broker.into(),
             transport: Transport::Tcp,
+            tls: None,
             user,
             device,
             password: password.into(),
@@ -124,12 +144,30 @@ impl ClientConfig {
                 "max_packet_bytes must be at least 1024".into(),
             ));
         }
-        let mut options = match self.transport {
-            Transport::Tcp => MqttOptions::new(self.client_id(), host, port),
-            Transport::WebSocket => {
+        let tls = match &self.tls {
+            Some(trust) => Some(TlsConfiguration::Rustls(tls_config(trust)?)),
+            None => None,
+        };
+        let mut options = match (self.transport, tls) {
+            (Transport::Tcp, None) => MqttOptions::new(self.client_id(), host, port),
+            (Transport::Tcp, Some(tls)) => {
+                let mut o = MqttOptions::new(self.client_id(), host, port);
+                o.set_transport(rumqttc::Transport::Tls(tls));
+                o
+            }
+            (Transport::WebSocket, None) => {
                 let mut o =
                     MqttOptions::new(self.client_id(), format!("ws://{}/mqtt", self.broker), port);
                 o.set_transport(rumqttc::Transport::Ws);
+                o
+            }
+            (Transport::WebSocket, Some(tls)) => {
+                let mut o = MqttOptions::new(
+                    self.client_id(),
+                    format!("wss://{}/mqtt", self.broker),
+                    port,
+                );
+                o.set_transport(rumqttc::Transport::Wss(tls));
                 o
             }
         };
@@ -147,6 +185,42 @@ impl ClientConfig {
             ));
         Ok(options)
     }
+}
+
+/// A rustls client configuration (ring provider) trusting `trust`.
+fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match trust {
+        Trust::SystemRoots => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(ClientError::Config(
+                    "no trusted CA certificates found on this system; give a CA file".into(),
+                ));
+            }
+        }
+        Trust::CaFile(path) => {
+            let bad =
+                |why: String| ClientError::Config(format!("CA file {}: {why}", path.display()));
+            let pem = std::fs::read(path).map_err(|err| bad(format!("cannot read it: {err}")))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| bad(format!("not a valid PEM file: {err}")))?;
+            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(bad("no CA certificate in it".into()));
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|err| ClientError::Config(format!("TLS: {err}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Splits `host:port` (`[v6]:port` too) at the last colon.
@@ -197,6 +271,38 @@ mod tests {
         let o = c.mqtt_options().unwrap();
         assert_eq!(o.broker_address().0, "ws://127.0.0.1:1883/mqtt");
         assert!(matches!(o.transport(), rumqttc::Transport::Ws));
+    }
+
+    #[test]
+    fn tls_transports() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let mut c = config();
+        c.tls = Some(Trust::CaFile(ca.clone()));
+        let o = c.mqtt_options().unwrap();
+        assert!(matches!(o.transport(), rumqttc::Transport::Tls(_)));
+        assert_eq!(o.broker_address().0, "127.0.0.1");
+        c.transport = Transport::WebSocket;
+        let o = c.mqtt_options().unwrap();
+        assert!(matches!(o.transport(), rumqttc::Transport::Wss(_)));
+        assert_eq!(o.broker_address().0, "wss://127.0.0.1:1883/mqtt");
+
+        for (file, content) in [("missing.pem", None), ("empty.pem", Some("no pem here\n"))] {
+            let path = dir.path().join(file);
+            if let Some(content) = content {
+                std::fs::write(&path, content).unwrap();
+            }
+            let mut c = config();
+            c.tls = Some(Trust::CaFile(path));
+            let err = c.mqtt_options().unwrap_err().to_string();
+            assert!(err.contains(file), "{err}");
+        }
     }
 
     #[test]

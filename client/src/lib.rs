@@ -12,7 +12,7 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: [`ClientConfig`] and [`Transport`]; rumqttc's options from them.
+//! - [`config`]: [`ClientConfig`], [`Transport`] and [`Trust`] (TLS); rumqttc's options from them.
 //! - `client`: the public handle [`Client`] and the [`EventStream`].
 //! - [`event`]: what the app receives: [`ClientEvent`], [`Message`], [`Edit`],
 //!   [`Deletion`], [`Reaction`], [`Receipt`], [`Member`], [`HistoryPage`],
@@ -69,7 +69,7 @@ mod requests;
 mod session;
 
 pub use client::{Client, EventStream};
-pub use config::{ClientConfig, Transport};
+pub use config::{ClientConfig, Transport, Trust};
 pub use error::{ClientError, RefusalCode};
 pub use event::{
     Ack, ClientEvent, Deletion, Edit, HistoryItem, HistoryPage, Member, Message, Reaction, Receipt,

@@ -68,7 +68,7 @@ impl Server {
                 accounts.add(&user, &password(name)).expect("add user");
             }
             let config = BrokerConfig {
-                listen: "127.0.0.1:0".parse().expect("address"),
+                listen: Some("127.0.0.1:0".parse().expect("address")),
                 ws_listen: None,
                 ..BrokerConfig::default()
             };

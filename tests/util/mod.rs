@@ -113,7 +113,7 @@ impl TestBroker {
         TestBrokerBuilder {
             users: Vec::new(),
             config: BrokerConfig {
-                listen: localhost,
+                listen: Some(localhost),
                 ws_listen: Some(localhost),
                 ws_handshake_timeout_ms: 1_000,
                 revocation_poll_ms: 50,

@@ -222,9 +222,14 @@ impl Server {
 
     /// Waits until its MQTT port accepts connections.
     pub(crate) async fn wait_until_accepting(&mut self) {
+        self.wait_until_accepting_on(self.mqtt).await;
+    }
+
+    /// Waits until `addr` (one of its listeners) accepts connections.
+    pub(crate) async fn wait_until_accepting_on(&mut self, addr: SocketAddr) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            if tokio::net::TcpStream::connect(self.mqtt).await.is_ok() {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return;
             }
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -232,8 +237,7 @@ impl Server {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "messenger serve did not accept on {} within {PATIENCE:?}:\n{}",
-                self.mqtt,
+                "messenger serve did not accept on {addr} within {PATIENCE:?}:\n{}",
                 self.log()
             );
             tokio::time::sleep(POLL).await;
@@ -248,6 +252,34 @@ impl Server {
         password: &str,
     ) -> ClientOptions {
         ClientOptions::new((self.mqtt, self.ws), transport, client_id, password)
+    }
+
+    /// Sends SIGHUP (through `kill`): reload the TLS certificate.
+    pub(crate) fn hang_up(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -HUP failed: {status}");
+    }
+
+    /// Waits until its log holds `text` `times` times or more; returns the log.
+    pub(crate) async fn wait_for_log(&mut self, text: &str, times: usize) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            if log.matches(text).count() >= times {
+                return log;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("messenger exited with {status} before logging {text:?}:\n{log}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "messenger did not log {text:?} within {PATIENCE:?}:\n{log}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// Sends SIGTERM (through `kill`, to need no signal crate).

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use messenger_protocol::wire::Event;
-use rumqttc::{AsyncClient, LastWill, MqttOptions, NetworkOptions, QoS};
+use rumqttc::{
+    AsyncClient, LastWill, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -69,12 +71,14 @@ pub(crate) struct Spec {
 }
 
 /// Client settings of a fleet.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct FleetOptions {
     /// rumqttc's outgoing QoS 1 window per device.
     pub(crate) inflight: u16,
     /// rumqttc's request channel capacity per device.
     pub(crate) channel: usize,
+    /// MQTT over TLS with this client configuration (the address is a TLS listener).
+    pub(crate) tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// What the devices of a fleet observed.
@@ -175,7 +179,7 @@ impl Fleet {
         let mut tasks = Vec::with_capacity(specs.len());
         for spec in specs {
             let (client, mut eventloop) =
-                AsyncClient::new(mqtt_options(addr, &spec, options), options.channel);
+                AsyncClient::new(mqtt_options(addr, &spec, &options), options.channel);
             // User devices send each small packet at once (TCP_NODELAY), as a chat app
             // does; the raw phase's clients let the kernel coalesce, to find the ceiling.
             let mut network = NetworkOptions::new();
@@ -340,7 +344,7 @@ impl Fleet {
     }
 }
 
-fn mqtt_options(addr: SocketAddr, spec: &Spec, options: FleetOptions) -> MqttOptions {
+fn mqtt_options(addr: SocketAddr, spec: &Spec, options: &FleetOptions) -> MqttOptions {
     let id = &spec.id;
     let mut mqtt = MqttOptions::new(
         format!("{}:{}", id.user, id.device),
@@ -352,6 +356,9 @@ fn mqtt_options(addr: SocketAddr, spec: &Spec, options: FleetOptions) -> MqttOpt
         .set_clean_session(false)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_inflight(options.inflight);
+    if let Some(tls) = &options.tls {
+        mqtt.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+    }
     if matches!(spec.kind, Kind::User) {
         mqtt.set_last_will(LastWill::new(
             format!("presence/{}/{}", id.user, id.device),

@@ -10,6 +10,7 @@ use messenger_protocol::wire::Event;
 use rand::Rng;
 use rumqttc::{AsyncClient, ConnectionError, EventLoop, Outgoing, Packet, QoS};
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use super::sender::{raw_stamp, stamp, Sender};
 use super::{Kind, Shared, CONTROL};
@@ -62,6 +63,7 @@ impl DeviceTask {
                 }
                 Ok(_) => {}
                 Err(err) => {
+                    debug!(user = %self.user, cause = %err, "device connection error");
                     if matches!(err, ConnectionError::ConnectionRefused(_)) {
                         self.shared.refused.fetch_add(1, Ordering::Relaxed);
                     }

@@ -13,6 +13,7 @@ use crate::files::Files;
 use crate::options::{Durability, Options, Phase};
 use crate::raw::Raw;
 use crate::search::Search;
+use crate::tls::TlsComparison;
 
 /// The machine the run was on.
 #[derive(Debug, Clone, Serialize)]
@@ -187,6 +188,26 @@ pub(crate) struct Report {
     pub(crate) upload_p99_ms: f64,
     /// Files: one download, 99th percentile.
     pub(crate) download_p99_ms: f64,
+    /// TLS phase: idle devices connected over each transport.
+    pub(crate) tls_connections: usize,
+    /// TLS phase: plain MQTT, devices connected per second.
+    pub(crate) plain_connects_per_s: f64,
+    /// TLS phase: MQTT over TLS, devices connected per second.
+    pub(crate) tls_connects_per_s: f64,
+    /// TLS phase: plain MQTT, server memory per idle connection.
+    pub(crate) plain_rss_bytes_per_connection: f64,
+    /// TLS phase: MQTT over TLS, server memory per idle connection.
+    pub(crate) tls_rss_bytes_per_connection: f64,
+    /// TLS phase: messages of each e2e run.
+    pub(crate) tls_e2e_messages: u64,
+    /// TLS phase: plain MQTT, e2e messages delivered per second.
+    pub(crate) plain_e2e_msgs_per_s: f64,
+    /// TLS phase: MQTT over TLS, e2e messages delivered per second.
+    pub(crate) tls_e2e_msgs_per_s: f64,
+    /// TLS phase: plain MQTT, the server's CPU time per message, microseconds.
+    pub(crate) plain_server_cpu_us_per_msg: f64,
+    /// TLS phase: MQTT over TLS, the server's CPU time per message, microseconds.
+    pub(crate) tls_server_cpu_us_per_msg: f64,
     /// Storage durability of the servers.
     pub(crate) durability: Durability,
     /// The phases that ran.
@@ -205,6 +226,8 @@ pub(crate) struct Extra<'a> {
     pub(crate) search: &'a Search,
     /// The files phase.
     pub(crate) files: &'a Files,
+    /// The TLS phase.
+    pub(crate) tls: &'a TlsComparison,
 }
 
 impl Report {
@@ -218,7 +241,7 @@ impl Report {
         extra: &Extra<'_>,
         elapsed: Duration,
     ) -> Self {
-        let (search, files) = (extra.search, extra.files);
+        let (search, files, tls) = (extra.search, extra.files, extra.tls);
         let (paced, sat, group) = (&messaging.paced, &messaging.saturated, &messaging.group);
         let ratio = if raw.msgs_per_s > 0.0 {
             sat.msgs_per_s / raw.msgs_per_s
@@ -288,6 +311,16 @@ impl Report {
             download_mib_per_s: files.download_mib_per_s,
             upload_p99_ms: files.upload.p99_ms,
             download_p99_ms: files.download.p99_ms,
+            tls_connections: tls.tls.devices,
+            plain_connects_per_s: tls.plain.connects_per_s,
+            tls_connects_per_s: tls.tls.connects_per_s,
+            plain_rss_bytes_per_connection: tls.plain.rss_bytes_per_connection,
+            tls_rss_bytes_per_connection: tls.tls.rss_bytes_per_connection,
+            tls_e2e_messages: tls.tls.messages,
+            plain_e2e_msgs_per_s: tls.plain.msgs_per_s,
+            tls_e2e_msgs_per_s: tls.tls.msgs_per_s,
+            plain_server_cpu_us_per_msg: tls.plain.server_cpu_us_per_msg,
+            tls_server_cpu_us_per_msg: tls.tls.server_cpu_us_per_msg,
             durability: options.durability,
             phases: options.phases.clone(),
             machine,
@@ -324,6 +357,7 @@ mod tests {
             &Extra {
                 search: &Search::default(),
                 files: &Files::default(),
+                tls: &TlsComparison::default(),
             },
             Duration::from_secs(1),
         )

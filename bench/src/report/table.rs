@@ -29,6 +29,7 @@ impl Report {
             self.connection_rows(),
             self.search_rows(),
             self.file_rows(),
+            self.tls_rows(),
         ]
         .into_iter()
         .flatten()
@@ -245,6 +246,46 @@ impl Report {
             Row::new(
                 "one upload / download p99 ms",
                 format!("{:.1} / {:.1}", self.upload_p99_ms, self.download_p99_ms),
+            ),
+        ]
+    }
+
+    /// MQTT over TLS beside plain MQTT.
+    fn tls_rows(&self) -> Vec<Row> {
+        if !self.ran(Phase::Tls) {
+            return vec![Row::skipped("tls")];
+        }
+        vec![
+            Row::new(
+                format!(
+                    "connect {} devices, per s: plain / tls",
+                    self.tls_connections
+                ),
+                format!(
+                    "{:.0} / {:.0}",
+                    self.plain_connects_per_s, self.tls_connects_per_s
+                ),
+            ),
+            Row::new(
+                "server RSS per idle connection: plain / tls",
+                format!(
+                    "{:.0} B / {:.0} B",
+                    self.plain_rss_bytes_per_connection, self.tls_rss_bytes_per_connection
+                ),
+            ),
+            Row::new(
+                format!("e2e {} msgs, msgs/s: plain / tls", self.tls_e2e_messages),
+                format!(
+                    "{:.0} / {:.0}",
+                    self.plain_e2e_msgs_per_s, self.tls_e2e_msgs_per_s
+                ),
+            ),
+            Row::new(
+                "e2e server CPU us/msg: plain / tls",
+                format!(
+                    "{:.1} / {:.1}",
+                    self.plain_server_cpu_us_per_msg, self.tls_server_cpu_us_per_msg
+                ),
             ),
         ]
     }
