@@ -53,6 +53,18 @@ pub struct Limits {
     pub max_devices_per_user: usize,
     /// How long after sending its author may edit a message, in seconds.
     pub edit_window_secs: u64,
+    /// Devices of one user connected at once (the broker refuses the next sign-in
+    /// with CONNACK 5); at most `max_devices_per_user`, the device ids a user may have.
+    pub max_devices: usize,
+    /// Sustained requests per second that store a timeline event (`send`, `edit`,
+    /// `delete`, `react`, `group_add`, `group_remove`, `group_leave`), per user; 0: no limit.
+    pub sends_per_sec: u32,
+    /// How many such requests a user may make at once, above the sustained rate.
+    pub sends_burst: u32,
+    /// `group_create` requests per hour, per user (all of them at once at most); 0: no limit.
+    pub group_creates_per_hour: u32,
+    /// `token` requests per minute, per user (all of them at once at most); 0: no limit.
+    pub token_requests_per_min: u32,
 }
 
 impl Default for Limits {
@@ -64,6 +76,11 @@ impl Default for Limits {
             max_group_name_chars: 100,
             max_devices_per_user: 50,
             edit_window_secs: 15 * 60,
+            max_devices: 10,
+            sends_per_sec: 10,
+            sends_burst: 50,
+            group_creates_per_hour: 30,
+            token_requests_per_min: 10,
         }
     }
 }
@@ -111,6 +128,18 @@ impl Limits {
             return Err(ConfigError::invalid(
                 "limits.max_devices_per_user",
                 "be between 1 and 10000",
+            ));
+        }
+        if self.max_devices == 0 || self.max_devices > self.max_devices_per_user {
+            return Err(ConfigError::invalid(
+                "limits.max_devices",
+                "be between 1 and limits.max_devices_per_user",
+            ));
+        }
+        if self.sends_per_sec > 0 && self.sends_burst == 0 {
+            return Err(ConfigError::invalid(
+                "limits.sends_burst",
+                "be at least 1 while limits.sends_per_sec is above 0",
             ));
         }
         if self.edit_window_secs > 366 * 24 * 3600 {

@@ -7,6 +7,7 @@ use rusqlite::{params, OptionalExtension};
 use super::rows::{event_columns, event_from_row, receipt_from_row, with_useq, Budget};
 use super::Ctx;
 use crate::outcome::{encode, Effect};
+use crate::rate;
 use crate::Failure;
 
 /// Default page size of `sync` and `history`.
@@ -42,6 +43,8 @@ impl Ctx<'_> {
             }));
             return Ok(out);
         }
+        self.rate(rate::Action::Send)?;
+        self.require_not_blocked(conv)?;
         let (seq, members) = self.take_send_seq(conv)?;
         if let Some(target) = reply_to {
             self.target_message(conv, target)?;

@@ -11,6 +11,7 @@
 //! - `context`: the per-request context and what every handler shares.
 //! - `messages`, `groups`, `conversations`, `pushes`: the handlers, by request.
 //! - `timeline`: edit, delete and react, the actions on a stored message.
+//! - `blocks`: block, unblock and the list of blocked users.
 //! - `search`: the `search` request and the full-text index it reads.
 //! - `presence`: device rows and each user's aggregate.
 //! - `rows`: stored rows back into events; the reply byte budget.
@@ -20,6 +21,7 @@
 //! - `schema`: the tables and their migrations.
 
 mod backup;
+mod blocks;
 mod checkpoint;
 mod context;
 mod conversations;
@@ -50,6 +52,7 @@ use tracing::error;
 use self::checkpoint::{Checkpointer, Wal};
 use self::context::Ctx;
 use crate::config::{Durability, Limits, StorageConfig};
+use crate::rate::RateLimits;
 use crate::{Effect, Failure, Input, Liveness, Outcome, StoreError};
 
 /// The writer's page cache, in KiB.
@@ -62,6 +65,8 @@ pub(crate) const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 pub struct SqliteStore {
     conn: Connection,
     limits: Limits,
+    /// Per-user rate limits, in this process's memory.
+    rates: RateLimits,
     notify: Notify,
     liveness: Option<Liveness>,
     wal: Arc<Wal>,
@@ -86,6 +91,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(config.path.clone(), checkpoint::RESTART_FRAMES)?;
         Ok(Self {
             conn,
+            rates: RateLimits::new(&limits),
             limits,
             notify,
             liveness,
@@ -115,6 +121,7 @@ impl crate::Store for SqliteStore {
                     }
                     let scope = Scope {
                         limits: &self.limits,
+                        rates: &self.rates,
                         notify: self.notify,
                         now,
                     };
@@ -159,6 +166,7 @@ impl crate::Store for SqliteStore {
 
     fn between_batches(&mut self) {
         self.wal.rewind_if_due(&self.conn);
+        self.rates.forget_idle();
     }
 }
 
@@ -173,6 +181,7 @@ impl Drop for SqliteStore {
 /// What every request of a batch shares.
 struct Scope<'a> {
     limits: &'a Limits,
+    rates: &'a RateLimits,
     notify: Notify,
     now: u64,
 }
@@ -197,6 +206,7 @@ impl Scope<'_> {
                 user,
                 device,
                 limits: self.limits,
+                rates: self.rates,
                 now: self.now,
                 notify: self.notify,
                 pushes: RefCell::new(Vec::new()),

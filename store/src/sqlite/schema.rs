@@ -158,11 +158,25 @@ UPDATE events SET text_row = (SELECT row FROM search_rows s WHERE s.conv = event
 WHERE kind = 'message';
 DROP INDEX search_rows_backfill;
 INSERT INTO message_text (rowid, body) SELECT text_row, body FROM events WHERE text_row IS NOT NULL;
+", "
+-- Blocks: `blocked` may not send in the 1-1 chat with `blocker`, nor see their
+-- presence (the broker reads this table too: `messenger_accounts::is_blocked`).
+CREATE TABLE blocks (
+    blocker    TEXT NOT NULL,
+    blocked    TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (blocker, blocked)
+) WITHOUT ROWID;
+CREATE INDEX blocks_by_blocked ON blocks (blocked);
 "];
+
+/// The migration that added search (tests migrate to just before it).
+#[cfg(test)]
+const SEARCH_MIGRATION: usize = 6;
 
 #[cfg(test)]
 mod tests {
-    use super::MIGRATIONS;
+    use super::{MIGRATIONS, SEARCH_MIGRATION};
 
     #[test]
     fn dm_messages_stored_before_keep_their_useqs_and_groups_keep_an_index() {
@@ -220,7 +234,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = messenger_accounts::open_sqlite(&dir.path().join("m.db")).unwrap();
         messenger_accounts::migrate(&mut conn).unwrap();
-        let before = &MIGRATIONS[..MIGRATIONS.len() - 1];
+        let before = &MIGRATIONS[..SEARCH_MIGRATION];
         messenger_accounts::schema::migrate(&mut conn, "bridge", before).unwrap();
         conn.execute_batch(
             "INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body) VALUES
