@@ -12,7 +12,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::metrics::{BrokerMetrics, RefusedBecause};
+use crate::metrics::RefusedBecause;
 use crate::throttle::{Policy, Throttle};
 
 /// The bridge's credentials.
@@ -42,6 +42,17 @@ pub(crate) struct Refusal {
     pub(crate) reason: RefusedBecause,
 }
 
+impl Refusal {
+    /// A refusal with `code` that the metrics count as `reason`, answered at once.
+    pub(crate) fn because(code: ConnectReturnCode, reason: RefusedBecause) -> Self {
+        Self {
+            code,
+            delay: None,
+            reason,
+        }
+    }
+}
+
 impl From<ConnectReturnCode> for Refusal {
     fn from(code: ConnectReturnCode) -> Self {
         let reason = match code {
@@ -68,8 +79,6 @@ pub(crate) struct Authenticator {
     throttle: Throttle,
     /// How long a refusal of a password sign-in is held back.
     failure_delay: Duration,
-    /// Sign-ins by result.
-    metrics: BrokerMetrics,
 }
 
 impl Authenticator {
@@ -78,7 +87,6 @@ impl Authenticator {
         service: ServiceAccount,
         policy: Policy,
         failure_delay: Duration,
-        metrics: BrokerMetrics,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
@@ -87,7 +95,6 @@ impl Authenticator {
             hashing: Semaphore::new(cores),
             throttle: Throttle::new(policy),
             failure_delay,
-            metrics,
         }
     }
 
@@ -101,17 +108,24 @@ impl Authenticator {
         }
     }
 
+    /// Whether `username` is the service account's (the bridge's).
+    pub(crate) fn is_service(&self, username: &str) -> bool {
+        username == self.service.username
+    }
+
     /// Decides on a CONNECT from `source` (the client's address, when known):
-    /// the signed-in principal, or the refusal.
+    /// the signed-in principal, or the refusal. The caller counts the outcome
+    /// (the gate may still refuse an accepted sign-in: too many devices).
     ///
     /// Cheap checks come first. The credential check may block (argon2id); it runs
     /// under `block_in_place` so the runtime's other tasks move to another worker.
     /// Password sign-ins pass the throttle first: a user or address with too many
-    /// recent failures is refused without a check. Device tokens (256 random bits)
-    /// are not throttled, so guessing a user's password cannot lock out their
-    /// devices' reconnects. The service account is checked in constant time, no
-    /// argon2, and never locked out (that would cut the bridge off); its failures
-    /// count against the address and are held back like any other.
+    /// recent failures is refused without a check (the user's lockout spares the
+    /// addresses they signed in from before, see `throttle`). Device tokens (256
+    /// random bits) are not throttled, so guessing a user's password cannot lock
+    /// out their devices' reconnects. The service account is checked in constant
+    /// time, no argon2, and never locked out (that would cut the bridge off); its
+    /// failures count against the address and are held back like any other.
     pub(crate) fn admit(
         &self,
         connect: &Connect,
@@ -119,12 +133,7 @@ impl Authenticator {
         login: Option<&Login>,
         source: Option<IpAddr>,
     ) -> Result<Principal, Refusal> {
-        let decided = self.decide(connect, will, login, source);
-        match &decided {
-            Ok(_) => self.metrics.accepted(),
-            Err(refusal) => self.metrics.refused(refusal.reason),
-        }
-        decided
+        self.decide(connect, will, login, source)
     }
 
     /// [`Authenticator::admit`] without the counting.
@@ -180,6 +189,9 @@ impl Authenticator {
             Ok(Verdict::Accepted) => {
                 if !is_token {
                     self.throttle.succeeded(user.as_str());
+                }
+                if let Some(source) = source {
+                    self.throttle.trust(user.as_str(), source, Instant::now());
                 }
                 info!(client_id = %connect.client_id, "signed in");
                 Ok(principal)

@@ -24,11 +24,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use messenger_protocol::acl::{self, Principal};
+use messenger_protocol::topics::Topic;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{ConnectReturnCode, Error, Packet, Protocol, SubscribeReasonCode};
 use tracing::warn;
 
-use crate::auth::Authenticator;
+use crate::addresses::{AddressGuard, Addresses};
+use crate::auth::{Authenticator, Refusal};
+use crate::metrics::RefusedBecause;
 use crate::sessions::{LiveGuard, Sessions};
 use crate::websocket::Peers;
 
@@ -43,6 +46,89 @@ pub(crate) struct Shared {
     pub(crate) peers: Arc<Peers>,
     /// Connected devices and sign-ins (the same gauge as `sessions` holds).
     pub(crate) metrics: crate::BrokerMetrics,
+    /// Open connections per client address.
+    pub(crate) addresses: Arc<Addresses>,
+    /// Devices of one user connected at once (`limits.max_devices`).
+    pub(crate) max_devices: usize,
+    /// Who blocks whom (the store's `blocks` table), for presence.
+    pub(crate) accounts: Arc<messenger_accounts::Accounts>,
+}
+
+impl Shared {
+    /// Signs a CONNECT in: the client's address must have room
+    /// (`broker.max_connections_per_ip`; not asked of the service account), the
+    /// credentials must pass, and a user must have room for one more device
+    /// (`limits.max_devices`). Counts the outcome. Returns the principal and the
+    /// guards that count the connection while it lives.
+    fn sign_in(
+        self: &Arc<Self>,
+        connect: &rumqttd::protocol::Connect,
+        will: Option<&rumqttd::protocol::LastWill>,
+        login: Option<&rumqttd::protocol::Login>,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<(Principal, LiveGuard, Option<AddressGuard>), Refusal> {
+        let decided = self.decide(connect, will, login, source);
+        match &decided {
+            Ok(_) => self.metrics.accepted(),
+            Err(refusal) => self.metrics.refused(refusal.reason),
+        }
+        decided
+    }
+
+    /// [`Shared::sign_in`] without the counting.
+    fn decide(
+        self: &Arc<Self>,
+        connect: &rumqttd::protocol::Connect,
+        will: Option<&rumqttd::protocol::LastWill>,
+        login: Option<&rumqttd::protocol::Login>,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<(Principal, LiveGuard, Option<AddressGuard>), Refusal> {
+        let service = login.is_some_and(|l| self.auth.is_service(&l.username));
+        let address = match source.filter(|_| !service) {
+            Some(addr) => self.addresses.open(addr).map_err(|open| {
+                warn!(client_id = %connect.client_id, %addr, open, "too many connections from one address; refused");
+                Refusal::because(
+                    ConnectReturnCode::ServiceUnavailable,
+                    RefusedBecause::TooManyConnections,
+                )
+            })?,
+            None => None,
+        };
+        let principal = self.auth.admit(connect, will, login, source)?;
+        let live = match &principal {
+            Principal::User(user) => self
+                .sessions
+                .live_device(&connect.client_id, self.max_devices)
+                .map_err(|connected| {
+                    warn!(%user, client_id = %connect.client_id, connected, max = self.max_devices, "too many devices connected; sign-in refused");
+                    Refusal::because(
+                        ConnectReturnCode::NotAuthorized,
+                        RefusedBecause::TooManyDevices,
+                    )
+                })?,
+            Principal::Service => self.sessions.live(&connect.client_id, false),
+        };
+        Ok((principal, live, address))
+    }
+
+    /// Whether `who` may see the presence of the user of a `status/<user>` topic or
+    /// filter: not when that user blocks them. Other topics pass. When the blocks
+    /// cannot be read, presence is withheld (and a warning logged).
+    fn may_see_presence(&self, who: &Principal, topic: &str) -> bool {
+        let Principal::User(me) = who else {
+            return true;
+        };
+        let Some(Topic::Status(owner)) = Topic::parse(topic) else {
+            return true;
+        };
+        match self.accounts.is_blocked(&owner, me) {
+            Ok(blocked) => !blocked,
+            Err(err) => {
+                warn!(cause = %err, "cannot read blocks; presence withheld");
+                false
+            }
+        }
+    }
 }
 
 /// Where a connection stands.
@@ -64,6 +150,8 @@ struct ConnState {
     revoked: Arc<AtomicBool>,
     /// Present while signed in: counts the connection as live until the codec is dropped.
     _live: Option<LiveGuard>,
+    /// Present while signed in: counts the connection against its client's address.
+    _address: Option<AddressGuard>,
     /// The connection's peer, as the listener accepted it.
     peer: Option<SocketAddr>,
     /// How long the refusing CONNACK waits.
@@ -87,6 +175,7 @@ impl Gate {
                 pending_subacks: HashMap::new(),
                 revoked: Arc::new(AtomicBool::new(false)),
                 _live: None,
+                _address: None,
                 peer: None,
                 refusal_delay: None,
             })),
@@ -121,11 +210,8 @@ impl Protocol for Gate {
                 let source = st
                     .peer
                     .map(|peer| shared.peers.client_of(peer).unwrap_or(peer).ip());
-                match shared
-                    .auth
-                    .admit(&connect, will.as_ref(), login.as_ref(), source)
-                {
-                    Ok(principal) => {
+                match shared.sign_in(&connect, will.as_ref(), login.as_ref(), source) {
+                    Ok((principal, live, address)) => {
                         if let Principal::User(user) = &principal {
                             shared.sessions.register(
                                 since_ms,
@@ -136,8 +222,8 @@ impl Protocol for Gate {
                                 &st.revoked,
                             );
                         }
-                        let device = matches!(principal, Principal::User(_));
-                        st._live = Some(shared.sessions.live(&connect.client_id, device));
+                        st._live = Some(live);
+                        st._address = address;
                         st.phase = Phase::Bound(principal);
                         Ok(Packet::Connect(connect, props, will, will_props, login))
                     }
@@ -168,7 +254,9 @@ impl Protocol for Gate {
                 let mask: Vec<bool> = subscribe
                     .filters
                     .iter()
-                    .map(|f| acl::may_subscribe(who, &f.path))
+                    .map(|f| {
+                        acl::may_subscribe(who, &f.path) && shared.may_see_presence(who, &f.path)
+                    })
                     .collect();
                 if mask.iter().any(|ok| !ok) {
                     warn!(?who, filters = ?subscribe.filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "subscription refused");
@@ -194,6 +282,19 @@ impl Protocol for Gate {
             return Err(Error::InvalidProtocol);
         }
         let packet = match packet {
+            // A status the subscriber may no longer see (its owner blocked them after
+            // they subscribed): replaced like a refused publish, so it is still acked.
+            Packet::Publish(mut publish, props) => {
+                if let Phase::Bound(who @ Principal::User(_)) = &st.phase {
+                    let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+                    if topic.starts_with("status/") && !self.shared.may_see_presence(who, topic) {
+                        publish.topic = Bytes::from_static(DENIED_TOPIC.as_bytes());
+                        publish.payload = Bytes::new();
+                        publish.retain = false;
+                    }
+                }
+                Packet::Publish(publish, props)
+            }
             Packet::ConnAck(mut ack, props) => {
                 if let Phase::Refused(code) = st.phase {
                     ack.code = code;

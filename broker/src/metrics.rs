@@ -23,6 +23,10 @@ pub(crate) enum RefusedBecause {
     NotAuthorized,
     /// The account store could not be read.
     Unavailable,
+    /// The user has `limits.max_devices` devices connected already.
+    TooManyDevices,
+    /// The client's address has `broker.max_connections_per_ip` connections open already.
+    TooManyConnections,
 }
 
 impl RefusedBecause {
@@ -33,15 +37,19 @@ impl RefusedBecause {
             Self::Throttled => "throttled",
             Self::NotAuthorized => "not_authorized",
             Self::Unavailable => "unavailable",
+            Self::TooManyDevices => "too_many_devices",
+            Self::TooManyConnections => "too_many_connections",
         }
     }
 
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 7] = [
         Self::BadClientId,
         Self::BadCredentials,
         Self::Throttled,
         Self::NotAuthorized,
         Self::Unavailable,
+        Self::TooManyDevices,
+        Self::TooManyConnections,
     ];
 }
 
