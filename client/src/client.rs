@@ -355,6 +355,53 @@ impl Client {
         }
     }
 
+    /// Blocks `user`: they can no longer send, edit or react in the 1-1 chat with
+    /// this user, nor see this user's presence. Blocking someone blocked already
+    /// succeeds and changes nothing.
+    pub async fn block(&self, user: &UserId) -> Result<(), ClientError> {
+        let id = new_request_id();
+        let request = Request::Block {
+            id: id.clone(),
+            user: user.clone(),
+        };
+        self.ack_only(&id, &request).await
+    }
+
+    /// Takes back a block of `user` (succeeds if there was none).
+    pub async fn unblock(&self, user: &UserId) -> Result<(), ClientError> {
+        let id = new_request_id();
+        let request = Request::Unblock {
+            id: id.clone(),
+            user: user.clone(),
+        };
+        self.ack_only(&id, &request).await
+    }
+
+    /// The users this user blocks, by user id.
+    pub async fn blocks(&self) -> Result<Vec<UserId>, ClientError> {
+        let id = new_request_id();
+        let request = Request::Blocks { id: id.clone() };
+        match self
+            .request(id.as_str(), &request, Retry::OnReconnect)
+            .await?
+        {
+            wire::Event::Blocks { users, .. } => Ok(users),
+            other => Err(unexpected("a list of blocked users", &other)),
+        }
+    }
+
+    /// Publishes a request that answers a bare `ack` and is harmless to repeat
+    /// (again after a reconnect), and waits for that `ack`.
+    async fn ack_only(&self, id: &RequestId, request: &Request) -> Result<(), ClientError> {
+        match self
+            .request(id.as_str(), request, Retry::OnReconnect)
+            .await?
+        {
+            wire::Event::Ack { .. } => Ok(()),
+            other => Err(unexpected("an ack", &other)),
+        }
+    }
+
     /// Sends any request that carries an id (`group_create`, `group_add`, `mute`,
     /// `push_register`, ...) and resolves with its reply; an `error` reply is
     /// [`ClientError::Server`]. Unlike [`Client::send`], such a request is published

@@ -15,13 +15,15 @@ pub(super) enum Line {
     React(u64, String),
     /// `/search WORDS`: the newest matching messages of this conversation.
     Search(String),
+    /// `/block USER`: blocks a user (`true`); `/unblock USER` takes it back (`false`).
+    Block(String, bool),
     /// A slash command that is not one of these, or lacks its arguments: how to use them.
     Help(String),
 }
 
 /// What the commands look like.
 pub(super) const USAGE: &str = "commands: /reply SEQ TEXT, /edit SEQ TEXT, /delete SEQ, \
-/react SEQ [EMOJI], /search WORDS, /quit; a line starting with // sends the rest with one /";
+/react SEQ [EMOJI], /search WORDS, /block USER, /unblock USER, /quit; a line starting with // sends the rest with one /";
 
 /// Reads a line. A line that starts with `//` is a message starting with `/`.
 pub(super) fn parse(line: &str) -> Line {
@@ -47,6 +49,9 @@ pub(super) fn parse(line: &str) -> Line {
         "delete" => rest.parse().ok().map(Line::Delete),
         "react" => seq_and(rest).map(|(seq, emoji)| Line::React(seq, emoji)),
         "search" if !rest.is_empty() => Some(Line::Search(rest.to_owned())),
+        "block" | "unblock" if !rest.is_empty() && !rest.contains(' ') => {
+            Some(Line::Block(rest.to_owned(), name == "block"))
+        }
         _ => None,
     };
     parsed.unwrap_or_else(|| Line::Help(format!("not understood: {line}; {USAGE}")))
@@ -69,12 +74,16 @@ mod tests {
         assert_eq!(parse("/react 6 👍"), Line::React(6, "👍".into()));
         assert_eq!(parse("/react 6"), Line::React(6, String::new()));
         assert_eq!(parse("/search 東京 trip"), Line::Search("東京 trip".into()));
+        assert_eq!(parse("/block bob"), Line::Block("bob".into(), true));
+        assert_eq!(parse("/unblock bob"), Line::Block("bob".into(), false));
         for bad in [
             "/reply 3",
             "/edit x text",
             "/delete",
             "/delete two",
             "/search",
+            "/block",
+            "/unblock bob carol",
             "/fly",
         ] {
             assert!(matches!(parse(bad), Line::Help(_)), "{bad}");
