@@ -61,10 +61,14 @@ pub struct Limits {
     pub sends_per_sec: u32,
     /// How many such requests a user may make at once, above the sustained rate.
     pub sends_burst: u32,
-    /// `group_create` requests per hour, per user (all of them at once at most); 0: no limit.
+    /// `group_create` requests per hour, per user; 0: no limit.
     pub group_creates_per_hour: u32,
-    /// `token` requests per minute, per user (all of them at once at most); 0: no limit.
+    /// How many `group_create` requests a user may make at once; absent: `group_creates_per_hour`.
+    pub group_creates_burst: Option<u32>,
+    /// `token` requests per minute, per user; 0: no limit.
     pub token_requests_per_min: u32,
+    /// How many `token` requests a user may make at once; absent: `token_requests_per_min`.
+    pub token_requests_burst: Option<u32>,
 }
 
 impl Default for Limits {
@@ -80,7 +84,9 @@ impl Default for Limits {
             sends_per_sec: 10,
             sends_burst: 50,
             group_creates_per_hour: 30,
+            group_creates_burst: None,
             token_requests_per_min: 10,
+            token_requests_burst: None,
         }
     }
 }
@@ -140,6 +146,18 @@ impl Limits {
             return Err(ConfigError::invalid(
                 "limits.sends_burst",
                 "be at least 1 while limits.sends_per_sec is above 0",
+            ));
+        }
+        if self.group_creates_burst == Some(0) {
+            return Err(ConfigError::invalid(
+                "limits.group_creates_burst",
+                "be at least 1",
+            ));
+        }
+        if self.token_requests_burst == Some(0) {
+            return Err(ConfigError::invalid(
+                "limits.token_requests_burst",
+                "be at least 1",
             ));
         }
         if self.edit_window_secs > 366 * 24 * 3600 {

@@ -44,6 +44,14 @@ pub(crate) struct RateLimits {
     forgotten: Instant,
 }
 
+/// `quota` with its burst set, when one is given (a quota's own burst is its rate).
+fn burst(quota: Quota, burst: Option<u32>) -> Quota {
+    match burst.and_then(NonZeroU32::new) {
+        Some(burst) => quota.allow_burst(burst),
+        None => quota,
+    }
+}
+
 /// A limiter for `quota`, or none when its rate is 0.
 fn keyed(quota: Option<Quota>) -> Option<DefaultKeyedRateLimiter<UserId>> {
     quota.map(RateLimiter::keyed)
@@ -56,8 +64,10 @@ impl RateLimits {
             let burst = NonZeroU32::new(limits.sends_burst).unwrap_or(rate);
             Quota::per_second(rate).allow_burst(burst)
         });
-        let groups = NonZeroU32::new(limits.group_creates_per_hour).map(Quota::per_hour);
-        let tokens = NonZeroU32::new(limits.token_requests_per_min).map(Quota::per_minute);
+        let groups = NonZeroU32::new(limits.group_creates_per_hour)
+            .map(|rate| burst(Quota::per_hour(rate), limits.group_creates_burst));
+        let tokens = NonZeroU32::new(limits.token_requests_per_min)
+            .map(|rate| burst(Quota::per_minute(rate), limits.token_requests_burst));
         Self {
             sends: keyed(sends),
             groups: keyed(groups),
@@ -119,6 +129,7 @@ mod tests {
             sends_burst: 3,
             group_creates_per_hour: 2,
             token_requests_per_min: 0,
+            token_requests_burst: Some(5),
             ..Limits::default()
         };
         let rates = RateLimits::new(&limits);
@@ -141,5 +152,14 @@ mod tests {
         for _ in 0..100 {
             assert!(rates.check(&ann, Action::Token).is_ok(), "0 turns it off");
         }
+        let limits = Limits {
+            token_requests_per_min: 60,
+            token_requests_burst: Some(1),
+            ..Limits::default()
+        };
+        let rates = RateLimits::new(&limits);
+        assert!(rates.check(&ann, Action::Token).is_ok());
+        let wait = rates.check(&ann, Action::Token).unwrap_err().retry_after_ms;
+        assert!(wait.is_some_and(|ms| (1..=1000).contains(&ms)), "{wait:?}");
     }
 }

@@ -96,7 +96,7 @@ impl Server {
                 path: db.clone(),
                 durability: Durability::Os,
             },
-            limits: Limits::default(),
+            limits: crate::util::server::unlimited(),
             push,
             ready: None,
             liveness: Some(Arc::new(move |client_id: &str| {
