@@ -90,11 +90,11 @@ pub(crate) fn run(settings: &Settings, cmd: ChatCommand) -> anyhow::Result<()> {
                 follow,
             } => status(settings, &account, &users, follow).await,
             ChatCommand::Group(cmd) => group(settings, cmd).await,
-            ChatCommand::Block { account, user } => {
-                blocking(settings, &account, Some((&user, true))).await
+            ChatCommand::Block { account, who } => {
+                blocking(settings, &account, Some((&who, true))).await
             }
-            ChatCommand::Unblock { account, user } => {
-                blocking(settings, &account, Some((&user, false))).await
+            ChatCommand::Unblock { account, who } => {
+                blocking(settings, &account, Some((&who, false))).await
             }
             ChatCommand::Blocks { account } => blocking(settings, &account, None).await,
         }

@@ -165,7 +165,8 @@ pub(crate) enum ChatCommand {
         #[command(flatten)]
         account: Account,
         /// Who to block.
-        user: String,
+        #[arg(value_name = "USER")]
+        who: String,
     },
     /// Take back a block.
     Unblock {
@@ -173,7 +174,8 @@ pub(crate) enum ChatCommand {
         #[command(flatten)]
         account: Account,
         /// Who to unblock.
-        user: String,
+        #[arg(value_name = "USER")]
+        who: String,
     },
     /// List the users you block, one a line.
     Blocks {
