@@ -133,17 +133,6 @@ impl Authenticator {
         login: Option<&Login>,
         source: Option<IpAddr>,
     ) -> Result<Principal, Refusal> {
-        self.decide(connect, will, login, source)
-    }
-
-    /// [`Authenticator::admit`] without the counting.
-    fn decide(
-        &self,
-        connect: &Connect,
-        will: Option<&LastWill>,
-        login: Option<&Login>,
-        source: Option<IpAddr>,
-    ) -> Result<Principal, Refusal> {
         let client = ClientId::parse(&connect.client_id)
             .map_err(|_| ConnectReturnCode::ClientIdentifierNotValid)?;
         let login = login.ok_or(ConnectReturnCode::BadUserNamePassword)?;
