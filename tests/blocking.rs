@@ -1,5 +1,5 @@
-//! Blocking through the real binary: a blocked user's sends, edits and
-//! reactions in the 1-1 chat are `forbidden` (starting the chat too), their
+//! Blocking through the real binary: a blocked user's sends, edits, reactions
+//! and typing in the 1-1 chat are `forbidden` (starting the chat too), their
 //! subscription to the blocker's status is refused (SUBACK 0x80) and a status
 //! they subscribed to before is withheld; unblocking restores both. Bad input
 //! changes nothing; the CLI, `messenger export` and `messenger user remove`.
@@ -91,7 +91,7 @@ async fn a_blocked_user_cannot_write_nor_see_presence_until_unblocked() {
         serde_json::json!(["bob"])
     );
 
-    // bob may not send, edit or react in the chat with alice ...
+    // bob may not send, edit, react or type in the chat with alice ...
     assert_code(&ask(&mut bob, "bob", &send("b2")).await, "forbidden");
     assert_code(
         &ask(
@@ -111,6 +111,14 @@ async fn a_blocked_user_cannot_write_nor_see_presence_until_unblocked() {
         .await,
         "forbidden",
     );
+    let typing = ask(
+        &mut bob,
+        "bob",
+        r#"{"type":"typing","conv":"dm:alice:bob"}"#,
+    )
+    .await;
+    assert_code(&typing, "forbidden");
+    assert_eq!(typing["id"], Value::Null, "{typing}");
     // ... but a retry of what he sent before still gets its ack; alice may still write.
     assert_eq!(ask(&mut bob, "bob", &send("b1")).await["seq"], 1);
     assert_eq!(ask(&mut alice, "alice", &send("a2")).await["seq"], 3);

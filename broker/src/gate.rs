@@ -59,15 +59,18 @@ impl Shared {
     /// (`broker.max_connections_per_ip`; not asked of the service account), the
     /// credentials must pass, and a user must have room for one more device
     /// (`limits.max_devices`). Counts the outcome. Returns the principal and the
-    /// guards that count the connection while it lives.
+    /// guard that counts it as live; `address` gets the guard that counts the
+    /// connection against its address, kept until the connection ends, refused
+    /// or not (a refused password sign-in waits for its CONNACK).
     fn sign_in(
         self: &Arc<Self>,
         connect: &rumqttd::protocol::Connect,
         will: Option<&rumqttd::protocol::LastWill>,
         login: Option<&rumqttd::protocol::Login>,
         source: Option<std::net::IpAddr>,
-    ) -> Result<(Principal, LiveGuard, Option<AddressGuard>), Refusal> {
-        let decided = self.decide(connect, will, login, source);
+        address: &mut Option<AddressGuard>,
+    ) -> Result<(Principal, LiveGuard), Refusal> {
+        let decided = self.decide(connect, will, login, source, address);
         match &decided {
             Ok(_) => self.metrics.accepted(),
             Err(refusal) => self.metrics.refused(refusal.reason),
@@ -82,9 +85,10 @@ impl Shared {
         will: Option<&rumqttd::protocol::LastWill>,
         login: Option<&rumqttd::protocol::Login>,
         source: Option<std::net::IpAddr>,
-    ) -> Result<(Principal, LiveGuard, Option<AddressGuard>), Refusal> {
+        address: &mut Option<AddressGuard>,
+    ) -> Result<(Principal, LiveGuard), Refusal> {
         let service = login.is_some_and(|l| self.auth.is_service(&l.username));
-        let address = match source.filter(|_| !service) {
+        *address = match source.filter(|_| !service) {
             Some(addr) => self.addresses.open(addr).map_err(|open| {
                 warn!(client_id = %connect.client_id, %addr, open, "too many connections from one address; refused");
                 Refusal::because(
@@ -108,7 +112,7 @@ impl Shared {
                 })?,
             Principal::Service => self.sessions.live(&connect.client_id, false),
         };
-        Ok((principal, live, address))
+        Ok((principal, live))
     }
 
     /// Whether `who` may see the presence of the user of a `status/<user>` topic or
@@ -150,7 +154,7 @@ struct ConnState {
     revoked: Arc<AtomicBool>,
     /// Present while signed in: counts the connection as live until the codec is dropped.
     _live: Option<LiveGuard>,
-    /// Present while signed in: counts the connection against its client's address.
+    /// Counts the connection against its client's address, from its CONNECT on.
     _address: Option<AddressGuard>,
     /// The connection's peer, as the listener accepted it.
     peer: Option<SocketAddr>,
@@ -210,8 +214,17 @@ impl Protocol for Gate {
                 let source = st
                     .peer
                     .map(|peer| shared.peers.client_of(peer).unwrap_or(peer).ip());
-                match shared.sign_in(&connect, will.as_ref(), login.as_ref(), source) {
-                    Ok((principal, live, address)) => {
+                let mut address = None;
+                let signed_in = shared.sign_in(
+                    &connect,
+                    will.as_ref(),
+                    login.as_ref(),
+                    source,
+                    &mut address,
+                );
+                st._address = address;
+                match signed_in {
+                    Ok((principal, live)) => {
                         if let Principal::User(user) = &principal {
                             shared.sessions.register(
                                 since_ms,
@@ -223,7 +236,6 @@ impl Protocol for Gate {
                             );
                         }
                         st._live = Some(live);
-                        st._address = address;
                         st.phase = Phase::Bound(principal);
                         Ok(Packet::Connect(connect, props, will, will_props, login))
                     }

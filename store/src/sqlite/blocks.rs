@@ -1,5 +1,5 @@
-//! Blocking: `block`, `unblock` and `blocks`. A blocked user may not send, edit
-//! or react in the 1-1 chat with the blocker (`Ctx::require_not_blocked`), nor
+//! Blocking: `block`, `unblock` and `blocks`. A blocked user may not send, edit,
+//! react or type in the 1-1 chat with the blocker (`Ctx::require_not_blocked`), nor
 //! see the blocker's presence (the broker reads the same table).
 
 use messenger_protocol::wire::{ErrorCode, Event, RequestId};

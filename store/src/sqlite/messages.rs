@@ -213,6 +213,7 @@ impl Ctx<'_> {
 
     pub(super) fn typing(&self, conv: &ConvId) -> Result<Vec<Effect>, Failure> {
         self.require_member(conv, false)?;
+        self.require_not_blocked(conv)?;
         let event = encode(&Event::Typing {
             conv: conv.clone(),
             user: self.user.clone(),
