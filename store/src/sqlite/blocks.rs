@@ -3,7 +3,7 @@
 //! see the blocker's presence (the broker reads the same table).
 
 use messenger_protocol::wire::{ErrorCode, Event, RequestId};
-use messenger_protocol::UserId;
+use messenger_protocol::{ConvId, UserId};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Ctx;
@@ -36,6 +36,28 @@ pub(super) fn blocked_by(conn: &Connection, blocker: &UserId) -> rusqlite::Resul
 }
 
 impl Ctx<'_> {
+    /// Refuses (`forbidden`) a sender whom the other user of the 1-1 chat `conv`
+    /// blocks; anything else passes (groups, conversations the sender is not in).
+    pub(super) fn require_not_blocked(&self, conv: &ConvId) -> Result<(), Failure> {
+        let Some((a, b)) = conv.direct_members() else {
+            return Ok(());
+        };
+        let other = if self.user == a {
+            b
+        } else if self.user == b {
+            a
+        } else {
+            return Ok(());
+        };
+        if blocks(self.conn, other, self.user)? {
+            return Err(Failure::new(
+                ErrorCode::Forbidden,
+                format!("{other} has blocked you"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Requires `user` to be another existing user (the target of a block or unblock).
     fn block_target(&self, user: &UserId) -> Result<(), Failure> {
         if user == self.user {

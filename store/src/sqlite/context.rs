@@ -310,28 +310,6 @@ impl Ctx<'_> {
         self.rates.check(self.user, action)
     }
 
-    /// Refuses (`forbidden`) a sender whom the other user of the 1-1 chat `conv`
-    /// blocks; anything else passes (groups, conversations the sender is not in).
-    pub(super) fn require_not_blocked(&self, conv: &ConvId) -> Result<(), Failure> {
-        let Some((a, b)) = conv.direct_members() else {
-            return Ok(());
-        };
-        let other = if self.user == a {
-            b
-        } else if self.user == b {
-            a
-        } else {
-            return Ok(());
-        };
-        if super::blocks::blocks(self.conn, other, self.user)? {
-            return Err(Failure::new(
-                ErrorCode::Forbidden,
-                format!("{other} has blocked you"),
-            ));
-        }
-        Ok(())
-    }
-
     /// Requires a message text to be non-empty and within `limits.max_body_bytes`.
     pub(super) fn check_body(&self, body: &str) -> Result<(), Failure> {
         if body.len() > self.limits.max_body_bytes {
