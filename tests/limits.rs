@@ -162,6 +162,36 @@ async fn sends_over_the_rate_are_refused_with_a_wait_then_resume() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_waits_out_the_rate_and_sends_each_message_once() {
+    let (messenger, server) = serve_with(
+        &["alice", "bob"],
+        &[
+            ("MESSENGER_LIMITS__SENDS_PER_SEC", "4"),
+            ("MESSENGER_LIMITS__SENDS_BURST", "1"),
+        ],
+    )
+    .await;
+    let config = messenger_client::ClientConfig::new(
+        server.mqtt.to_string(),
+        crate::util::uid("alice"),
+        crate::util::did("phone"),
+        "alice-pw",
+    );
+    let (client, _events) = messenger_client::Client::connect(config)
+        .await
+        .expect("alice signs in");
+    let conv = messenger_protocol::ConvId::parse("dm:alice:bob").expect("conv");
+    // One at once, then one every 250 ms: each send after the first is refused
+    // once or more, and the library retries it after the server's wait.
+    for i in 1..=4u64 {
+        let ack = client.send(&conv, &format!("m{i}")).await.expect("sent");
+        assert_eq!(ack.seq, i);
+    }
+    client.disconnect().await;
+    assert_eq!(count(&messenger, "events", "conv = 'dm:alice:bob'"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_creations_and_token_requests_are_limited_then_resume() {
     let (messenger, server) = serve_with(
         &["alice", "bob"],
