@@ -1,4 +1,5 @@
-//! `messenger send | download | edit | delete | react | search | listen | history | chat`:
+//! `messenger send | download | edit | delete | react | search | listen | history | chat |
+//! block | unblock | blocks`:
 //! one device of a user, through the
 //! client library, on the command line.
 //!
@@ -98,6 +99,13 @@ pub(crate) fn run(settings: &Settings, cmd: ChatCommand) -> anyhow::Result<()> {
                 follow,
             } => status(settings, &account, &users, follow).await,
             ChatCommand::Group(cmd) => group(settings, cmd).await,
+            ChatCommand::Block { account, who } => {
+                blocking(settings, &account, Some((&who, true))).await
+            }
+            ChatCommand::Unblock { account, who } => {
+                blocking(settings, &account, Some((&who, false))).await
+            }
+            ChatCommand::Blocks { account } => blocking(settings, &account, None).await,
         }
     });
     // The stdin reader of `chat` may still be blocked in a read; do not wait for it.
@@ -677,11 +685,59 @@ async fn typed(
             }
             Ok(())
         }
+        Line::Block(user, block) => {
+            let Ok(user) = UserId::parse(&user) else {
+                eprintln!("not a user id: {user:?}");
+                return Ok(());
+            };
+            if block {
+                client.block(&user).await?;
+                println!("(blocked {user})");
+            } else {
+                client.unblock(&user).await?;
+                println!("(unblocked {user})");
+            }
+            Ok(())
+        }
         Line::Help(text) => {
             eprintln!("{text}");
             Ok(())
         }
     }
+}
+
+/// `block USER`, `unblock USER` (`change`: the user and whether to block), or
+/// `blocks` (no change): prints what was done, or the blocked users one a line.
+async fn blocking(
+    settings: &Settings,
+    account: &Account,
+    change: Option<(&str, bool)>,
+) -> anyhow::Result<()> {
+    let change = match change {
+        Some((user, block)) => Some((
+            UserId::parse(user).with_context(|| format!("user {user:?}"))?,
+            block,
+        )),
+        None => None,
+    };
+    let session = connect(settings, account).await?;
+    let result = match &change {
+        Some((user, true)) => session.client.block(user).await.map(|()| Vec::new()),
+        Some((user, false)) => session.client.unblock(user).await.map(|()| Vec::new()),
+        None => session.client.blocks().await,
+    };
+    session.close(false).await;
+    let users = result.context("refused")?;
+    match change {
+        Some((user, true)) => println!("blocked {user}"),
+        Some((user, false)) => println!("unblocked {user}"),
+        None => {
+            for user in users {
+                println!("{user}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads stdin line by line until end of input or `/quit`.

@@ -52,7 +52,8 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = AclFormat::Mosquitto)]
         format: AclFormat,
     },
-    /// Chat commands (send, download, edit, delete, react, search, listen, history, chat), signed in as one user.
+    /// Chat commands (send, download, edit, delete, react, search, listen, history, chat, block,
+    /// unblock, blocks), signed in as one user.
     #[command(flatten)]
     Chat(Box<ChatCommand>),
     /// Measure throughput, latency, connections and memory against a server child process.
@@ -176,6 +177,30 @@ pub(crate) enum ChatCommand {
     /// Group chats: create, add, remove, leave.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Block a user: they can no longer write to you in your 1-1 chat nor see your presence.
+    Block {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// Who to block.
+        #[arg(value_name = "USER")]
+        who: String,
+    },
+    /// Take back a block.
+    Unblock {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+        /// Who to unblock.
+        #[arg(value_name = "USER")]
+        who: String,
+    },
+    /// List the users you block, one a line.
+    Blocks {
+        /// Who signs in.
+        #[command(flatten)]
+        account: Account,
+    },
     /// Chat interactively: each line of input is sent; /quit or end of input leaves.
     Chat {
         /// Who signs in.

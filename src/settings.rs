@@ -60,7 +60,7 @@ impl Settings {
         if required && !path.exists() {
             bail!("config file {} does not exist", path.display());
         }
-        let settings: Settings = config::Config::builder()
+        let mut settings: Settings = config::Config::builder()
             .add_source(
                 config::File::from(path)
                     .format(config::FileFormat::Toml)
@@ -81,6 +81,8 @@ impl Settings {
                     path.display()
                 )
             })?;
+        // The broker enforces `limits.max_devices` (connected devices per user).
+        settings.broker.max_devices = settings.limits.max_devices;
         settings.validate()?;
         Ok(settings)
     }

@@ -21,7 +21,7 @@ const POLL: Duration = Duration::from_millis(50);
 const SERVICE_PASSWORD: &str = "bridge-secret";
 
 /// `GET path` over plain HTTP/1.1; the status code and the body.
-async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(admin)
         .await
         .unwrap_or_else(|err| panic!("connecting to the admin listener {admin}: {err}"));
@@ -45,7 +45,7 @@ async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Polls `path` until it answers `status`; the body then.
-async fn wait_for_status(server: &Server, path: &str, status: u16) -> String {
+pub(crate) async fn wait_for_status(server: &Server, path: &str, status: u16) -> String {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         if tokio::net::TcpStream::connect(server.admin).await.is_ok() {

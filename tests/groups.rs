@@ -66,7 +66,7 @@ async fn a_group_lives_its_whole_life() {
         USERS,
         Limits {
             max_group_members: 4,
-            ..Limits::default()
+            ..crate::util::server::unlimited()
         },
         30,
     )
@@ -266,7 +266,7 @@ async fn group_limits_hold() {
         Limits {
             max_group_members: 3,
             max_group_name_chars: 10,
-            ..Limits::default()
+            ..crate::util::server::unlimited()
         },
         30,
     )

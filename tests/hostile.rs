@@ -103,7 +103,7 @@ async fn conversations_and_members_are_paged_and_fit_a_packet() {
     users.extend_from_slice(USERS);
     let limits = Limits {
         max_body_bytes: 1,
-        ..Limits::default()
+        ..crate::util::server::unlimited()
     };
     let max_reply = limits.max_reply_bytes();
     let server = TestServer::build(Backend::Embedded, &users, limits, 30).await;
@@ -290,7 +290,7 @@ async fn numbers_out_of_range_are_bad_requests_naming_the_field() {
 async fn device_ids_per_user_are_capped() {
     let limits = Limits {
         max_devices_per_user: 3,
-        ..Limits::default()
+        ..crate::util::server::unlimited()
     };
     let server = TestServer::build(Backend::Embedded, USERS, limits, 30).await;
     let mut mallory = raw(&server, "alice", "alice-pw").await;

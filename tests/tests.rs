@@ -56,6 +56,13 @@ mod files;
 // numbers out of range, device ids without end, a removed user's name re-used.
 mod hostile;
 
+// Abuse limits: per-user rates (rate_limited, retry_after_ms), devices per user,
+// connections per address, the sign-in lockout, bad limit settings.
+mod limits;
+
+// Blocking: forbidden sends, refused and withheld presence, bad input, CLI, export, removal.
+mod blocking;
+
 // Push notifications to offline users through fake APNs, FCM and OAuth servers (HTTP/2, TLS).
 mod push;
 

@@ -196,7 +196,7 @@ async fn replies_edits_deletions_and_reactions_are_timeline_events() {
 async fn every_refusal_of_the_contract_changes_nothing() {
     let limits = Limits {
         edit_window_secs: 1,
-        ..Limits::default()
+        ..crate::util::server::unlimited()
     };
     let server = TestServer::build(Backend::Embedded, USERS, limits, 30).await;
     let (alice, _alice_events) = server.device("alice", "pw-a", "phone").await;

@@ -419,6 +419,26 @@ impl Accounts {
         Ok((users, last))
     }
 
+    /// Whether `blocker` blocks `blocked`. The `blocks` table belongs to the store
+    /// (its migrations create it); on a file the store never opened there is none,
+    /// and nobody blocks anybody.
+    pub fn is_blocked(&self, blocker: &UserId, blocked: &UserId) -> Result<bool, AccountsError> {
+        let conn = self.conn();
+        let found = conn
+            .prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")
+            .and_then(|mut stmt| {
+                stmt.query_row([blocker.as_str(), blocked.as_str()], |_| Ok(()))
+                    .optional()
+            });
+        match found {
+            Ok(found) => Ok(found.is_some()),
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains("no such table") => {
+                Ok(false)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// The newest revocation number (to start watching from now on).
     pub fn latest_revocation(&self) -> Result<i64, AccountsError> {
         Ok(self

@@ -187,6 +187,13 @@ impl Server {
         .env("MESSENGER_STORAGE__PATH", spec.db())
         .env("MESSENGER_STORAGE__DURABILITY", spec.durability.as_str())
         .env("MESSENGER_BRIDGE__PASSWORD", &spec.service_password)
+        // The abuse limits off: every simulated device comes from one address, and
+        // a simulated user sends far above a person's rate (`--server-env` may turn them on).
+        .env("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "0")
+        .env("MESSENGER_LIMITS__MAX_DEVICES", "50")
+        .env("MESSENGER_LIMITS__SENDS_PER_SEC", "0")
+        .env("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0")
+        .env("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0")
         // Metrics on, as in production, on a port of its own (`--server-env` may turn it off).
         .env("MESSENGER_ADMIN__LISTEN", "127.0.0.1:0")
         .envs(

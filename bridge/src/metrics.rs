@@ -148,6 +148,9 @@ pub(crate) fn kind(request: &Request) -> &'static str {
         Request::Delete { .. } => "delete",
         Request::React { .. } => "react",
         Request::Search { .. } => "search",
+        Request::Block { .. } => "block",
+        Request::Unblock { .. } => "unblock",
+        Request::Blocks { .. } => "blocks",
     }
 }
 

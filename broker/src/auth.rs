@@ -12,7 +12,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::metrics::{BrokerMetrics, RefusedBecause};
+use crate::metrics::RefusedBecause;
 use crate::throttle::{Policy, Throttle};
 
 /// The bridge's credentials.
@@ -55,6 +55,17 @@ pub(crate) struct Refusal {
     pub(crate) reason: RefusedBecause,
 }
 
+impl Refusal {
+    /// A refusal with `code` that the metrics count as `reason`, answered at once.
+    pub(crate) fn because(code: ConnectReturnCode, reason: RefusedBecause) -> Self {
+        Self {
+            code,
+            delay: None,
+            reason,
+        }
+    }
+}
+
 impl From<ConnectReturnCode> for Refusal {
     fn from(code: ConnectReturnCode) -> Self {
         let reason = match code {
@@ -81,8 +92,6 @@ pub(crate) struct Authenticator {
     throttle: Throttle,
     /// How long a refusal of a password sign-in is held back.
     failure_delay: Duration,
-    /// Sign-ins by result.
-    metrics: BrokerMetrics,
 }
 
 impl Authenticator {
@@ -91,7 +100,6 @@ impl Authenticator {
         service: ServiceAccount,
         policy: Policy,
         failure_delay: Duration,
-        metrics: BrokerMetrics,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
@@ -100,7 +108,6 @@ impl Authenticator {
             hashing: Semaphore::new(cores),
             throttle: Throttle::new(policy),
             failure_delay,
-            metrics,
         }
     }
 
@@ -114,48 +121,32 @@ impl Authenticator {
         }
     }
 
+    /// Whether `username` is the service account's (the bridge's).
+    pub(crate) fn is_service(&self, username: &str) -> bool {
+        username == self.service.username
+    }
+
+    /// Refuses a device that signs in on the loopback listener directly while
+    /// plain MQTT is off: devices come through a front. The caller counts it.
+    pub(crate) fn refuse_direct(&self, connect: &Connect, source: Option<IpAddr>) -> Refusal {
+        warn!(client_id = %connect.client_id, ?source, "plain MQTT is off (broker.listen is empty); refused");
+        Refusal::from(ConnectReturnCode::NotAuthorized)
+    }
+
     /// Decides on a CONNECT from `source` (the client's address, when known):
-    /// the signed-in principal, or the refusal.
+    /// the signed-in principal, or the refusal. The caller counts the outcome
+    /// (the gate may still refuse an accepted sign-in: too many devices).
     ///
     /// Cheap checks come first. The credential check may block (argon2id); it runs
     /// under `block_in_place` so the runtime's other tasks move to another worker.
     /// Password sign-ins pass the throttle first: a user or address with too many
-    /// recent failures is refused without a check. Device tokens (256 random bits)
-    /// are not throttled, so guessing a user's password cannot lock out their
-    /// devices' reconnects. The service account is checked in constant time, no
-    /// argon2, and never locked out (that would cut the bridge off); its failures
-    /// count against the address and are held back like any other.
+    /// recent failures is refused without a check (the user's lockout spares the
+    /// addresses they signed in from before, see `throttle`). Device tokens (256
+    /// random bits) are not throttled, so guessing a user's password cannot lock
+    /// out their devices' reconnects. The service account is checked in constant
+    /// time, no argon2, and never locked out (that would cut the bridge off); its
+    /// failures count against the address and are held back like any other.
     pub(crate) fn admit(
-        &self,
-        connect: &Connect,
-        will: Option<&LastWill>,
-        login: Option<&Login>,
-        source: Option<IpAddr>,
-    ) -> Result<Principal, Refusal> {
-        let decided = self.decide(connect, will, login, source);
-        match &decided {
-            Ok(_) => self.metrics.accepted(),
-            Err(refusal) => self.metrics.refused(refusal.reason),
-        }
-        decided
-    }
-
-    /// Whether these credentials name the service account (not whether they are right).
-    pub(crate) fn is_service(&self, login: Option<&Login>) -> bool {
-        login.is_some_and(|login| login.username == self.service.username)
-    }
-
-    /// Refuses (and counts) a device that signs in on the loopback listener
-    /// directly while plain MQTT is off: devices come through a front.
-    pub(crate) fn refuse_direct(&self, connect: &Connect, source: Option<IpAddr>) -> Refusal {
-        warn!(client_id = %connect.client_id, ?source, "plain MQTT is off (broker.listen is empty); refused");
-        let refusal = Refusal::from(ConnectReturnCode::NotAuthorized);
-        self.metrics.refused(refusal.reason);
-        refusal
-    }
-
-    /// [`Authenticator::admit`] without the counting.
-    fn decide(
         &self,
         connect: &Connect,
         will: Option<&LastWill>,
@@ -207,6 +198,9 @@ impl Authenticator {
             Ok(Verdict::Accepted) => {
                 if !is_token {
                     self.throttle.succeeded(user.as_str());
+                }
+                if let Some(source) = source {
+                    self.throttle.trust(user.as_str(), source, Instant::now());
                 }
                 info!(client_id = %connect.client_id, "signed in");
                 Ok(principal)

@@ -31,6 +31,15 @@ pub struct BrokerConfig {
     pub max_packet_bytes: usize,
     /// Most simultaneous connections.
     pub max_connections: usize,
+    /// Most open connections from one client address (IPv6: one /64), counted from
+    /// their CONNECT; the next is refused with CONNACK 3. The WebSocket front's
+    /// connections count by their client's address. 0: no bound (for a node behind
+    /// a proxy that hides client addresses). The service account is not counted.
+    pub max_connections_per_ip: usize,
+    /// Devices of one user connected at once; the next sign-in is refused with
+    /// CONNACK 5. Not a `[broker]` key: the binary copies `limits.max_devices` here.
+    #[serde(skip)]
+    pub max_devices: usize,
     /// How long a new TCP connection may take to send CONNECT, in milliseconds.
     pub connect_timeout_ms: u16,
     /// How long a WebSocket client may take to finish its HTTP upgrade, in milliseconds.
@@ -79,6 +88,8 @@ impl Default for BrokerConfig {
             wss_listen: None,
             max_packet_bytes: 128 * 1024,
             max_connections: 20_000,
+            max_connections_per_ip: 256,
+            max_devices: 10,
             connect_timeout_ms: 5_000,
             ws_handshake_timeout_ms: 5_000,
             segment_bytes: 32 * 1024,
@@ -152,6 +163,9 @@ impl BrokerConfig {
                 "broker.max_connections",
                 "be at least 1",
             ));
+        }
+        if self.max_devices == 0 {
+            return Err(ConfigError::invalid("limits.max_devices", "be at least 1"));
         }
         if self.connect_timeout_ms == 0 {
             return Err(ConfigError::invalid(

@@ -24,11 +24,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use messenger_protocol::acl::{self, Principal};
+use messenger_protocol::topics::Topic;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{ConnectReturnCode, Error, Packet, Protocol, SubscribeReasonCode};
 use tracing::warn;
 
-use crate::auth::Authenticator;
+use crate::addresses::{AddressGuard, Addresses};
+use crate::auth::{Authenticator, Refusal};
+use crate::metrics::RefusedBecause;
 use crate::sessions::{LiveGuard, Sessions};
 use crate::websocket::Peers;
 
@@ -46,6 +49,93 @@ pub(crate) struct Shared {
     /// Plain MQTT is off (`broker.listen = ""`): devices sign in only through a
     /// front (an upstream connection in `peers`); the service account from anywhere.
     pub(crate) fronts_only: bool,
+    /// Open connections per client address.
+    pub(crate) addresses: Arc<Addresses>,
+    /// Devices of one user connected at once (`limits.max_devices`).
+    pub(crate) max_devices: usize,
+    /// Who blocks whom (the store's `blocks` table), for presence.
+    pub(crate) accounts: Arc<messenger_accounts::Accounts>,
+}
+
+impl Shared {
+    /// Signs a CONNECT in: the client's address must have room
+    /// (`broker.max_connections_per_ip`; not asked of the service account), the
+    /// credentials must pass, and a user must have room for one more device
+    /// (`limits.max_devices`). Counts the outcome. Returns the principal and the
+    /// guard that counts it as live; `address` gets the guard that counts the
+    /// connection against its address, kept until the connection ends, refused
+    /// or not (a refused password sign-in waits for its CONNACK).
+    fn sign_in(
+        self: &Arc<Self>,
+        connect: &rumqttd::protocol::Connect,
+        will: Option<&rumqttd::protocol::LastWill>,
+        login: Option<&rumqttd::protocol::Login>,
+        source: Option<std::net::IpAddr>,
+        address: &mut Option<AddressGuard>,
+    ) -> Result<(Principal, LiveGuard), Refusal> {
+        let decided = self.decide(connect, will, login, source, address);
+        match &decided {
+            Ok(_) => self.metrics.accepted(),
+            Err(refusal) => self.metrics.refused(refusal.reason),
+        }
+        decided
+    }
+
+    /// [`Shared::sign_in`] without the counting.
+    fn decide(
+        self: &Arc<Self>,
+        connect: &rumqttd::protocol::Connect,
+        will: Option<&rumqttd::protocol::LastWill>,
+        login: Option<&rumqttd::protocol::Login>,
+        source: Option<std::net::IpAddr>,
+        address: &mut Option<AddressGuard>,
+    ) -> Result<(Principal, LiveGuard), Refusal> {
+        let service = login.is_some_and(|l| self.auth.is_service(&l.username));
+        *address = match source.filter(|_| !service) {
+            Some(addr) => self.addresses.open(addr).map_err(|open| {
+                warn!(client_id = %connect.client_id, %addr, open, "too many connections from one address; refused");
+                Refusal::because(
+                    ConnectReturnCode::ServiceUnavailable,
+                    RefusedBecause::TooManyConnections,
+                )
+            })?,
+            None => None,
+        };
+        let principal = self.auth.admit(connect, will, login, source)?;
+        let live = match &principal {
+            Principal::User(user) => self
+                .sessions
+                .live_device(&connect.client_id, self.max_devices)
+                .map_err(|connected| {
+                    warn!(%user, client_id = %connect.client_id, connected, max = self.max_devices, "too many devices connected; sign-in refused");
+                    Refusal::because(
+                        ConnectReturnCode::NotAuthorized,
+                        RefusedBecause::TooManyDevices,
+                    )
+                })?,
+            Principal::Service => self.sessions.live(&connect.client_id, false),
+        };
+        Ok((principal, live))
+    }
+
+    /// Whether `who` may see the presence of the user of a `status/<user>` topic or
+    /// filter: not when that user blocks them. Other topics pass. When the blocks
+    /// cannot be read, presence is withheld (and a warning logged).
+    fn may_see_presence(&self, who: &Principal, topic: &str) -> bool {
+        let Principal::User(me) = who else {
+            return true;
+        };
+        let Some(Topic::Status(owner)) = Topic::parse(topic) else {
+            return true;
+        };
+        match self.accounts.is_blocked(&owner, me) {
+            Ok(blocked) => !blocked,
+            Err(err) => {
+                warn!(cause = %err, "cannot read blocks; presence withheld");
+                false
+            }
+        }
+    }
 }
 
 /// Where a connection stands.
@@ -67,6 +157,8 @@ struct ConnState {
     revoked: Arc<AtomicBool>,
     /// Present while signed in: counts the connection as live until the codec is dropped.
     _live: Option<LiveGuard>,
+    /// Counts the connection against its client's address, from its CONNECT on.
+    _address: Option<AddressGuard>,
     /// The connection's peer, as the listener accepted it.
     peer: Option<SocketAddr>,
     /// How long the refusing CONNACK waits.
@@ -90,6 +182,7 @@ impl Gate {
                 pending_subacks: HashMap::new(),
                 revoked: Arc::new(AtomicBool::new(false)),
                 _live: None,
+                _address: None,
                 peer: None,
                 refusal_delay: None,
             })),
@@ -126,16 +219,26 @@ impl Protocol for Gate {
                 let source = client.map(|addr| addr.ip());
                 let direct_device = shared.fronts_only
                     && via_front.is_none()
-                    && !shared.auth.is_service(login.as_ref());
-                let decided = if direct_device {
-                    Err(shared.auth.refuse_direct(&connect, source))
+                    && !login
+                        .as_ref()
+                        .is_some_and(|l| shared.auth.is_service(&l.username));
+                let mut address = None;
+                let signed_in = if direct_device {
+                    let refusal = shared.auth.refuse_direct(&connect, source);
+                    shared.metrics.refused(refusal.reason);
+                    Err(refusal)
                 } else {
-                    shared
-                        .auth
-                        .admit(&connect, will.as_ref(), login.as_ref(), source)
+                    shared.sign_in(
+                        &connect,
+                        will.as_ref(),
+                        login.as_ref(),
+                        source,
+                        &mut address,
+                    )
                 };
-                match decided {
-                    Ok(principal) => {
+                st._address = address;
+                match signed_in {
+                    Ok((principal, live)) => {
                         if let Principal::User(user) = &principal {
                             shared.sessions.register(
                                 since_ms,
@@ -147,8 +250,7 @@ impl Protocol for Gate {
                                 client,
                             );
                         }
-                        let device = matches!(principal, Principal::User(_));
-                        st._live = Some(shared.sessions.live(&connect.client_id, device));
+                        st._live = Some(live);
                         st.phase = Phase::Bound(principal);
                         Ok(Packet::Connect(connect, props, will, will_props, login))
                     }
@@ -179,7 +281,9 @@ impl Protocol for Gate {
                 let mask: Vec<bool> = subscribe
                     .filters
                     .iter()
-                    .map(|f| acl::may_subscribe(who, &f.path))
+                    .map(|f| {
+                        acl::may_subscribe(who, &f.path) && shared.may_see_presence(who, &f.path)
+                    })
                     .collect();
                 if mask.iter().any(|ok| !ok) {
                     warn!(?who, filters = ?subscribe.filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "subscription refused");
@@ -205,6 +309,19 @@ impl Protocol for Gate {
             return Err(Error::InvalidProtocol);
         }
         let packet = match packet {
+            // A status the subscriber may no longer see (its owner blocked them after
+            // they subscribed): replaced like a refused publish, so it is still acked.
+            Packet::Publish(mut publish, props) => {
+                if let Phase::Bound(who @ Principal::User(_)) = &st.phase {
+                    let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+                    if topic.starts_with("status/") && !self.shared.may_see_presence(who, topic) {
+                        publish.topic = Bytes::from_static(DENIED_TOPIC.as_bytes());
+                        publish.payload = Bytes::new();
+                        publish.retain = false;
+                    }
+                }
+                Packet::Publish(publish, props)
+            }
             Packet::ConnAck(mut ack, props) => {
                 if let Phase::Refused(code) = st.phase {
                     ack.code = code;

@@ -6,6 +6,7 @@
 //! - [`config`]: the `[broker]` settings.
 //! - `auth`: CONNECT checks (client id, credentials, last will).
 //! - `throttle`: failed password sign-ins per user and per source address.
+//! - `addresses`: open connections per client address.
 //! - `gate`: the codec wrapper through which every packet passes; the ACL seam.
 //! - `metrics`: connected devices and sign-ins, for the admin listener's `/metrics`.
 //! - `sessions`: live connections per user, cut (by a session takeover) when the account is
@@ -26,6 +27,7 @@ pub mod files;
 
 pub mod tls;
 
+mod addresses;
 mod auth;
 mod gate;
 mod http;
@@ -463,16 +465,18 @@ fn shared_state(
     let metrics = BrokerMetrics::default();
     Arc::new(Shared {
         auth: auth::Authenticator::new(
-            accounts,
+            accounts.clone(),
             service,
             policy,
             Duration::from_millis(config.sign_in_failure_delay_ms),
-            metrics.clone(),
         ),
         sessions: Arc::new(sessions::Sessions::new(metrics.connected.clone())),
         metrics,
         peers: Arc::new(websocket::Peers::default()),
         fronts_only,
+        addresses: Arc::new(addresses::Addresses::new(config.max_connections_per_ip)),
+        max_devices: config.max_devices,
+        accounts,
     })
 }
 

@@ -25,6 +25,10 @@ pub(crate) enum RefusedBecause {
     Unavailable,
     /// The account is disabled (`messenger user disable`).
     Disabled,
+    /// The user has `limits.max_devices` devices connected already.
+    TooManyDevices,
+    /// The client's address has `broker.max_connections_per_ip` connections open already.
+    TooManyConnections,
 }
 
 impl RefusedBecause {
@@ -36,16 +40,20 @@ impl RefusedBecause {
             Self::NotAuthorized => "not_authorized",
             Self::Unavailable => "unavailable",
             Self::Disabled => "disabled",
+            Self::TooManyDevices => "too_many_devices",
+            Self::TooManyConnections => "too_many_connections",
         }
     }
 
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 8] = [
         Self::BadClientId,
         Self::BadCredentials,
         Self::Throttled,
         Self::NotAuthorized,
         Self::Unavailable,
         Self::Disabled,
+        Self::TooManyDevices,
+        Self::TooManyConnections,
     ];
 }
 

@@ -96,8 +96,9 @@ pub(crate) fn now_ms() -> i64 {
 /// A registry of every signed-in user's live connections.
 pub(crate) struct Sessions {
     by_user: Mutex<HashMap<String, Vec<Live>>>,
-    /// client id -> number of open connections with it (briefly 2 while one replaces another).
-    live: Mutex<HashMap<String, usize>>,
+    /// user -> client id -> number of open connections with it (briefly 2 while one
+    /// replaces another); the user is the client id's part before its first `:`.
+    live: Mutex<HashMap<String, HashMap<String, usize>>>,
     /// Open device connections (the metric `messenger_connected_devices`).
     connected: Gauge,
 }
@@ -116,10 +117,16 @@ impl Drop for LiveGuard {
             self.sessions.connected.dec();
         }
         let mut live = self.sessions.live.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = live.get_mut(&self.client_id) {
-            *n -= 1;
-            if *n == 0 {
-                live.remove(&self.client_id);
+        let user = user_of(&self.client_id);
+        if let Some(ids) = live.get_mut(user) {
+            if let Some(n) = ids.get_mut(&self.client_id) {
+                *n -= 1;
+                if *n == 0 {
+                    ids.remove(&self.client_id);
+                }
+            }
+            if ids.is_empty() {
+                live.remove(user);
             }
         }
     }
@@ -201,7 +208,21 @@ impl Sessions {
     /// a `device`'s (not the service account's) also as a connected device.
     pub(crate) fn live(self: &Arc<Self>, client_id: &str, device: bool) -> LiveGuard {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        *live.entry(client_id.to_owned()).or_insert(0) += 1;
+        self.count(&mut live, client_id, device)
+    }
+
+    /// Counts a connection in `live` (the locked map) and returns its guard.
+    fn count(
+        self: &Arc<Self>,
+        live: &mut HashMap<String, HashMap<String, usize>>,
+        client_id: &str,
+        device: bool,
+    ) -> LiveGuard {
+        *live
+            .entry(user_of(client_id).to_owned())
+            .or_default()
+            .entry(client_id.to_owned())
+            .or_insert(0) += 1;
         if device {
             self.connected.inc();
         }
@@ -217,7 +238,27 @@ impl Sessions {
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(client_id)
+            .get(user_of(client_id))
+            .is_some_and(|ids| ids.contains_key(client_id))
+    }
+
+    /// Counts a device's connection as [`Sessions::live`] does, unless its user has
+    /// `max` other devices (client ids) connected already: then `None`, with the
+    /// count. A client id that is connected already (a device replacing its own
+    /// connection) always gets in. Checked and counted under one lock, so two
+    /// sign-ins at once cannot both take the last place.
+    pub(crate) fn live_device(
+        self: &Arc<Self>,
+        client_id: &str,
+        max: usize,
+    ) -> Result<LiveGuard, usize> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ids) = live.get(user_of(client_id)) {
+            if !ids.contains_key(client_id) && ids.len() >= max {
+                return Err(ids.len());
+            }
+        }
+        Ok(self.count(&mut live, client_id, true))
     }
 
     /// Marks revoked every live connection of `user` that signed in before the
@@ -235,6 +276,13 @@ impl Sessions {
         }
         before.into_iter().filter(Live::mark).collect()
     }
+}
+
+/// The user part of a client id (`<user>:<device>`; the service account's `<service>:<instance>`).
+fn user_of(client_id: &str) -> &str {
+    client_id
+        .split_once(':')
+        .map_or(client_id, |(user, _)| user)
 }
 
 /// Makes local links to the router (for takeovers). A closure because the

@@ -10,6 +10,14 @@
 //! been quiet for [`FORGET_AFTER_WINDOWS`] maximum windows, and a full map drops
 //! its oldest record.
 //!
+//! A user's lockout would also shut the real user out, so it spares the
+//! addresses the user signed in from successfully (with the password or a
+//! device token) in the last [`TRUST_FOR`]: guessing one user's password from
+//! many addresses costs the guesser time, while the user, at an address they
+//! used before, still gets their password checked (that address's own record
+//! still applies). Elsewhere the lockout lasts at most `max_backoff`. At most
+//! [`MAX_RECORDS`] such pairs are kept; a full map forgets the oldest.
+//!
 //! Every method takes the current instant, so tests drive the clock.
 
 use std::borrow::Borrow;
@@ -21,6 +29,9 @@ use std::time::{Duration, Instant};
 
 /// Most records kept per map (users, addresses).
 const MAX_RECORDS: usize = 65_536;
+
+/// How long a successful sign-in keeps its (user, address) exempt from the user's lockout.
+const TRUST_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A record is forgotten this many maximum windows after its last failure.
 const FORGET_AFTER_WINDOWS: u32 = 10;
@@ -121,7 +132,7 @@ impl<K: Hash + Eq + Clone> Records<K> {
 
 /// The key of a source address: IPv6 clients usually hold a whole /64, so
 /// their addresses count together.
-fn address_key(addr: IpAddr) -> IpAddr {
+pub(crate) fn address_key(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -139,6 +150,10 @@ pub(crate) struct Throttle {
     policy: Policy,
     users: Mutex<Records<String>>,
     addresses: Mutex<Records<IpAddr>>,
+    /// (user, address key) -> last successful sign-in from there.
+    trusted: Mutex<HashMap<(String, IpAddr), Instant>>,
+    /// Most entries of `trusted`.
+    cap: usize,
 }
 
 impl Throttle {
@@ -151,16 +166,46 @@ impl Throttle {
             policy,
             users: Mutex::new(Records::new(cap)),
             addresses: Mutex::new(Records::new(cap)),
+            trusted: Mutex::new(HashMap::new()),
+            cap,
         }
     }
 
     /// Whether a password attempt for `user` from `addr` may be checked now;
     /// `false`: refuse it unchecked.
     pub(crate) fn admits(&self, user: &str, addr: Option<IpAddr>, now: Instant) -> bool {
-        if lock(&self.users).blocked(user, now) {
+        if lock(&self.users).blocked(user, now) && !addr.is_some_and(|a| self.trusts(user, a, now))
+        {
             return false;
         }
         !addr.is_some_and(|a| lock(&self.addresses).blocked(&address_key(a), now))
+    }
+
+    /// Whether `user` signed in successfully from `addr` within [`TRUST_FOR`].
+    fn trusts(&self, user: &str, addr: IpAddr, now: Instant) -> bool {
+        lock(&self.trusted)
+            .get(&(user.to_owned(), address_key(addr)))
+            .is_some_and(|since| now.saturating_duration_since(*since) < TRUST_FOR)
+    }
+
+    /// Records a successful sign-in of `user` from `addr` (password or token): that
+    /// address is spared the user's lockout for [`TRUST_FOR`].
+    pub(crate) fn trust(&self, user: &str, addr: IpAddr, now: Instant) {
+        let mut trusted = lock(&self.trusted);
+        let key = (user.to_owned(), address_key(addr));
+        if !trusted.contains_key(&key) && trusted.len() >= self.cap {
+            trusted.retain(|_, since| now.saturating_duration_since(*since) < TRUST_FOR);
+            if trusted.len() >= self.cap {
+                let oldest = trusted
+                    .iter()
+                    .min_by_key(|(_, since)| **since)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    trusted.remove(&oldest);
+                }
+            }
+        }
+        trusted.insert(key, now);
     }
 
     /// Records a failed password attempt: against `user` (when it names an
@@ -251,6 +296,43 @@ mod tests {
         t.succeeded("bob");
         assert!(!t.admits("carol", Some(ip), now));
         assert!(t.admits("carol", Some([192, 0, 2, 8].into()), now));
+    }
+
+    #[test]
+    fn a_locked_user_still_gets_in_from_an_address_they_used() {
+        let t = Throttle::new(POLICY);
+        let home: IpAddr = [198, 51, 100, 7].into();
+        let now = Instant::now();
+        t.trust("alice", home, now);
+        // Guesses from many addresses lock alice's password sign-ins ...
+        for i in 0..3u8 {
+            t.failed(Some("alice"), Some([203, 0, 113, i].into()), now);
+        }
+        assert!(!t.admits("alice", Some([203, 0, 113, 9].into()), now));
+        assert!(!t.admits("alice", None, now));
+        // ... but not from her own address, nor for long elsewhere.
+        assert!(t.admits("alice", Some(home), now));
+        assert!(t.admits("alice", Some([203, 0, 113, 9].into()), now + secs(1)));
+        // Trust expires, and the address's own record still applies.
+        let later = now + TRUST_FOR + Duration::from_millis(1);
+        t.failed(Some("alice"), None, later);
+        assert!(!t.admits("alice", Some(home), later));
+        for _ in 0..5 {
+            t.failed(None, Some(home), now);
+        }
+        assert!(!t.admits("alice", Some(home), now));
+    }
+
+    #[test]
+    fn the_trusted_map_stays_bounded() {
+        let t = Throttle::with_capacity(POLICY, 2);
+        let now = Instant::now();
+        for i in 0..5u8 {
+            t.trust("alice", [192, 0, 2, i].into(), now + secs(u64::from(i)));
+        }
+        let trusted = lock(&t.trusted);
+        assert_eq!(trusted.len(), 2);
+        assert!(trusted.contains_key(&("alice".to_owned(), [192, 0, 2, 4].into())));
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use messenger_protocol::wire::{self, AttachmentRef, ConversationItem, Request, RequestId};
+use messenger_protocol::wire::{
+    self, AttachmentRef, ConversationItem, ErrorCode, Request, RequestId,
+};
 use messenger_protocol::{topics, ConvId, DeviceId, UserId};
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, NetworkOptions, Packet};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -169,8 +171,10 @@ impl Client {
     /// and has its `seq`. Until then the request is published again, with the same
     /// id, after every reconnect and every 10 s, so the message is stored once.
     ///
+    /// When the user is over the server's send rate (`rate_limited`), the send
+    /// waits the time the server names and tries again, within `request_timeout`.
     /// Fails with [`ClientError::Server`] when the bridge refuses it (e.g.
-    /// `not_member`, `too_large`), and with [`ClientError::Timeout`] when no reply
+    /// `not_member`, `too_large`, or `rate_limited` past the timeout), and with [`ClientError::Timeout`] when no reply
     /// came within `request_timeout`; the message may still have been stored then,
     /// and calling this again with the same `id` is safe: it stores nothing new and
     /// returns the original ack. Apps that keep an outbox persist `id` (from
@@ -263,13 +267,30 @@ impl Client {
     }
 
     /// Publishes an idempotent request (until its reply, like a send) and reads its `ack`.
+    /// A `rate_limited` answer is waited out (its `retry_after_ms`) and the same
+    /// request, same id, published again, for as long as `request_timeout` allows
+    /// from the first try; after that the `rate_limited` error is returned.
     async fn acked(&self, conv: &ConvId, request: &Request) -> Result<Ack, ClientError> {
         let id = request
             .id()
             .ok_or_else(|| ClientError::InvalidRequest("a request without an id".into()))?
             .as_str()
             .to_owned();
-        match self.request(&id, request, Retry::Periodic).await? {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let reply = loop {
+            match self.request(&id, request, Retry::Periodic).await {
+                Err(ClientError::Server {
+                    code: ErrorCode::RateLimited,
+                    retry_after: Some(wait),
+                    ..
+                }) if tokio::time::Instant::now() + wait < deadline => {
+                    debug!(id, ?wait, "rate limited; waiting to retry");
+                    tokio::time::sleep(wait).await;
+                }
+                other => break other?,
+            }
+        };
+        match reply {
             wire::Event::Ack {
                 id,
                 conv: acked,
@@ -371,6 +392,53 @@ impl Client {
                 }
                 other => return Err(unexpected("a conversation list", &other)),
             }
+        }
+    }
+
+    /// Blocks `user`: they can no longer send, edit or react in the 1-1 chat with
+    /// this user, nor see this user's presence. Blocking someone blocked already
+    /// succeeds and changes nothing.
+    pub async fn block(&self, user: &UserId) -> Result<(), ClientError> {
+        let id = new_request_id();
+        let request = Request::Block {
+            id: id.clone(),
+            user: user.clone(),
+        };
+        self.ack_only(&id, &request).await
+    }
+
+    /// Takes back a block of `user` (succeeds if there was none).
+    pub async fn unblock(&self, user: &UserId) -> Result<(), ClientError> {
+        let id = new_request_id();
+        let request = Request::Unblock {
+            id: id.clone(),
+            user: user.clone(),
+        };
+        self.ack_only(&id, &request).await
+    }
+
+    /// The users this user blocks, by user id.
+    pub async fn blocks(&self) -> Result<Vec<UserId>, ClientError> {
+        let id = new_request_id();
+        let request = Request::Blocks { id: id.clone() };
+        match self
+            .request(id.as_str(), &request, Retry::OnReconnect)
+            .await?
+        {
+            wire::Event::Blocks { users, .. } => Ok(users),
+            other => Err(unexpected("a list of blocked users", &other)),
+        }
+    }
+
+    /// Publishes a request that answers a bare `ack` and is harmless to repeat
+    /// (again after a reconnect), and waits for that `ack`.
+    async fn ack_only(&self, id: &RequestId, request: &Request) -> Result<(), ClientError> {
+        match self
+            .request(id.as_str(), request, Retry::OnReconnect)
+            .await?
+        {
+            wire::Event::Ack { .. } => Ok(()),
+            other => Err(unexpected("an ack", &other)),
         }
     }
 

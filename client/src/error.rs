@@ -87,6 +87,8 @@ pub enum ClientError {
         code: ErrorCode,
         /// The server's explanation.
         message: String,
+        /// For `rate_limited`: how long until the request could succeed.
+        retry_after: Option<std::time::Duration>,
     },
     /// No reply within the configured request timeout.
     ///
@@ -139,7 +141,8 @@ mod tests {
         assert_eq!(
             ClientError::Server {
                 code: ErrorCode::NotMember,
-                message: "not a member".into()
+                message: "not a member".into(),
+                retry_after: None,
             }
             .to_string(),
             "the server refused the request: not a member (not_member)"

@@ -271,6 +271,26 @@ pub enum Request {
         /// Request id.
         id: RequestId,
     },
+    /// Block a user: they can no longer send in the 1-1 chat with the sender, nor see
+    /// the sender's presence.
+    Block {
+        /// Request id.
+        id: RequestId,
+        /// Who to block.
+        user: UserId,
+    },
+    /// Take a block back.
+    Unblock {
+        /// Request id.
+        id: RequestId,
+        /// Who to unblock.
+        user: UserId,
+    },
+    /// The users the sender blocks.
+    Blocks {
+        /// Request id.
+        id: RequestId,
+    },
 }
 
 impl Request {
@@ -293,7 +313,10 @@ impl Request {
             | Self::PushRegister { id, .. }
             | Self::PushUnregister { id, .. }
             | Self::Mute { id, .. }
-            | Self::Token { id } => Some(id),
+            | Self::Token { id }
+            | Self::Block { id, .. }
+            | Self::Unblock { id, .. }
+            | Self::Blocks { id } => Some(id),
             Self::Receipt { .. } | Self::Typing { .. } => None,
         }
     }
@@ -530,6 +553,9 @@ pub enum Event {
         code: ErrorCode,
         /// A human-readable explanation.
         message: String,
+        /// For `rate_limited`: how long to wait before the request can succeed, in ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// The reply to `sync`.
     Sync {
@@ -586,6 +612,13 @@ pub enum Event {
         id: RequestId,
         /// The token.
         token: String,
+    },
+    /// The reply to `blocks`.
+    Blocks {
+        /// The request's id.
+        id: RequestId,
+        /// The users the requester blocks, ascending by user id.
+        users: Vec<UserId>,
     },
     /// A chat message.
     Message {

@@ -17,13 +17,15 @@ pub(super) enum Line {
     Search(String),
     /// `/file PATH`: uploads a file and sends it.
     File(String),
+    /// `/block USER`: blocks a user (`true`); `/unblock USER` takes it back (`false`).
+    Block(String, bool),
     /// A slash command that is not one of these, or lacks its arguments: how to use them.
     Help(String),
 }
 
 /// What the commands look like.
 pub(super) const USAGE: &str = "commands: /reply SEQ TEXT, /edit SEQ TEXT, /delete SEQ, \
-/react SEQ [EMOJI], /search WORDS, /file PATH, /quit; a line starting with // sends the rest with one /";
+/react SEQ [EMOJI], /search WORDS, /file PATH, /block USER, /unblock USER, /quit; a line starting with // sends the rest with one /";
 
 /// Reads a line. A line that starts with `//` is a message starting with `/`.
 pub(super) fn parse(line: &str) -> Line {
@@ -50,6 +52,9 @@ pub(super) fn parse(line: &str) -> Line {
         "react" => seq_and(rest).map(|(seq, emoji)| Line::React(seq, emoji)),
         "search" if !rest.is_empty() => Some(Line::Search(rest.to_owned())),
         "file" if !rest.is_empty() => Some(Line::File(rest.to_owned())),
+        "block" | "unblock" if !rest.is_empty() && !rest.contains(' ') => {
+            Some(Line::Block(rest.to_owned(), name == "block"))
+        }
         _ => None,
     };
     parsed.unwrap_or_else(|| Line::Help(format!("not understood: {line}; {USAGE}")))
@@ -76,6 +81,8 @@ mod tests {
             parse("/file notes/a b.txt"),
             Line::File("notes/a b.txt".into())
         );
+        assert_eq!(parse("/block bob"), Line::Block("bob".into(), true));
+        assert_eq!(parse("/unblock bob"), Line::Block("bob".into(), false));
         for bad in [
             "/reply 3",
             "/edit x text",
@@ -83,6 +90,8 @@ mod tests {
             "/delete two",
             "/search",
             "/file",
+            "/block",
+            "/unblock bob carol",
             "/fly",
         ] {
             assert!(matches!(parse(bad), Line::Help(_)), "{bad}");

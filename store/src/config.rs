@@ -113,6 +113,22 @@ pub struct Limits {
     pub edit_window_secs: u64,
     /// Largest uploaded file (`POST /files`), in bytes.
     pub max_file_bytes: u64,
+    /// Devices of one user connected at once (the broker refuses the next sign-in
+    /// with CONNACK 5); at most `max_devices_per_user`, the device ids a user may have.
+    pub max_devices: usize,
+    /// Sustained requests per second that store a timeline event (`send`, `edit`,
+    /// `delete`, `react`, `group_add`, `group_remove`, `group_leave`), per user; 0: no limit.
+    pub sends_per_sec: u32,
+    /// How many such requests a user may make at once, above the sustained rate.
+    pub sends_burst: u32,
+    /// `group_create` requests per hour, per user; 0: no limit.
+    pub group_creates_per_hour: u32,
+    /// How many `group_create` requests a user may make at once; absent: `group_creates_per_hour`.
+    pub group_creates_burst: Option<u32>,
+    /// `token` requests per minute, per user; 0: no limit.
+    pub token_requests_per_min: u32,
+    /// How many `token` requests a user may make at once; absent: `token_requests_per_min`.
+    pub token_requests_burst: Option<u32>,
 }
 
 impl Default for Limits {
@@ -125,6 +141,13 @@ impl Default for Limits {
             max_devices_per_user: 50,
             edit_window_secs: 15 * 60,
             max_file_bytes: 25 * 1024 * 1024,
+            max_devices: 10,
+            sends_per_sec: 10,
+            sends_burst: 50,
+            group_creates_per_hour: 30,
+            group_creates_burst: None,
+            token_requests_per_min: 10,
+            token_requests_burst: None,
         }
     }
 }
@@ -172,6 +195,30 @@ impl Limits {
             return Err(ConfigError::invalid(
                 "limits.max_devices_per_user",
                 "be between 1 and 10000",
+            ));
+        }
+        if self.max_devices == 0 || self.max_devices > self.max_devices_per_user {
+            return Err(ConfigError::invalid(
+                "limits.max_devices",
+                "be between 1 and limits.max_devices_per_user",
+            ));
+        }
+        if self.sends_per_sec > 0 && self.sends_burst == 0 {
+            return Err(ConfigError::invalid(
+                "limits.sends_burst",
+                "be at least 1 while limits.sends_per_sec is above 0",
+            ));
+        }
+        if self.group_creates_burst == Some(0) {
+            return Err(ConfigError::invalid(
+                "limits.group_creates_burst",
+                "be at least 1",
+            ));
+        }
+        if self.token_requests_burst == Some(0) {
+            return Err(ConfigError::invalid(
+                "limits.token_requests_burst",
+                "be at least 1",
             ));
         }
         if self.edit_window_secs > 366 * 24 * 3600 {

@@ -14,6 +14,8 @@ pub struct Failure {
     pub code: ErrorCode,
     /// For humans; at most [`MAX_MESSAGE_BYTES`].
     pub message: String,
+    /// For `rate_limited`: how long until the request could succeed, in ms.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Failure {
@@ -28,7 +30,19 @@ impl Failure {
             message.truncate(end);
             message.push_str("...");
         }
-        Self { code, message }
+        Self {
+            code,
+            message,
+            retry_after_ms: None,
+        }
+    }
+
+    /// A `rate_limited` failure that may be retried after `retry_after_ms`.
+    pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
+        Self {
+            retry_after_ms: Some(retry_after_ms),
+            ..Self::new(ErrorCode::RateLimited, message)
+        }
     }
 
     /// A `bad_request`.
@@ -42,6 +56,7 @@ impl Failure {
             id,
             code: self.code,
             message: self.message.clone(),
+            retry_after_ms: self.retry_after_ms,
         }
     }
 }

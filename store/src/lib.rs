@@ -15,11 +15,13 @@
 //! - [`config`]: the `[storage]` and `[limits]` settings.
 //! - `outcome`: [`Outcome`], [`Effect`], [`Notification`].
 //! - `failure`: [`Failure`], why a request failed.
+//! - `rate`: per-user rate limits (sends, group creations, token requests).
 //! - [`sqlite`]: the SQLite engine ([`SqliteStore`]).
 
 pub mod config;
 mod failure;
 mod outcome;
+mod rate;
 pub mod sqlite;
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use messenger_accounts::Accounts;
-use messenger_bridge::config::{BridgeConfig, Durability, Limits, PushConfig, StorageConfig};
+use messenger_bridge::config::{BridgeConfig, Durability, PushConfig, StorageConfig};
 use messenger_bridge::Bridge;
 use messenger_broker::{BrokerConfig, RunningBroker, ServiceAccount};
 use messenger_protocol::UserId;
@@ -97,7 +97,7 @@ impl Server {
                 durability: Durability::Os,
                 ..StorageConfig::default()
             },
-            limits: Limits::default(),
+            limits: crate::util::server::unlimited(),
             push,
             ready: None,
             liveness: Some(Arc::new(move |client_id: &str| {

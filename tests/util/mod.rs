@@ -107,7 +107,7 @@ pub(crate) struct TestBrokerBuilder {
 
 impl TestBroker {
     /// A broker with test settings: both listeners on `127.0.0.1:0`, revocations
-    /// polled every 50 ms, WebSocket handshakes cut after 1 s.
+    /// polled every 50 ms, WebSocket handshakes cut after 1 s, no bound on connections per address.
     pub(crate) fn start() -> TestBrokerBuilder {
         let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         TestBrokerBuilder {
@@ -117,6 +117,8 @@ impl TestBroker {
                 ws_listen: Some(localhost),
                 ws_handshake_timeout_ms: 1_000,
                 revocation_poll_ms: 50,
+                // Every test device comes from 127.0.0.1 (tests/limits.rs sets one).
+                max_connections_per_ip: 0,
                 ..BrokerConfig::default()
             },
         }

@@ -97,7 +97,7 @@ impl Messenger {
     }
 
     /// `messenger <args>` with a clean environment: no inherited `MESSENGER_*`
-    /// variables, the storage path set, the admin listener off (tests run in
+    /// variables, the storage path set, the rate and per-address limits off, the admin listener off (tests run in
     /// parallel; [`Messenger::spawn_serve`] gives it a free port), the temp
     /// directory as working directory.
     pub(crate) fn command(&self, args: &[&str]) -> Command {
@@ -112,6 +112,12 @@ impl Messenger {
         }
         cmd.env("MESSENGER_STORAGE__PATH", self.db())
             .env("MESSENGER_ADMIN__LISTEN", "")
+            // Tests send far faster than a person, all from one address
+            // (tests/limits.rs turns these limits on).
+            .env("MESSENGER_LIMITS__SENDS_PER_SEC", "0")
+            .env("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0")
+            .env("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0")
+            .env("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "0")
             .env("RUST_LOG", "info");
         cmd
     }

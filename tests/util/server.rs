@@ -53,6 +53,17 @@ macro_rules! on_both_brokers {
 }
 pub(crate) use on_both_brokers;
 
+/// The default limits with the per-user rate limits off: tests send far faster
+/// than a person (tests/limits.rs turns them on).
+pub(crate) fn unlimited() -> Limits {
+    Limits {
+        sends_per_sec: 0,
+        group_creates_per_hour: 0,
+        token_requests_per_min: 0,
+        ..Limits::default()
+    }
+}
+
 /// A broker and a bridge. Dropping it stops both.
 pub(crate) struct TestServer {
     broker: Broker,
@@ -66,7 +77,7 @@ pub(crate) struct TestServer {
 impl TestServer {
     /// Starts a broker with these users and a bridge in front of it.
     pub(crate) async fn start(backend: Backend, users: &[(&str, &str)]) -> Self {
-        Self::build(backend, users, Limits::default(), 30).await
+        Self::build(backend, users, unlimited(), 30).await
     }
 
     /// Like [`TestServer::start`], with the bridge's limits and keepalive (which

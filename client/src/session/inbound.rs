@@ -126,9 +126,16 @@ impl Session {
         match pending.waiter {
             Waiter::Caller(reply) => {
                 let result = match parsed {
-                    Ok(wire::Event::Error { code, message, .. }) => {
-                        Err(ClientError::Server { code, message })
-                    }
+                    Ok(wire::Event::Error {
+                        code,
+                        message,
+                        retry_after_ms,
+                        ..
+                    }) => Err(ClientError::Server {
+                        code,
+                        message,
+                        retry_after: retry_after_ms.map(std::time::Duration::from_millis),
+                    }),
                     Ok(event) => Ok(event),
                     Err(err) => Err(ClientError::Decode(err.to_string())),
                 };

@@ -10,6 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::pushes::Notify;
 use super::search::IndexOp;
 use crate::config::Limits;
+use crate::rate::{Action, RateLimits};
 use crate::{Effect, Failure, Notification};
 
 /// Who sent a request, and the context to handle it in.
@@ -18,6 +19,8 @@ pub(super) struct Ctx<'a> {
     pub(super) user: &'a UserId,
     pub(super) device: &'a DeviceId,
     pub(super) limits: &'a Limits,
+    /// Per-user rate limits.
+    pub(super) rates: &'a RateLimits,
     /// The server's clock for this batch, ms since the epoch.
     pub(super) now: u64,
     /// Whether stored messages call for push notifications.
@@ -83,6 +86,7 @@ impl Ctx<'_> {
             } => self.members_page(&id, &conv, after.as_ref(), limit),
             Request::Typing { conv } => self.typing(&conv),
             Request::Token { id } => {
+                self.rates.check(self.user, Action::Token)?;
                 self.require_device_room()?;
                 let token = messenger_accounts::issue_token(self.conn, self.user, self.device)
                     .map_err(|e| match e {
@@ -111,6 +115,9 @@ impl Ctx<'_> {
                 token,
             } => self.push_unregister(&id, platform, &token),
             Request::Mute { id, conv, until } => self.mute(&id, &conv, until),
+            Request::Block { id, user } => self.block(&id, &user),
+            Request::Unblock { id, user } => self.unblock(&id, &user),
+            Request::Blocks { id } => self.blocks(&id),
         }
     }
 
@@ -299,6 +306,12 @@ impl Ctx<'_> {
                 ),
             ))
         }
+    }
+
+    /// Takes one request of `action` from the sender's allowance, or refuses it
+    /// `rate_limited`. Handlers call it after answering repeats, before storing.
+    pub(super) fn rate(&self, action: Action) -> Result<(), Failure> {
+        self.rates.check(self.user, action)
     }
 
     /// Requires a message text to be non-empty and within `limits.max_body_bytes`.

@@ -17,6 +17,7 @@
 //!
 //! ```json
 //! {"format": "messenger-export", "version": 1, "user": "alice",
+//!  "blocks": ["mallory"],
 //!  "conversations": [
 //!   {"conv": "dm:alice:bob", "kind": "dm", "name": "bob", "role": "member",
 //!    "member": true, "joined_seq": 1, "left_seq": null, "last_seq": 7,
@@ -26,6 +27,7 @@
 //!   ...]}
 //! ```
 //!
+//! `blocks` are the users the user blocks, by user id.
 //! `last_seq` is the newest seq the user may read; `delivered_seq` and `read_seq`
 //! are the user's own receipts; a group the user has left has `"member": false`,
 //! its `left_seq`, and no `members`.
@@ -43,6 +45,7 @@ use super::context::{Ctx, Kind};
 use super::messages::Order;
 use super::Notify;
 use crate::config::Limits;
+use crate::rate::RateLimits;
 use crate::StoreError;
 
 /// Conversations read at a time.
@@ -123,11 +126,13 @@ pub fn export_user(
         return Err(messenger_accounts::AccountsError::NotFound(user.clone()).into());
     }
     let device = DeviceId::parse("export").expect("a valid device id");
+    let rates = RateLimits::new(limits);
     let ctx = Ctx {
         conn: &conn,
         user,
         device: &device,
         limits,
+        rates: &rates,
         now: 0,
         notify: Notify::Off,
         pushes: RefCell::new(Vec::new()),
@@ -140,6 +145,8 @@ pub fn export_user(
         b"{\"format\":\"messenger-export\",\"version\":1,\"user\":",
     )?;
     json(out, user)?;
+    put(out, b",\"blocks\":")?;
+    json(out, &super::blocks::blocked_by(&conn, user)?)?;
     put(out, b",\"conversations\":[")?;
     let mut after = String::new();
     loop {

@@ -8,6 +8,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::rows::with_useq;
 use super::Ctx;
+use crate::rate;
 use crate::{Effect, Failure};
 
 impl Ctx<'_> {
@@ -112,6 +113,7 @@ impl Ctx<'_> {
         if let Some(out) = self.repeated(id)? {
             return Ok(out);
         }
+        self.rate(rate::Action::GroupCreate)?;
         let name = name.trim();
         let chars = name.chars().count();
         if chars == 0 || chars > self.limits.max_group_name_chars {
@@ -173,6 +175,7 @@ impl Ctx<'_> {
         if let Some(out) = self.repeated(id)? {
             return Ok(out);
         }
+        self.rate(rate::Action::Send)?;
         let name = self.group(conv)?;
         self.require_user(user)?;
         if self
@@ -208,6 +211,7 @@ impl Ctx<'_> {
         if let Some(out) = self.repeated(id)? {
             return Ok(out);
         }
+        self.rate(rate::Action::Send)?;
         let name = self.group(conv)?;
         if user == self.user {
             return self.leave(id, conv, &name);
@@ -245,6 +249,7 @@ impl Ctx<'_> {
         if let Some(out) = self.repeated(id)? {
             return Ok(out);
         }
+        self.rate(rate::Action::Send)?;
         let name = self.group(conv)?;
         self.leave(id, conv, &name)
     }

@@ -12,6 +12,7 @@ use super::rows::{
 };
 use super::Ctx;
 use crate::outcome::{encode, Effect};
+use crate::rate;
 use crate::Failure;
 
 /// Default page size of `sync` and `history`.
@@ -51,6 +52,8 @@ impl Ctx<'_> {
             }));
             return Ok(out);
         }
+        self.rate(rate::Action::Send)?;
+        self.require_not_blocked(conv)?;
         let (seq, members) = self.take_send_seq(conv)?;
         if let Some(target) = reply_to {
             self.target_message(conv, target)?;
@@ -228,6 +231,7 @@ impl Ctx<'_> {
 
     pub(super) fn typing(&self, conv: &ConvId) -> Result<Vec<Effect>, Failure> {
         self.require_member(conv, false)?;
+        self.require_not_blocked(conv)?;
         let event = encode(&Event::Typing {
             conv: conv.clone(),
             user: self.user.clone(),

@@ -11,6 +11,7 @@
 //! - `context`: the per-request context and what every handler shares.
 //! - `messages`, `groups`, `conversations`, `pushes`: the handlers, by request.
 //! - `timeline`: edit, delete and react, the actions on a stored message.
+//! - `blocks`: block, unblock and the list of blocked users.
 //! - `search`: the `search` request and the full-text index it reads.
 //! - `files`: uploads, the messages that carry them, their bytes on disk.
 //! - `presence`: device rows and each user's aggregate.
@@ -23,6 +24,7 @@
 //! - `schema`: the tables and their migrations.
 
 mod backup;
+mod blocks;
 mod checkpoint;
 mod context;
 mod conversations;
@@ -58,6 +60,7 @@ use tracing::error;
 use self::checkpoint::{Checkpointer, Wal};
 use self::context::Ctx;
 use crate::config::{Durability, Limits, StorageConfig};
+use crate::rate::RateLimits;
 use crate::{Effect, Failure, Housekeeping, Input, Liveness, Outcome, StoreError};
 
 /// The writer's page cache, in KiB.
@@ -70,6 +73,8 @@ pub(crate) const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 pub struct SqliteStore {
     conn: Connection,
     limits: Limits,
+    /// Per-user rate limits, in this process's memory.
+    rates: RateLimits,
     notify: Notify,
     liveness: Option<Liveness>,
     /// Where uploaded files' bytes live.
@@ -100,6 +105,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(config.path.clone(), checkpoint::RESTART_FRAMES)?;
         Ok(Self {
             conn,
+            rates: RateLimits::new(&limits),
             limits,
             notify,
             liveness,
@@ -133,6 +139,7 @@ impl crate::Store for SqliteStore {
                     }
                     let scope = Scope {
                         limits: &self.limits,
+                        rates: &self.rates,
                         notify: self.notify,
                         now,
                     };
@@ -191,6 +198,7 @@ impl crate::Store for SqliteStore {
 
     fn between_batches(&mut self) -> Housekeeping {
         self.wal.rewind_if_due(&self.conn);
+        self.rates.forget_idle();
         let more = self
             .retention
             .as_mut()
@@ -214,6 +222,7 @@ impl Drop for SqliteStore {
 /// What every request of a batch shares.
 struct Scope<'a> {
     limits: &'a Limits,
+    rates: &'a RateLimits,
     notify: Notify,
     now: u64,
 }
@@ -239,6 +248,7 @@ impl Scope<'_> {
                 user,
                 device,
                 limits: self.limits,
+                rates: self.rates,
                 now: self.now,
                 notify: self.notify,
                 pushes: RefCell::new(Vec::new()),

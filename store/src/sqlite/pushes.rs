@@ -114,7 +114,7 @@ fn preview(body: &str) -> String {
 }
 
 impl Ctx<'_> {
-    fn ack_id(&self, id: &RequestId) -> Effect {
+    pub(super) fn ack_id(&self, id: &RequestId) -> Effect {
         self.reply(&Event::Ack {
             id: id.clone(),
             conv: None,

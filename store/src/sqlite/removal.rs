@@ -1,7 +1,8 @@
 //! What removing an account does to the conversations: nothing of it is left for
 //! a new account of the same name to inherit.
 //!
-//! The account's inbox, devices, presence, push registrations, mutes and
+//! The account's inbox, devices, presence, push registrations, mutes, blocks (by it
+//! and of it) and
 //! memberships are deleted. Its messages stay in the other members'
 //! timelines (as sent, by that name), but its request ids stop reserving
 //! anything. A 1-1 chat with it is closed: the other user keeps reading it,
@@ -47,6 +48,10 @@ pub(crate) fn purge_user(conn: &Connection, user: &UserId) -> rusqlite::Result<(
     conn.execute(
         "UPDATE events SET retired_req_id = req_id, req_id = NULL
          WHERE sender = ?1 AND req_id IS NOT NULL",
+        params![user],
+    )?;
+    conn.execute(
+        "DELETE FROM blocks WHERE blocker = ?1 OR blocked = ?1",
         params![user],
     )?;
     Ok(())

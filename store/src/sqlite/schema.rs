@@ -183,6 +183,16 @@ CREATE TABLE attachments (
 CREATE INDEX attachments_by_message ON attachments (conv, seq);
 -- message: its attachments as sent, JSON [{file,name,size,type}]; NULL once deleted.
 ALTER TABLE events ADD COLUMN attachments TEXT;
+", "
+-- Blocks: `blocked` may not send in the 1-1 chat with `blocker`, nor see their
+-- presence (the broker reads this table too: `messenger_accounts::is_blocked`).
+CREATE TABLE blocks (
+    blocker    TEXT NOT NULL,
+    blocked    TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (blocker, blocked)
+) WITHOUT ROWID;
+CREATE INDEX blocks_by_blocked ON blocks (blocked);
 "];
 
 #[cfg(test)]

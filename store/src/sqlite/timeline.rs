@@ -10,6 +10,7 @@ use rusqlite::{params, OptionalExtension};
 use super::rows::{with_useq, Budget};
 use super::Ctx;
 use crate::outcome::encode;
+use crate::rate;
 use crate::{Effect, Failure};
 
 /// What an action needs to know of the message it acts on.
@@ -100,6 +101,8 @@ impl Ctx<'_> {
         if let Some(out) = self.repeated_action(id, Action::Edit)? {
             return Ok(out);
         }
+        self.rate(rate::Action::Send)?;
+        self.require_not_blocked(conv)?;
         let found = self.live_target(conv, target)?;
         if found.from != self.user.as_str() {
             return Err(Failure::new(
@@ -136,6 +139,7 @@ impl Ctx<'_> {
         if let Some(out) = self.repeated_action(id, Action::Delete)? {
             return Ok(out);
         }
+        self.rate(rate::Action::Send)?;
         let found = self.live_target(conv, target)?;
         if found.from != self.user.as_str() {
             let admin = conv.direct_members().is_none()
@@ -194,6 +198,8 @@ impl Ctx<'_> {
         if let Some(out) = self.repeated_action(id, Action::Reaction)? {
             return Ok(out);
         }
+        self.rate(rate::Action::Send)?;
+        self.require_not_blocked(conv)?;
         self.live_target(conv, target)?;
         let conv_s = conv.to_string();
         if emoji.is_empty() {
