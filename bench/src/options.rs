@@ -73,7 +73,8 @@ pub struct BenchArgs {
     /// Files: files uploaded, then downloaded, one at a time [20; quick 3].
     #[arg(long)]
     file_count: Option<usize>,
-    /// TLS: idle devices connected over plain MQTT and then over MQTT/TLS [10000; quick 100].
+    /// TLS: idle devices connected over plain MQTT and then over MQTT/TLS [5000; quick 100]
+    /// (a TLS connection holds three of the server's file descriptors).
     #[arg(long)]
     tls_connections: Option<usize>,
     /// TLS: messages of the saturated e2e run over each transport (after a warm-up) [200000; quick 2000].
@@ -201,7 +202,7 @@ impl Options {
                 .file_bytes
                 .unwrap_or(if q { 1024 * 1024 } else { 10 * 1024 * 1024 }),
             file_count: count(a.file_count, 20, 3),
-            tls_connections: count(a.tls_connections, 10_000, 100),
+            tls_connections: count(a.tls_connections, 5_000, 100),
             tls_messages: a.tls_messages.unwrap_or(if q { 2_000 } else { 200_000 }),
             server_env: a.server_env.clone(),
             keep: a.keep,

@@ -18,7 +18,7 @@ use messenger_client::{Client, ClientConfig};
 use messenger_protocol::wire::Request;
 use messenger_protocol::{ConvId, DeviceId, UserId};
 use messenger_store::config::{Limits, StorageConfig};
-use messenger_store::{Input, Notify, SqliteStore, Store};
+use messenger_store::{Effect, Input, Notify, SqliteStore, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::info;
@@ -173,7 +173,12 @@ fn seed_messages(db: &std::path::Path, partners: usize, messages: u64) -> anyhow
         durability: messenger_store::config::Durability::Os,
         ..StorageConfig::default()
     };
-    let mut store = SqliteStore::open(&storage, Limits::default(), Notify::Off, None)
+    // Seeding sends far faster than one user may (`limits.sends_per_sec`).
+    let limits = Limits {
+        sends_per_sec: 0,
+        ..Limits::default()
+    };
+    let mut store = SqliteStore::open(&storage, limits, Notify::Off, None)
         .context("opening the store to seed it")?;
     let reader = UserId::parse(&user_name(0))?;
     let others: Vec<UserId> = (1..=partners)
@@ -206,7 +211,21 @@ fn seed_messages(db: &std::path::Path, partners: usize, messages: u64) -> anyhow
             });
             n += 1;
         }
-        store.process(inputs, now).context("seeding a batch")?;
+        let outcomes = store.process(inputs, now).context("seeding a batch")?;
+        // Every send must be stored: a refusal would shrink the readable set
+        // below what the figures say.
+        for outcome in &outcomes {
+            for effect in &outcome.effects {
+                if let Effect::Reply(reply) = effect {
+                    if !reply.starts_with(br#"{"type":"ack""#) {
+                        anyhow::bail!(
+                            "seeding: a send was refused: {}",
+                            String::from_utf8_lossy(reply)
+                        );
+                    }
+                }
+            }
+        }
         store.between_batches();
         now += 1000;
         if n % 100_000 < SEED_BATCH as u64 {

@@ -190,7 +190,9 @@ impl Server {
         // The abuse limits off: every simulated device comes from one address, and
         // a simulated user sends far above a person's rate (`--server-env` may turn them on).
         .env("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "0")
-        .env("MESSENGER_LIMITS__MAX_DEVICES", "50")
+        // `--devices-per-user` (100 by default) devices of one user connect at once.
+        .env("MESSENGER_LIMITS__MAX_DEVICES_PER_USER", "10000")
+        .env("MESSENGER_LIMITS__MAX_DEVICES", "10000")
         .env("MESSENGER_LIMITS__SENDS_PER_SEC", "0")
         .env("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0")
         .env("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0")
