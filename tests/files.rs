@@ -35,15 +35,7 @@ async fn server_with(env: &[(&str, &str)]) -> (Messenger, Server) {
     );
     server.wait_until_accepting().await;
     // The web listener comes up just after the MQTT listener.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while TcpStream::connect(server.ws).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the web listener did not come up:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.wait_until_accepting_on(server.ws).await;
     (messenger, server)
 }
 

@@ -11,6 +11,7 @@ use messenger_client::{Client, HistoryItem, WebFiles};
 use messenger_protocol::wire::AttachmentRef;
 use messenger_protocol::ConvId;
 
+use crate::admin::wait_for_status;
 use crate::util::client::GRANTED;
 use crate::util::process::{free_addr, Messenger, Server};
 use crate::util::{did, uid, Transport, PATIENCE};
@@ -122,19 +123,6 @@ async fn old_messages_go_new_ones_stay_and_sends_go_on() {
     assert_eq!(seqs, (5..=6 + sent).collect::<Vec<_>>(), "{sync}");
 }
 
-/// Waits until the web listener (up just after the MQTT listener) accepts.
-async fn wait_for_web(server: &Server) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::net::TcpStream::connect(server.ws).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the web listener did not come up:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The names in the files directory (the default: `files` beside the database).
 fn stored_files(m: &Messenger) -> BTreeSet<String> {
     std::fs::read_dir(m.dir().join("data").join("files"))
@@ -155,7 +143,7 @@ async fn an_old_message_takes_its_file_with_it() {
     }
     let conv = ConvId::direct(&uid("ann"), &uid("bob")).expect("dm");
     let mut server = m.serve().await;
-    wait_for_web(&server).await;
+    server.wait_until_accepting_on(server.ws).await;
     let web = WebFiles {
         web: server.ws.to_string(),
         user: uid("ann"),
@@ -201,6 +189,8 @@ async fn an_old_message_takes_its_file_with_it() {
     let retention = [("MESSENGER_STORAGE__RETENTION_DAYS", "1")];
     let mut server = m.spawn_role("serve", server.mqtt, server.ws, free_addr(), &retention);
     server.wait_until_accepting().await;
+    // `history` is asked once, not retried: the bridge must be subscribed first.
+    wait_for_status(&server, "/readyz", 200).await;
     let ann = device(&server, "ann").await;
     let kept: BTreeSet<String> = [uploads[1].sha256.clone()].into();
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -214,7 +204,7 @@ async fn an_old_message_takes_its_file_with_it() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_for_web(&server).await;
+    server.wait_until_accepting_on(server.ws).await;
     let web = WebFiles {
         web: server.ws.to_string(),
         user: uid("ann"),

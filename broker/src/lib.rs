@@ -7,6 +7,7 @@
 //! - `auth`: CONNECT checks (client id, credentials, last will).
 //! - `throttle`: failed password sign-ins per user and per source address.
 //! - `addresses`: open connections per client address.
+//! - `accept`: the accept loop the fronts share.
 //! - `gate`: the codec wrapper through which every packet passes; the ACL seam.
 //! - `metrics`: connected devices and sign-ins, for the admin listener's `/metrics`.
 //! - `sessions`: live connections per user, cut (by a session takeover) when the account is
@@ -27,6 +28,7 @@ pub mod files;
 
 pub mod tls;
 
+mod accept;
 mod addresses;
 mod auth;
 mod gate;

@@ -36,33 +36,14 @@ pub(crate) struct Front {
 /// Accepts TLS clients on `listener` until `shutdown`, each piped to `front.mqtt`.
 pub(crate) async fn run(listener: TcpListener, front: Front, shutdown: CancellationToken) {
     let front = Arc::new(front);
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(ok) => ok,
-            Err(err) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(cause = %err, "mqtt tls accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let shutdown = shutdown.clone();
+    crate::accept::each(listener, "mqtt-tls", shutdown, |stream, peer| {
         let front = front.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = serve(stream, peer, &front) => {}
-            }
-        });
-    }
+        async move { serve(stream, peer, &front).await }
+    })
+    .await;
 }
 
 async fn serve(stream: TcpStream, peer: SocketAddr, front: &Front) {
-    let _ = stream.set_nodelay(true);
     let tls =
         match tokio::time::timeout(front.handshake_timeout, front.acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,

@@ -135,30 +135,10 @@ impl Front {
 /// Accepts clients on `listener` until `shutdown`, each served by [`serve`].
 pub(crate) async fn run(listener: TcpListener, front: Front, shutdown: CancellationToken) {
     let front = Arc::new(front);
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(ok) => ok,
-            Err(err) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(cause = %err, "web accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let shutdown = shutdown.clone();
-        let front = front.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = accept(stream, peer, front) => {}
-            }
-        });
-    }
+    crate::accept::each(listener, "web", shutdown, |stream, peer| {
+        accept(stream, peer, front.clone())
+    })
+    .await;
 }
 
 /// Finishes the TLS handshake first if the front has a certificate (WSS), then
