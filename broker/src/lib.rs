@@ -14,6 +14,8 @@
 //!   WebSocket upgrades (subprotocol, size limits) piped to the MQTT listener.
 //! - `http`: the web listener's other requests: routes, sign-in by `Authorization`.
 //! - [`files`]: `POST /files` and `GET /files/<file>`, streamed to and from disk.
+//! - `web`: the web client's files (`web/` at the repository's root, embedded), served at
+//!   `GET /` with a Content-Security-Policy.
 //!
 //! The broker runs on its own multi-threaded Tokio runtime: rumqttd spawns a
 //! task per connection that nothing else can cancel, so stopping the broker
@@ -28,6 +30,7 @@ mod http;
 mod metrics;
 mod sessions;
 mod throttle;
+mod web;
 mod websocket;
 
 use std::collections::HashMap;

@@ -1,0 +1,611 @@
+//! The web client (issue 14) through the real `messenger serve`: the page's
+//! files and headers over HTTP, and two users chatting in real headless
+//! Chromium sessions driven over WebDriver (chromedriver on a free loopback
+//! port, one browser profile per user).
+//!
+//! The browser tests need Debian's `chromium` and `chromium-driver` (`.ci/run`
+//! installs them). Without them they print why and pass, except in CI
+//! (`CI=true`), where a missing browser is a failure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+
+use crate::util::process::{free_addr, free_addr_below_ephemeral, Messenger, Server};
+use crate::util::PATIENCE;
+
+/// How long a wait on the page may take: sign-in hashes a password, and the
+/// browser reconnects once a second after the server comes back.
+const PAGE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How often a wait on the page looks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A server with alice and bob (password `pw`) whose web listener accepts, on
+/// ports below the ephemeral range (the browsers keep dialling them while the
+/// server is restarted).
+async fn server() -> (Messenger, Server) {
+    let messenger = Messenger::new();
+    for user in ["alice", "bob"] {
+        messenger
+            .run(&["user", "add", user, "--password", "pw"])
+            .await
+            .ok();
+    }
+    let server = start(
+        &messenger,
+        free_addr_below_ephemeral(),
+        free_addr_below_ephemeral(),
+    )
+    .await;
+    (messenger, server)
+}
+
+/// `messenger serve` on these addresses, once its web listener accepts too.
+async fn start(messenger: &Messenger, mqtt: SocketAddr, ws: SocketAddr) -> Server {
+    let server = messenger.serve_on(mqtt, ws).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while TcpStream::connect(server.ws).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the web listener did not come up:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_its_files_are_served_with_types_validators_and_a_policy() {
+    let (_messenger, server) = server().await;
+    let base = format!("http://{}", server.ws);
+    let http = reqwest::Client::new();
+
+    let page = http.get(format!("{base}/")).send().await.expect("GET /");
+    assert_eq!(page.status(), 200);
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header(&page, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&page, "cache-control"), "no-cache");
+    assert_eq!(header(&page, "x-content-type-options"), "nosniff");
+    let policy = header(&page, "content-security-policy");
+    assert!(policy.contains("default-src 'none'"), "{policy}");
+    assert!(policy.contains("script-src 'self';"), "{policy}");
+    assert!(
+        policy.contains(&format!("connect-src 'self' ws://{}", server.ws)),
+        "{policy}"
+    );
+    assert!(!policy.contains("unsafe-inline") && !policy.contains("unsafe-eval"));
+    let etag = header(&page, "etag");
+    let html = page.text().await.expect("page body");
+    assert!(html.contains("<script type=\"module\" src=\"/app.js\"></script>"));
+    // No inline script: every <script> loads a file.
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=\"/")
+            .count()
+            .saturating_add(html.matches("<script type=\"module\" src=\"/").count())
+    );
+
+    // The same file again is a 304 while it has not changed.
+    let again = http
+        .get(format!("{base}/"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("GET / again");
+    assert_eq!(again.status(), 304);
+
+    for (path, media_type) in [
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/connection.js", "text/javascript; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+        ("/vendor/mqtt.min.js", "text/javascript; charset=utf-8"),
+        ("/icon.svg", "image/svg+xml"),
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.expect(path);
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(header(&r, "content-type"), media_type, "{path}");
+        assert!(!header(&r, "etag").is_empty(), "{path}");
+    }
+    // Anything else is 404; another method on the page is 405 and serves nothing.
+    for path in [
+        "/index.html",
+        "/app.js/",
+        "/vendor/",
+        "/../Cargo.toml",
+        "/web/app.js",
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.expect(path);
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let post = http.post(format!("{base}/")).send().await.expect("POST /");
+    assert_eq!(post.status(), 405);
+    assert_eq!(header(&post, "allow"), "GET, HEAD");
+    // A Host header that would add to the policy is left out of it.
+    let odd = http
+        .get(format!("{base}/"))
+        .header("host", "evil; script-src *")
+        .send()
+        .await
+        .expect("GET / with an odd Host");
+    let policy = header(&odd, "content-security-policy");
+    assert!(
+        policy.contains("connect-src 'self';") && !policy.contains('*'),
+        "{policy}"
+    );
+}
+
+// ---------------------------------------------------------------- browsers
+
+/// Chromium and its WebDriver, when installed.
+struct Tools {
+    chromium: PathBuf,
+    chromedriver: PathBuf,
+}
+
+/// The first of `names` found on `PATH` (or in `extra` directories).
+fn find_program(names: &[&str], extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(extra.iter().map(PathBuf::from));
+    let dirs: Vec<PathBuf> = dirs.collect();
+    names
+        .iter()
+        .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The tools, or `None` after printing why the test does not run; in CI a
+/// missing tool fails the test instead.
+fn tools() -> Option<Tools> {
+    let chromium = find_program(&["chromium", "chromium-browser"], &["/usr/lib/chromium"]);
+    let chromedriver = find_program(&["chromedriver"], &["/usr/lib/chromium"]);
+    match (chromium, chromedriver) {
+        (Some(chromium), Some(chromedriver)) => Some(Tools {
+            chromium,
+            chromedriver,
+        }),
+        (chromium, chromedriver) => {
+            let missing = [
+                chromium.is_none().then_some("chromium"),
+                chromedriver
+                    .is_none()
+                    .then_some("chromedriver (chromium-driver)"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" and ");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but {missing} is not installed: .ci/run installs chromium and chromium-driver"
+            );
+            eprintln!(
+                "skipped: {missing} not installed (apt-get install chromium chromium-driver)"
+            );
+            None
+        }
+    }
+}
+
+/// A chromedriver on a free loopback port; killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+    chromium: PathBuf,
+}
+
+impl Driver {
+    async fn start(tools: &Tools, log: &Path) -> Self {
+        let addr = free_addr();
+        let child = Command::new(&tools.chromedriver)
+            .arg(format!("--port={}", addr.port()))
+            .arg("--allowed-ips=127.0.0.1")
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning chromedriver");
+        let mut driver = Self {
+            child,
+            url: format!("http://{addr}"),
+            chromium: tools.chromium.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while TcpStream::connect(addr).await.is_err() {
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                panic!("chromedriver exited with {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not listen on {addr}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        driver
+    }
+
+    /// A new browser with its own profile (its own localStorage) in `profile`.
+    async fn browser(&self, name: &'static str, profile: &Path) -> Page {
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": self.chromium,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    "--disable-extensions",
+                    "--disable-background-timer-throttling",
+                    "--disable-renderer-backgrounding",
+                    "--enable-logging",
+                    "--v=0",
+                    "--window-size=1280,800",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("a browser session from chromedriver");
+        Page {
+            name,
+            client,
+            profile: profile.to_owned(),
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One user's browser.
+struct Page {
+    name: &'static str,
+    client: Client,
+    profile: PathBuf,
+}
+
+impl Page {
+    /// Runs `script` (a function body) with `args`.
+    async fn js(&self, script: &str, args: Vec<Value>) -> Value {
+        self.client
+            .execute(script, args)
+            .await
+            .unwrap_or_else(|err| panic!("{}: script failed: {err}\n{script}", self.name))
+    }
+
+    /// What the page shows, and the console lines Chromium logged, for a failure message.
+    async fn dump(&self) -> String {
+        let text = self
+            .client
+            .execute("return document.body.innerText", vec![])
+            .await
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|err| format!("(no page text: {err})"));
+        let console = std::fs::read_to_string(self.profile.join("chrome_debug.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("CONSOLE") || l.contains("Content Security Policy"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("--- {} shows:\n{text}\n--- console:\n{console}", self.name)
+    }
+
+    /// Waits until `condition` (a JavaScript expression) is true.
+    async fn wait(&self, condition: &str, what: &str) {
+        let script = format!("return !!({condition});");
+        let deadline = tokio::time::Instant::now() + PAGE_PATIENCE;
+        loop {
+            if self.js(&script, vec![]).await == Value::Bool(true) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "{}: not within {PAGE_PATIENCE:?}: {what}\n{}",
+                    self.name,
+                    self.dump().await
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|err| panic!("{}: no {css}: {err}", self.name))
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        self.find(css)
+            .await
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|err| panic!("{}: typing into {css}: {err}", self.name));
+    }
+
+    async fn click(&self, css: &str) {
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|err| panic!("{}: clicking {css}: {err}", self.name));
+    }
+
+    /// Opens the page and signs in.
+    async fn sign_in(&self, base: &str, user: &str, password: &str) {
+        self.client.goto(base).await.expect("opening the page");
+        self.wait(
+            "!document.getElementById('signin-view').hidden",
+            "the sign-in form",
+        )
+        .await;
+        self.type_into("#signin-user", user).await;
+        self.type_into("#signin-password", password).await;
+        self.click("#signin-submit").await;
+        self.wait_online().await;
+    }
+
+    async fn wait_online(&self) {
+        self.wait(
+            "document.getElementById('conn').dataset.state === 'online'",
+            "connected",
+        )
+        .await;
+    }
+
+    /// Types a message into the open conversation and sends it.
+    async fn send(&self, text: &str) {
+        self.type_into("#compose-text", text).await;
+        self.click("#send").await;
+    }
+
+    /// How many messages of the open conversation have exactly this text.
+    async fn count(&self, text: &str) -> u64 {
+        self.js(
+            "return [...document.querySelectorAll('#messages li.msg .body')]
+                .filter(b => b.textContent === arguments[0]).length;",
+            vec![json!(text)],
+        )
+        .await
+        .as_u64()
+        .unwrap_or_default()
+    }
+
+    /// Waits until a message with this text is shown.
+    async fn wait_message(&self, text: &str) {
+        let condition = format!(
+            "[...document.querySelectorAll('#messages li.msg .body')].some(b => b.textContent === {})",
+            json!(text)
+        );
+        self.wait(&condition, &format!("the message {text:?}"))
+            .await;
+    }
+
+    /// Waits until the own message with this text has this status.
+    async fn wait_status(&self, text: &str, status: &str) {
+        let condition = format!(
+            "[...document.querySelectorAll('#messages li.msg.mine')].some(li =>
+                li.querySelector('.body')?.textContent === {} &&
+                li.querySelector('.status')?.dataset.status === {})",
+            json!(text),
+            json!(status)
+        );
+        self.wait(&condition, &format!("{text:?} shown as {status}"))
+            .await;
+    }
+
+    /// A screenshot at this window size, written to `path`.
+    async fn screenshot(&self, width: u32, height: u32, path: &Path) {
+        self.client
+            .set_window_size(width, height)
+            .await
+            .expect("window size");
+        let inner = self.js("return window.innerWidth;", vec![]).await;
+        let inner = inner.as_u64().unwrap_or_default();
+        assert!(
+            inner <= u64::from(width) && inner + 40 >= u64::from(width),
+            "{}: asked for {width} px, the page is {inner} px wide",
+            self.name
+        );
+        // Let layout settle on the new size: wait for a frame to be drawn.
+        self.client
+            .execute_async(
+                "const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));",
+                vec![],
+            )
+            .await
+            .expect("a frame");
+        let png = self.client.screenshot().await.expect("screenshot");
+        std::fs::write(path, png).expect("writing the screenshot");
+    }
+}
+
+/// Where the test run writes its screenshots.
+fn screenshot_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot directory");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_chat_in_browsers_through_a_restart() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let (messenger, mut server) = server().await;
+    let base = format!("http://{}/", server.ws);
+    let profiles = TempDir::new().expect("profiles");
+    let driver = Driver::start(&tools, &profiles.path().join("chromedriver.log")).await;
+    let alice = driver
+        .browser("alice", &profiles.path().join("alice"))
+        .await;
+    let bob = driver.browser("bob", &profiles.path().join("bob")).await;
+
+    alice.sign_in(&base, "alice", "pw").await;
+    bob.sign_in(&base, "bob", "pw").await;
+    // The page keeps a device token, never the password.
+    let kept = alice
+        .js(
+            "return JSON.stringify(Object.assign({}, localStorage));",
+            vec![],
+        )
+        .await;
+    let kept = kept.as_str().unwrap_or_default();
+    assert!(kept.contains("mtk_"), "no device token kept: {kept}");
+    assert!(!kept.contains("\"pw\"") && !kept.contains(":pw"), "{kept}");
+
+    // Alice starts the chat; her message goes pending -> sent -> delivered (Bob's
+    // page is open, but not on this conversation) -> read (once Bob opens it).
+    alice.type_into("#new-chat-user", "bob").await;
+    alice.click("#new-chat button[type=submit]").await;
+    alice
+        .wait(
+            "document.getElementById('conv-title').textContent === 'bob'",
+            "the chat with bob",
+        )
+        .await;
+    alice.send("hello bob").await;
+    alice.wait_status("hello bob", "delivered").await;
+    bob.wait(
+        "document.querySelector('#conv-list button[data-conv=\"dm:alice:bob\"] .badge')?.textContent === '1'",
+        "one unread message from alice in the list",
+    )
+    .await;
+    bob.click("#conv-list button[data-conv=\"dm:alice:bob\"]")
+        .await;
+    bob.wait_message("hello bob").await;
+    alice.wait_status("hello bob", "read").await;
+    // Each sees the other online, in the list and above the conversation.
+    bob.wait(
+        "document.getElementById('conv-sub').textContent === 'online'",
+        "alice shown online",
+    )
+    .await;
+    alice
+        .wait(
+            "document.querySelector('#conv-list button[data-conv=\"dm:alice:bob\"] .presence')?.textContent === 'online'",
+            "bob shown online in the list",
+        )
+        .await;
+
+    // Typing shows on the other side, both ways.
+    bob.wait(
+        "document.getElementById('typing').textContent === ''",
+        "no one typing yet",
+    )
+    .await;
+    alice.type_into("#compose-text", "are you th").await;
+    bob.wait(
+        "document.getElementById('typing').textContent === 'alice is typing…'",
+        "alice typing",
+    )
+    .await;
+    bob.type_into("#compose-text", "y").await;
+    alice
+        .wait(
+            "document.getElementById('typing').textContent === 'bob is typing…'",
+            "bob typing",
+        )
+        .await;
+    bob.type_into("#compose-text", "es, hi alice").await;
+    bob.click("#send").await;
+    alice.wait_message("yes, hi alice").await;
+    alice.type_into("#compose-text", "ere?").await;
+    alice.click("#send").await;
+    bob.wait_message("are you there?").await;
+
+    // Bob reloads: the conversation comes back from history.
+    bob.client.refresh().await.expect("reload");
+    bob.wait_online().await;
+    for text in ["hello bob", "yes, hi alice", "are you there?"] {
+        bob.wait_message(text).await;
+    }
+
+    // The server goes away; Alice's message waits in her outbox, then goes out
+    // once the server is back, and Bob gets it exactly once.
+    let (mqtt, ws) = (server.mqtt, server.ws);
+    server.kill();
+    alice
+        .wait(
+            "document.getElementById('conn').dataset.state !== 'online'",
+            "alice sees she is offline",
+        )
+        .await;
+    let offline = "sent while the server was down";
+    alice.send(offline).await;
+    alice.wait_status(offline, "pending").await;
+    let server = start(&messenger, mqtt, ws).await;
+    bob.wait_message(offline).await;
+    bob.wait(
+        "document.getElementById('conv-sub').textContent === 'online'",
+        "alice shown online after the restart, before a reload",
+    )
+    .await;
+    alice.wait_status(offline, "read").await;
+    assert_eq!(bob.count(offline).await, 1, "{}", bob.dump().await);
+    assert_eq!(alice.count(offline).await, 1, "{}", alice.dump().await);
+    // Bob reloads again: still once, now from history.
+    bob.client.refresh().await.expect("reload");
+    bob.wait_online().await;
+    bob.wait_message(offline).await;
+    assert_eq!(bob.count(offline).await, 1, "{}", bob.dump().await);
+    bob.wait(
+        "document.getElementById('conv-sub').textContent === 'online'",
+        "alice shown online after the restart",
+    )
+    .await;
+
+    // A body that is markup shows as text: no element made of it, no script run.
+    let hostile = "<img src=x onerror=alert(1)>";
+    alice.send(hostile).await;
+    bob.wait_message(hostile).await;
+    alice.wait_status(hostile, "read").await;
+    let images = bob
+        .js(
+            "return document.querySelectorAll('#messages img:not(.inline-image)').length;",
+            vec![],
+        )
+        .await;
+    assert_eq!(images, json!(0));
+    assert!(
+        bob.client.get_alert_text().await.is_err(),
+        "an alert is open on bob's page"
+    );
+
+    // Screenshots at desktop and phone width, of Bob's side of the conversation.
+    let dir = screenshot_dir();
+    bob.screenshot(1280, 800, &dir.join("web-desktop.png"))
+        .await;
+    bob.screenshot(360, 740, &dir.join("web-phone.png")).await;
+    eprintln!("screenshots in {}", dir.display());
+
+    alice.client.close().await.expect("closing alice's browser");
+    bob.client.close().await.expect("closing bob's browser");
+    drop(server);
+}
