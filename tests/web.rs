@@ -28,12 +28,12 @@ const PAGE_PATIENCE: Duration = Duration::from_secs(30);
 /// How often a wait on the page looks again.
 const POLL: Duration = Duration::from_millis(50);
 
-/// A server with alice and bob (password `pw`) whose web listener accepts, on
+/// A server with alice, bob and carol (password `pw`) whose web listener accepts, on
 /// ports below the ephemeral range (the browsers keep dialling them while the
 /// server is restarted).
 async fn server() -> (Messenger, Server) {
     let messenger = Messenger::new();
-    for user in ["alice", "bob"] {
+    for user in ["alice", "bob", "carol"] {
         messenger
             .run(&["user", "add", user, "--password", "pw"])
             .await
@@ -420,6 +420,37 @@ impl Page {
             .await;
     }
 
+    /// Opens the action row of the message with this text and clicks one of
+    /// its buttons (`data-action`, and `data-emoji` for a reaction) as a user would.
+    async fn act_on(&self, text: &str, action: &str, emoji: Option<&str>) {
+        let found = self
+            .js(
+                "const li = [...document.querySelectorAll('#messages li.msg')]
+                    .find(li => li.querySelector('.body')?.textContent === arguments[0]);
+                if (!li) return false;
+                const actions = li.querySelector('.actions');
+                if (actions.hidden) li.querySelector('[data-action=menu]').click();
+                const button = [...actions.querySelectorAll('[data-action=' + arguments[1] + ']')]
+                    .find(b => arguments[2] === null || b.dataset.emoji === arguments[2]);
+                document.querySelectorAll('[data-test]').forEach(n => n.removeAttribute('data-test'));
+                if (!button) return false;
+                button.dataset.test = 'target';
+                return true;",
+                vec![json!(text), json!(action), json!(emoji)],
+            )
+            .await;
+        assert_eq!(found, json!(true), "{}: no {action} on {text:?}", self.name);
+        self.click("[data-test=target]").await;
+    }
+
+    /// Accepts the confirm() the last click opened.
+    async fn confirm(&self) {
+        self.client
+            .accept_alert()
+            .await
+            .unwrap_or_else(|err| panic!("{}: no dialog to accept: {err}", self.name));
+    }
+
     /// A screenshot at this window size, written to `path`.
     async fn screenshot(&self, width: u32, height: u32, path: &Path) {
         self.client
@@ -560,6 +591,16 @@ async fn two_people_chat_in_browsers_through_a_restart() {
     let offline = "sent while the server was down";
     alice.send(offline).await;
     alice.wait_status(offline, "pending").await;
+    // Kept in the browser (with the request id it will be retried with), not only on screen.
+    let queued = alice
+        .js(
+            "return JSON.parse(localStorage.getItem('messenger.alice.outbox') || '[]')
+                .filter(e => e.body === arguments[0]).map(e => e.id);",
+            vec![json!(offline)],
+        )
+        .await;
+    let queued_id = queued[0].as_str().unwrap_or_default().to_owned();
+    assert_eq!(queued.as_array().map(Vec::len), Some(1), "{queued}");
     let server = start(&messenger, mqtt, ws).await;
     bob.wait_message(offline).await;
     bob.wait(
@@ -570,6 +611,21 @@ async fn two_people_chat_in_browsers_through_a_restart() {
     alice.wait_status(offline, "read").await;
     assert_eq!(bob.count(offline).await, 1, "{}", bob.dump().await);
     assert_eq!(alice.count(offline).await, 1, "{}", alice.dump().await);
+    // Bob got it under the id Alice's outbox kept, and the outbox is empty again.
+    let shown = bob
+        .js(
+            "return [...document.querySelectorAll('#messages li.msg')]
+                .find(li => li.querySelector('.body')?.textContent === arguments[0])?.dataset.key;",
+            vec![json!(offline)],
+        )
+        .await;
+    assert_eq!(shown, json!(format!("alice/{queued_id}")));
+    alice
+        .wait(
+            "JSON.parse(localStorage.getItem('messenger.alice.outbox') || '[]').length === 0",
+            "an empty outbox",
+        )
+        .await;
     // Bob reloads again: still once, now from history.
     bob.client.refresh().await.expect("reload");
     bob.wait_online().await;
@@ -608,4 +664,182 @@ async fn two_people_chat_in_browsers_through_a_restart() {
     alice.client.close().await.expect("closing alice's browser");
     bob.client.close().await.expect("closing bob's browser");
     drop(server);
+}
+
+/// A 1×1 PNG image.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xf0,
+    0x1f, 0x00, 0x05, 0x00, 0x01, 0xff, 0x89, 0x99, 0x3d, 0x1d, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_edits_reactions_deletions_files_groups_and_sign_out_in_browsers() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let (_messenger, server) = server().await;
+    let base = format!("http://{}/", server.ws);
+    let profiles = TempDir::new().expect("profiles");
+    let driver = Driver::start(&tools, &profiles.path().join("chromedriver.log")).await;
+    let alice = driver
+        .browser("alice", &profiles.path().join("alice"))
+        .await;
+    let bob = driver.browser("bob", &profiles.path().join("bob")).await;
+    alice.sign_in(&base, "alice", "pw").await;
+    bob.sign_in(&base, "bob", "pw").await;
+
+    alice.type_into("#new-chat-user", "bob").await;
+    alice.click("#new-chat button[type=submit]").await;
+    alice.send("dinner at 8?").await;
+    alice.wait_status("dinner at 8?", "delivered").await;
+    bob.click("#conv-list button[data-conv=\"dm:alice:bob\"]")
+        .await;
+    bob.wait_message("dinner at 8?").await;
+
+    // A reply quotes what it answers, on both sides.
+    bob.act_on("dinner at 8?", "reply", None).await;
+    bob.send("see you there").await;
+    let quoted = "[...document.querySelectorAll('#messages li.msg')].some(li =>
+        li.querySelector('.body')?.textContent === 'see you there' &&
+        li.querySelector('.quote')?.textContent === '↪ alice: dinner at 8?')";
+    alice.wait(quoted, "the reply quoting alice").await;
+    bob.wait(quoted, "the reply quoting alice").await;
+
+    // An edit replaces the text for both and says so.
+    alice.act_on("dinner at 8?", "edit", None).await;
+    alice
+        .wait(
+            "document.getElementById('compose-text').value === 'dinner at 8?'",
+            "the text to edit in the composer",
+        )
+        .await;
+    alice
+        .js(
+            "document.getElementById('compose-text').value = '';",
+            vec![],
+        )
+        .await;
+    alice.send("dinner at 9?").await;
+    bob.wait_message("dinner at 9?").await;
+    assert_eq!(bob.count("dinner at 8?").await, 0);
+    bob.wait(
+        "[...document.querySelectorAll('#messages li.msg')].some(li =>
+            li.querySelector('.body')?.textContent === 'dinner at 9?' && li.querySelector('.edited'))",
+        "marked edited",
+    )
+    .await;
+
+    // A reaction shows on both sides; the same one again takes it back.
+    bob.act_on("dinner at 9?", "react", Some("👍")).await;
+    let reacted = "[...document.querySelectorAll('#messages li.msg')].some(li =>
+        li.querySelector('.body')?.textContent === 'dinner at 9?' &&
+        li.querySelector('.reaction')?.textContent === '👍 1')";
+    alice.wait(reacted, "bob's reaction").await;
+    bob.wait(reacted, "bob's reaction").await;
+    bob.act_on("dinner at 9?", "react", Some("👍")).await;
+    alice
+        .wait(
+            "![...document.querySelectorAll('#messages li.msg .reaction')].length",
+            "the reaction taken back",
+        )
+        .await;
+
+    // A deletion (after a confirmation) leaves a marker and no text.
+    alice.act_on("dinner at 9?", "delete", None).await;
+    alice.confirm().await;
+    bob.wait(
+        "[...document.querySelectorAll('#messages li.msg .body.deleted')].length === 1",
+        "the message shown deleted",
+    )
+    .await;
+    assert_eq!(bob.count("dinner at 9?").await, 0);
+
+    // A file: uploaded with the device token, sent as an attachment, shown inline to Bob.
+    let image = profiles.path().join("dot.png");
+    std::fs::write(&image, PNG).expect("writing the image");
+    alice
+        .type_into("#attach", &image.display().to_string())
+        .await;
+    bob.wait(
+        "[...document.querySelectorAll('#messages img.inline-image')].some(img =>
+            img.alt === 'dot.png' && img.complete && img.naturalWidth === 1 && !img.hidden)",
+        "the image shown inline",
+    )
+    .await;
+    bob.wait(
+        "[...document.querySelectorAll('#messages button.file')].some(b => b.textContent === '📎 dot.png (70 B)')",
+        "the attachment's name and size",
+    )
+    .await;
+
+    // A group: created by alice with bob, carol added; bob sees both and leaves.
+    alice.click("#new-group-box summary").await;
+    alice.type_into("#new-group-name", "trip").await;
+    alice.type_into("#new-group-members", "bob").await;
+    alice.click("#new-group button[type=submit]").await;
+    alice
+        .wait(
+            "document.getElementById('conv-title').textContent === 'trip'",
+            "the new group open",
+        )
+        .await;
+    alice.type_into("#add-member-user", "carol").await;
+    alice.click("#add-member button[type=submit]").await;
+    alice
+        .wait(
+            "[...document.querySelectorAll('#messages li.system')].some(li => li.textContent === 'alice added carol')",
+            "carol added",
+        )
+        .await;
+    alice.send("packing list?").await;
+    bob.wait(
+        "[...document.querySelectorAll('#conv-list .name')].some(n => n.textContent === 'trip')",
+        "the group in bob's list",
+    )
+    .await;
+    let group = bob
+        .js(
+            "return [...document.querySelectorAll('#conv-list button[data-conv]')]
+                .find(b => b.querySelector('.name').textContent === 'trip').dataset.conv;",
+            vec![],
+        )
+        .await;
+    let group = group.as_str().unwrap_or_default().to_owned();
+    assert!(group.starts_with("g:"), "{group}");
+    bob.click(&format!("#conv-list button[data-conv=\"{group}\"]"))
+        .await;
+    bob.wait_message("packing list?").await;
+    bob.wait(
+        "document.getElementById('conv-sub').textContent === 'alice, bob, carol'",
+        "the members",
+    )
+    .await;
+    bob.click("#leave").await;
+    bob.confirm().await;
+    bob.wait(
+        "![...document.querySelectorAll('#conv-list .name')].some(n => n.textContent === 'trip')",
+        "the group gone from bob's list",
+    )
+    .await;
+    alice
+        .wait(
+            "[...document.querySelectorAll('#messages li.system')].some(li => li.textContent === 'bob left')",
+            "bob left",
+        )
+        .await;
+
+    // Sign-out forgets the token and the device id.
+    alice.click("#signout").await;
+    alice
+        .wait(
+            "!document.getElementById('signin-view').hidden && !Object.keys(localStorage).length",
+            "signed out with nothing kept",
+        )
+        .await;
+
+    alice.client.close().await.expect("closing alice's browser");
+    bob.client.close().await.expect("closing bob's browser");
 }
