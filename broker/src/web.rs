@@ -54,6 +54,36 @@ const ASSETS: &[Asset] = &[
         bytes: include_bytes!("../../web/store.js"),
     },
     Asset {
+        path: "/state.js",
+        media_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../web/state.js"),
+    },
+    Asset {
+        path: "/inbox.js",
+        media_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../web/inbox.js"),
+    },
+    Asset {
+        path: "/conversations.js",
+        media_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../web/conversations.js"),
+    },
+    Asset {
+        path: "/timeline.js",
+        media_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../web/timeline.js"),
+    },
+    Asset {
+        path: "/compose.js",
+        media_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../web/compose.js"),
+    },
+    Asset {
+        path: "/files.js",
+        media_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../web/files.js"),
+    },
+    Asset {
         path: "/render.js",
         media_type: "text/javascript; charset=utf-8",
         bytes: include_bytes!("../../web/render.js"),
