@@ -19,7 +19,7 @@ use tempfile::TempDir;
 use tokio::net::TcpStream;
 
 use crate::util::process::{free_addr, free_addr_below_ephemeral, Messenger, Server};
-use crate::util::PATIENCE;
+use crate::util::{Transport, PATIENCE};
 
 /// How long a wait on the page may take: sign-in hashes a password, and the
 /// browser reconnects once a second after the server comes back.
@@ -349,12 +349,23 @@ impl Page {
             .unwrap_or_else(|err| panic!("{}: typing into {css}: {err}", self.name));
     }
 
+    /// Clicks the element; again if the page replaced it between finding and clicking.
     async fn click(&self, css: &str) {
-        self.find(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|err| panic!("{}: clicking {css}: {err}", self.name));
+        let deadline = tokio::time::Instant::now() + PAGE_PATIENCE;
+        loop {
+            match self.find(css).await.click().await {
+                Ok(()) => return,
+                Err(err) if err.to_string().contains("stale element") => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{}: {css} kept going stale",
+                        self.name
+                    );
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(err) => panic!("{}: clicking {css}: {err}", self.name),
+            }
+        }
     }
 
     /// Opens the page and signs in.
@@ -676,7 +687,7 @@ const PNG: &[u8] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_edits_reactions_deletions_files_groups_and_sign_out_in_browsers() {
+async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_browsers() {
     let Some(tools) = tools() else {
         return;
     };
@@ -830,6 +841,39 @@ async fn replies_edits_reactions_deletions_files_groups_and_sign_out_in_browsers
             "bob left",
         )
         .await;
+
+    // A long conversation comes in pages as Alice scrolls up.
+    let mut raw = server
+        .device(Transport::Tcp, "alice:raw", "pw")
+        .connect()
+        .await
+        .expect("alice's raw device");
+    raw.subscribe(&["chat/alice/dev/raw"]).await;
+    for i in 1..=70 {
+        let send = json!({"type": "send", "id": format!("old-{i}"), "conv": "dm:alice:carol", "body": format!("old {i}")});
+        let ack = raw.reply("alice", send.to_string().as_bytes()).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    alice.type_into("#new-chat-user", "carol").await;
+    alice.click("#new-chat button[type=submit]").await;
+    alice.wait_message("old 70").await;
+    assert_eq!(
+        alice.count("old 1").await,
+        0,
+        "the first page holds the newest only"
+    );
+    alice
+        .js("document.getElementById('messages').scrollTop = 0;", vec![])
+        .await;
+    alice.wait_message("old 1").await;
+    let order = alice
+        .js(
+            "return [...document.querySelectorAll('#messages li.msg .body')].map(b => b.textContent);",
+            vec![],
+        )
+        .await;
+    let expected: Vec<String> = (1..=70).map(|i| format!("old {i}")).collect();
+    assert_eq!(order, json!(expected));
 
     // Sign-out forgets the token and the device id.
     alice.click("#signout").await;

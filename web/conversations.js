@@ -70,7 +70,15 @@ export function renderConvList() {
   const list = $("conv-list");
   const convs = [...state.convs.values()].sort((a, b) =>
     (b.lastTs || 0) - (a.lastTs || 0) || (b.last_seq || 0) - (a.last_seq || 0) || a.conv.localeCompare(b.conv));
-  list.replaceChildren(...convs.map((c) => convNode(c, c.conv === state.open)));
+  // Rows that did not change stay the same nodes (focus and a click in progress survive).
+  const rows = convs.map((c) => {
+    const fresh = convNode(c, c.conv === state.open);
+    const old = list.querySelector(`li[data-conv="${CSS.escape(c.conv)}"]`);
+    return old && old.isEqualNode(fresh) ? old : fresh;
+  });
+  if (rows.length !== list.children.length || rows.some((row, i) => list.children[i] !== row)) {
+    list.replaceChildren(...rows);
+  }
   $("conv-empty").hidden = convs.length > 0;
   const unread = convs.reduce((n, c) => n + (c.unread || 0), 0);
   document.title = (unread ? `(${unread}) ` : "") + `Messenger · ${state.session.user}`;
