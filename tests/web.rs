@@ -157,11 +157,10 @@ struct Tools {
     chromedriver: PathBuf,
 }
 
-/// The first of `names` found on `PATH` (or in `extra` directories).
-fn find_program(names: &[&str], extra: &[&str]) -> Option<PathBuf> {
+/// The first of `names` found on `PATH`.
+fn find_program(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(extra.iter().map(PathBuf::from));
-    let dirs: Vec<PathBuf> = dirs.collect();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
     names
         .iter()
         .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
@@ -171,8 +170,8 @@ fn find_program(names: &[&str], extra: &[&str]) -> Option<PathBuf> {
 /// The tools, or `None` after printing why the test does not run; in CI a
 /// missing tool fails the test instead.
 fn tools() -> Option<Tools> {
-    let chromium = find_program(&["chromium", "chromium-browser"], &["/usr/lib/chromium"]);
-    let chromedriver = find_program(&["chromedriver"], &["/usr/lib/chromium"]);
+    let chromium = find_program(&["chromium", "chromium-browser"]);
+    let chromedriver = find_program(&["chromedriver"]);
     match (chromium, chromedriver) {
         (Some(chromium), Some(chromedriver)) => Some(Tools {
             chromium,
@@ -191,7 +190,7 @@ fn tools() -> Option<Tools> {
             .join(" and ");
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but {missing} is not installed: .ci/run installs chromium and chromium-driver"
+                "CI=true but not installed: {missing} (.ci/run installs chromium and chromium-driver)"
             );
             eprintln!(
                 "skipped: {missing} not installed (apt-get install chromium chromium-driver)"
