@@ -698,8 +698,65 @@ async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_b
         .browser("alice", &profiles.path().join("alice"))
         .await;
     let bob = driver.browser("bob", &profiles.path().join("bob")).await;
-    alice.sign_in(&base, "alice", "pw").await;
+
+    // Bad sign-ins say what is wrong and keep nothing.
+    alice.client.goto(&base).await.expect("opening the page");
+    alice.type_into("#signin-user", "Alice!").await;
+    alice.type_into("#signin-password", "pw").await;
+    alice.click("#signin-submit").await;
+    alice
+        .wait(
+            "document.getElementById('signin-error').textContent.startsWith('A user id is')",
+            "a malformed user id refused by the page",
+        )
+        .await;
+    alice
+        .find("#signin-user")
+        .await
+        .clear()
+        .await
+        .expect("clear");
+    alice
+        .find("#signin-password")
+        .await
+        .clear()
+        .await
+        .expect("clear");
+    alice.type_into("#signin-user", "alice").await;
+    alice.type_into("#signin-password", "wrong").await;
+    alice.click("#signin-submit").await;
+    alice
+        .wait(
+            "document.getElementById('signin-error').textContent === 'wrong user id or password'",
+            "a wrong password refused",
+        )
+        .await;
+    let kept = alice
+        .js("return localStorage.getItem('messenger.session');", vec![])
+        .await;
+    assert_eq!(kept, Value::Null);
+    alice
+        .find("#signin-password")
+        .await
+        .clear()
+        .await
+        .expect("clear");
+    alice.type_into("#signin-password", "pw").await;
+    alice.click("#signin-submit").await;
+    alice.wait_online().await;
     bob.sign_in(&base, "bob", "pw").await;
+
+    // A message to someone who does not exist is refused, and says so.
+    alice.type_into("#new-chat-user", "nobody").await;
+    alice.click("#new-chat button[type=submit]").await;
+    alice.send("anyone there?").await;
+    alice.wait_status("anyone there?", "failed").await;
+    alice
+        .wait(
+            "JSON.parse(localStorage.getItem('messenger.alice.outbox') || '[]').length === 0",
+            "the refused send out of the outbox",
+        )
+        .await;
 
     alice.type_into("#new-chat-user", "bob").await;
     alice.click("#new-chat button[type=submit]").await;
