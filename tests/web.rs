@@ -664,6 +664,43 @@ async fn two_people_chat_in_browsers_through_a_restart() {
         "an alert is open on bob's page"
     );
 
+    // While Bob's page is hidden (the browser says so through `document.hidden`,
+    // overridden here: a headless window cannot be put behind another), a new
+    // message is a notification and is not read; shown again, it is read.
+    bob.js(
+        "window.notes = [];
+        window.Notification = class {
+            constructor(title, options) { window.notes.push([title, options.body]); }
+            static get permission() { return 'granted'; }
+            static requestPermission() { return Promise.resolve('granted'); }
+        };
+        Object.defineProperty(document, 'hidden', { get: () => true, configurable: true });
+        Object.defineProperty(document, 'visibilityState', { get: () => 'hidden', configurable: true });
+        document.dispatchEvent(new Event('visibilitychange'));",
+        vec![],
+    )
+    .await;
+    alice.send("are you still there?").await;
+    bob.wait(
+        "window.notes.some(([t, b]) => t === 'alice' && b === 'are you still there?')",
+        "a notification",
+    )
+    .await;
+    alice.wait_status("are you still there?", "delivered").await;
+    assert_eq!(bob.count("are you still there?").await, 1);
+    bob.js(
+        "delete document.hidden; delete document.visibilityState;
+        document.dispatchEvent(new Event('visibilitychange'));",
+        vec![],
+    )
+    .await;
+    alice.wait_status("are you still there?", "read").await;
+    assert_eq!(
+        bob.js("return window.notes.length;", vec![]).await,
+        json!(1),
+        "one notification, only while hidden"
+    );
+
     // Screenshots at desktop and phone width, of Bob's side of the conversation.
     let dir = screenshot_dir();
     bob.screenshot(1280, 800, &dir.join("web-desktop.png"))
@@ -823,6 +860,29 @@ async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_b
     )
     .await;
     assert_eq!(bob.count("dinner at 9?").await, 0);
+
+    // A send still in the outbox when the page is reloaded (as a closed tab or a
+    // dropped network leaves it) goes out after the reload, with its own id, once.
+    alice
+        .js(
+            "localStorage.setItem('messenger.alice.outbox', JSON.stringify([
+                {id: 'before-reload-1', conv: 'dm:alice:bob', body: 'queued before a reload', created: Date.now()}]));",
+            vec![],
+        )
+        .await;
+    alice.client.refresh().await.expect("reload");
+    alice.wait_online().await;
+    bob.wait_message("queued before a reload").await;
+    alice.wait_status("queued before a reload", "read").await;
+    assert_eq!(
+        bob.js(
+            "return [...document.querySelectorAll('#messages li.msg')]
+                .filter(li => li.dataset.key === 'alice/before-reload-1').length;",
+            vec![]
+        )
+        .await,
+        json!(1)
+    );
 
     // A file: uploaded with the device token, sent as an attachment, shown inline to Bob.
     let image = profiles.path().join("dot.png");
