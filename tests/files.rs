@@ -708,8 +708,8 @@ async fn wrong_passwords_over_http_count_in_the_sign_in_throttle() {
 async fn other_requests_on_the_web_listener_get_404() {
     let (_messenger, server) = server_with(&[]).await;
     let auth = basic("alice", "pw");
+    // (`GET /` is the web client: tests/web.rs.)
     for head in [
-        "GET / HTTP/1.1\r\n".to_owned(),
         "GET /index.html HTTP/1.1\r\n".to_owned(),
         format!("GET /files HTTP/1.1\r\nAuthorization: {auth}\r\n"),
         format!("PUT /files/0123 HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n"),

@@ -71,3 +71,6 @@ mod cli;
 
 // `messenger bench --quick`: the benchmark runs end to end (no timing assertions).
 mod bench;
+
+// The web client: its files and headers, and two people chatting in headless Chromium over WebDriver.
+mod web;

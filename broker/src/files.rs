@@ -6,7 +6,7 @@
 //! it and moves the bytes to their content-hash name. A body over the limit is
 //! refused with `413` before it is read past the limit (at once when its
 //! `Content-Length` says so); a body cut short, a refusal or any failure removes
-//! the temporary file ([`Partial`]), so nothing is left behind.
+//! the temporary file (`Partial`), so nothing is left behind.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! | a WebSocket upgrade, any path | MQTT over WebSocket (`websocket::upgrade`) |
 //! | `POST /files` | an upload (`files`) |
 //! | `GET /files/<file>` | a download (`files`) |
-//! | `GET /` | `404` until the web client is served there |
+//! | `GET /` and the page's files (`/app.js`, ...) | the web client (`web`) |
 //! | anything else | `404` |
 
 use std::io;
@@ -25,6 +25,7 @@ use messenger_protocol::UserId;
 use crate::auth::HttpCredentials;
 use crate::files::Files;
 use crate::gate::Shared;
+use crate::web;
 use crate::websocket::{self, Front};
 
 /// The body of every answer: small fixed ones, or a file streamed from disk.
@@ -50,10 +51,7 @@ pub(crate) async fn route(
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     match (method, path.as_str()) {
-        (Method::GET, "/") => {
-            // The web client will be served here.
-            not_found()
-        }
+        (method, page) if web::serves(page) => web::answer(&method, page, request.headers()),
         (method, rest) if rest == "/files" || rest.starts_with("/files/") => {
             let Some(files) = &front.http.files else {
                 return not_found();

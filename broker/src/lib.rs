@@ -18,6 +18,8 @@
 //! - [`files`]: `POST /files` and `GET /files/<file>`, streamed to and from disk.
 //! - `mqtts`: the MQTT over TLS front, piping into the TCP listener like the WebSocket front.
 //! - [`tls`]: the `[tls]` certificate, checked at start and reloadable.
+//! - `web`: the web client's files (`web/` at the repository's root, embedded), served at
+//!   `GET /` with a Content-Security-Policy.
 //!
 //! The broker runs on its own multi-threaded Tokio runtime: rumqttd spawns a
 //! task per connection that nothing else can cancel, so stopping the broker
@@ -37,6 +39,7 @@ mod metrics;
 mod mqtts;
 mod sessions;
 mod throttle;
+mod web;
 mod websocket;
 
 use std::collections::HashMap;
