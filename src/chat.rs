@@ -149,10 +149,7 @@ async fn connect(settings: &Settings, account: &Account) -> anyhow::Result<Sessi
         device,
         account.password.clone(),
     );
-    config.tls = account.tls.then(|| match &account.ca_file {
-        Some(path) => Trust::CaFile(path.clone()),
-        None => Trust::SystemRoots,
-    });
+    config.tls = trust(account);
     config.start_after_useq = cursor.load();
     config.max_packet_bytes = settings.broker.max_packet_bytes;
     let (client, events) = Client::connect(config)
@@ -245,11 +242,22 @@ async fn send(
     Ok(())
 }
 
-/// The web listener for `account`: `--web`, or the configuration's `broker.ws_listen`.
+/// The web listener for `account`: `--web`, or the configuration's
+/// `broker.ws_listen` (`broker.wss_listen` over HTTPS with `--tls`).
 fn web_files(settings: &Settings, account: &Account) -> anyhow::Result<WebFiles> {
-    let web = match (&account.web, settings.broker.ws_listen) {
+    let listen = if account.tls {
+        settings.broker.wss_listen
+    } else {
+        settings.broker.ws_listen
+    };
+    let web = match (&account.web, listen) {
         (Some(web), _) => web.clone(),
         (None, Some(listen)) => connect_addr(listen).to_string(),
+        (None, None) if account.tls => {
+            return Err(anyhow!(
+                "no web listener over TLS: pass --web host:port (broker.wss_listen is off)"
+            ))
+        }
         (None, None) => {
             return Err(anyhow!(
                 "no web listener: pass --web host:port (broker.ws_listen is off)"
@@ -260,6 +268,15 @@ fn web_files(settings: &Settings, account: &Account) -> anyhow::Result<WebFiles>
         web,
         user: UserId::parse(&account.user).context("--user")?,
         secret: account.password.clone(),
+        tls: trust(account),
+    })
+}
+
+/// What `--tls` and `--ca-file` ask a client to trust; `None` without `--tls`.
+fn trust(account: &Account) -> Option<Trust> {
+    account.tls.then(|| match &account.ca_file {
+        Some(path) => Trust::CaFile(path.clone()),
+        None => Trust::SystemRoots,
     })
 }
 

@@ -272,7 +272,8 @@ pub(crate) struct Account {
     /// or broker.tls_listen with --tls).
     #[arg(long)]
     pub(crate) broker: Option<String>,
-    /// The server's web listener, host:port, for files (default: the configuration's broker.ws_listen).
+    /// The server's web listener, host:port, for files (default: the configuration's broker.ws_listen,
+    /// or broker.wss_listen with --tls).
     #[arg(long)]
     pub(crate) web: Option<String>,
     /// Connect over TLS (the broker's tls_listen), trusting the system's CAs or --ca-file.

@@ -85,6 +85,7 @@ fn web(server: &Server, user: &str, secret: &str) -> WebFiles {
         web: server.ws.to_string(),
         user: uid(user),
         secret: secret.to_owned(),
+        tls: None,
     }
 }
 

@@ -148,6 +148,7 @@ async fn an_old_message_takes_its_file_with_it() {
         web: server.ws.to_string(),
         user: uid("ann"),
         secret: "pw".to_owned(),
+        tls: None,
     };
     let ann = device(&server, "ann").await;
     let mut uploads = Vec::new();
@@ -209,6 +210,7 @@ async fn an_old_message_takes_its_file_with_it() {
         web: server.ws.to_string(),
         user: uid("ann"),
         secret: "pw".to_owned(),
+        tls: None,
     };
     let dest = m.dir().join("downloaded");
     assert!(

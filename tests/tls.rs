@@ -511,3 +511,82 @@ async fn bad_certificates_exit_64_naming_the_key() {
         .await;
     assert!(outcome.failed().contains("nowhere.pem"));
 }
+
+/// With `--tls`, `send --file` uploads and `download` fetches over HTTPS on the
+/// web listener over TLS (`broker.wss_listen`), trusting `--ca-file`; a client
+/// trusting another CA is refused and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_travel_over_https_with_tls() {
+    let messenger = Messenger::new();
+    add_users(&messenger, &["alice", "bob"]).await;
+    let (ca, cert, key) = Pki::new("server").write(messenger.dir(), "");
+    let (stranger_ca, _, _) = Pki::new("stranger").write(messenger.dir(), "stranger-");
+    let at = Listeners::free();
+    let mut server = spawn_tls(&messenger, &at, &cert, &key, &[]);
+    server.wait_until_accepting_on(at.tls).await;
+    server.wait_until_accepting_on(at.wss).await;
+    let bytes: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(messenger.dir().join("notes.bin"), &bytes).expect("write the file");
+    let web = at.wss.to_string();
+
+    let sent = over_tls(
+        &messenger,
+        at.tls,
+        &ca,
+        "alice",
+        &[
+            "send",
+            "bob",
+            "attached",
+            "--file",
+            "notes.bin",
+            "--web",
+            &web,
+        ],
+    )
+    .await
+    .ok();
+    assert!(sent.starts_with("sent to dm:alice:bob: seq 1"), "{sent}");
+    let history = over_tls(
+        &messenger,
+        at.tls,
+        &ca,
+        "bob",
+        &["history", "alice", "--web", &web],
+    )
+    .await
+    .ok();
+    let file = history
+        .split("file ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no file id in the history: {history}"))
+        .to_owned();
+
+    let saved = over_tls(
+        &messenger,
+        at.tls,
+        &ca,
+        "bob",
+        &["download", &file, "-o", "copy.bin", "--web", &web],
+    )
+    .await
+    .ok();
+    assert!(saved.contains("(3000 bytes)"), "{saved}");
+    assert_eq!(
+        std::fs::read(messenger.dir().join("copy.bin")).expect("read"),
+        bytes
+    );
+
+    let refused = over_tls(
+        &messenger,
+        at.tls,
+        &stranger_ca,
+        "bob",
+        &["download", &file, "-o", "stranger.bin", "--web", &web],
+    )
+    .await
+    .failed();
+    assert!(refused.contains("TLS"), "{refused}");
+    assert!(!messenger.dir().join("stranger.bin").exists());
+}

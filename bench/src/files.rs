@@ -60,6 +60,7 @@ pub(crate) async fn run(options: &Options, mut spec: ServerSpec) -> anyhow::Resu
             web: server.ws_addr().to_string(),
             user: UserId::parse(user)?,
             secret: token.to_owned(),
+            tls: None,
         })
     };
 

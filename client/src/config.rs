@@ -188,7 +188,7 @@ impl ClientConfig {
 }
 
 /// A rustls client configuration (ring provider) trusting `trust`.
-fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+pub(crate) fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     match trust {
         Trust::SystemRoots => {
@@ -224,7 +224,7 @@ fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, ClientError> {
 }
 
 /// Splits `host:port` (`[v6]:port` too) at the last colon.
-fn split_host_port(addr: &str) -> Result<(String, u16), ClientError> {
+pub(crate) fn split_host_port(addr: &str) -> Result<(String, u16), ClientError> {
     let bad = || ClientError::Config(format!("broker {addr:?} is not host:port"));
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     if host.is_empty() {

@@ -1,6 +1,6 @@
 //! File transfers over HTTP on the server's web listener (`POST /files`,
 //! `GET /files/<file>`), streamed from and to local files, never held whole in
-//! memory. Plain HTTP/1.1 on one connection per transfer.
+//! memory. HTTP/1.1 (over TLS when asked) on one connection per transfer.
 
 use std::path::Path;
 
@@ -15,8 +15,10 @@ use messenger_protocol::wire::Uploaded;
 use messenger_protocol::{FileId, UserId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
-use crate::config::TOKEN_PREFIX;
+use crate::config::{split_host_port, tls_config, Trust, TOKEN_PREFIX};
 use crate::ClientError;
 
 /// How much of a file an upload reads at once.
@@ -28,12 +30,14 @@ const PARTIAL_SUFFIX: &str = ".part";
 /// Uploads and downloads of one user on a server's web listener.
 #[derive(Debug, Clone)]
 pub struct WebFiles {
-    /// The web listener, `host:port` (the server's `broker.ws_listen`).
+    /// The web listener, `host:port` (the server's `broker.ws_listen`, or `broker.wss_listen` with [`WebFiles::tls`]).
     pub web: String,
     /// Who signs in.
     pub user: UserId,
     /// The user's password (sent as HTTP Basic), or a device token (`mtk_...`, sent as `Bearer`).
     pub secret: String,
+    /// HTTPS (the server's `broker.wss_listen`) trusting these CAs; `None`: plain HTTP.
+    pub tls: Option<Trust>,
 }
 
 impl WebFiles {
@@ -146,10 +150,29 @@ impl WebFiles {
             .await
             .map_err(|e| transfer(format!("cannot reach {}: {e}", self.web)))?;
         let _ = tcp.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| transfer(e.to_string()))?;
-        tokio::spawn(connection);
+        let mut sender = match &self.tls {
+            None => {
+                let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| transfer(e.to_string()))?;
+                tokio::spawn(connection);
+                sender
+            }
+            Some(trust) => {
+                let (host, _port) = split_host_port(&self.web)?;
+                let name = ServerName::try_from(host.clone())
+                    .map_err(|_| ClientError::Config(format!("{host:?} is not a server name")))?;
+                let tls = TlsConnector::from(tls_config(trust)?)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| transfer(format!("TLS with {}: {e}", self.web)))?;
+                let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| transfer(e.to_string()))?;
+                tokio::spawn(connection);
+                sender
+            }
+        };
         sender
             .send_request(request)
             .await
