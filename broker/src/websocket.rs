@@ -58,8 +58,12 @@ const SUBPROTOCOL: &str = "mqtt";
 /// so one of its messages holds up to 8 KiB of small packets plus one large one.
 pub(crate) const WS_SLACK_BYTES: usize = 16 * 1024;
 
-/// Size of each direction's copy buffer.
+/// The largest copy buffer of each direction (held only while bytes flow).
 const COPY_BUFFER_BYTES: usize = 8 * 1024;
+
+/// The client-to-broker buffer of an idle connection: it grows to
+/// [`COPY_BUFFER_BYTES`] while reads fill it and shrinks back when they do not.
+const IDLE_BUFFER_BYTES: usize = 512;
 
 /// The most bytes of a request head (request line and headers) the front holds.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -303,10 +307,12 @@ where
     C: AsyncRead + AsyncWrite,
 {
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut upstream_rd, mut upstream_wr) = upstream.into_split();
+    let (upstream_rd, mut upstream_wr) = upstream.into_split();
     let answered = AtomicBool::new(false);
     let up = async {
-        let mut buf = vec![0; COPY_BUFFER_BYTES];
+        // A generic stream has no readiness to wait on: the buffer stays small
+        // while the connection idles, and grows while reads fill it.
+        let mut buf = vec![0; IDLE_BUFFER_BYTES];
         let mut unanswered = 0usize;
         loop {
             let n = client_rd.read(&mut buf).await?;
@@ -323,18 +329,32 @@ where
                 }
             }
             upstream_wr.write_all(&buf[..n]).await?;
+            if n == buf.len() && buf.len() < COPY_BUFFER_BYTES {
+                buf = vec![0; COPY_BUFFER_BYTES];
+            } else if n <= IDLE_BUFFER_BYTES && buf.len() > IDLE_BUFFER_BYTES {
+                buf = vec![0; IDLE_BUFFER_BYTES];
+            }
         }
     };
     let down = async {
-        let mut buf = vec![0; COPY_BUFFER_BYTES];
+        // The broker's socket says when it has bytes: a buffer is held only
+        // while they are copied, none while the connection idles.
         loop {
-            let n = upstream_rd.read(&mut buf).await?;
-            if n == 0 {
-                return client_wr.shutdown().await;
+            upstream_rd.readable().await?;
+            let mut buf = vec![0; COPY_BUFFER_BYTES];
+            loop {
+                let n = match upstream_rd.try_read(&mut buf) {
+                    Ok(n) => n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) => return Err(err),
+                };
+                if n == 0 {
+                    return client_wr.shutdown().await;
+                }
+                answered.store(true, Ordering::Release);
+                client_wr.write_all(&buf[..n]).await?;
+                client_wr.flush().await?;
             }
-            answered.store(true, Ordering::Release);
-            client_wr.write_all(&buf[..n]).await?;
-            client_wr.flush().await?;
         }
     };
     tokio::select! {
