@@ -518,9 +518,13 @@ mod messenger_tests {
             .build()
             .unwrap();
         let session_present = match connack {
-            Notification::DeviceAck(Ack::ConnAck(_, ConnAck { session_present, .. }, _)) => {
-                session_present
-            }
+            Notification::DeviceAck(Ack::ConnAck(
+                _,
+                ConnAck {
+                    session_present, ..
+                },
+                _,
+            )) => session_present,
             other => panic!("not a connack: {other:?}"),
         };
         (tx, rx, session_present)
@@ -608,7 +612,10 @@ mod messenger_tests {
         assert_eq!(ack.pkid, 8);
         assert_eq!(
             ack.reasons,
-            vec![UnsubAckReason::Success, UnsubAckReason::NoSubscriptionExisted]
+            vec![
+                UnsubAckReason::Success,
+                UnsubAckReason::NoSubscriptionExisted
+            ]
         );
         alice.push(unsubscribe(9, &["chat/status/bob"])).unwrap();
         let ack = unsuback(&mut alice_rx).expect("no UNSUBACK");
