@@ -40,6 +40,8 @@ over_tcp_and_ws!(
     publishing_as_another_user_is_acked_and_dropped,
     users_cannot_publish_to_inbox_dev_or_status,
     forged_retained_status_is_not_kept,
+    resumed_session_gets_retained_status_again_on_resubscribe,
+    unsubscribe_of_a_filter_never_subscribed_gets_its_unsuback,
     second_connect_on_a_connection_is_refused,
     device_token_signs_in_only_its_device,
     removing_a_user_cuts_their_connection,
@@ -337,6 +339,83 @@ async fn forged_retained_status_is_not_kept(transport: Transport) {
     assert_eq!(
         carol.next_publish().await,
         ("status/alice".into(), "real".into())
+    );
+}
+
+/// A device with a persistent session (clean session off) subscribes to bob's
+/// retained status and gets it; it disconnects, comes back with the same client id
+/// (session present), subscribes again to the same filter, and gets the retained
+/// status again: MQTT 3.1.1 section 3.8.4 (a repeated filter replaces the
+/// subscription, and its retained messages are re-sent). Stock clients subscribe on
+/// every CONNACK and rely on this for who is online (vendor/rumqttd PATCHES.md 9).
+async fn resumed_session_gets_retained_status_again_on_resubscribe(transport: Transport) {
+    let broker = three_users().await;
+    let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
+    let status = r#"{"user":"bob","online":true}"#;
+    bridge.publish("status/bob", status, true).await;
+
+    for (round, session_present) in [("first", 0u8), ("resumed", 1)] {
+        let mut conn = RawConnection::open(&broker, transport).await;
+        conn.send(&raw::connect_packet_with(
+            "alice:phone",
+            "alice",
+            "alice-pw",
+            false,
+        ))
+        .await;
+        assert_eq!(
+            conn.recv().await.as_deref(),
+            Some(&[0x20, 0x02, session_present, 0x00][..]),
+            "{round} CONNACK"
+        );
+        conn.send(&raw::subscribe_packet(1, "status/bob", 1)).await;
+        // The SUBACK and the retained status, in either order.
+        let (mut subacked, mut retained) = (false, None);
+        while !subacked || retained.is_none() {
+            let packet = conn
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("{round} connection closed"));
+            if let Some(publish) = raw::parse_publish(&packet) {
+                // Acked, so the resumed session has nothing to redeliver: what the
+                // second round gets is the re-sent retained message.
+                if let Some(pkid) = publish.pkid {
+                    conn.send(&raw::puback_packet(pkid)).await;
+                }
+                retained = Some(publish);
+            } else {
+                assert_eq!(packet, [0x90, 0x03, 0x00, 0x01, 0x01], "{round} SUBACK");
+                subacked = true;
+            }
+        }
+        let publish = retained.expect("a publish");
+        assert_eq!(publish.topic, "status/bob", "{round}");
+        assert_eq!(publish.payload, status.as_bytes(), "{round}");
+        assert!(publish.retain, "{round}: sent as retained");
+
+        conn.send(&raw::DISCONNECT).await;
+        assert_eq!(conn.recv().await, None, "{round}: closed after DISCONNECT");
+    }
+}
+
+/// An UNSUBSCRIBE of a filter the session does not have is answered with an
+/// UNSUBACK carrying its packet id: MQTT 3.1.1 section 3.10.4. Stock clients (paho,
+/// MQTT.js) wait for it (vendor/rumqttd PATCHES.md 10).
+async fn unsubscribe_of_a_filter_never_subscribed_gets_its_unsuback(transport: Transport) {
+    let broker = three_users().await;
+    let mut conn = RawConnection::open(&broker, transport).await;
+    conn.send(&raw::connect_packet("alice:phone", "alice", "alice-pw"))
+        .await;
+    assert_eq!(
+        conn.recv().await.as_deref(),
+        Some(&raw::CONNACK_ACCEPTED[..])
+    );
+    conn.send(&raw::unsubscribe_packet(0x1234, "status/carol"))
+        .await;
+    assert_eq!(
+        conn.recv().await.as_deref(),
+        Some(&[0xB0, 0x02, 0x12, 0x34][..]),
+        "UNSUBACK of packet 0x1234"
     );
 }
 

@@ -42,9 +42,9 @@ function options(user, device, secret, reconnectMs) {
     password: secret,
     protocolVersion: 4,
     // A clean session on every connect: the page syncs from its cursor each time, so it
-    // needs no queue in the broker; and the embedded broker (rumqttd) sends the retained
-    // `status/<user>` messages only to a new session's subscriptions, not again to a
-    // resumed session that subscribes after a page reload.
+    // needs no queue in the broker, and the broker keeps no session for a tab that may
+    // not come back. It subscribes again on every connect and gets the retained
+    // `status/<user>` messages then (a resumed session would get them too).
     clean: true,
     keepalive: 30,
     reconnectPeriod: reconnectMs,

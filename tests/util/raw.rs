@@ -36,15 +36,98 @@ fn string(out: &mut Vec<u8>, s: &str) {
 
 /// A CONNECT with clean session, a 60 s keepalive, username and password.
 pub(crate) fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
+    connect_packet_with(client_id, username, password, true)
+}
+
+/// A CONNECT with a 60 s keepalive, username and password, and clean session
+/// `clean` (false: the broker keeps the session for the client id).
+pub(crate) fn connect_packet_with(
+    client_id: &str,
+    username: &str,
+    password: &str,
+    clean: bool,
+) -> Vec<u8> {
     let mut body = Vec::new();
     string(&mut body, "MQTT");
     body.push(4); // protocol level: 3.1.1
-    body.push(0x80 | 0x40 | 0x02); // username, password, clean session
+    body.push(0x80 | 0x40 | if clean { 0x02 } else { 0 }); // username, password, clean session
     body.extend_from_slice(&60u16.to_be_bytes());
     string(&mut body, client_id);
     string(&mut body, username);
     string(&mut body, password);
-    let mut packet = vec![0x10];
+    packet(0x10, &body)
+}
+
+/// A SUBSCRIBE of one filter at `qos`, packet id `pkid`.
+pub(crate) fn subscribe_packet(pkid: u16, filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    string(&mut body, filter);
+    body.push(qos);
+    packet(0x82, &body)
+}
+
+/// An UNSUBSCRIBE of one filter, packet id `pkid`.
+pub(crate) fn unsubscribe_packet(pkid: u16, filter: &str) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    string(&mut body, filter);
+    packet(0xA2, &body)
+}
+
+/// A PUBACK of packet id `pkid`.
+pub(crate) fn puback_packet(pkid: u16) -> Vec<u8> {
+    packet(0x40, &pkid.to_be_bytes())
+}
+
+/// DISCONNECT.
+pub(crate) const DISCONNECT: [u8; 2] = [0xE0, 0x00];
+
+/// A received PUBLISH, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawPublish {
+    pub(crate) retain: bool,
+    pub(crate) qos: u8,
+    pub(crate) topic: String,
+    /// The packet id, for QoS 1 and 2.
+    pub(crate) pkid: Option<u16>,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// `packet` (a whole packet, as [`RawConnection::recv`] returns it) as a PUBLISH;
+/// `None` if it is another kind of packet.
+pub(crate) fn parse_publish(packet: &[u8]) -> Option<RawPublish> {
+    if packet.first()? >> 4 != 3 {
+        return None;
+    }
+    let flags = packet[0] & 0x0F;
+    let qos = (flags >> 1) & 0x03;
+    // the fixed header: the type byte and 1-4 bytes of remaining length
+    let mut at = 1;
+    while packet.get(at)? & 0x80 != 0 {
+        at += 1;
+    }
+    let mut rest = &packet[at + 1..];
+    let topic_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    let topic = String::from_utf8(rest.get(2..2 + topic_len)?.to_vec()).ok()?;
+    rest = &rest[2 + topic_len..];
+    let pkid = if qos > 0 {
+        let pkid = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+        rest = &rest[2..];
+        Some(pkid)
+    } else {
+        None
+    };
+    Some(RawPublish {
+        retain: flags & 0x01 != 0,
+        qos,
+        topic,
+        pkid,
+        payload: rest.to_vec(),
+    })
+}
+
+/// A packet: the type byte, the remaining length, `body`.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut packet = vec![first];
     let mut len = body.len();
     loop {
         let mut byte = u8::try_from(len % 128).expect("below 128");
@@ -57,7 +140,7 @@ pub(crate) fn connect_packet(client_id: &str, username: &str, password: &str) ->
             break;
         }
     }
-    packet.extend_from_slice(&body);
+    packet.extend_from_slice(body);
     packet
 }
 

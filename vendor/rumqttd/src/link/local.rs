@@ -463,3 +463,162 @@ mod test {
         // TODO: Write a similar test to benchmark buffer vs channels
     }
 }
+
+/// messenger patch tests: the router's answers to a repeated SUBSCRIBE and to an
+/// UNSUBSCRIBE of a filter the session lacks, through local links (PATCHES.md 9 and 10).
+#[cfg(test)]
+mod messenger_tests {
+    use super::{LinkBuilder, LinkRx, LinkTx};
+    use crate::protocol::{ConnAck, Packet, Publish, QoS, UnsubAckReason, Unsubscribe};
+    use crate::router::{Ack, Event, Notification};
+    use crate::{Router, RouterConfig};
+    use flume::Sender;
+    use std::time::{Duration, Instant};
+
+    fn router() -> Sender<(crate::ConnectionId, Event)> {
+        let config = RouterConfig {
+            max_connections: 10,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        };
+        Router::new(0, config).spawn()
+    }
+
+    /// The next notification that `pick` accepts, skipping others; `None` after 5 s.
+    fn wait_for<T>(rx: &mut LinkRx, pick: impl Fn(&Notification) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match rx.recv_deadline(deadline) {
+                Ok(Some(notification)) => {
+                    if let Some(v) = pick(&notification) {
+                        return Some(v);
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    fn retained_payload(notification: &Notification) -> Option<Vec<u8>> {
+        match notification {
+            Notification::Forward(forward) if forward.publish.topic == "chat/status/bob" => {
+                Some(forward.publish.payload.to_vec())
+            }
+            _ => None,
+        }
+    }
+
+    fn connect(router_tx: &Sender<(crate::ConnectionId, Event)>) -> (LinkTx, LinkRx, bool) {
+        let (tx, rx, connack) = LinkBuilder::new("alice-phone", router_tx.clone())
+            .clean_session(false)
+            .build()
+            .unwrap();
+        let session_present = match connack {
+            Notification::DeviceAck(Ack::ConnAck(
+                _,
+                ConnAck {
+                    session_present, ..
+                },
+                _,
+            )) => session_present,
+            other => panic!("not a connack: {other:?}"),
+        };
+        (tx, rx, session_present)
+    }
+
+    #[test]
+    fn resubscribe_in_resumed_session_resends_retained() {
+        let router_tx = router();
+        let (mut alice, mut alice_rx, session_present) = connect(&router_tx);
+        assert!(!session_present);
+        alice.subscribe("chat/status/bob").unwrap();
+        wait_for(&mut alice_rx, |n| match n {
+            Notification::DeviceAck(Ack::SubAck(_)) => Some(()),
+            _ => None,
+        })
+        .expect("suback");
+
+        let (mut bob, _bob_rx, _) = LinkBuilder::new("bob-phone", router_tx.clone())
+            .build()
+            .unwrap();
+        let status = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: "chat/status/bob".into(),
+            pkid: 0,
+            payload: "online".into(),
+        };
+        bob.push(Packet::Publish(status, None)).unwrap();
+        assert_eq!(
+            wait_for(&mut alice_rx, retained_payload).as_deref(),
+            Some(&b"online"[..])
+        );
+
+        // alice's connection ends; she comes back with the same client id
+        router_tx
+            .send((alice.connection_id, Event::Disconnect))
+            .unwrap();
+        drop((alice, alice_rx));
+        let (mut alice, mut alice_rx, session_present) = connect(&router_tx);
+        assert!(session_present);
+
+        // MQTT 3.1.1 section 3.8.4: the repeated filter's retained message is re-sent
+        alice.subscribe("chat/status/bob").unwrap();
+        assert_eq!(
+            wait_for(&mut alice_rx, retained_payload).as_deref(),
+            Some(&b"online"[..]),
+            "no retained message after a repeated SUBSCRIBE in a resumed session"
+        );
+    }
+
+    #[test]
+    fn unsubscribe_without_subscription_is_acked_once() {
+        let router_tx = router();
+        let (mut alice, mut alice_rx, _) = connect(&router_tx);
+        alice.subscribe("chat/status/bob").unwrap();
+
+        let unsubscribe = |pkid, filters: &[&str]| {
+            Packet::Unsubscribe(
+                Unsubscribe {
+                    pkid,
+                    filters: filters.iter().map(|f| f.to_string()).collect(),
+                },
+                None,
+            )
+        };
+        let unsuback = |rx: &mut LinkRx| {
+            wait_for(rx, |n| match n {
+                Notification::DeviceAck(Ack::UnsubAck(ack)) => Some(ack.clone()),
+                _ => None,
+            })
+        };
+
+        // MQTT 3.1.1 section 3.10.4: an UNSUBACK even though no filter matched
+        alice.push(unsubscribe(7, &["chat/status/nobody"])).unwrap();
+        let ack = unsuback(&mut alice_rx).expect("no UNSUBACK for an unknown filter");
+        assert_eq!(ack.pkid, 7);
+        assert_eq!(ack.reasons, vec![UnsubAckReason::NoSubscriptionExisted]);
+
+        // one UNSUBACK for an UNSUBSCRIBE of several filters, known or not
+        alice
+            .push(unsubscribe(8, &["chat/status/bob", "chat/status/carol"]))
+            .unwrap();
+        let ack = unsuback(&mut alice_rx).expect("no UNSUBACK");
+        assert_eq!(ack.pkid, 8);
+        assert_eq!(
+            ack.reasons,
+            vec![
+                UnsubAckReason::Success,
+                UnsubAckReason::NoSubscriptionExisted
+            ]
+        );
+        alice.push(unsubscribe(9, &["chat/status/bob"])).unwrap();
+        let ack = unsuback(&mut alice_rx).expect("no UNSUBACK");
+        assert_eq!(ack.pkid, 9, "a second UNSUBACK for packet 8");
+    }
+}

@@ -706,9 +706,16 @@ impl Router {
                 Packet::Unsubscribe(unsubscribe, _) => {
                     let connection = self.connections.get_mut(id).unwrap();
                     let pkid = unsubscribe.pkid;
+                    // messenger patch: one UNSUBACK per UNSUBSCRIBE, sent even when no filter
+                    // matched (MQTT 3.1.1 section 3.10.4, MQTT-3.10.4-4 and -5); upstream sent
+                    // one per removed filter, so none for a filter the session did not have.
+                    // A filter starts as `NoSubscriptionExisted` (MQTT 5 reason; MQTT 3.1.1
+                    // UNSUBACK carries none) and becomes `Success` once it is removed.
+                    let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
                     for filter in &unsubscribe.filters {
                         let span = tracing::info_span!("unsubscribe", topic = filter, pkid);
                         let _guard = span.enter();
+                        reasons.push(UnsubAckReason::NoSubscriptionExisted);
 
                         debug!("Removing subscription on filter {}", filter);
                         if let Some(connection_ids) = self.subscription_map.get_mut(filter) {
@@ -743,18 +750,23 @@ impl Router {
                             // remove the subscription id
                             connection.subscription_ids.remove(filter);
 
-                            let unsuback = UnsubAck {
-                                pkid,
-                                // reasons are used in MQTTv5
-                                reasons: vec![UnsubAckReason::Success],
-                            };
-                            let ackslog = self.ackslog.get_mut(id).unwrap();
-                            ackslog.unsuback(unsuback);
+                            if let Some(reason) = reasons.last_mut() {
+                                *reason = UnsubAckReason::Success;
+                            }
                             self.scheduler.untrack(id, filter);
                             self.datalog.remove_waiters_for_id(id, filter);
-                            force_ack = true;
                         }
                     }
+
+                    // messenger patch (see above): the one UNSUBACK
+                    let unsuback = UnsubAck {
+                        pkid,
+                        // reasons are used in MQTTv5
+                        reasons,
+                    };
+                    let ackslog = self.ackslog.get_mut(id).unwrap();
+                    ackslog.unsuback(unsuback);
+                    force_ack = true;
                 }
                 Packet::PubAck(puback, _) => {
                     let span = tracing::info_span!("puback", pkid = puback.pkid);
@@ -960,7 +972,8 @@ impl Router {
 
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
-        if connection.subscriptions.insert(filter_path.clone()) {
+        let new_subscription = connection.subscriptions.insert(filter_path.clone());
+        if new_subscription {
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,
@@ -978,9 +991,30 @@ impl Router {
             debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
         }
 
-        // TODO: figure out how we can update existing DataRequest
-        // helpful in re-subscriptions and forwarding retained messages on
-        // every subscribe
+        // messenger patch: a SUBSCRIBE whose filter the connection already has (e.g. a
+        // resumed persistent session subscribing again) replaces that subscription and
+        // re-sends the retained messages matching it (MQTT 3.1.1 section 3.8.4, MQTT-3.8.4-3).
+        // Upstream left the existing DataRequest alone, so no retained message was sent.
+        // The request is either in the connection's tracker or parked in the filter's
+        // waiters (caught up); it keeps its cursor, so nothing queued for it is lost.
+        if !new_subscription {
+            let tracker = self.scheduler.trackers.get_mut(id).unwrap();
+            let existing = match tracker
+                .data_requests
+                .iter()
+                .position(|r| r.filter == *filter_path)
+            {
+                Some(index) => tracker.data_requests.remove(index),
+                None => self.datalog.remove_waiters_for_id(id, filter_path),
+            };
+            if let Some(mut request) = existing {
+                request.qos = filter.qos as u8;
+                request.forward_retained = forward_retained;
+                self.scheduler.track(id, request);
+                self.scheduler.reschedule(id, ScheduleReason::NewFilter);
+                debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
+            }
+        }
 
         let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
         meter.register_subscription(filter_path.clone());
