@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use messenger_broker::{CatalogError, FileCatalog, Files, StoredFile};
+use messenger_broker::{CatalogError, FileCatalog, Files, StoredFile, UploadLimit};
 use messenger_protocol::{FileId, UserId};
 use messenger_store::Catalog;
 
@@ -60,5 +60,10 @@ pub(crate) fn web_files(settings: &Settings) -> anyhow::Result<Files> {
     Ok(Files {
         catalog: Arc::new(StoreCatalog(catalog)),
         max_file_bytes: settings.limits.max_file_bytes,
+        uploads: UploadLimit::new(
+            settings.limits.uploads_per_min,
+            settings.limits.uploads_burst,
+        )
+        .map(Arc::new),
     })
 }

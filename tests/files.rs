@@ -415,7 +415,7 @@ async fn uploads_without_valid_credentials_get_401() {
         assert_eq!(code, 401, "{what}");
         assert!(
             head.to_ascii_lowercase()
-                .contains("www-authenticate: basic"),
+                .contains("www-authenticate: bearer"),
             "{what}: {head}"
         );
     }

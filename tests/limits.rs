@@ -455,3 +455,63 @@ async fn bad_limit_settings_exit_64_naming_the_key() {
         assert!(server.log().contains(named), "{env:?}: {}", server.log());
     }
 }
+
+/// `limits.uploads_per_min`: over it `POST /files` is `429` with
+/// `retry_after_ms` and nothing is stored; after the wait uploads go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_limited_then_resume() {
+    let (messenger, mut server) = serve_with(
+        &["alice"],
+        &[
+            // One a second, two at once.
+            ("MESSENGER_LIMITS__UPLOADS_PER_MIN", "60"),
+            ("MESSENGER_LIMITS__UPLOADS_BURST", "2"),
+        ],
+    )
+    .await;
+    server.wait_until_accepting_on(server.ws).await;
+    let web = messenger_client::WebFiles {
+        web: server.ws.to_string(),
+        user: crate::util::uid("alice"),
+        secret: "alice-pw".to_owned(),
+        tls: None,
+    };
+    let stored = || {
+        std::fs::read_dir(messenger.dir().join("data").join("files"))
+            .map(|entries| entries.flatten().count())
+            .unwrap_or(0)
+    };
+    let upload = |n: u32| {
+        let path = messenger.dir().join(format!("upload-{n}"));
+        std::fs::write(&path, format!("upload number {n}")).expect("write the upload");
+        let web = web.clone();
+        async move { web.upload(&path, "text/plain").await }
+    };
+    for n in 1..=2 {
+        upload(n).await.expect("within the burst");
+    }
+    assert_eq!(stored(), 2);
+    let refused = upload(3).await.expect_err("over the limit");
+    let messenger_client::ClientError::Http { status, message } = refused else {
+        panic!("not an HTTP refusal: {refused:?}");
+    };
+    assert_eq!(status, 429, "{message}");
+    let error: Value = serde_json::from_str(&message).expect("a JSON error");
+    assert_eq!(error["code"], "rate_limited", "{error}");
+    let wait = error["retry_after_ms"].as_u64().unwrap_or(0);
+    assert!((1..=1000).contains(&wait), "{error}");
+    assert_eq!(stored(), 2, "a refused upload stores nothing");
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match upload(4).await {
+            Ok(_) => break,
+            Err(messenger_client::ClientError::Http { status: 429, .. }) => {
+                assert!(tokio::time::Instant::now() < deadline, "still limited");
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert_eq!(stored(), 3);
+}

@@ -196,6 +196,7 @@ impl Server {
         .env("MESSENGER_LIMITS__SENDS_PER_SEC", "0")
         .env("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0")
         .env("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0")
+        .env("MESSENGER_LIMITS__UPLOADS_PER_MIN", "0")
         // Metrics on, as in production, on a port of its own (`--server-env` may turn it off).
         .env("MESSENGER_ADMIN__LISTEN", "127.0.0.1:0")
         .envs(

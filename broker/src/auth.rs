@@ -121,9 +121,12 @@ impl Authenticator {
         }
     }
 
-    /// Whether `username` is the service account's (the bridge's).
-    pub(crate) fn is_service(&self, username: &str) -> bool {
-        username == self.service.username
+    /// Whether `login` is the service account's (the bridge's), password included:
+    /// only the bridge itself is spared the per-address connection count.
+    pub(crate) fn is_service(&self, login: &Login) -> bool {
+        login.username == self.service.username
+            && !self.service.password.is_empty()
+            && constant_time_eq(login.password.as_bytes(), self.service.password.as_bytes())
     }
 
     /// Refuses a device that signs in on the loopback listener directly while

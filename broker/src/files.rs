@@ -9,11 +9,15 @@
 //! the temporary file (`Partial`), so nothing is left behind.
 
 use std::io;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -83,10 +87,65 @@ pub struct Files {
     pub catalog: Arc<dyn FileCatalog>,
     /// The largest upload, in bytes (`limits.max_file_bytes`).
     pub max_file_bytes: u64,
+    /// Uploads per user (`limits.uploads_per_min`); `None`: no limit.
+    pub uploads: Option<Arc<UploadLimit>>,
+}
+
+/// Uploads per user and minute (a GCRA limiter keyed by user, in this process's
+/// memory): without it one user could fill the disk with uploads no message
+/// carries, each kept for `storage.unreferenced_file_secs`.
+pub struct UploadLimit {
+    limiter: DefaultKeyedRateLimiter<UserId>,
+    clock: DefaultClock,
+    /// Checks since idle users' state was last forgotten.
+    checks: AtomicU64,
+}
+
+/// How many checks pass between forgetting idle users' limiter state.
+const FORGET_EVERY_CHECKS: u64 = 1024;
+
+impl UploadLimit {
+    /// `per_min` uploads a minute, `burst` at once (`per_min` when absent); `None` for 0.
+    pub fn new(per_min: u32, burst: Option<u32>) -> Option<Self> {
+        let rate = NonZeroU32::new(per_min)?;
+        let burst = burst.and_then(NonZeroU32::new).unwrap_or(rate);
+        Some(Self {
+            limiter: RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst)),
+            clock: DefaultClock::default(),
+            checks: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes one upload from `user`'s allowance, or says how long until one is allowed.
+    fn check(&self, user: &UserId) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY_CHECKS == 0 {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(user)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
+/// `429` with how long to wait: `Retry-After` in seconds (rounded up) and the
+/// error as JSON, as over MQTT (`rate_limited` with `retry_after_ms`).
+fn rate_limited(wait: Duration) -> Response<Body> {
+    let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    let body = serde_json::json!({
+        "code": "rate_limited",
+        "message": format!("too many uploads; retry in {ms} ms"),
+        "retry_after_ms": ms,
+    });
+    let mut response = http::json(StatusCode::TOO_MANY_REQUESTS, body.to_string());
+    if let Ok(secs) = HeaderValue::from_str(&ms.div_ceil(1000).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, secs);
+    }
+    response
 }
 
 impl Files {
     /// `POST /files`: `201` {`file`,`size`,`type`,`sha256`}, `413` over the limit,
+    /// `429` over `limits.uploads_per_min`,
     /// `400` for a malformed `Content-Type` or a body cut short.
     pub(crate) async fn upload(&self, request: Request<Incoming>, user: &UserId) -> Response<Body> {
         let declared = request
@@ -96,6 +155,10 @@ impl Files {
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_file_bytes) {
             return self.too_large();
+        }
+        if let Some(Err(wait)) = self.uploads.as_ref().map(|limit| limit.check(user)) {
+            info!(%user, "upload refused: limits.uploads_per_min");
+            return rate_limited(wait);
         }
         let Some(media_type) = media_type(request.headers().get(header::CONTENT_TYPE)) else {
             return http::text(

@@ -90,7 +90,7 @@ impl Shared {
         source: Option<std::net::IpAddr>,
         address: &mut Option<AddressGuard>,
     ) -> Result<(Principal, LiveGuard), Refusal> {
-        let service = login.is_some_and(|l| self.auth.is_service(&l.username));
+        let service = login.is_some_and(|l| self.auth.is_service(l));
         *address = match source.filter(|_| !service) {
             Some(addr) => self.addresses.open(addr).map_err(|open| {
                 warn!(client_id = %connect.client_id, %addr, open, "too many connections from one address; refused");
@@ -219,9 +219,7 @@ impl Protocol for Gate {
                 let source = client.map(|addr| addr.ip());
                 let direct_device = shared.fronts_only
                     && via_front.is_none()
-                    && !login
-                        .as_ref()
-                        .is_some_and(|l| shared.auth.is_service(&l.username));
+                    && !login.as_ref().is_some_and(|l| shared.auth.is_service(l));
                 let mut address = None;
                 let signed_in = if direct_device {
                     let refusal = shared.auth.refuse_direct(&connect, source);

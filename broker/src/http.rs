@@ -175,7 +175,10 @@ pub(crate) fn not_found() -> Response<Body> {
     text(StatusCode::NOT_FOUND, "not found\n")
 }
 
-/// `401`, asking for credentials.
+/// `401`, asking for credentials. The challenge names `Bearer`, not `Basic`: a
+/// browser answers a `Basic` challenge to a page's request with its own password
+/// dialog, and then sends what was typed there with every request to this origin,
+/// other sites' form posts included.
 fn unauthorized() -> Response<Body> {
     let mut response = text(
         StatusCode::UNAUTHORIZED,
@@ -183,7 +186,7 @@ fn unauthorized() -> Response<Body> {
     );
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"messenger\", charset=\"UTF-8\""),
+        HeaderValue::from_static("Bearer realm=\"messenger\""),
     );
     response
 }

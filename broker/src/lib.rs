@@ -59,7 +59,7 @@ use tracing::{info, warn};
 
 pub use auth::ServiceAccount;
 pub use config::{BrokerConfig, TlsConfig};
-pub use files::{CatalogError, FileCatalog, Files, StoredFile};
+pub use files::{CatalogError, FileCatalog, Files, StoredFile, UploadLimit};
 pub use metrics::BrokerMetrics;
 pub use sessions::Session;
 pub use tls::{Certificates, TlsError};

@@ -129,6 +129,10 @@ pub struct Limits {
     pub token_requests_per_min: u32,
     /// How many `token` requests a user may make at once; absent: `token_requests_per_min`.
     pub token_requests_burst: Option<u32>,
+    /// `POST /files` uploads per minute, per user (counted by the web listener); 0: no limit.
+    pub uploads_per_min: u32,
+    /// How many uploads a user may make at once; absent: `uploads_per_min`.
+    pub uploads_burst: Option<u32>,
 }
 
 impl Default for Limits {
@@ -148,6 +152,8 @@ impl Default for Limits {
             group_creates_burst: None,
             token_requests_per_min: 10,
             token_requests_burst: None,
+            uploads_per_min: 20,
+            uploads_burst: None,
         }
     }
 }
@@ -218,6 +224,12 @@ impl Limits {
         if self.token_requests_burst == Some(0) {
             return Err(ConfigError::invalid(
                 "limits.token_requests_burst",
+                "be at least 1",
+            ));
+        }
+        if self.uploads_burst == Some(0) {
+            return Err(ConfigError::invalid(
+                "limits.uploads_burst",
                 "be at least 1",
             ));
         }

@@ -117,6 +117,7 @@ impl Messenger {
             .env("MESSENGER_LIMITS__SENDS_PER_SEC", "0")
             .env("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0")
             .env("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0")
+            .env("MESSENGER_LIMITS__UPLOADS_PER_MIN", "0")
             .env("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "0")
             .env("RUST_LOG", "info");
         cmd
