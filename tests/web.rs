@@ -772,6 +772,49 @@ async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_b
         .js("return localStorage.getItem('messenger.session');", vec![])
         .await;
     assert_eq!(kept, Value::Null);
+    // With `limits.max_devices` (10) of alice's devices connected, the right
+    // password is refused with CONNACK 5: the page says why, keeps nothing.
+    let mut held = Vec::new();
+    for n in 0..10 {
+        let device = server
+            .device(Transport::Tcp, &format!("alice:held{n}"), "pw")
+            .connect()
+            .await
+            .unwrap_or_else(|err| panic!("alice's device {n} signs in: {err}"));
+        held.push(device);
+    }
+    alice
+        .find("#signin-password")
+        .await
+        .clear()
+        .await
+        .expect("clear");
+    alice.type_into("#signin-password", "pw").await;
+    alice.click("#signin-submit").await;
+    alice
+        .wait(
+            "document.getElementById('signin-error').textContent.startsWith('not allowed now: too many of your devices')",
+            "too many devices, said as such",
+        )
+        .await;
+    let kept = alice
+        .js("return localStorage.getItem('messenger.session');", vec![])
+        .await;
+    assert_eq!(kept, Value::Null);
+    drop(held);
+    // Until the broker has seen them go, the next sign-in would be refused too.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, metrics) = crate::admin::get(server.admin, "/metrics").await;
+        if metrics.lines().any(|l| l == "messenger_connected_devices 0") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's devices still counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     alice
         .find("#signin-password")
         .await

@@ -83,7 +83,7 @@ function start(session) {
 function showConnection(s) {
   const node = $("conn");
   node.dataset.state = s;
-  node.textContent = { connecting: "Connecting…", online: "Online", offline: "Offline, retrying…", syncing: "Syncing…" }[s] || s;
+  node.textContent = { connecting: "Connecting…", online: "Online", offline: "Offline, retrying…", syncing: "Syncing…", limited: "Too many of your devices are connected; retrying soon…" }[s] || s;
 }
 
 async function connected() {

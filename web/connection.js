@@ -2,7 +2,8 @@
 // topics): sign-in for a device token, requests with replies, the inbox, and
 // presence. Emits "state" (connecting | online | offline), "online" (after each
 // (re)connect, once subscribed), "event" (an inbox event), "status" (a user's
-// aggregated presence) and "refused" (the server refused the token).
+// aggregated presence) and "refused" (the server refused the token: CONNACK 4; a
+// CONNACK 5, too many of the user's devices connected, is a state, "limited").
 
 import { randomHex } from "./store.js";
 
@@ -74,7 +75,10 @@ export function requestToken(user, device, password) {
     };
     const timer = setTimeout(() => finish(new Error("the server did not answer in time")), 15000);
     client.on("error", (err) => {
-      if (err && (err.code === 4 || err.code === 5)) finish(new Error("wrong user id or password"));
+      if (err && err.code === 4) finish(new Error("wrong user id or password"));
+      else if (err && err.code === 5) {
+        finish(new Error("not allowed now: too many of your devices are connected (sign one out), or this account may not sign in here"));
+      }
       else if (err && err.code === 2) finish(new Error("this device id was refused"));
       else if (err && err.code === 3) finish(new Error("the server cannot sign anyone in right now"));
       else finish(new Error("cannot reach the server"));
@@ -95,6 +99,9 @@ export function requestToken(user, device, password) {
   });
 }
 
+/** How long the page waits after a CONNACK 5 (not authorized now) before trying again. */
+const LIMITED_RETRY_MS = 15000;
+
 /** The long-lived connection of a signed-in device (its token as password). */
 export class Connection extends EventTarget {
   constructor(session) {
@@ -108,6 +115,7 @@ export class Connection extends EventTarget {
     this.waiting = new Map();
     this.watched = new Set();
     this.online = false;
+    this.limited = false;
     this.client = null;
   }
 
@@ -123,9 +131,21 @@ export class Connection extends EventTarget {
     client.on("connect", () => this.subscribed());
     client.on("message", (topic, payload) => this.message(topic, payload));
     client.on("error", (err) => {
-      if (err && (err.code === 4 || err.code === 5)) {
+      if (err && err.code === 4) {
+        // The token is no longer valid (password changed, account disabled or removed).
         client.end(true);
         this.emit("refused", err);
+      } else if (err && err.code === 5) {
+        // Not now: most likely too many of the user's devices are connected
+        // (limits.max_devices). Keep the session and the outbox; try again later.
+        this.limited = true;
+        client.end(true);
+        this.emit("state", "limited");
+        setTimeout(() => {
+          if (this.client !== client) return;
+          this.limited = false;
+          this.start();
+        }, LIMITED_RETRY_MS);
       }
     });
     const down = () => {
@@ -133,7 +153,7 @@ export class Connection extends EventTarget {
       this.online = false;
       for (const [, w] of this.waiting) w.reject(new NoAnswer("connection lost"));
       this.waiting.clear();
-      this.emit("state", "offline");
+      this.emit("state", this.limited ? "limited" : "offline");
     };
     client.on("close", down);
     client.on("offline", down);
