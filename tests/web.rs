@@ -806,7 +806,10 @@ async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_b
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let (_, metrics) = crate::admin::get(server.admin, "/metrics").await;
-        if metrics.lines().any(|l| l == "messenger_connected_devices 0") {
+        if metrics
+            .lines()
+            .any(|l| l == "messenger_connected_devices 0")
+        {
             break;
         }
         assert!(
