@@ -174,22 +174,34 @@ impl Prepared {
         let (batches_tx, batches_rx) = mpsc::channel(64);
         let (done_tx, done_rx) = oneshot::channel();
         let epoch = Arc::new(AtomicU64::new(0));
-        tokio::spawn(sweep_files(
+        // Uploads no message has carried for `unreferenced_ms` go: checked at
+        // start and every quarter of that (at least every hour).
+        let unreferenced_ms = bridge.storage.unreferenced_file_ms();
+        tokio::spawn(periodically(
             jobs_tx.clone(),
-            bridge.storage.unreferenced_file_ms(),
+            Duration::from_millis(unreferenced_ms / 4)
+                .clamp(Duration::from_millis(250), Duration::from_secs(3600)),
+            Start::Now,
+            move || writer::Work::Store(Input::SweepFiles { unreferenced_ms }),
             shutdown.clone(),
         ));
         if bridge.liveness.is_some() {
-            tokio::spawn(reconcile(
+            // Presence reconciled with the broker's connections.
+            tokio::spawn(periodically(
                 jobs_tx.clone(),
                 bridge.config.reconcile_every(),
+                Start::AfterOnePeriod,
+                || writer::Work::Store(Input::Reconcile),
                 shutdown.clone(),
             ));
         }
         if bridge.storage.retention_days > 0 {
-            tokio::spawn(wake_for_housekeeping(
+            // Retention runs on an idle server too (a busy one runs it between batches).
+            tokio::spawn(periodically(
                 jobs_tx.clone(),
                 HOUSEKEEPING_EVERY,
+                Start::AfterOnePeriod,
+                || writer::Work::Housekeeping,
                 shutdown.clone(),
             ));
         }
@@ -371,76 +383,44 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     format!("panicked: {text}")
 }
 
-/// Asks the writer to reconcile presence with the broker's connections, periodically.
-async fn reconcile(
-    jobs: mpsc::UnboundedSender<writer::Job>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let job = writer::Job {
-            work: writer::Work::Store(Input::Reconcile),
-            ack: None,
-            epoch: 0,
-        };
-        if jobs.send(job).is_err() {
-            return;
-        }
-    }
+/// When a periodic job is first handed to the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// At once, then every period.
+    Now,
+    /// After the first period.
+    AfterOnePeriod,
 }
 
 /// How often an idle writer is woken for the store's housekeeping (retention
 /// decides itself whether a step is due; waking costs a channel message).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
-/// Wakes the writer periodically, so that retention runs on an idle server too
-/// (a busy one runs it between batches anyway).
-async fn wake_for_housekeeping(
+/// Hands the writer the job `work` makes every `every`, until `shutdown` or
+/// the writer is gone.
+async fn periodically(
     jobs: mpsc::UnboundedSender<writer::Job>,
     every: Duration,
+    start: Start,
+    work: impl Fn() -> writer::Work,
     shutdown: CancellationToken,
 ) {
+    let mut wait = start == Start::AfterOnePeriod;
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+        if wait {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
         }
+        wait = true;
         let job = writer::Job {
-            work: writer::Work::Housekeeping,
+            work: work(),
             ack: None,
             epoch: 0,
         };
         if jobs.send(job).is_err() {
             return;
-        }
-    }
-}
-
-/// Asks the writer, periodically, to remove the uploads no message has carried
-/// for `unreferenced_ms` (checked every quarter of that, at least every hour).
-async fn sweep_files(
-    jobs: mpsc::UnboundedSender<writer::Job>,
-    unreferenced_ms: u64,
-    shutdown: CancellationToken,
-) {
-    let every = Duration::from_millis(unreferenced_ms / 4)
-        .clamp(Duration::from_millis(250), Duration::from_secs(3600));
-    loop {
-        let job = writer::Job {
-            work: writer::Work::Store(Input::SweepFiles { unreferenced_ms }),
-            ack: None,
-            epoch: 0,
-        };
-        if jobs.send(job).is_err() {
-            return;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -57,8 +57,19 @@ pub(crate) struct Shared {
     pub(crate) accounts: Arc<messenger_accounts::Accounts>,
 }
 
+/// Where a CONNECT comes from.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    /// The client's address, when known (behind a front, the front's client).
+    ip: Option<std::net::IpAddr>,
+    /// Whether it came through a front (TLS, WebSocket) rather than dialling the
+    /// MQTT listener directly.
+    via_front: bool,
+}
+
 impl Shared {
-    /// Signs a CONNECT in: the client's address must have room
+    /// Signs a CONNECT in: with plain MQTT off a device must come through a
+    /// front (the service account may not), the client's address must have room
     /// (`broker.max_connections_per_ip`; not asked of the service account), the
     /// credentials must pass, and a user must have room for one more device
     /// (`limits.max_devices`). Counts the outcome. Returns the principal and the
@@ -70,7 +81,7 @@ impl Shared {
         connect: &rumqttd::protocol::Connect,
         will: Option<&rumqttd::protocol::LastWill>,
         login: Option<&rumqttd::protocol::Login>,
-        source: Option<std::net::IpAddr>,
+        source: Source,
         address: &mut Option<AddressGuard>,
     ) -> Result<(Principal, LiveGuard), Refusal> {
         let decided = self.decide(connect, will, login, source, address);
@@ -87,10 +98,14 @@ impl Shared {
         connect: &rumqttd::protocol::Connect,
         will: Option<&rumqttd::protocol::LastWill>,
         login: Option<&rumqttd::protocol::Login>,
-        source: Option<std::net::IpAddr>,
+        source: Source,
         address: &mut Option<AddressGuard>,
     ) -> Result<(Principal, LiveGuard), Refusal> {
         let service = login.is_some_and(|l| self.auth.is_service(l));
+        if self.fronts_only && !source.via_front && !service {
+            return Err(self.auth.refuse_direct(connect, source.ip));
+        }
+        let source = source.ip;
         *address = match source.filter(|_| !service) {
             Some(addr) => self.addresses.open(addr).map_err(|open| {
                 warn!(client_id = %connect.client_id, %addr, open, "too many connections from one address; refused");
@@ -217,23 +232,17 @@ impl Protocol for Gate {
                 let via_front = st.peer.and_then(|peer| shared.peers.client_of(peer));
                 let client = st.peer.map(|peer| via_front.unwrap_or(peer));
                 let source = client.map(|addr| addr.ip());
-                let direct_device = shared.fronts_only
-                    && via_front.is_none()
-                    && !login.as_ref().is_some_and(|l| shared.auth.is_service(l));
                 let mut address = None;
-                let signed_in = if direct_device {
-                    let refusal = shared.auth.refuse_direct(&connect, source);
-                    shared.metrics.refused(refusal.reason);
-                    Err(refusal)
-                } else {
-                    shared.sign_in(
-                        &connect,
-                        will.as_ref(),
-                        login.as_ref(),
-                        source,
-                        &mut address,
-                    )
-                };
+                let signed_in = shared.sign_in(
+                    &connect,
+                    will.as_ref(),
+                    login.as_ref(),
+                    Source {
+                        ip: source,
+                        via_front: via_front.is_some(),
+                    },
+                    &mut address,
+                );
                 st._address = address;
                 match signed_in {
                     Ok((principal, live)) => {
