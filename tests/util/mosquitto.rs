@@ -2,7 +2,7 @@
 //! file and the ACL that `messenger acl --format mosquitto` prints: the proof
 //! that the bridge and devices need nothing of the embedded broker.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -30,11 +30,9 @@ fn require(binary: &str) {
     );
 }
 
+/// A free port for Mosquitto (below the ephemeral range, see `free_addr`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    super::process::free_addr_below_ephemeral().port()
 }
 
 fn add_password(file: &Path, user: &str, password: &str, create: bool) {

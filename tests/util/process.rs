@@ -17,11 +17,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_messenger");
 /// How often a wait on a process looks again.
 const POLL: Duration = Duration::from_millis(20);
 
-/// A free port on 127.0.0.1: bound, read, released.
+/// A free port on 127.0.0.1 for a server the test starts: bound, read, released.
+/// Below the ephemeral range, so that no other test's outgoing connection takes
+/// it as its source port between the release and the server's bind.
 pub(crate) fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    free_addr_below_ephemeral()
 }
 
 /// A free port on 127.0.0.1 below the ephemeral range (32768 and up on Linux), for
