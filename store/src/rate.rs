@@ -9,6 +9,7 @@
 //! stores nothing. A repeat of a request already stored is answered before the
 //! limiter is asked (see the handlers), so a device's retry always gets its ack.
 
+use std::cell::RefCell;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,71 @@ impl RateLimits {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+    }
+}
+
+/// The limiters' answers to each request of one batch, by the request's place in
+/// it. A batch may run twice (see `sqlite`: a request that failed after writing
+/// sends it round again with a savepoint per request); the second run hears the
+/// answers of the first, so each request is counted against its user once.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    answers: Vec<Vec<Result<(), Failure>>>,
+}
+
+impl Ledger {
+    /// The limiters as the request at `place` sees them: the answers noted for
+    /// it in an earlier run first, then the limiters themselves.
+    pub(crate) fn allowance<'a>(&mut self, place: usize, limits: &'a RateLimits) -> Allowance<'a> {
+        let mut heard = self
+            .answers
+            .get_mut(place)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        heard.reverse();
+        Allowance {
+            limits,
+            heard: RefCell::new(heard),
+            noted: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Keeps the answers the request at `place` was given.
+    pub(crate) fn note(&mut self, place: usize, allowance: Allowance<'_>) {
+        if self.answers.len() <= place {
+            self.answers.resize_with(place + 1, Vec::new);
+        }
+        self.answers[place] = allowance.noted.into_inner();
+    }
+}
+
+/// One request's view of the limiters (see [`Ledger`]).
+pub(crate) struct Allowance<'a> {
+    limits: &'a RateLimits,
+    /// Answers from an earlier run, last first.
+    heard: RefCell<Vec<Result<(), Failure>>>,
+    /// Answers the limiters gave in this run, in order.
+    noted: RefCell<Vec<Result<(), Failure>>>,
+}
+
+impl<'a> Allowance<'a> {
+    /// A view with no earlier run (a request handled outside a batch).
+    pub(crate) fn new(limits: &'a RateLimits) -> Self {
+        Self {
+            limits,
+            heard: RefCell::new(Vec::new()),
+            noted: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// [`RateLimits::check`], or the answer an earlier run got to the same question.
+    pub(crate) fn check(&self, user: &UserId, action: Action) -> Result<(), Failure> {
+        if let Some(answer) = self.heard.borrow_mut().pop() {
+            return answer;
+        }
+        let answer = self.limits.check(user, action);
+        self.noted.borrow_mut().push(answer.clone());
+        answer
     }
 }
 

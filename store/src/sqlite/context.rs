@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::pushes::Notify;
 use super::search::IndexOp;
 use crate::config::Limits;
-use crate::rate::{Action, RateLimits};
+use crate::rate::{Action, Allowance};
 use crate::{Effect, Failure, Notification};
 
 /// Who sent a request, and the context to handle it in.
@@ -20,7 +20,7 @@ pub(super) struct Ctx<'a> {
     pub(super) device: &'a DeviceId,
     pub(super) limits: &'a Limits,
     /// Per-user rate limits.
-    pub(super) rates: &'a RateLimits,
+    pub(super) rates: &'a Allowance<'a>,
     /// The server's clock for this batch, ms since the epoch.
     pub(super) now: u64,
     /// Whether stored messages call for push notifications.

@@ -45,7 +45,7 @@ use super::context::{Ctx, Kind};
 use super::messages::Order;
 use super::Notify;
 use crate::config::Limits;
-use crate::rate::RateLimits;
+use crate::rate::{Allowance, RateLimits};
 use crate::StoreError;
 
 /// Conversations read at a time.
@@ -127,6 +127,7 @@ pub fn export_user(
     }
     let device = DeviceId::parse("export").expect("a valid device id");
     let rates = RateLimits::new(limits);
+    let rates = Allowance::new(&rates);
     let ctx = Ctx {
         conn: &conn,
         user,
