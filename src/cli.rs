@@ -37,6 +37,15 @@ pub(crate) enum Command {
         /// Where to write the copy.
         file: PathBuf,
     },
+    /// Copy this single-node install (the SQLite file: accounts, tokens,
+    /// conversations, history, receipts, push registrations, mutes, blocks, files'
+    /// records) into an empty PostgreSQL database, and say how many of each it
+    /// copied. Stop the server first: what it stores after the copy starts is not copied.
+    Migrate {
+        /// The database: postgres://USER:PASSWORD@HOST:PORT/DATABASE
+        #[arg(long)]
+        to: String,
+    },
     /// Write everything USER may read (conversations, messages, receipts, groups)
     /// as JSON, for a data-portability request; works while the server runs.
     Export {

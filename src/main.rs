@@ -8,6 +8,7 @@ mod chat;
 mod cli;
 mod export;
 mod files;
+mod migrate;
 mod serve;
 mod settings;
 mod users;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Command::Admin(cmd) => admin_cli::run(&settings, cmd),
         Command::Backup { file } => backup::run(&settings, &file),
         Command::Export { user, out } => export::run(&settings, &user, &out),
+        Command::Migrate { to } => migrate::run(&settings, &to),
         Command::Chat(cmd) => chat::run(&settings, *cmd),
         Command::Acl { format: _ } => {
             print!(

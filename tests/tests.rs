@@ -34,6 +34,9 @@ mod backup;
 // `storage.retention_days`: old messages removed after a restart, new ones and sends unaffected.
 mod retention;
 
+// `messenger migrate --to`: an install copied into PostgreSQL (a real server), bad targets refused.
+mod migrate;
+
 // `messenger user remove --erase`: the account goes and its messages' text is erased.
 mod erase;
 

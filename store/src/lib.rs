@@ -17,10 +17,13 @@
 //! - `failure`: [`Failure`], why a request failed.
 //! - `rate`: per-user rate limits (sends, group creations, token requests).
 //! - [`sqlite`]: the SQLite engine ([`SqliteStore`]).
+//! - [`postgres`]: PostgreSQL: connecting, the schema and its migrations, and
+//!   copying a SQLite install into it.
 
 pub mod config;
 mod failure;
 mod outcome;
+pub mod postgres;
 mod rate;
 pub mod sqlite;
 

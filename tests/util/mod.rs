@@ -11,6 +11,7 @@
 //!   well-behaved client library sends (a second CONNECT).
 //! - [`process`]: the real `messenger` binary in its own temp directory.
 //! - [`stock`]: `mosquitto_pub`, `mosquitto_sub` and a Mosquitto broker.
+//! - [`postgres`]: one PostgreSQL server per test binary, a database per test.
 //!
 //! Nothing here sleeps in place of waiting: every wait is on an event (or, for a
 //! process or a port, a short poll), under [`PATIENCE`]. To show that something did *not* happen, tests use a positive
@@ -19,6 +20,7 @@
 
 pub(crate) mod client;
 pub(crate) mod mosquitto;
+pub(crate) mod postgres;
 pub(crate) mod process;
 pub(crate) mod proxy;
 pub(crate) mod raw;
