@@ -6,6 +6,7 @@ mod admin_cli;
 mod backup;
 mod chat;
 mod cli;
+mod database;
 mod export;
 mod files;
 mod migrate;

@@ -25,6 +25,7 @@ use crate::settings::Settings;
 
 /// Broker and bridge in one process; the bridge signs in with a password generated for this run.
 pub(crate) fn serve(settings: Settings) -> anyhow::Result<()> {
+    crate::database::refuse_servers(&settings, "serve")?;
     let password = if settings.bridge.password.is_empty() {
         let mut raw = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut raw);
@@ -37,6 +38,7 @@ pub(crate) fn serve(settings: Settings) -> anyhow::Result<()> {
 
 /// The broker alone; the bridge's credentials come from `bridge.username` / `bridge.password`.
 pub(crate) fn broker_only(settings: Settings) -> anyhow::Result<()> {
+    crate::database::refuse_servers(&settings, "broker")?;
     if settings.bridge.password.is_empty() {
         info!("bridge.password is empty: no bridge can sign in to this broker");
     }
@@ -49,6 +51,7 @@ pub(crate) fn broker_only(settings: Settings) -> anyhow::Result<()> {
 
 /// The bridge alone, against the broker at `bridge.broker` (any MQTT 3.1.1 broker).
 pub(crate) fn bridge_only(settings: Settings) -> anyhow::Result<()> {
+    crate::database::refuse_servers(&settings, "bridge")?;
     let prepared = bridge(&settings).prepare().map_err(config_failure)?;
     let listener = admin::bind(&settings.admin).map_err(config_failure)?;
     let mut admin = Admin::new(settings.storage.path.clone());

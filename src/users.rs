@@ -1,6 +1,5 @@
 //! `messenger user ...`: the account store from the command line.
 
-use anyhow::Context;
 use messenger_accounts::Accounts;
 use messenger_protocol::{DeviceId, UserId};
 
@@ -8,10 +7,18 @@ use crate::chat::format_ts;
 use crate::cli::UserCommand;
 use crate::settings::Settings;
 
-/// Runs one account command against the configured SQLite file.
+/// Runs one account command against the configured store (the SQLite file, or
+/// the PostgreSQL database).
 pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
     let path = &settings.storage.path;
-    let accounts = Accounts::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let on_postgres = settings.storage.postgres_url().is_some();
+    if on_postgres && matches!(cmd, UserCommand::Remove { .. }) {
+        return Err(crate::config_failure(anyhow::anyhow!(
+            "storage.backend = \"postgres\": `user remove` takes the account's conversations \
+             with it, which needs the engine on PostgreSQL (not built yet)"
+        )));
+    }
+    let accounts = crate::database::accounts(settings)?;
     match cmd {
         UserCommand::Add { name, password } => {
             let user = UserId::parse(&name)?;
@@ -33,6 +40,7 @@ pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
             let erased = messenger_store::erase_user(path, &settings.storage.files_dir(), &user)?;
             println!("removed {user}; erased the text of {erased} messages");
         }
+        UserCommand::List if on_postgres => print!("{}", list_accounts(&accounts)?),
         UserCommand::List => print!("{}", list(path)?),
         UserCommand::Disable { name } => {
             let user = UserId::parse(&name)?;
@@ -57,6 +65,25 @@ pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `messenger user list` on PostgreSQL: the accounts alone (devices and presence
+/// are the engine's, not built there yet).
+fn list_accounts(accounts: &Accounts) -> anyhow::Result<String> {
+    let time = |ms: i64| format_ts(u64::try_from(ms).unwrap_or(0));
+    let mut out = format!(
+        "{:<32}  {:<19}  {:<19}\n",
+        "USER", "CREATED (UTC)", "DISABLED SINCE"
+    );
+    for account in accounts.accounts()? {
+        out.push_str(&format!(
+            "{:<32}  {:<19}  {:<19}\n",
+            account.user.as_str(),
+            time(account.created_ms),
+            account.disabled_ms.map_or_else(|| "-".to_owned(), time),
+        ));
+    }
+    Ok(out)
 }
 
 /// `messenger user list`: a header, then one line per account.

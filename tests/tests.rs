@@ -34,6 +34,9 @@ mod backup;
 // `storage.retention_days`: old messages removed after a restart, new ones and sends unaffected.
 mod retention;
 
+// The account store on SQLite and PostgreSQL from one test body; `storage.url` refusals.
+mod accounts;
+
 // `messenger migrate --to`: an install copied into PostgreSQL (a real server), bad targets refused.
 mod migrate;
 

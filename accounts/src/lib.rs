@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //!
-//! - [`Accounts`]: the store itself, on a SQLite file shared with the bridge.
+//! - [`Accounts`]: the store itself, on a SQLite file shared with the bridge or
+//!   in a PostgreSQL database shared by every node.
+//! - `records`: the reads and writes, one implementation per engine.
 //! - [`schema`]: versioned migrations, used by every component that owns tables in the file.
 //!
 //! Password checks cost tens of milliseconds of CPU (argon2id). Devices therefore
@@ -12,7 +14,10 @@
 //! in memory, tied to the stored hash) so that reconnects during one process's life
 //! cost no argon2 either.
 
+mod records;
 pub mod schema;
+
+pub use records::postgres::Connector;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,8 +30,12 @@ use argon2::password_hash::{
 use argon2::Argon2;
 use messenger_protocol::{DeviceId, UserId};
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use sha2::{Digest, Sha256};
+
+use records::postgres::PostgresRecords;
+use records::sqlite::SqliteRecords;
+use records::{Records, UserRow};
 
 /// Failures of the account store.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +43,12 @@ pub enum AccountsError {
     /// The SQLite file could not be opened, read or written.
     #[error("account store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A PostgreSQL query failed.
+    #[error("account store: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// There is no connection to PostgreSQL (it could not be made again).
+    #[error("account store: PostgreSQL unavailable: {0}")]
+    Unavailable(String),
     /// The user already exists.
     #[error("user {0} already exists")]
     Exists(UserId),
@@ -78,11 +93,12 @@ pub const TOKEN_PREFIX: &str = "mtk_";
 
 /// The account store.
 ///
-/// Cheap to share behind an `Arc`; every method is blocking (SQLite, argon2):
-/// call it from a blocking context, never directly on an async worker.
+/// Cheap to share behind an `Arc`; every method is blocking (SQLite or
+/// PostgreSQL, argon2): call it from a blocking context, never directly on an
+/// async worker.
 pub struct Accounts {
-    /// One connection; SQLite serializes writers anyway and every query is short.
-    conn: Mutex<Connection>,
+    /// Where the records are kept.
+    records: Box<dyn Records>,
     /// user -> (stored PHC string, SHA-256 of the password that verified against it).
     verified: Mutex<HashMap<String, (String, [u8; 32])>>,
 }
@@ -147,16 +163,25 @@ impl Accounts {
     pub fn open(path: &Path) -> Result<Self, AccountsError> {
         let mut conn = open_sqlite(path)?;
         migrate(&mut conn)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-            verified: Mutex::new(HashMap::new()),
-        })
+        Ok(Self::on(Box::new(SqliteRecords::new(conn))))
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent (it is
-        // transactional), so a poisoned lock is safe to keep using.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// The store in a PostgreSQL database whose schema is in place
+    /// (`messenger_store::postgres::migrate`), starting from the connection
+    /// `client`; `connect` makes a new one when a query finds it broken (a
+    /// database restart).
+    pub fn on_postgres(
+        client: postgres::Client,
+        connect: Connector,
+    ) -> Result<Self, AccountsError> {
+        Ok(Self::on(Box::new(PostgresRecords::start(client, connect)?)))
+    }
+
+    fn on(records: Box<dyn Records>) -> Self {
+        Self {
+            records,
+            verified: Mutex::new(HashMap::new()),
+        }
     }
 
     fn hash_password(password: &str) -> Result<String, AccountsError> {
@@ -173,11 +198,7 @@ impl Accounts {
     /// Creates a user.
     pub fn add(&self, user: &UserId, password: &str) -> Result<(), AccountsError> {
         let phc = Self::hash_password(password)?;
-        let n = self.conn().execute(
-            "INSERT OR IGNORE INTO users (name, phc, created_ms) VALUES (?1, ?2, ?3)",
-            params![user.as_str(), phc, now_ms()],
-        )?;
-        if n == 0 {
+        if !self.records.insert_user(user.as_str(), &phc, now_ms())? {
             return Err(AccountsError::Exists(user.clone()));
         }
         Ok(())
@@ -186,21 +207,9 @@ impl Accounts {
     /// Changes a user's password; drops their device tokens and signs out their connections.
     pub fn set_password(&self, user: &UserId, password: &str) -> Result<(), AccountsError> {
         let phc = Self::hash_password(password)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let n = tx.execute(
-            "UPDATE users SET phc = ?2 WHERE name = ?1",
-            params![user.as_str(), phc],
-        )?;
-        if n == 0 {
+        if !self.records.set_password(user.as_str(), &phc, now_ms())? {
             return Err(AccountsError::NotFound(user.clone()));
         }
-        tx.execute("DELETE FROM device_tokens WHERE user = ?1", [user.as_str()])?;
-        tx.execute(
-            "INSERT INTO revocations (user, at_ms) VALUES (?1, ?2)",
-            params![user.as_str(), now_ms()],
-        )?;
-        tx.commit()?;
         Ok(())
     }
 
@@ -209,22 +218,15 @@ impl Accounts {
     /// This removes the account only; `messenger_bridge::remove_user` also
     /// removes what the account owned in the conversations, in the same transaction.
     pub fn remove(&self, user: &UserId) -> Result<(), AccountsError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        remove_user(&tx, user)?;
-        tx.commit()?;
+        if !self.records.remove(user.as_str(), now_ms())? {
+            return Err(AccountsError::NotFound(user.clone()));
+        }
         Ok(())
     }
 
     /// Every user id, sorted.
     pub fn list(&self) -> Result<Vec<UserId>, AccountsError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name FROM users ORDER BY name")?;
-        let names = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        // Rows were validated on insert; skip anything a hand edit broke.
-        Ok(names.iter().filter_map(|n| UserId::parse(n).ok()).collect())
+        Ok(self.accounts()?.into_iter().map(|a| a.user).collect())
     }
 
     /// Disables (`true`) or enables a user. A disabled user cannot sign in, with
@@ -232,77 +234,40 @@ impl Accounts {
     /// records a revocation, which signs out their connections. Returns whether
     /// anything changed (disabling a disabled user keeps the first time).
     pub fn set_disabled(&self, user: &UserId, disabled: bool) -> Result<bool, AccountsError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let state: Option<Option<i64>> = tx
-            .query_row(
-                "SELECT disabled_ms FROM users WHERE name = ?1",
-                [user.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(state) = state else {
-            return Err(AccountsError::NotFound(user.clone()));
-        };
-        if state.is_some() == disabled {
-            return Ok(false);
-        }
-        let now = now_ms();
-        tx.execute(
-            "UPDATE users SET disabled_ms = ?2 WHERE name = ?1",
-            params![user.as_str(), disabled.then_some(now)],
-        )?;
-        if disabled {
-            tx.execute(
-                "INSERT INTO revocations (user, at_ms) VALUES (?1, ?2)",
-                params![user.as_str(), now],
-            )?;
-        }
-        tx.commit()?;
-        Ok(true)
+        self.records
+            .set_disabled(user.as_str(), disabled, now_ms())?
+            .ok_or_else(|| AccountsError::NotFound(user.clone()))
     }
 
     /// Every account with when it was created and since when it is disabled, by user id.
     pub fn accounts(&self) -> Result<Vec<AccountInfo>, AccountsError> {
-        Self::accounts_on(&self.conn())
+        Ok(infos(self.records.list()?))
     }
 
-    /// [`Accounts::accounts`] on a connection the caller holds (e.g. inside its own
-    /// read transaction).
+    /// [`Accounts::accounts`] on a SQLite connection the caller holds (e.g. inside
+    /// its own read transaction).
     pub fn accounts_on(conn: &Connection) -> Result<Vec<AccountInfo>, AccountsError> {
-        let mut stmt =
-            conn.prepare("SELECT name, created_ms, disabled_ms FROM users ORDER BY name")?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        // Rows were validated on insert; skip anything a hand edit broke.
-        Ok(rows
-            .into_iter()
-            .filter_map(|(name, created_ms, disabled_ms)| {
-                Some(AccountInfo {
-                    user: UserId::parse(&name).ok()?,
-                    created_ms,
-                    disabled_ms,
-                })
-            })
-            .collect())
+        Ok(infos(records::sqlite::list(conn)?))
     }
 
     /// Whether the user exists.
     pub fn exists(&self, user: &UserId) -> Result<bool, AccountsError> {
-        Ok(user_exists(&self.conn(), user)?)
+        self.records.exists(user.as_str())
     }
 
     /// Issues a new device token for `user`'s `device`, replacing any earlier one.
     /// Only its SHA-256 is stored; the token itself is returned once.
     pub fn issue_token(&self, user: &UserId, device: &DeviceId) -> Result<String, AccountsError> {
-        issue_token(&self.conn(), user, device)
+        let token = new_token();
+        if !self.records.put_token(
+            user.as_str(),
+            device.as_str(),
+            &sha256(token.as_bytes()),
+            now_ms(),
+        )? {
+            return Err(AccountsError::NotFound(user.clone()));
+        }
+        Ok(token)
     }
 
     /// Checks a sign-in: `secret` is the password or a device token of `device`.
@@ -314,29 +279,14 @@ impl Accounts {
         device: &DeviceId,
         secret: &str,
     ) -> Result<Verdict, AccountsError> {
-        let conn = self.conn();
-        let found: Option<(String, Option<i64>)> = conn
-            .query_row(
-                "SELECT phc, disabled_ms FROM users WHERE name = ?1",
-                [user.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((phc, disabled)) = found else {
+        let Some(UserRow { phc, disabled_ms }) = self.records.user(user.as_str())? else {
             return Ok(Verdict::UnknownUser);
         };
-        if disabled.is_some() {
+        if disabled_ms.is_some() {
             return Ok(Verdict::Disabled);
         }
         if secret.starts_with(TOKEN_PREFIX) {
-            let stored: Option<Vec<u8>> = conn
-                .query_row(
-                    "SELECT hash FROM device_tokens WHERE user = ?1 AND device = ?2",
-                    [user.as_str(), device.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            drop(conn);
+            let stored = self.records.token_hash(user.as_str(), device.as_str())?;
             let ok = stored.is_some_and(|h| constant_time_eq(&h, &sha256(secret.as_bytes())));
             return Ok(if ok {
                 Verdict::Accepted
@@ -344,7 +294,6 @@ impl Accounts {
                 Verdict::Rejected
             });
         }
-        drop(conn);
         if secret.is_empty() || secret.len() > 1024 {
             return Ok(Verdict::Rejected);
         }
@@ -374,15 +323,7 @@ impl Accounts {
         if !token.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
-        let found: Option<(String, String)> = self
-            .conn()
-            .query_row(
-                "SELECT t.user, t.device FROM device_tokens t JOIN users u ON u.name = t.user
-                 WHERE t.hash = ?1 AND u.disabled_ms IS NULL",
-                [&sha256(token.as_bytes())[..]],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let found = self.records.token_owner(&sha256(token.as_bytes()))?;
         Ok(found.and_then(|(user, device)| {
             Some((UserId::parse(&user).ok()?, DeviceId::parse(&device).ok()?))
         }))
@@ -399,76 +340,58 @@ impl Accounts {
         &self,
         after: i64,
     ) -> Result<(Vec<(String, i64)>, i64), AccountsError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT id, user, at_ms FROM revocations WHERE id > ?1 ORDER BY id")?;
-        let mut last = after;
-        let mut users = Vec::new();
-        let rows = stmt.query_map([after], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, user, at_ms) = row?;
-            last = id;
-            users.push((user, at_ms));
-        }
-        Ok((users, last))
+        let rows = self.records.revocations_after(after)?;
+        let last = rows.last().map_or(after, |(id, _, _)| *id);
+        Ok((
+            rows.into_iter().map(|(_, user, at)| (user, at)).collect(),
+            last,
+        ))
     }
 
-    /// Whether `blocker` blocks `blocked`. The `blocks` table belongs to the store
-    /// (its migrations create it); on a file the store never opened there is none,
-    /// and nobody blocks anybody.
+    /// Whether `blocker` blocks `blocked`. The `blocks` table belongs to the store;
+    /// on a SQLite file the store never opened there is none, and nobody blocks anybody.
     pub fn is_blocked(&self, blocker: &UserId, blocked: &UserId) -> Result<bool, AccountsError> {
-        let conn = self.conn();
-        let found = conn
-            .prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")
-            .and_then(|mut stmt| {
-                stmt.query_row([blocker.as_str(), blocked.as_str()], |_| Ok(()))
-                    .optional()
-            });
-        match found {
-            Ok(found) => Ok(found.is_some()),
-            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains("no such table") => {
-                Ok(false)
-            }
-            Err(err) => Err(err.into()),
-        }
+        self.records.is_blocked(blocker.as_str(), blocked.as_str())
     }
 
     /// The newest revocation number (to start watching from now on).
     pub fn latest_revocation(&self) -> Result<i64, AccountsError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM revocations", [], |r| {
-                r.get(0)
-            })?)
+        self.records.latest_revocation()
     }
+}
+
+/// Listed rows as accounts. Rows were validated on insert; anything a hand edit
+/// broke is skipped.
+fn infos(rows: Vec<records::Listed>) -> Vec<AccountInfo> {
+    rows.into_iter()
+        .filter_map(|(name, created_ms, disabled_ms)| {
+            Some(AccountInfo {
+                user: UserId::parse(&name).ok()?,
+                created_ms,
+                disabled_ms,
+            })
+        })
+        .collect()
+}
+
+/// A new device token: the prefix and 32 random bytes in hex.
+fn new_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    format!("{TOKEN_PREFIX}{}", hex::encode(raw))
 }
 
 /// Whether `user` exists, on a connection the caller holds (e.g. inside its own transaction).
 pub fn user_exists(conn: &Connection, user: &UserId) -> rusqlite::Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM users WHERE name = ?1")?
-        .query_row([user.as_str()], |_| Ok(()))
-        .optional()?
-        .is_some())
+    records::sqlite::exists(conn, user.as_str())
 }
 
 /// Deletes a user and their tokens and records the revocation (which signs out
 /// their connections), on a connection the caller holds inside its own transaction.
 pub fn remove_user(conn: &Connection, user: &UserId) -> Result<(), AccountsError> {
-    let n = conn.execute("DELETE FROM users WHERE name = ?1", [user.as_str()])?;
-    if n == 0 {
+    if !records::sqlite::remove_user(conn, user.as_str(), now_ms())? {
         return Err(AccountsError::NotFound(user.clone()));
     }
-    conn.execute(
-        "INSERT INTO revocations (user, at_ms) VALUES (?1, ?2)",
-        params![user.as_str(), now_ms()],
-    )?;
     Ok(())
 }
 
@@ -479,17 +402,11 @@ pub fn issue_token(
     user: &UserId,
     device: &DeviceId,
 ) -> Result<String, AccountsError> {
-    if !user_exists(conn, user)? {
+    let token = new_token();
+    let hash = sha256(token.as_bytes());
+    if !records::sqlite::put_token(conn, user.as_str(), device.as_str(), &hash, now_ms())? {
         return Err(AccountsError::NotFound(user.clone()));
     }
-    let mut raw = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut raw);
-    let token = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
-    conn.execute(
-        "INSERT INTO device_tokens (user, device, hash, created_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (user, device) DO UPDATE SET hash = excluded.hash, created_ms = excluded.created_ms",
-        params![user.as_str(), device.as_str(), &sha256(token.as_bytes())[..], now_ms()],
-    )?;
     Ok(token)
 }
 

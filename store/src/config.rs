@@ -18,10 +18,25 @@ pub enum Durability {
     Os,
 }
 
+/// Which engine keeps accounts and conversations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// One SQLite file (`storage.path`): no server to install.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`storage.url`) shared by every node.
+    Postgres,
+}
+
 /// Where and how conversations are stored.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// The engine.
+    pub backend: Backend,
+    /// The PostgreSQL connection string, for `backend = "postgres"`.
+    pub url: Option<String>,
     /// The SQLite file (shared with the account store).
     pub path: PathBuf,
     /// The durability policy.
@@ -38,6 +53,8 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
+            backend: Backend::Sqlite,
+            url: None,
             path: PathBuf::from("data/messenger.db"),
             durability: Durability::Fsync,
             retention_days: 0,
@@ -67,8 +84,33 @@ impl StorageConfig {
         self.unreferenced_file_secs.saturating_mul(1000)
     }
 
+    /// The PostgreSQL connection string, when the backend is PostgreSQL (checked
+    /// by [`StorageConfig::validate`] to be there and to parse).
+    pub fn postgres_url(&self) -> Option<&str> {
+        match self.backend {
+            Backend::Postgres => self.url.as_deref(),
+            Backend::Sqlite => None,
+        }
+    }
+
     /// Checks values that parse but make no sense, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match (self.backend, self.url.as_deref()) {
+            (Backend::Postgres, None | Some("")) => {
+                return Err(ConfigError::invalid(
+                    "storage.url",
+                    "be set when storage.backend is \"postgres\" (postgres://USER:PASSWORD@HOST:PORT/DATABASE)",
+                ));
+            }
+            // The string itself is not quoted: it may hold a password.
+            (_, Some(url)) if !url.is_empty() && url.parse::<postgres::Config>().is_err() => {
+                return Err(ConfigError::invalid(
+                    "storage.url",
+                    "be a PostgreSQL connection string (postgres://USER:PASSWORD@HOST:PORT/DATABASE)",
+                ));
+            }
+            _ => {}
+        }
         if self.retention_days > MAX_RETENTION_DAYS {
             return Err(ConfigError::invalid(
                 "storage.retention_days",

@@ -8,12 +8,14 @@
 mod copy;
 pub(crate) mod schema;
 
+/// The synchronous PostgreSQL client (rust-postgres), as [`connect`] returns it.
+pub use ::postgres::Client;
 pub use copy::{copy_from_sqlite, CopyError, CopyReport};
 
 use std::time::Duration;
 
 use postgres::error::SqlState;
-use postgres::{Client, Config, NoTls};
+use postgres::{Config, NoTls};
 
 /// How long connecting may take before the database counts as unreachable,
 /// unless the connection string sets `connect_timeout`.

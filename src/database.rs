@@ -1,0 +1,57 @@
+//! The configured PostgreSQL database (`storage.backend = "postgres"`): connecting
+//! to `storage.url` with its schema brought up to date, the account store in it,
+//! and the refusal of the servers, whose engine on PostgreSQL is not built yet.
+
+use anyhow::Context;
+use messenger_accounts::Accounts;
+use messenger_store::postgres;
+
+use crate::config_failure;
+use crate::settings::Settings;
+
+/// Connects to `url` and migrates its schema. A connection string that does not
+/// parse, a server that cannot be reached or refuses, a schema newer than this
+/// binary: bad configuration, naming `storage.url`.
+pub(crate) fn open(url: &str) -> anyhow::Result<postgres::Client> {
+    let fail = |err: postgres::PostgresError| {
+        if err.is_configuration() {
+            config_failure(anyhow::Error::new(err).context("storage.url"))
+        } else {
+            anyhow::Error::new(err).context("storage.url")
+        }
+    };
+    let mut client = postgres::connect(url).map_err(fail)?;
+    postgres::migrate(&mut client).map_err(fail)?;
+    Ok(client)
+}
+
+/// The account store on the configured engine.
+pub(crate) fn accounts(settings: &Settings) -> anyhow::Result<Accounts> {
+    match settings.storage.postgres_url() {
+        Some(url) => {
+            let client = open(url)?;
+            let url = url.to_owned();
+            let reconnect = move || postgres::connect(&url).map_err(|err| err.to_string());
+            Ok(Accounts::on_postgres(client, Box::new(reconnect))?)
+        }
+        None => {
+            let path = &settings.storage.path;
+            Accounts::open(path).with_context(|| format!("opening {}", path.display()))
+        }
+    }
+}
+
+/// `serve`, `broker` and `bridge` on PostgreSQL: the database is checked (so a
+/// bad `storage.url` says what is wrong with it), then the start is refused, as
+/// bad configuration, before anything listens.
+pub(crate) fn refuse_servers(settings: &Settings, command: &str) -> anyhow::Result<()> {
+    let Some(url) = settings.storage.postgres_url() else {
+        return Ok(());
+    };
+    open(url)?;
+    Err(config_failure(anyhow::anyhow!(
+        "storage.backend = \"postgres\": `messenger {command}` does not run on PostgreSQL yet \
+         (the engine that handles requests there is not built); `messenger user` and \
+         `messenger migrate` do. Use storage.backend = \"sqlite\" to serve"
+    )))
+}

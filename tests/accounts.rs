@@ -1,0 +1,275 @@
+//! The account store on both engines, from one test body: SQLite (a temp file)
+//! and PostgreSQL (a real server, `util::postgres`). `messenger user` on a
+//! PostgreSQL database; the servers refusing every kind of bad `storage.url`
+//! with a message naming the key and the configuration exit code.
+
+use messenger_accounts::{Accounts, AccountsError, Verdict};
+use messenger_protocol::DeviceId;
+
+use crate::util::postgres::{self, blocking};
+use crate::util::process::Messenger;
+use crate::util::uid;
+
+/// The configuration exit code (EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
+
+/// Everything the account store promises, on `accounts` (empty).
+fn lifecycle(accounts: &Accounts) {
+    let (ann, bob) = (uid("ann"), uid("bob"));
+    let (phone, laptop) = (
+        DeviceId::parse("phone").expect("id"),
+        DeviceId::parse("laptop").expect("id"),
+    );
+    let start = accounts.latest_revocation().expect("revocations");
+    accounts.add(&ann, "pw1").expect("add");
+    accounts.add(&bob, "pw").expect("add");
+    assert!(matches!(
+        accounts.add(&ann, "x"),
+        Err(AccountsError::Exists(_))
+    ));
+    assert!(matches!(
+        accounts.add(&uid("cat"), ""),
+        Err(AccountsError::BadPassword)
+    ));
+    let listed: Vec<String> = accounts
+        .list()
+        .expect("list")
+        .iter()
+        .map(|u| u.as_str().to_owned())
+        .collect();
+    assert_eq!(listed, ["ann", "bob"]);
+    assert!(accounts.exists(&ann).expect("exists"));
+    assert!(!accounts.exists(&uid("cat")).expect("exists"));
+
+    let verify = |user: &_, device: &_, secret: &str| {
+        accounts.verify(user, device, secret).expect("verify")
+    };
+    assert_eq!(verify(&ann, &phone, "pw1"), Verdict::Accepted);
+    assert_eq!(verify(&ann, &phone, "pw1"), Verdict::Accepted, "remembered");
+    assert_eq!(verify(&ann, &phone, "nope"), Verdict::Rejected);
+    assert_eq!(verify(&uid("cat"), &phone, "pw1"), Verdict::UnknownUser);
+
+    let token = accounts.issue_token(&ann, &phone).expect("token");
+    assert_eq!(verify(&ann, &phone, &token), Verdict::Accepted);
+    assert_eq!(
+        verify(&ann, &laptop, &token),
+        Verdict::Rejected,
+        "another device"
+    );
+    assert_eq!(
+        accounts.token_owner(&token).expect("owner"),
+        Some((ann.clone(), phone.clone()))
+    );
+    let newer = accounts.issue_token(&ann, &phone).expect("token");
+    assert_eq!(verify(&ann, &phone, &token), Verdict::Rejected, "replaced");
+    assert_eq!(
+        accounts.token_owner(&token).expect("owner"),
+        None,
+        "replaced"
+    );
+    assert!(matches!(
+        accounts.issue_token(&uid("cat"), &phone),
+        Err(AccountsError::NotFound(_))
+    ));
+
+    accounts.set_password(&ann, "pw2").expect("passwd");
+    assert_eq!(verify(&ann, &phone, "pw1"), Verdict::Rejected);
+    assert_eq!(
+        verify(&ann, &phone, &newer),
+        Verdict::Rejected,
+        "tokens dropped"
+    );
+    assert_eq!(accounts.token_owner(&newer).expect("owner"), None);
+    assert_eq!(verify(&ann, &phone, "pw2"), Verdict::Accepted);
+
+    let bobs = accounts.issue_token(&bob, &laptop).expect("token");
+    assert!(accounts.set_disabled(&bob, true).expect("disable"));
+    assert!(
+        !accounts.set_disabled(&bob, true).expect("again"),
+        "already"
+    );
+    assert_eq!(verify(&bob, &laptop, "pw"), Verdict::Disabled);
+    assert_eq!(verify(&bob, &laptop, &bobs), Verdict::Disabled);
+    assert_eq!(accounts.token_owner(&bobs).expect("owner"), None);
+    let info = accounts.accounts().expect("accounts");
+    assert!(info[1].disabled_ms.is_some() && info[0].disabled_ms.is_none());
+    assert!(accounts.set_disabled(&bob, false).expect("enable"));
+    assert_eq!(verify(&bob, &laptop, &bobs), Verdict::Accepted, "kept");
+
+    accounts.remove(&ann).expect("remove");
+    assert!(matches!(
+        accounts.remove(&ann),
+        Err(AccountsError::NotFound(_))
+    ));
+    assert!(matches!(
+        accounts.set_password(&ann, "x"),
+        Err(AccountsError::NotFound(_))
+    ));
+    assert!(matches!(
+        accounts.set_disabled(&ann, true),
+        Err(AccountsError::NotFound(_))
+    ));
+    assert_eq!(verify(&ann, &phone, "pw2"), Verdict::UnknownUser);
+    // Password change, disabling, removal: three revocations, in order.
+    let (revoked, last) = accounts.revocations_after(start).expect("revocations");
+    let names: Vec<&str> = revoked.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(names, ["ann", "bob", "ann"]);
+    assert_eq!(accounts.latest_revocation().expect("latest"), last);
+    assert!(accounts.revocations_after(last).expect("none").0.is_empty());
+    assert!(!accounts.is_blocked(&bob, &ann).expect("blocks"));
+}
+
+#[test]
+fn the_account_store_behaves_the_same_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let accounts = Accounts::open(&dir.path().join("m.db")).expect("open");
+    lifecycle(&accounts);
+}
+
+#[test]
+fn the_account_store_behaves_the_same_on_postgres() {
+    let url = postgres::database();
+    let mut client = messenger_store::postgres::connect(&url).expect("connect");
+    messenger_store::postgres::migrate(&mut client).expect("schema");
+    let again = url.clone();
+    let reconnect = move || messenger_store::postgres::connect(&again).map_err(|e| e.to_string());
+    let accounts = Accounts::on_postgres(client, Box::new(reconnect)).expect("accounts");
+    lifecycle(&accounts);
+    // Every node sees the same accounts: a second store on the same database.
+    let client = messenger_store::postgres::connect(&url).expect("connect");
+    let reconnect = move || messenger_store::postgres::connect(&url).map_err(|e| e.to_string());
+    let other = Accounts::on_postgres(client, Box::new(reconnect)).expect("accounts");
+    assert!(other.exists(&uid("bob")).expect("exists"));
+    assert_eq!(
+        other.latest_revocation().expect("latest"),
+        accounts.latest_revocation().expect("latest")
+    );
+}
+
+/// `messenger <args>` on the PostgreSQL database `url`.
+async fn on_postgres(
+    messenger: &Messenger,
+    url: &str,
+    args: &[&str],
+) -> crate::util::process::Outcome {
+    let mut cmd = messenger.command(args);
+    cmd.env("MESSENGER_STORAGE__BACKEND", "postgres")
+        .env("MESSENGER_STORAGE__URL", url);
+    messenger.run_command(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_run_on_postgres() {
+    let messenger = Messenger::new();
+    let url = postgres::database();
+    on_postgres(
+        &messenger,
+        &url,
+        &["user", "add", "ann", "--password", "pw"],
+    )
+    .await
+    .ok();
+    let token = on_postgres(
+        &messenger,
+        &url,
+        &["user", "token", "ann", "--device", "phone"],
+    )
+    .await
+    .ok();
+    assert!(token.trim().starts_with("mtk_"), "{token}");
+    on_postgres(&messenger, &url, &["user", "disable", "ann"])
+        .await
+        .ok();
+    let list = on_postgres(&messenger, &url, &["user", "list"]).await.ok();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("ann ") && !l.ends_with('-')),
+        "{list}"
+    );
+    // In the database, not in a SQLite file.
+    assert!(!messenger.db().exists(), "no SQLite file was made");
+    let counted = blocking(|| {
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
+        let users: i64 = client
+            .query_one("SELECT COUNT(*) FROM users", &[])
+            .expect("count")
+            .get(0);
+        let tokens: i64 = client
+            .query_one("SELECT COUNT(*) FROM token_hashes", &[])
+            .expect("count")
+            .get(0);
+        (users, tokens)
+    });
+    assert_eq!(counted, (1, 1));
+    // Removal takes conversations with it: refused until the engine exists.
+    let out = on_postgres(&messenger, &url, &["user", "remove", "ann"]).await;
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{}", out.stderr);
+    assert!(out.stderr.contains("engine"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_refuse_every_bad_storage_url_with_the_key_named() {
+    let messenger = Messenger::new();
+    let server = blocking(postgres::server);
+    let good = postgres::database();
+    let name = good.rsplit('/').next().expect("a database name").to_owned();
+    let nowhere = crate::util::process::free_addr();
+    let newer = postgres::database();
+    blocking(|| {
+        let mut client = ::postgres::Client::connect(&newer, ::postgres::NoTls).expect("connect");
+        client
+            .batch_execute(
+                "CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version BIGINT NOT NULL);
+                 INSERT INTO schema_versions VALUES ('messenger', 999);",
+            )
+            .expect("a schema from the future");
+    });
+    let cases = [
+        ("", "be set when storage.backend"),
+        ("postgres://ann@127.0.0.1:notaport/db", "connection string"),
+        (
+            &*format!("postgres://messenger:x@{nowhere}/{name}"),
+            "cannot reach",
+        ),
+        (
+            &*format!(
+                "postgres://messenger:wrong@127.0.0.1:{}/{name}",
+                server.port
+            ),
+            "refused",
+        ),
+        (&*newer, "newer"),
+        (&*good, "does not run on PostgreSQL yet"),
+    ];
+    for command in ["serve", "broker", "bridge"] {
+        for (url, says) in &cases {
+            let out = on_postgres(&messenger, url, &[command]).await;
+            assert_eq!(
+                out.status.code(),
+                Some(EXIT_CONFIG),
+                "{command} {url}: {}",
+                out.stderr
+            );
+            assert!(
+                out.stderr.contains("storage."),
+                "{command} {url}: names the key: {}",
+                out.stderr
+            );
+            assert!(
+                out.stderr.contains(says),
+                "{command} {url}: says {says:?}: {}",
+                out.stderr
+            );
+            assert!(
+                !out.stderr.contains("wrong@"),
+                "no password shown: {}",
+                out.stderr
+            );
+            assert!(
+                !out.stderr.contains("listening"),
+                "nothing listened: {}",
+                out.stderr
+            );
+        }
+    }
+}
