@@ -234,6 +234,49 @@ mod tests {
     }
 
     #[test]
+    fn the_storage_backend_is_sqlite_unless_postgres_is_asked_for_with_a_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = dir.path().join("none.toml");
+        let s = Settings::from_sources(&none, false, HashMap::new()).unwrap();
+        assert_eq!(s.storage.postgres_url(), None);
+        let url = "postgres://m:secret@127.0.0.1:5432/m";
+        let s = Settings::from_sources(
+            &none,
+            false,
+            env(&[
+                ("MESSENGER_STORAGE__BACKEND", "postgres"),
+                ("MESSENGER_STORAGE__URL", url),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.storage.postgres_url(), Some(url));
+        for (vars, named) in [
+            (&[("MESSENGER_STORAGE__BACKEND", "mysql")][..], "backend"),
+            (
+                &[("MESSENGER_STORAGE__BACKEND", "postgres")][..],
+                "storage.url",
+            ),
+            (
+                &[
+                    ("MESSENGER_STORAGE__BACKEND", "postgres"),
+                    ("MESSENGER_STORAGE__URL", "postgres://m:secret@host:port/m"),
+                ][..],
+                "storage.url",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                Settings::from_sources(&none, false, env(vars)).unwrap_err()
+            );
+            assert!(err.contains(named), "{vars:?}: {err}");
+            assert!(
+                !err.contains("secret"),
+                "the password is never shown: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn empty_listeners_are_off_and_bad_ones_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
         let none = dir.path().join("none.toml");

@@ -41,9 +41,8 @@ fn lifecycle(accounts: &Accounts) {
     assert!(accounts.exists(&ann).expect("exists"));
     assert!(!accounts.exists(&uid("cat")).expect("exists"));
 
-    let verify = |user: &_, device: &_, secret: &str| {
-        accounts.verify(user, device, secret).expect("verify")
-    };
+    let verify =
+        |user: &_, device: &_, secret: &str| accounts.verify(user, device, secret).expect("verify");
     assert_eq!(verify(&ann, &phone, "pw1"), Verdict::Accepted);
     assert_eq!(verify(&ann, &phone, "pw1"), Verdict::Accepted, "remembered");
     assert_eq!(verify(&ann, &phone, "nope"), Verdict::Rejected);
