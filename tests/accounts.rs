@@ -10,9 +10,6 @@ use crate::util::postgres::{self, blocking};
 use crate::util::process::Messenger;
 use crate::util::uid;
 
-/// The configuration exit code (EX_USAGE).
-const EXIT_CONFIG: i32 = 64;
-
 /// Everything the account store promises, on `accounts` (empty).
 fn lifecycle(accounts: &Accounts) {
     let (ann, bob) = (uid("ann"), uid("bob"));
@@ -202,68 +199,21 @@ async fn user_commands_run_on_postgres() {
     assert_eq!(counted, (1, 1));
     // Removal takes conversations with it: refused until the engine exists.
     let out = on_postgres(&messenger, &url, &["user", "remove", "ann"]).await;
-    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{}", out.stderr);
-    assert!(out.stderr.contains("engine"), "{}", out.stderr);
+    postgres::assert_refused(&out, "storage.backend", "engine", "user remove");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_refuse_every_bad_storage_url_with_the_key_named() {
     let messenger = Messenger::new();
-    let server = blocking(postgres::server);
     let good = postgres::database();
-    let name = good.rsplit('/').next().expect("a database name").to_owned();
-    let nowhere = crate::util::process::free_addr();
-    let newer = postgres::database();
-    blocking(|| {
-        let mut client = ::postgres::Client::connect(&newer, ::postgres::NoTls).expect("connect");
-        client
-            .batch_execute(
-                "CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version BIGINT NOT NULL);
-                 INSERT INTO schema_versions VALUES ('messenger', 999);",
-            )
-            .expect("a schema from the future");
-    });
-    let cases = [
-        ("", "be set when storage.backend"),
-        ("postgres://ann@127.0.0.1:notaport/db", "connection string"),
-        (
-            &*format!("postgres://messenger:x@{nowhere}/{name}"),
-            "cannot reach",
-        ),
-        (
-            &*format!(
-                "postgres://messenger:wrong@127.0.0.1:{}/{name}",
-                server.port
-            ),
-            "refused",
-        ),
-        (&*newer, "newer"),
-        (&*good, "does not run on PostgreSQL yet"),
-    ];
+    let (bad, _) = postgres::bad_urls();
+    let mut cases = vec![(String::new(), "be set when storage.backend")];
+    cases.extend(bad);
+    cases.push((good, "does not run on PostgreSQL yet"));
     for command in ["serve", "broker", "bridge"] {
         for (url, says) in &cases {
             let out = on_postgres(&messenger, url, &[command]).await;
-            assert_eq!(
-                out.status.code(),
-                Some(EXIT_CONFIG),
-                "{command} {url}: {}",
-                out.stderr
-            );
-            assert!(
-                out.stderr.contains("storage."),
-                "{command} {url}: names the key: {}",
-                out.stderr
-            );
-            assert!(
-                out.stderr.contains(says),
-                "{command} {url}: says {says:?}: {}",
-                out.stderr
-            );
-            assert!(
-                !out.stderr.contains("wrong@"),
-                "no password shown: {}",
-                out.stderr
-            );
+            postgres::assert_refused(&out, "storage.", says, &format!("{command} {url}"));
             assert!(
                 !out.stderr.contains("listening"),
                 "nothing listened: {}",

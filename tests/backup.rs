@@ -11,21 +11,11 @@ use messenger_protocol::wire::{Event, Request};
 use messenger_protocol::ConvId;
 use serde_json::Value;
 
-use crate::util::process::{Messenger, Server};
-use crate::util::{did, uid, PATIENCE};
+use crate::util::process::Messenger;
+use crate::util::{uid, PATIENCE};
 
 fn dm(a: &str, b: &str) -> ConvId {
     ConvId::direct(&uid(a), &uid(b)).expect("two distinct users")
-}
-
-/// A device of `user` (password `pw`) on the real client library.
-async fn device(server: &Server, user: &str, device: &str) -> Client {
-    let mut config =
-        messenger_client::ClientConfig::new(server.mqtt.to_string(), uid(user), did(device), "pw");
-    // Other tests run beside these, some under load: slow acks are not failures here.
-    config.request_timeout = PATIENCE * 3;
-    let (client, _events) = Client::connect(config).await.expect("connect");
-    client
 }
 
 async fn add_users(messenger: &Messenger, users: &[&str]) {
@@ -67,7 +57,7 @@ async fn a_backup_under_load_restores_every_message_acked_before_it() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = tokio::task::JoinSet::new();
     for n in 0..2 {
-        let client = device(&server, "alice", &format!("phone{n}")).await;
+        let client = server.library("alice", &format!("phone{n}")).await.0;
         let (acked, stop, conv) = (acked.clone(), stop.clone(), conv.clone());
         senders.spawn(async move {
             let mut i = 0;
@@ -123,7 +113,7 @@ async fn a_backup_under_load_restores_every_message_acked_before_it() {
     std::fs::create_dir_all(fresh.db().parent().expect("a directory")).expect("data dir");
     std::fs::copy(&file, fresh.db()).expect("restore");
     let restored = fresh.serve().await;
-    let bob = device(&restored, "bob", "phone").await;
+    let bob = restored.library("bob", "phone").await.0;
     let seqs = message_seqs(&bob, &conv).await;
     let missing: Vec<_> = before.difference(&seqs).collect();
     assert!(
@@ -149,9 +139,9 @@ async fn an_export_holds_exactly_what_the_user_may_read() {
     let messenger = Messenger::new();
     add_users(&messenger, &["alice", "bob", "carol"]).await;
     let server = messenger.serve().await;
-    let alice = device(&server, "alice", "phone").await;
-    let bob = device(&server, "bob", "phone").await;
-    let carol = device(&server, "carol", "phone").await;
+    let alice = server.library("alice", "phone").await.0;
+    let bob = server.library("bob", "phone").await.0;
+    let carol = server.library("carol", "phone").await.0;
 
     let ab = dm("alice", "bob");
     alice.send(&ab, "first draft").await.expect("ack");

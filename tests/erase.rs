@@ -1,21 +1,12 @@
 //! `messenger user remove --erase` while `messenger serve` runs: the account goes
 //! and the text of every message it sent is erased, as a deletion erases it.
 
-use messenger_client::{Client, HistoryItem};
+use messenger_client::HistoryItem;
 use messenger_protocol::wire::Request;
 use messenger_protocol::ConvId;
 
-use crate::util::process::{Messenger, Server};
-use crate::util::{did, uid, PATIENCE};
-
-async fn device(server: &Server, user: &str) -> Client {
-    let mut config =
-        messenger_client::ClientConfig::new(server.mqtt.to_string(), uid(user), did("phone"), "pw");
-    // Other tests run beside these, some under load: slow acks are not failures here.
-    config.request_timeout = PATIENCE * 3;
-    let (client, _events) = Client::connect(config).await.expect("connect");
-    client
-}
+use crate::util::process::Messenger;
+use crate::util::uid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_user_leaves_deletions_where_their_messages_were() {
@@ -27,8 +18,8 @@ async fn an_erased_user_leaves_deletions_where_their_messages_were() {
             .ok();
     }
     let server = messenger.serve().await;
-    let alice = device(&server, "alice").await;
-    let bob = device(&server, "bob").await;
+    let alice = server.library("alice", "phone").await.0;
+    let bob = server.library("bob", "phone").await.0;
     let ab = ConvId::direct(&uid("alice"), &uid("bob")).expect("dm");
     alice.send(&ab, "sensitive one").await.expect("ack");
     bob.send(&ab, "bob keeps this").await.expect("ack");

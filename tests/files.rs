@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use messenger_client::{Client, ClientConfig, ClientError, ClientEvent, EventStream, WebFiles};
+use messenger_client::{Client, ClientConfig, ClientError, ClientEvent, WebFiles};
 use messenger_protocol::wire::{AttachmentRef, ErrorCode, Uploaded};
 use messenger_protocol::{ConvId, FileId};
 use rand::RngCore;
@@ -72,12 +72,6 @@ async fn wait_for_files(messenger: &Messenger, what: &str, done: impl Fn(&[Strin
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn device(server: &Server, user: &str, device: &str) -> (Client, EventStream) {
-    let mut config = ClientConfig::new(server.mqtt.to_string(), uid(user), did(device), "pw");
-    config.request_timeout = PATIENCE * 3;
-    Client::connect(config).await.expect("connect")
 }
 
 fn web(server: &Server, user: &str, secret: &str) -> WebFiles {
@@ -169,8 +163,8 @@ fn basic(user: &str, password: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_downloads_the_bytes_sent_and_another_device_sees_them_after_sync() {
     let (messenger, server) = server_with(&[]).await;
-    let (alice, _alice_events) = device(&server, "alice", "phone").await;
-    let (_bob, mut bob_events) = device(&server, "bob", "phone").await;
+    let (alice, _alice_events) = server.library("alice", "phone").await;
+    let (_bob, mut bob_events) = server.library("bob", "phone").await;
     let (path, bytes) = random_file(messenger.dir(), "photo.bin", 300 * 1024 + 7);
 
     let uploaded = upload(&web(&server, "alice", "pw"), &path).await;
@@ -257,7 +251,7 @@ async fn a_member_downloads_the_bytes_sent_and_another_device_sees_them_after_sy
     assert_eq!(body, bytes);
 
     // alice's second device sees the attachment after its sync, and in history.
-    let (laptop, mut laptop_events) = device(&server, "alice", "laptop").await;
+    let (laptop, mut laptop_events) = server.library("alice", "laptop").await;
     let synced = crate::util::server::expect(&mut laptop_events, |e| match e {
         ClientEvent::Message(m) if m.seq == ack.seq => Some(m),
         _ => None,
@@ -435,7 +429,7 @@ async fn uploads_without_valid_credentials_get_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_by_a_non_member_is_the_404_of_a_missing_file() {
     let (messenger, server) = server_with(&[]).await;
-    let (alice, _) = device(&server, "alice", "phone").await;
+    let (alice, _) = server.library("alice", "phone").await;
     let (path, _) = random_file(messenger.dir(), "secret.bin", 4096);
     let uploaded = upload(&web(&server, "alice", "pw"), &path).await;
     alice
@@ -495,7 +489,7 @@ async fn a_download_by_a_non_member_is_the_404_of_a_missing_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sending_a_file_uploaded_by_someone_else_is_refused_and_stores_nothing() {
     let (messenger, server) = server_with(&[]).await;
-    let (alice, _) = device(&server, "alice", "phone").await;
+    let (alice, _) = server.library("alice", "phone").await;
     let (path, _) = random_file(messenger.dir(), "b.bin", 100);
     let bobs = upload(&web(&server, "bob", "pw"), &path).await;
     let conv = dm("alice", "bob");
@@ -527,7 +521,7 @@ async fn sending_a_file_uploaded_by_someone_else_is_refused_and_stores_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_than_ten_attachments_are_refused() {
     let (messenger, server) = server_with(&[]).await;
-    let (alice, _) = device(&server, "alice", "phone").await;
+    let (alice, _) = server.library("alice", "phone").await;
     let web = web(&server, "alice", "pw");
     let mut refs = Vec::new();
     for i in 0..11 {
@@ -574,7 +568,7 @@ async fn a_cut_upload_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_goes_with_the_last_message_that_carries_it() {
     let (messenger, server) = server_with(&[]).await;
-    let (alice, _) = device(&server, "alice", "phone").await;
+    let (alice, _) = server.library("alice", "phone").await;
     let (path, _) = random_file(messenger.dir(), "a.bin", 5000);
     let uploaded = upload(&web(&server, "alice", "pw"), &path).await;
     let conv = dm("alice", "bob");
@@ -623,7 +617,7 @@ async fn a_file_goes_with_the_last_message_that_carries_it() {
     // `user remove --erase` lets go of the files of the messages it erases.
     let (path, _) = random_file(messenger.dir(), "c.bin", 3000);
     let carols = upload(&web(&server, "carol", "pw"), &path).await;
-    let (carol, _) = device(&server, "carol", "phone").await;
+    let (carol, _) = server.library("carol", "phone").await;
     carol
         .send_files(&dm("bob", "carol"), "bye", attach(&carols, "c.bin"))
         .await
@@ -640,7 +634,7 @@ async fn a_file_goes_with_the_last_message_that_carries_it() {
 async fn uploads_no_message_carries_are_swept() {
     let (messenger, server) =
         server_with(&[("MESSENGER_STORAGE__UNREFERENCED_FILE_SECS", "1")]).await;
-    let (alice, _) = device(&server, "alice", "phone").await;
+    let (alice, _) = server.library("alice", "phone").await;
     let alice_web = web(&server, "alice", "pw");
     let (kept_path, _) = random_file(messenger.dir(), "kept.bin", 100);
     let (lone_path, _) = random_file(messenger.dir(), "lone.bin", 100);
@@ -763,7 +757,7 @@ async fn uploads_are_shared_by_a_broker_and_a_bridge_in_separate_processes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let (alice, _) = device(&broker, "alice", "phone").await;
+    let (alice, _) = broker.library("alice", "phone").await;
     let (path, bytes) = random_file(messenger.dir(), "shared.bin", 70_000);
     let uploaded = upload(&web(&broker, "alice", "pw"), &path).await;
     let conv = dm("alice", "bob");
@@ -820,7 +814,7 @@ async fn chat_sends_a_file_with_slash_file() {
         outcome.stderr.contains("missing.pdf"),
         "a file that is not there is reported: {outcome:#?}"
     );
-    let (bob, _) = device(&server, "bob", "phone").await;
+    let (bob, _) = server.library("bob", "phone").await;
     let page = bob
         .history(&dm("alice", "bob"), None, 10)
         .await

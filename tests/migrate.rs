@@ -3,24 +3,12 @@
 //! conversation's history compared row by row; and every kind of bad target
 //! refused with a clear message and the configuration exit code, nothing written.
 
-use messenger_client::Client;
 use messenger_protocol::wire::{Event, Platform, Request};
 use messenger_protocol::ConvId;
 
 use crate::util::postgres::{self, blocking};
-use crate::util::process::{free_addr, Messenger, Server};
-use crate::util::{did, uid, PATIENCE};
-
-/// The configuration exit code (EX_USAGE).
-const EXIT_CONFIG: i32 = 64;
-
-async fn device(server: &Server, user: &str, device: &str) -> Client {
-    let mut config =
-        messenger_client::ClientConfig::new(server.mqtt.to_string(), uid(user), did(device), "pw");
-    config.request_timeout = PATIENCE * 3;
-    let (client, _events) = Client::connect(config).await.expect("connect");
-    client
-}
+use crate::util::process::Messenger;
+use crate::util::{uid, PATIENCE};
 
 fn dm(a: &str, b: &str) -> ConvId {
     ConvId::direct(&uid(a), &uid(b)).expect("two distinct users")
@@ -132,9 +120,9 @@ async fn migrate_copies_an_install_and_every_history_matches() {
             .ok();
     }
     let mut server = messenger.serve().await;
-    let ann = device(&server, "ann", "phone").await;
-    let bob = device(&server, "bob", "laptop").await;
-    let cat = device(&server, "cat", "tablet").await;
+    let ann = server.library("ann", "phone").await.0;
+    let bob = server.library("bob", "laptop").await.0;
+    let cat = server.library("cat", "tablet").await.0;
     let ann_bob = dm("ann", "bob");
     for i in 0..5 {
         ann.send(&ann_bob, &format!("hello {i}"))
@@ -284,8 +272,7 @@ async fn migrate_copies_an_install_and_every_history_matches() {
 
     // A second copy into the same database is refused and changes nothing.
     let again = messenger.run(&["migrate", "--to", &url]).await;
-    assert_eq!(again.status.code(), Some(EXIT_CONFIG), "{}", again.stderr);
-    assert!(again.stderr.contains("not empty"), "{}", again.stderr);
+    postgres::assert_refused(&again, "--to", "not empty", "a second copy");
     assert_eq!(postgres_history(&url), history);
 }
 
@@ -296,69 +283,11 @@ async fn migrate_refuses_every_bad_target_and_writes_nothing() {
         .run(&["user", "add", "ann", "--password", "pw"])
         .await
         .ok();
-    let server = blocking(postgres::server);
     let good = postgres::database();
-    let name = good.rsplit('/').next().expect("a database name").to_owned();
-    let nowhere = free_addr();
-    let newer = postgres::database();
-    blocking(|| {
-        let mut client = ::postgres::Client::connect(&newer, ::postgres::NoTls).expect("connect");
-        client
-            .batch_execute(
-                "CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version BIGINT NOT NULL);
-                 INSERT INTO schema_versions VALUES ('messenger', 999);",
-            )
-            .expect("a schema from the future");
-    });
-    let cases = [
-        (
-            "postgres://ann@127.0.0.1:notaport/db".to_owned(),
-            "connection string",
-        ),
-        (
-            format!("postgres://messenger:x@{nowhere}/{name}"),
-            "cannot reach",
-        ),
-        (
-            format!(
-                "postgres://messenger:wrong@127.0.0.1:{}/{name}",
-                server.port
-            ),
-            "refused",
-        ),
-        (
-            format!(
-                "postgres://{}:{}@127.0.0.1:{}/no_such_database",
-                postgres::SUPERUSER,
-                postgres::PASSWORD,
-                server.port
-            ),
-            "refused",
-        ),
-        (newer.clone(), "newer"),
-    ];
-    for (url, says) in cases {
-        let out = messenger.run(&["migrate", "--to", &url]).await;
-        assert_eq!(
-            out.status.code(),
-            Some(EXIT_CONFIG),
-            "{url}: {}",
-            out.stderr
-        );
-        assert!(
-            out.stderr.contains("--to"),
-            "{url}: names the flag: {}",
-            out.stderr
-        );
-        assert!(
-            out.stderr.contains(says),
-            "{url}: says {says:?}: {}",
-            out.stderr
-        );
-        assert!(
-            !out.stderr.contains("test-secret"),
-            "{url}: no password shown"
-        );
+    let (bad, newer) = postgres::bad_urls();
+    for (url, says) in &bad {
+        let out = messenger.run(&["migrate", "--to", url]).await;
+        postgres::assert_refused(&out, "--to", says, url);
     }
     // Nothing was written: the good database is still empty, the newer one untouched.
     let tables = postgres_count(

@@ -13,22 +13,14 @@ use messenger_protocol::ConvId;
 
 use crate::admin::wait_for_status;
 use crate::util::client::GRANTED;
-use crate::util::process::{free_addr, Messenger, Server};
-use crate::util::{did, uid, Transport, PATIENCE};
+use crate::util::process::{free_addr, Messenger};
+use crate::util::{uid, Transport, PATIENCE};
 
 /// The exit code for bad configuration (EX_USAGE).
 const EXIT_CONFIG: i32 = 64;
 
 /// A day in ms.
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
-
-async fn device(server: &Server, user: &str) -> Client {
-    let mut config =
-        messenger_client::ClientConfig::new(server.mqtt.to_string(), uid(user), did("phone"), "pw");
-    config.request_timeout = PATIENCE * 3;
-    let (client, _events) = Client::connect(config).await.expect("connect");
-    client
-}
 
 /// The message seqs of `conv` that `client` reads in `history` (one page is enough here).
 async fn history(client: &Client, conv: &ConvId) -> BTreeSet<u64> {
@@ -51,7 +43,7 @@ async fn old_messages_go_new_ones_stay_and_sends_go_on() {
     }
     let conv = ConvId::direct(&uid("ann"), &uid("bob")).expect("dm");
     let mut server = m.serve().await;
-    let ann = device(&server, "ann").await;
+    let ann = server.library("ann", "phone").await.0;
     for i in 0..6 {
         ann.send(&conv, &format!("message {i}"))
             .await
@@ -78,7 +70,7 @@ async fn old_messages_go_new_ones_stay_and_sends_go_on() {
     let retention = [("MESSENGER_STORAGE__RETENTION_DAYS", "1")];
     let mut server = m.spawn_role("serve", server.mqtt, server.ws, free_addr(), &retention);
     server.wait_until_accepting().await;
-    let ann = device(&server, "ann").await;
+    let ann = server.library("ann", "phone").await.0;
     // Sends are acked while retention works; poll history until the old ones are gone.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut sent = 0;
@@ -150,7 +142,7 @@ async fn an_old_message_takes_its_file_with_it() {
         secret: "pw".to_owned(),
         tls: None,
     };
-    let ann = device(&server, "ann").await;
+    let ann = server.library("ann", "phone").await.0;
     let mut uploads = Vec::new();
     for (seq, bytes) in [(1u64, "old bytes"), (2, "new bytes")] {
         let path = m.dir().join(format!("upload-{seq}.txt"));
@@ -192,7 +184,7 @@ async fn an_old_message_takes_its_file_with_it() {
     server.wait_until_accepting().await;
     // `history` is asked once, not retried: the bridge must be subscribed first.
     wait_for_status(&server, "/readyz", 200).await;
-    let ann = device(&server, "ann").await;
+    let ann = server.library("ann", "phone").await.0;
     let kept: BTreeSet<String> = [uploads[1].sha256.clone()].into();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !(history(&ann, &conv).await == BTreeSet::from([2]) && stored_files(&m) == kept) {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::process::free_addr;
+use super::process::{free_addr, Outcome};
 
 /// The superuser the tests connect as.
 pub(crate) const SUPERUSER: &str = "messenger";
@@ -209,5 +209,69 @@ fn start() -> Server {
             }
             Err(err) => panic!("PostgreSQL did not start on port {port}: {err}"),
         }
+    }
+}
+
+/// Connection strings that must be refused, each with words its error says: one
+/// that does not parse, a port nothing listens on, a wrong password, a database
+/// that does not exist, and a database whose schema is newer than this binary
+/// (made here, with nothing in it but that version). Also returns that last one's
+/// connection string, to check it was left alone.
+pub(crate) fn bad_urls() -> (Vec<(String, &'static str)>, String) {
+    let server = blocking(server);
+    let nowhere = free_addr();
+    let newer = database();
+    blocking(|| {
+        let mut client = postgres::Client::connect(&newer, postgres::NoTls).expect("connect");
+        client
+            .batch_execute(
+                "CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version BIGINT NOT NULL);
+                 INSERT INTO schema_versions VALUES ('messenger', 999);",
+            )
+            .expect("a schema from the future");
+    });
+    let port = server.port;
+    let urls = vec![
+        (
+            "postgres://ann@127.0.0.1:notaport/db".to_owned(),
+            "connection string",
+        ),
+        (
+            format!("postgres://{SUPERUSER}:x@{nowhere}/postgres"),
+            "cannot reach",
+        ),
+        (
+            format!("postgres://{SUPERUSER}:wrong@127.0.0.1:{port}/postgres"),
+            "refused",
+        ),
+        (
+            format!("postgres://{SUPERUSER}:{PASSWORD}@127.0.0.1:{port}/no_such_database"),
+            "refused",
+        ),
+        (newer.clone(), "newer"),
+    ];
+    (urls, newer)
+}
+
+/// Asserts that `out` is a refusal as bad configuration: exit code 64, a message
+/// naming `key` and saying `says`, no password in it.
+pub(crate) fn assert_refused(out: &Outcome, key: &str, says: &str, what: &str) {
+    assert_eq!(out.status.code(), Some(64), "{what}: {}", out.stderr);
+    assert!(
+        out.stderr.contains(key),
+        "{what}: names {key}: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(says),
+        "{what}: says {says:?}: {}",
+        out.stderr
+    );
+    for secret in [PASSWORD, "wrong@"] {
+        assert!(
+            !out.stderr.contains(secret),
+            "{what}: no password shown: {}",
+            out.stderr
+        );
     }
 }

@@ -251,6 +251,26 @@ impl Server {
         }
     }
 
+    /// `user`'s `device` on the real client library, signed in with the password
+    /// `pw` over plain MQTT, with its event stream. Other tests run beside these,
+    /// some under load: a slow ack is not a failure here (three times the patience).
+    pub(crate) async fn library(
+        &self,
+        user: &str,
+        device: &str,
+    ) -> (messenger_client::Client, messenger_client::EventStream) {
+        let mut config = messenger_client::ClientConfig::new(
+            self.mqtt.to_string(),
+            uid(user),
+            did(device),
+            "pw",
+        );
+        config.request_timeout = PATIENCE * 3;
+        messenger_client::Client::connect(config)
+            .await
+            .expect("connect")
+    }
+
     /// A device signing in to this server.
     pub(crate) fn device(
         &self,
