@@ -125,6 +125,7 @@ fn the_account_store_behaves_the_same_on_sqlite() {
 #[test]
 fn the_account_store_behaves_the_same_on_postgres() {
     let url = postgres::database();
+    let accounts_url = url.clone();
     let mut client = messenger_store::postgres::connect(&url).expect("connect");
     messenger_store::postgres::migrate(&mut client).expect("schema");
     let again = url.clone();
@@ -140,6 +141,34 @@ fn the_account_store_behaves_the_same_on_postgres() {
         other.latest_revocation().expect("latest"),
         accounts.latest_revocation().expect("latest")
     );
+    // The server cuts every connection of the database (as a restart or a
+    // failover does): the next calls make theirs again and succeed.
+    let name = url_of(&accounts_url);
+    let cut: i64 = {
+        let mut admin = postgres::server().connect("postgres");
+        admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&name],
+            )
+            .expect("terminate")
+            .len()
+            .try_into()
+            .expect("a count")
+    };
+    assert_eq!(cut, 2, "both stores' connections were cut");
+    assert!(other.exists(&uid("bob")).expect("reconnected"));
+    assert_eq!(
+        accounts
+            .verify(&uid("bob"), &DeviceId::parse("laptop").expect("id"), "pw")
+            .expect("reconnected"),
+        Verdict::Accepted
+    );
+}
+
+/// The database name in a connection string.
+fn url_of(url: &str) -> String {
+    url.rsplit('/').next().expect("a database name").to_owned()
 }
 
 /// `messenger <args>` on the PostgreSQL database `url`.

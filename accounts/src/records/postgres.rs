@@ -25,23 +25,32 @@ struct Owner {
 }
 
 impl Owner {
-    /// Runs `query` on the connection (made first if needed).
+    /// Runs `query` on the connection (made first if needed). When the
+    /// connection turns out to be broken (the server restarted or cut it), it is
+    /// made again and `query` runs once more. A transaction cut off before its
+    /// commit stored nothing; one whose commit went through but whose answer was
+    /// lost is at worst seen twice (a second revocation, or an add answered
+    /// "already exists").
     fn run<T>(
         &mut self,
-        query: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        mut query: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, AccountsError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = Some((self.connect)().map_err(AccountsError::Unavailable)?);
-        }
-        let client = self
-            .client
-            .as_mut()
-            .ok_or_else(|| AccountsError::Unavailable("no connection".into()))?;
-        let result = query(client);
-        if client.is_closed() {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if self.client.as_ref().is_none_or(Client::is_closed) {
+                self.client = Some((self.connect)().map_err(AccountsError::Unavailable)?);
+            }
+            let client = self
+                .client
+                .as_mut()
+                .ok_or_else(|| AccountsError::Unavailable("no connection".into()))?;
+            let result = query(client);
+            if result.is_ok() || !client.is_closed() || tries > 1 {
+                return Ok(result?);
+            }
             self.client = None;
         }
-        Ok(result?)
     }
 }
 
@@ -75,7 +84,7 @@ impl PostgresRecords {
     /// Runs `query` on the owning thread and waits for its answer.
     fn with<T: Send + 'static>(
         &self,
-        query: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+        query: impl FnMut(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
     ) -> Result<T, AccountsError> {
         let (answer, answered) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |owner: &mut Owner| {
