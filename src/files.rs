@@ -60,6 +60,7 @@ pub(crate) fn web_files(settings: &Settings) -> anyhow::Result<Files> {
     Ok(Files {
         catalog: Arc::new(StoreCatalog(catalog)),
         max_file_bytes: settings.limits.max_file_bytes,
+        stall: std::time::Duration::from_millis(settings.broker.ws_handshake_timeout_ms),
         uploads: UploadLimit::new(
             settings.limits.uploads_per_min,
             settings.limits.uploads_burst,

@@ -565,6 +565,32 @@ async fn a_cut_upload_leaves_nothing_behind() {
     wait_for_files(&messenger, "nothing after the cut", <[String]>::is_empty).await;
 }
 
+/// A client that sends part of a body and then nothing gets `408` once the body
+/// has paused for `broker.ws_handshake_timeout_ms`, and its partial file goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_gets_408_and_leaves_nothing() {
+    let (messenger, server) =
+        server_with(&[("MESSENGER_BROKER__WS_HANDSHAKE_TIMEOUT_MS", "300")]).await;
+    let mut tcp = TcpStream::connect(server.ws).await.expect("connect");
+    let head = format!(
+        "POST /files HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Length: 1000\r\n\r\n",
+        server.ws,
+        basic("alice", "pw")
+    );
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    tcp.write_all(&[1u8; 10]).await.expect("part of the body");
+    // Then nothing: the connection stays open, the answer comes anyway.
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer within patience")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("paused for longer than 300 ms"), "{answer}");
+    wait_for_files(&messenger, "nothing after the stall", <[String]>::is_empty).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_goes_with_the_last_message_that_carries_it() {
     let (messenger, server) = server_with(&[]).await;

@@ -42,7 +42,8 @@ pub struct BrokerConfig {
     pub max_devices: usize,
     /// How long a new TCP connection may take to send CONNECT, in milliseconds.
     pub connect_timeout_ms: u16,
-    /// How long a WebSocket client may take to finish its HTTP upgrade, in milliseconds.
+    /// How long a web client may take to send a request head (a WebSocket
+    /// upgrade included), and the longest an upload's body may pause, in milliseconds.
     pub ws_handshake_timeout_ms: u64,
     /// Size of one segment of a subscription's in-memory log, in bytes. The log of
     /// `chat/<user>/inbox` or `chat/<user>/dev/<device>` is that device's offline queue;

@@ -89,6 +89,11 @@ pub struct Files {
     pub max_file_bytes: u64,
     /// Uploads per user (`limits.uploads_per_min`); `None`: no limit.
     pub uploads: Option<Arc<UploadLimit>>,
+    /// The longest an upload's body may pause before it is refused with `408`
+    /// (`broker.ws_handshake_timeout_ms`, the web listener's bound on a client
+    /// that stalls): a client trickling bytes must not hold a connection and a
+    /// partial file for ever.
+    pub stall: Duration,
 }
 
 /// Uploads per user and minute (a GCRA limiter keyed by user, in this process's
@@ -146,7 +151,8 @@ fn rate_limited(wait: Duration) -> Response<Body> {
 impl Files {
     /// `POST /files`: `201` {`file`,`size`,`type`,`sha256`}, `413` over the limit,
     /// `429` over `limits.uploads_per_min`,
-    /// `400` for a malformed `Content-Type` or a body cut short.
+    /// `400` for a malformed `Content-Type` or a body cut short, `408` for a body
+    /// that paused longer than [`Files::stall`].
     pub(crate) async fn upload(&self, request: Request<Incoming>, user: &UserId) -> Response<Body> {
         let declared = request
             .headers()
@@ -173,6 +179,14 @@ impl Files {
             Ok(Written::Cut(err)) => {
                 info!(%user, cause = %err, "upload cut short");
                 return http::text(StatusCode::BAD_REQUEST, "the upload was cut short\n");
+            }
+            Ok(Written::Stalled) => {
+                info!(%user, "upload stalled");
+                let said = format!(
+                    "the upload paused for longer than {} ms\n",
+                    self.stall.as_millis()
+                );
+                return http::text(StatusCode::REQUEST_TIMEOUT, &said);
             }
             Err(err) => {
                 error!(cause = %err, path = %partial.path().display(), "cannot write an upload");
@@ -223,7 +237,13 @@ impl Files {
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut body = body;
-        while let Some(frame) = body.frame().await {
+        loop {
+            let Ok(next) = tokio::time::timeout(self.stall, body.frame()).await else {
+                return Ok(Written::Stalled);
+            };
+            let Some(frame) = next else {
+                break;
+            };
             let frame = match frame {
                 Ok(frame) => frame,
                 Err(err) => return Ok(Written::Cut(err)),
@@ -336,6 +356,8 @@ enum Written {
     TooLarge,
     /// The connection failed mid-body.
     Cut(hyper::Error),
+    /// No byte came for longer than the stall limit.
+    Stalled,
 }
 
 /// A temporary file removed when dropped: on every early return, and when the
