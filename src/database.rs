@@ -9,19 +9,21 @@ use messenger_store::postgres;
 use crate::config_failure;
 use crate::settings::Settings;
 
+/// A failure of the database at `storage.url`: bad configuration when it is one.
+fn failure(err: postgres::PostgresError) -> anyhow::Error {
+    if err.is_configuration() {
+        config_failure(anyhow::Error::new(err).context("storage.url"))
+    } else {
+        anyhow::Error::new(err).context("storage.url")
+    }
+}
+
 /// Connects to `url` and migrates its schema. A connection string that does not
 /// parse, a server that cannot be reached or refuses, a schema newer than this
 /// binary: bad configuration, naming `storage.url`.
 pub(crate) fn open(url: &str) -> anyhow::Result<postgres::Client> {
-    let fail = |err: postgres::PostgresError| {
-        if err.is_configuration() {
-            config_failure(anyhow::Error::new(err).context("storage.url"))
-        } else {
-            anyhow::Error::new(err).context("storage.url")
-        }
-    };
-    let mut client = postgres::connect(url).map_err(fail)?;
-    postgres::migrate(&mut client).map_err(fail)?;
+    let mut client = postgres::connect(url).map_err(failure)?;
+    postgres::migrate(&mut client).map_err(failure)?;
     Ok(client)
 }
 
@@ -41,14 +43,15 @@ pub(crate) fn accounts(settings: &Settings) -> anyhow::Result<Accounts> {
     }
 }
 
-/// `serve`, `broker` and `bridge` on PostgreSQL: the database is checked (so a
-/// bad `storage.url` says what is wrong with it), then the start is refused, as
-/// bad configuration, before anything listens.
+/// `serve`, `broker` and `bridge` on PostgreSQL: the database is checked without
+/// writing to it (so a bad `storage.url` says what is wrong with it), then the
+/// start is refused, as bad configuration, before anything listens.
 pub(crate) fn refuse_servers(settings: &Settings, command: &str) -> anyhow::Result<()> {
     let Some(url) = settings.storage.postgres_url() else {
         return Ok(());
     };
-    open(url)?;
+    let mut client = postgres::connect(url).map_err(failure)?;
+    postgres::check(&mut client).map_err(failure)?;
     Err(config_failure(anyhow::anyhow!(
         "storage.backend = \"postgres\": `messenger {command}` does not run on PostgreSQL yet \
          (the engine that handles requests there is not built); `messenger user` and \

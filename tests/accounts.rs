@@ -250,4 +250,17 @@ async fn servers_refuse_every_bad_storage_url_with_the_key_named() {
             );
         }
     }
+    // Checking the database wrote nothing to it.
+    let tables: i64 = blocking(|| {
+        let mut client = ::postgres::Client::connect(&cases[cases.len() - 1].0, ::postgres::NoTls)
+            .expect("connect");
+        client
+            .query_one(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+                &[],
+            )
+            .expect("count")
+            .get(0)
+    });
+    assert_eq!(tables, 0, "the refused start wrote nothing");
 }

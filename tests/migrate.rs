@@ -300,6 +300,25 @@ async fn migrate_refuses_every_bad_target_and_writes_nothing() {
         "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
     );
     assert_eq!(tables, 1, "only schema_versions");
+    // A copy that fails half-way (a row that is not UTF-8 text in the source)
+    // leaves the database as it was: the schema and the rows are one transaction.
+    let broken = Messenger::new();
+    broken
+        .run(&["user", "add", "bob", "--password", "pw"])
+        .await
+        .ok();
+    rusqlite::Connection::open(broken.db())
+        .expect("open")
+        .execute("UPDATE users SET phc = CAST(x'ff' AS TEXT)", [])
+        .expect("a row that is not UTF-8");
+    let empty = postgres::database();
+    let failed = broken.run(&["migrate", "--to", &empty]).await;
+    assert!(!failed.status.success(), "{}", failed.stderr);
+    let tables = postgres_count(
+        &empty,
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    );
+    assert_eq!(tables, 0, "nothing stayed: {}", failed.stderr);
     // And the good database takes the copy.
     let copied = messenger.run(&["migrate", "--to", &good]).await.ok();
     assert_eq!(printed(&copied, "users"), 1, "{copied}");

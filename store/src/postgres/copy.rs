@@ -14,7 +14,7 @@ use postgres::types::{ToSql, Type};
 use postgres::{Client, Transaction};
 use rusqlite::Connection;
 
-use super::{migrate, PostgresError};
+use super::{migrate_in, PostgresError};
 use crate::config::Durability;
 use crate::StoreError;
 
@@ -223,14 +223,16 @@ impl From<postgres::Error> for CopyError {
 
 /// Copies the SQLite install at `path` (accounts and conversations; migrated to
 /// this binary's schema first) into the empty database `client` is connected to,
-/// migrating its schema. Nothing is written unless all of it is.
+/// creating its schema. Nothing is written unless all of it is.
 pub fn copy_from_sqlite(path: &Path, client: &mut Client) -> Result<CopyReport, CopyError> {
     if !path.exists() {
         return Err(StoreError::NoDatabase(path.to_owned()).into());
     }
     let mut sqlite = crate::sqlite::open(path, Durability::Fsync)?;
-    migrate(client)?;
+    // The schema and the rows in one transaction: a copy that fails leaves the
+    // database as it was.
     let mut tx = client.transaction()?;
+    migrate_in(&mut tx)?;
     let held: Vec<String> = ["users", "conversations", "events"]
         .into_iter()
         .filter_map(|table| {

@@ -15,7 +15,7 @@ pub use copy::{copy_from_sqlite, CopyError, CopyReport};
 use std::time::Duration;
 
 use postgres::error::SqlState;
-use postgres::{Config, NoTls};
+use postgres::{Config, GenericClient, NoTls, Transaction};
 
 /// How long connecting may take before the database counts as unreachable,
 /// unless the connection string sets `connect_timeout`.
@@ -117,24 +117,59 @@ fn target(config: &Config) -> String {
         .join(", ")
 }
 
-/// Brings the schema up to this binary's version, in one transaction; refuses a
-/// database whose schema is newer. Safe when several processes start at once.
-pub fn migrate(client: &mut Client) -> Result<(), PostgresError> {
-    let known = i64::try_from(schema::MIGRATIONS.len()).unwrap_or(i64::MAX);
-    let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_versions (
-             component TEXT PRIMARY KEY,
-             version   BIGINT NOT NULL
-         )",
-    )?;
-    let found: i64 = tx
+/// The newest schema version this binary knows.
+fn known_version() -> i64 {
+    i64::try_from(schema::MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
+/// The database's schema version: 0 for a database messenger never wrote to.
+fn version(client: &mut impl GenericClient) -> Result<i64, PostgresError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_versions') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client
         .query_opt(
             "SELECT version FROM schema_versions WHERE component = 'messenger'",
             &[],
         )?
-        .map_or(0, |row| row.get(0));
+        .map_or(0, |row| row.get(0)))
+}
+
+/// Refuses a database whose schema is newer than this binary's; writes nothing.
+pub fn check(client: &mut Client) -> Result<(), PostgresError> {
+    let (found, known) = (version(client)?, known_version());
+    if found > known {
+        return Err(PostgresError::Newer { found, known });
+    }
+    Ok(())
+}
+
+/// Brings the schema up to this binary's version, in one transaction; refuses a
+/// database whose schema is newer. Safe when several processes start at once.
+pub fn migrate(client: &mut Client) -> Result<(), PostgresError> {
+    let mut tx = client.transaction()?;
+    migrate_in(&mut tx)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// [`migrate`] inside the caller's transaction (which the caller commits).
+pub(crate) fn migrate_in(tx: &mut Transaction<'_>) -> Result<(), PostgresError> {
+    let known = known_version();
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    let found = version(tx)?;
+    if found == 0 {
+        // Created under the lock (IF NOT EXISTS for a table left without its row).
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_versions (
+                 component TEXT PRIMARY KEY,
+                 version   BIGINT NOT NULL
+             )",
+        )?;
+    }
     if found > known {
         return Err(PostgresError::Newer { found, known });
     }
@@ -149,6 +184,5 @@ pub fn migrate(client: &mut Client) -> Result<(), PostgresError> {
          ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
         &[&known],
     )?;
-    tx.commit()?;
     Ok(())
 }
