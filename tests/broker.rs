@@ -583,3 +583,91 @@ async fn a_password_change_spares_sign_ins_made_after_it() {
     // ...and the new one still works.
     assert_eq!(new.subscribe(&["chat/alice/inbox"]).await, [GRANTED]);
 }
+
+/// The bridge's account may take the request stream through a shared
+/// subscription. When the last member of such a group leaves with a request it
+/// has not acked, the broker goes on routing for everyone (upstream rumqttd
+/// panicked in its router thread there: vendor/rumqttd/PATCHES.md, patch 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_member_of_a_shared_group_leaving_unacked_stops_nothing() {
+    let broker = three_users().await;
+    let mut options = broker.bridge();
+    options.tune(|o| {
+        o.set_clean_session(false).set_manual_acks(true);
+    });
+    let mut bridge = options.connect().await.expect("the bridge signs in");
+    assert_eq!(
+        bridge.subscribe(&["$share/g/chat/+/out/+"]).await,
+        [GRANTED]
+    );
+    let mut alice = sign_in(&broker, Transport::Tcp, "alice:phone").await;
+    alice.publish("chat/alice/out/phone", "{}", false).await;
+    let (topic, _) = bridge.next_publish().await;
+    assert_eq!(topic, "chat/alice/out/phone");
+    // Gone without a DISCONNECT and without acking it.
+    drop(bridge);
+    let mut bob = sign_in(&broker, Transport::Tcp, "bob:phone").await;
+    assert_eq!(bob.subscribe(&["chat/bob/inbox"]).await, [GRANTED]);
+    let mut other = broker
+        .device(
+            Transport::Tcp,
+            &format!("{}:other", crate::util::BRIDGE_USER),
+            crate::util::BRIDGE_PASSWORD,
+        )
+        .connect()
+        .await
+        .expect("another bridge connection signs in");
+    other.publish("chat/bob/inbox", "still routed", false).await;
+    assert_eq!(
+        bob.next_publish().await,
+        ("chat/bob/inbox".to_owned(), "still routed".to_owned())
+    );
+    // Back with its session and subscribed again, the member gets the request it
+    // had not acked (not only what is published from now on).
+    let mut bridge = options_again(&broker)
+        .connect()
+        .await
+        .expect("the bridge signs in again");
+    assert_eq!(
+        bridge.subscribe(&["$share/g/chat/+/out/+"]).await,
+        [GRANTED]
+    );
+    let (topic, payload) = bridge.next_publish().await;
+    assert_eq!(
+        (topic.as_str(), payload.as_str()),
+        ("chat/alice/out/phone", "{}")
+    );
+    // Acked this time; then away again, and a request comes meanwhile: back, the
+    // member gets it (the group went on from where it stood, not from the log's tail).
+    let mut bob = sign_in(&broker, Transport::Tcp, "bob:laptop").await;
+    bob.publish("chat/bob/out/laptop", "{\"n\":1}", false).await;
+    assert_eq!(bridge.next_publish().await.0, "chat/bob/out/laptop");
+    // A round trip behind the PUBACK: the broker has taken the ack before it answers.
+    bridge.publish("chat/bob/inbox", "ack flushed", false).await;
+    drop(bridge);
+    alice
+        .publish("chat/alice/out/phone", "{\"n\":2}", false)
+        .await;
+    let mut bridge = options_again(&broker)
+        .connect()
+        .await
+        .expect("the bridge signs in again");
+    assert_eq!(
+        bridge.subscribe(&["$share/g/chat/+/out/+"]).await,
+        [GRANTED]
+    );
+    let (topic, payload) = bridge.next_publish().await;
+    assert_eq!(
+        (topic.as_str(), payload.as_str()),
+        ("chat/alice/out/phone", "{\"n\":2}")
+    );
+}
+
+/// The bridge's connection with its persistent session.
+fn options_again(broker: &TestBroker) -> crate::util::ClientOptions {
+    let mut options = broker.bridge();
+    options.tune(|o| {
+        o.set_clean_session(false);
+    });
+    options
+}

@@ -497,16 +497,29 @@ impl Router {
                 .into_iter()
                 .for_each(|r| tracker.register_data_request(r));
 
+            let strategy = self.config.shared_subscriptions_strategy.clone();
             for request in tracker.data_requests.iter_mut() {
-                if let Some(cursor) = retransmissions.get(&request.filter_idx) {
+                let retransmit = retransmissions.get(&request.filter_idx);
+                if let Some(cursor) = retransmit {
                     request.cursor = *cursor;
+                }
+                // messenger patch 11: the group is gone when this connection was its
+                // last member (upstream `expect`ed it here to reset its cursor, and the
+                // router thread panicked, which stopped routing for every client; and
+                // a group made again on the next SUBSCRIBE started at the log's tail,
+                // skipping what was published meanwhile). Keep it, empty, where this
+                // member stands (at its first unacked publish, if any), so that
+                // whoever joins it next (this client, back with its session) goes on
+                // from there.
+                if let Some(group_name) = &request.group {
+                    let cursor = request.cursor;
+                    let group = self
+                        .shared_subscriptions
+                        .entry(group_name.clone())
+                        .or_insert_with(|| SharedGroup::new(cursor, strategy.clone()));
                     // reset the group cursor
-                    if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                    if retransmit.is_some() {
+                        group.cursor = cursor;
                     }
                 }
             }
@@ -947,7 +960,6 @@ impl Router {
         // Add/Create shared group
         if let Some(group_name) = &group {
             let client_id = connection.client_id.clone();
-
             let shared_group = self
                 .shared_subscriptions
                 .entry(group_name.to_string())
@@ -969,6 +981,18 @@ impl Router {
         // for shared subscriptions
         // TODO: use retain forward rules
         let forward_retained = group.is_none();
+
+        // messenger patch 11: a request parked as caught up waits on its native filter
+        // (`chat/+/out/+`, not `$share/<group>/chat/+/out/+`): patch 9 below looks
+        // it up there, or a member back with its session and subscribing again would
+        // never be woken.
+        let native_path = match &group {
+            Some(name) => filter_path
+                .strip_prefix(&format!("$share/{name}/"))
+                .unwrap_or(filter_path)
+                .to_owned(),
+            None => filter_path.clone(),
+        };
 
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
@@ -1005,7 +1029,7 @@ impl Router {
                 .position(|r| r.filter == *filter_path)
             {
                 Some(index) => tracker.data_requests.remove(index),
-                None => self.datalog.remove_waiters_for_id(id, filter_path),
+                None => self.datalog.remove_waiters_for_id(id, &native_path),
             };
             if let Some(mut request) = existing {
                 request.qos = filter.qos as u8;
