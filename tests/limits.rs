@@ -354,6 +354,92 @@ async fn an_address_has_at_most_max_connections_per_ip() {
     .await;
 }
 
+/// The web listener's HTTP connections count against the same bound, apart from
+/// MQTT: one over it is closed at once (not after the head timeout), and once one
+/// closes a new one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_connections_per_address_are_bounded_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let (_messenger, server) = serve_with(
+        &[],
+        &[
+            ("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "2"),
+            ("MESSENGER_BROKER__WS_HANDSHAKE_TIMEOUT_MS", "60000"),
+        ],
+    )
+    .await;
+    // The count is taken in each connection's own task: which of three is
+    // refused is not fixed, so wait for whichever closes.
+    let started = std::time::Instant::now();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(TcpStream::connect(server.ws).await.expect("connect"));
+    }
+    let refused = closed_one(&mut open).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "at once, not by the head timeout"
+    );
+    open.remove(refused);
+    // Two are still counted: a fourth is refused too.
+    let mut fourth = vec![TcpStream::connect(server.ws).await.expect("connect")];
+    closed_one(&mut fourth).await;
+    let first = open.remove(0);
+    drop(first);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut tcp = TcpStream::connect(server.ws).await.expect("connect");
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.ws
+        );
+        let _ = tcp.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer)).await;
+        if answer.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never served again");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits (within patience) until the server closes one of `connections`; its index.
+async fn closed_one(connections: &mut [tokio::net::TcpStream]) -> usize {
+    use tokio::io::AsyncReadExt;
+    let reads = connections.iter_mut().enumerate().map(|(i, tcp)| {
+        let read: ReadFuture<'_> = Box::pin(async move {
+            let mut byte = [0u8; 1];
+            match tcp.read(&mut byte).await {
+                Ok(0) | Err(_) => i,
+                Ok(_) => panic!("the server sent bytes unasked"),
+            }
+        });
+        read
+    });
+    tokio::time::timeout(PATIENCE, futures_select_all(reads.collect()))
+        .await
+        .expect("one connection closed within patience")
+}
+
+/// A read that ends with its connection's index.
+type ReadFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + 'a>>;
+
+/// The index of the first of `futures` to finish.
+async fn futures_select_all(futures: Vec<ReadFuture<'_>>) -> usize {
+    let mut set = futures;
+    std::future::poll_fn(move |cx| {
+        for future in &mut set {
+            if let std::task::Poll::Ready(i) = future.as_mut().poll(cx) {
+                return std::task::Poll::Ready(i);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessing_a_password_locks_the_user_out_briefly_but_not_at_their_own_address() {
     let (_messenger, server) = serve_with(

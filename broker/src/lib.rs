@@ -347,6 +347,8 @@ pub fn start_with(
         runtime.shutdown_background();
         return Err(BrokerError::NotListening(mqtt_addr));
     }
+    // One count for the plain and the TLS web listeners alike.
+    let web_connections = Arc::new(addresses::Addresses::new(config.max_connections_per_ip));
     let web_front = |tls: Option<tokio_rustls::TlsAcceptor>| websocket::Front {
         mqtt: mqtt_addr,
         handshake_timeout: Duration::from_millis(config.ws_handshake_timeout_ms),
@@ -358,6 +360,7 @@ pub fn start_with(
         },
         shutdown: shutdown.clone(),
         tls,
+        connections: web_connections.clone(),
     };
     let ws_addr = match config.ws_listen {
         Some(addr) => Some(start_websocket(

@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use ws_stream_tungstenite::WsStream;
 
+use crate::addresses::Addresses;
 use crate::http::{self, Body};
 
 /// How much a WebSocket connection reads at once (tungstenite's read buffer).
@@ -126,6 +127,11 @@ pub(crate) struct Front {
     pub(crate) shutdown: CancellationToken,
     /// Set for WSS: the TLS handshake comes first.
     pub(crate) tls: Option<TlsAcceptor>,
+    /// Open HTTP connections per client address (`broker.max_connections_per_ip`,
+    /// counted apart from MQTT connections): each holds a task, a socket and
+    /// buffers until its request head times out, so one address may not open
+    /// unboundedly many. An upgraded connection counts as MQTT from its CONNECT.
+    pub(crate) connections: Arc<Addresses>,
 }
 
 impl Front {
@@ -148,6 +154,14 @@ pub(crate) async fn run(listener: TcpListener, front: Front, shutdown: Cancellat
 /// Finishes the TLS handshake first if the front has a certificate (WSS), then
 /// serves the connection.
 async fn accept(stream: TcpStream, peer: SocketAddr, front: Arc<Front>) {
+    // Held while the connection is served as HTTP (the upgrade hands the stream on).
+    let _counted = match front.connections.open(peer.ip()) {
+        Ok(counted) => counted,
+        Err(open) => {
+            debug!(%peer, open, "web connection refused: too many connections from one address");
+            return;
+        }
+    };
     let Some(acceptor) = front.tls.clone() else {
         return serve(stream, peer, front).await;
     };
