@@ -624,19 +624,7 @@ async fn the_last_member_of_a_shared_group_leaving_unacked_stops_nothing() {
     );
     // Back with its session and subscribed again, the member gets the request it
     // had not acked (not only what is published from now on).
-    let mut bridge = options_again(&broker)
-        .connect()
-        .await
-        .expect("the bridge signs in again");
-    assert_eq!(
-        bridge.subscribe(&["$share/g/chat/+/out/+"]).await,
-        [GRANTED]
-    );
-    let (topic, payload) = bridge.next_publish().await;
-    assert_eq!(
-        (topic.as_str(), payload.as_str()),
-        ("chat/alice/out/phone", "{}")
-    );
+    let mut bridge = back_with_its_session(&broker, "{}").await;
     // Acked this time; then away again, and a request comes meanwhile: back, the
     // member gets it (the group went on from where it stood, not from the log's tail).
     let mut bob = sign_in(&broker, Transport::Tcp, "bob:laptop").await;
@@ -648,26 +636,25 @@ async fn the_last_member_of_a_shared_group_leaving_unacked_stops_nothing() {
     alice
         .publish("chat/alice/out/phone", "{\"n\":2}", false)
         .await;
-    let mut bridge = options_again(&broker)
-        .connect()
-        .await
-        .expect("the bridge signs in again");
-    assert_eq!(
-        bridge.subscribe(&["$share/g/chat/+/out/+"]).await,
-        [GRANTED]
-    );
-    let (topic, payload) = bridge.next_publish().await;
-    assert_eq!(
-        (topic.as_str(), payload.as_str()),
-        ("chat/alice/out/phone", "{\"n\":2}")
-    );
+    back_with_its_session(&broker, "{\"n\":2}").await;
 }
 
-/// The bridge's connection with its persistent session.
-fn options_again(broker: &TestBroker) -> crate::util::ClientOptions {
+/// The bridge's connection back with its persistent session, subscribed to the
+/// shared group again; the first publish it gets must be alice's request `payload`.
+async fn back_with_its_session(broker: &TestBroker, payload: &str) -> Client {
     let mut options = broker.bridge();
     options.tune(|o| {
         o.set_clean_session(false);
     });
-    options
+    let mut bridge = options.connect().await.expect("the bridge signs in again");
+    assert_eq!(
+        bridge.subscribe(&["$share/g/chat/+/out/+"]).await,
+        [GRANTED]
+    );
+    let (topic, got) = bridge.next_publish().await;
+    assert_eq!(
+        (topic.as_str(), got.as_str()),
+        ("chat/alice/out/phone", payload)
+    );
+    bridge
 }

@@ -170,6 +170,19 @@ async fn migrate_copies_an_install_and_every_history_matches() {
         .run(&["user", "token", "ann", "--device", "web"])
         .await
         .ok();
+    // The client library sends receipts in batches: wait until the read is stored.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while sqlite_count(
+        &messenger,
+        "SELECT COUNT(*) FROM inbox WHERE rstatus IS NOT NULL",
+    ) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read receipt was never stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     server.terminate();
     assert!(
         server.exit_status(PATIENCE).await.success(),
