@@ -240,46 +240,21 @@ async fn bad_block_requests_get_clear_errors_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_blocks_export_lists_blocks_and_removal_drops_them() {
     let (messenger, server) = serve_with(&["alice", "bob", "carol"], &[]).await;
-    let broker = server.mqtt.to_string();
-    let state = messenger.dir().join("state").display().to_string();
     let as_alice = |args: &[&str]| {
-        let mut full: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        for extra in [
-            "--user",
-            "alice",
-            "--password",
-            "alice-pw",
-            "--broker",
-            &broker,
-            "--state-dir",
-            &state,
-        ] {
-            full.push(extra.to_owned());
-        }
-        full
+        messenger.run_command(messenger.as_user(server.mqtt, "alice", "alice-pw", args))
     };
-    let run = |args: Vec<String>| {
-        let messenger = &messenger;
-        async move {
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            messenger.run(&refs).await
-        }
-    };
+    assert_eq!(as_alice(&["block", "bob"]).await.ok().trim(), "blocked bob");
     assert_eq!(
-        run(as_alice(&["block", "bob"])).await.ok().trim(),
-        "blocked bob"
-    );
-    assert_eq!(
-        run(as_alice(&["block", "carol"])).await.ok().trim(),
+        as_alice(&["block", "carol"]).await.ok().trim(),
         "blocked carol"
     );
-    assert_eq!(run(as_alice(&["blocks"])).await.ok(), "bob\ncarol\n");
-    let err = run(as_alice(&["block", "zed"])).await.failed();
+    assert_eq!(as_alice(&["blocks"]).await.ok(), "bob\ncarol\n");
+    let err = as_alice(&["block", "zed"]).await.failed();
     assert!(err.contains("unknown_user"), "{err}");
-    let err = run(as_alice(&["block", "No Such"])).await.failed();
+    let err = as_alice(&["block", "No Such"]).await.failed();
     assert!(err.contains("user \"No Such\""), "{err}");
     assert_eq!(
-        run(as_alice(&["unblock", "carol"])).await.ok().trim(),
+        as_alice(&["unblock", "carol"]).await.ok().trim(),
         "unblocked carol"
     );
 
@@ -299,5 +274,5 @@ async fn the_cli_blocks_export_lists_blocks_and_removal_drops_them() {
         0,
         "blocks of a removed user go"
     );
-    assert_eq!(run(as_alice(&["blocks"])).await.ok(), "");
+    assert_eq!(as_alice(&["blocks"]).await.ok(), "");
 }

@@ -9,20 +9,8 @@ async fn as_user(
     user: &str,
     args: &[&str],
 ) -> crate::util::process::Outcome {
-    let mut full: Vec<&str> = args.to_vec();
-    let broker = server.mqtt.to_string();
-    let state = messenger.dir().join("state").display().to_string();
-    full.extend([
-        "--user",
-        user,
-        "--password",
-        "pw",
-        "--broker",
-        &broker,
-        "--state-dir",
-        &state,
-    ]);
-    messenger.run(&full).await
+    let cmd = messenger.as_user(server.mqtt, user, "pw", args);
+    messenger.run_command(cmd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,20 +130,7 @@ async fn chat_slash_commands_act_on_messages() {
          /search edited\n/fly\n/delete 2\n",
     )
     .expect("write input");
-    let broker = server.mqtt.to_string();
-    let state = messenger.dir().join("state").display().to_string();
-    let mut cmd = messenger.command(&[
-        "chat",
-        "bob",
-        "--user",
-        "alice",
-        "--password",
-        "pw",
-        "--broker",
-        &broker,
-        "--state-dir",
-        &state,
-    ]);
+    let mut cmd = messenger.as_user(server.mqtt, "alice", "pw", &["chat", "bob"]);
     cmd.stdin(std::fs::File::open(&typed).expect("input"));
     let outcome = messenger.run_command(cmd).await;
     assert!(outcome.status.success(), "{outcome:#?}");

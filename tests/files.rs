@@ -274,42 +274,22 @@ async fn a_member_downloads_the_bytes_sent_and_another_device_sees_them_after_sy
 async fn the_cli_sends_a_file_and_downloads_it() {
     let (messenger, server) = server_with(&[]).await;
     let (_path, bytes) = random_file(messenger.dir(), "notes.txt", 2000);
-    let broker = server.mqtt.to_string();
     let webaddr = server.ws.to_string();
-    let state = messenger.dir().join("state").display().to_string();
-    let account = |user: &'static str| -> Vec<String> {
-        [
-            "--user",
-            user,
-            "--password",
-            "pw",
-            "--broker",
-            &broker,
-            "--web",
-            &webaddr,
-            "--state-dir",
-            &state,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+    // A chat command as `user`, with the web listener for the file transfers.
+    let run = |user: &'static str, args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--web", webaddr.as_str()]);
+        messenger.run_command(messenger.as_user(server.mqtt, user, "pw", &args))
     };
-    let mut args: Vec<String> = ["send", "bob", "here you go", "--file", "notes.txt"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    args.extend(account("alice"));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let sent = messenger.run(&refs).await.ok();
+    let sent = run(
+        "alice",
+        &["send", "bob", "here you go", "--file", "notes.txt"],
+    )
+    .await
+    .ok();
     assert!(sent.starts_with("sent to dm:alice:bob: seq 1"), "{sent}");
 
-    let mut args: Vec<String> = ["history", "alice"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    args.extend(account("bob"));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let history = messenger.run(&refs).await.ok();
+    let history = run("bob", &["history", "alice"]).await.ok();
     assert!(
         history.contains("here you go") && history.contains("notes.txt (2.0 KiB, file "),
         "{history}"
@@ -321,13 +301,9 @@ async fn the_cli_sends_a_file_and_downloads_it() {
         .expect("the file id in the history line")
         .to_owned();
 
-    let mut args: Vec<String> = ["download", file.as_str(), "-o", "copy.txt"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    args.extend(account("bob"));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let saved = messenger.run(&refs).await.ok();
+    let saved = run("bob", &["download", &file, "-o", "copy.txt"])
+        .await
+        .ok();
     assert!(saved.contains("(2000 bytes)"), "{saved}");
     assert_eq!(
         std::fs::read(messenger.dir().join("copy.txt")).expect("read"),
@@ -335,13 +311,9 @@ async fn the_cli_sends_a_file_and_downloads_it() {
     );
 
     // carol is no member: the same refusal as for a file that does not exist.
-    let mut args: Vec<String> = ["download", file.as_str(), "-o", "carol.txt"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    args.extend(account("carol"));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let refused = messenger.run(&refs).await.failed();
+    let refused = run("carol", &["download", &file, "-o", "carol.txt"])
+        .await
+        .failed();
     assert!(refused.contains("404"), "{refused}");
     assert!(!messenger.dir().join("carol.txt").exists());
 }
@@ -813,22 +785,13 @@ async fn chat_sends_a_file_with_slash_file() {
     random_file(messenger.dir(), "plan.pdf", 3000);
     let typed = messenger.dir().join("typed.txt");
     std::fs::write(&typed, "the plan:\n/file plan.pdf\n/file missing.pdf\n").expect("input");
-    let (broker, webaddr) = (server.mqtt.to_string(), server.ws.to_string());
-    let state = messenger.dir().join("state").display().to_string();
-    let mut cmd = messenger.command(&[
-        "chat",
-        "bob",
-        "--user",
+    let webaddr = server.ws.to_string();
+    let mut cmd = messenger.as_user(
+        server.mqtt,
         "alice",
-        "--password",
         "pw",
-        "--broker",
-        &broker,
-        "--web",
-        &webaddr,
-        "--state-dir",
-        &state,
-    ]);
+        &["chat", "bob", "--web", &webaddr],
+    );
     cmd.stdin(std::fs::File::open(&typed).expect("input"));
     let outcome = messenger.run_command(cmd).await;
     assert!(outcome.status.success(), "{outcome:#?}");

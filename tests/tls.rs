@@ -117,24 +117,12 @@ async fn over_tls(
     user: &str,
     args: &[&str],
 ) -> crate::util::process::Outcome {
-    let broker = tls.to_string();
     let ca = ca.display().to_string();
-    let state = messenger.dir().join("state").display().to_string();
     let mut full: Vec<&str> = args.to_vec();
-    full.extend([
-        "--user",
-        user,
-        "--password",
-        "pw",
-        "--broker",
-        &broker,
-        "--state-dir",
-        &state,
-        "--tls",
-        "--ca-file",
-        &ca,
-    ]);
-    messenger.run(&full).await
+    full.extend(["--tls", "--ca-file", &ca]);
+    messenger
+        .run_command(messenger.as_user(tls, user, "pw", &full))
+        .await
 }
 
 /// A device on the client library over TLS (`transport` picks MQTT/TLS or WSS), trusting `ca`.
@@ -165,10 +153,19 @@ async fn add_users(messenger: &Messenger, users: &[&str]) {
     }
 }
 
-/// Trusting the CA, alice (CLI, MQTT over TLS) and bob (client library, WSS)
-/// chat; a client trusting another CA is refused; plain MQTT to the TLS port fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_trusting_the_ca_chat_over_tls_and_wss() {
+/// A server on both TLS listeners with users alice and bob (password `pw`).
+struct Trusted {
+    messenger: Messenger,
+    server: Server,
+    at: Listeners,
+    /// The CA that signed the server's certificate.
+    ca: PathBuf,
+    /// A CA that signed nothing of the server's.
+    stranger_ca: PathBuf,
+}
+
+/// [`Trusted`], accepting on TLS and WSS.
+async fn trusted_server() -> Trusted {
     let messenger = Messenger::new();
     add_users(&messenger, &["alice", "bob"]).await;
     let (ca, cert, key) = Pki::new("server").write(messenger.dir(), "");
@@ -177,6 +174,26 @@ async fn clients_trusting_the_ca_chat_over_tls_and_wss() {
     let mut server = spawn_tls(&messenger, &at, &cert, &key, &[]);
     server.wait_until_accepting_on(at.tls).await;
     server.wait_until_accepting_on(at.wss).await;
+    Trusted {
+        messenger,
+        server,
+        at,
+        ca,
+        stranger_ca,
+    }
+}
+
+/// Trusting the CA, alice (CLI, MQTT over TLS) and bob (client library, WSS)
+/// chat; a client trusting another CA is refused; plain MQTT to the TLS port fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_trusting_the_ca_chat_over_tls_and_wss() {
+    let Trusted {
+        messenger,
+        server: _server,
+        at,
+        ca,
+        stranger_ca,
+    } = trusted_server().await;
 
     let sent = over_tls(
         &messenger,
@@ -517,14 +534,13 @@ async fn bad_certificates_exit_64_naming_the_key() {
 /// trusting another CA is refused and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_travel_over_https_with_tls() {
-    let messenger = Messenger::new();
-    add_users(&messenger, &["alice", "bob"]).await;
-    let (ca, cert, key) = Pki::new("server").write(messenger.dir(), "");
-    let (stranger_ca, _, _) = Pki::new("stranger").write(messenger.dir(), "stranger-");
-    let at = Listeners::free();
-    let mut server = spawn_tls(&messenger, &at, &cert, &key, &[]);
-    server.wait_until_accepting_on(at.tls).await;
-    server.wait_until_accepting_on(at.wss).await;
+    let Trusted {
+        messenger,
+        server: _server,
+        at,
+        ca,
+        stranger_ca,
+    } = trusted_server().await;
     let bytes: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(messenger.dir().join("notes.bin"), &bytes).expect("write the file");
     let web = at.wss.to_string();

@@ -341,6 +341,22 @@ impl Page {
             .unwrap_or_else(|err| panic!("{}: typing into {css}: {err}", self.name));
     }
 
+    /// Replaces the text of the input `css` with `text`.
+    async fn retype(&self, css: &str, text: &str) {
+        self.find(css)
+            .await
+            .clear()
+            .await
+            .unwrap_or_else(|err| panic!("{}: clearing {css}: {err}", self.name));
+        self.type_into(css, text).await;
+    }
+
+    /// The session the page keeps across reloads (`null` when signed out).
+    async fn kept_session(&self) -> Value {
+        self.js("return localStorage.getItem('messenger.session');", vec![])
+            .await
+    }
+
     /// Clicks the element; again if the page replaced it between finding and clicking.
     async fn click(&self, css: &str) {
         let deadline = tokio::time::Instant::now() + PAGE_PATIENCE;
@@ -736,20 +752,8 @@ async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_b
             "a malformed user id refused by the page",
         )
         .await;
-    alice
-        .find("#signin-user")
-        .await
-        .clear()
-        .await
-        .expect("clear");
-    alice
-        .find("#signin-password")
-        .await
-        .clear()
-        .await
-        .expect("clear");
-    alice.type_into("#signin-user", "alice").await;
-    alice.type_into("#signin-password", "wrong").await;
+    alice.retype("#signin-user", "alice").await;
+    alice.retype("#signin-password", "wrong").await;
     alice.click("#signin-submit").await;
     alice
         .wait(
@@ -757,10 +761,7 @@ async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_b
             "a wrong password refused",
         )
         .await;
-    let kept = alice
-        .js("return localStorage.getItem('messenger.session');", vec![])
-        .await;
-    assert_eq!(kept, Value::Null);
+    assert_eq!(alice.kept_session().await, Value::Null);
     // With `limits.max_devices` (10) of alice's devices connected, the right
     // password is refused with CONNACK 5: the page says why, keeps nothing.
     let mut held = Vec::new();
@@ -772,13 +773,7 @@ async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_b
             .unwrap_or_else(|err| panic!("alice's device {n} signs in: {err}"));
         held.push(device);
     }
-    alice
-        .find("#signin-password")
-        .await
-        .clear()
-        .await
-        .expect("clear");
-    alice.type_into("#signin-password", "pw").await;
+    alice.retype("#signin-password", "pw").await;
     alice.click("#signin-submit").await;
     alice
         .wait(
@@ -786,10 +781,7 @@ async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_b
             "too many devices, said as such",
         )
         .await;
-    let kept = alice
-        .js("return localStorage.getItem('messenger.session');", vec![])
-        .await;
-    assert_eq!(kept, Value::Null);
+    assert_eq!(alice.kept_session().await, Value::Null);
     drop(held);
     // Until the broker has seen them go, the next sign-in would be refused too.
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -807,13 +799,7 @@ async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_b
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    alice
-        .find("#signin-password")
-        .await
-        .clear()
-        .await
-        .expect("clear");
-    alice.type_into("#signin-password", "pw").await;
+    alice.retype("#signin-password", "pw").await;
     alice.click("#signin-submit").await;
     alice.wait_online().await;
     bob.sign_in(&base, "bob", "pw").await;

@@ -123,6 +123,23 @@ impl Messenger {
         cmd
     }
 
+    /// `messenger <args>` as a user types a chat command: signed in as `user` with
+    /// `password` to the broker at `broker`, its state in the temp directory.
+    pub(crate) fn as_user(
+        &self,
+        broker: SocketAddr,
+        user: &str,
+        password: &str,
+        args: &[&str],
+    ) -> Command {
+        let mut cmd = self.command(args);
+        cmd.args(["--user", user, "--password", password, "--broker"])
+            .arg(broker.to_string())
+            .arg("--state-dir")
+            .arg(self.dir().join("state"));
+        cmd
+    }
+
     /// Runs `messenger <args>` to completion (off the async workers).
     pub(crate) async fn run(&self, args: &[&str]) -> Outcome {
         self.run_command(self.command(args)).await
