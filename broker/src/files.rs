@@ -15,17 +15,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use futures_util::TryStreamExt;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use messenger_protocol::wire::Uploaded;
 use messenger_protocol::{FileId, UserId};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
 use tracing::{error, info, warn};
 
 use crate::http::{self, Body};
@@ -296,27 +297,10 @@ impl Files {
                 return internal();
             }
         };
-        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, io::Error>::new(2);
-        tokio::spawn(async move {
-            let mut source = source;
-            loop {
-                let mut buf = vec![0u8; CHUNK_BYTES];
-                match source.read(&mut buf).await {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        if tx.send(Frame::data(Bytes::from(buf))).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(err) => {
-                        warn!(cause = %err, "reading a file for a download failed");
-                        tx.abort(err);
-                        return;
-                    }
-                }
-            }
-        });
+        let chunks = ReaderStream::with_capacity(source, CHUNK_BYTES)
+            .inspect_err(|err| warn!(cause = %err, "reading a file for a download failed"))
+            .map_ok(Frame::data);
+        let body = StreamBody::new(chunks);
         let mut response = Response::new(body.boxed_unsync());
         let h = response.headers_mut();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.size));

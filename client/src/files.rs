@@ -6,17 +6,19 @@ use std::path::Path;
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use messenger_protocol::wire::Uploaded;
 use messenger_protocol::{FileId, UserId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
+use tokio_util::io::ReaderStream;
 
 use crate::config::{split_host_port, tls_config, Trust, TOKEN_PREFIX};
 use crate::ClientError;
@@ -44,7 +46,7 @@ impl WebFiles {
     /// Uploads the file at `path` with the media type `media_type`; the answer
     /// names the upload for [`Client::send_files`](crate::Client::send_files).
     pub async fn upload(&self, path: &Path, media_type: &str) -> Result<Uploaded, ClientError> {
-        let mut file = tokio::fs::File::open(path)
+        let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| transfer(format!("{}: {e}", path.display())))?;
         let size = file
@@ -52,25 +54,8 @@ impl WebFiles {
             .await
             .map_err(|e| transfer(format!("{}: {e}", path.display())))?
             .len();
-        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(2);
-        let feeder = tokio::spawn(async move {
-            loop {
-                let mut buf = vec![0u8; CHUNK_BYTES];
-                match file.read(&mut buf).await {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        if tx.send(Frame::data(Bytes::from(buf))).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(err) => {
-                        tx.abort(err);
-                        return;
-                    }
-                }
-            }
-        });
+        let body =
+            StreamBody::new(ReaderStream::with_capacity(file, CHUNK_BYTES).map_ok(Frame::data));
         let mut request = self.request(Method::POST, "/files", body)?;
         request
             .headers_mut()
@@ -80,9 +65,7 @@ impl WebFiles {
             HeaderValue::from_str(media_type)
                 .map_err(|_| transfer(format!("bad media type {media_type:?}")))?,
         );
-        let response = self.exchange(request).await;
-        feeder.abort();
-        let response = expect(response?, StatusCode::CREATED).await?;
+        let response = expect(self.exchange(request).await?, StatusCode::CREATED).await?;
         let bytes = response
             .into_body()
             .collect()
