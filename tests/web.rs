@@ -4,8 +4,8 @@
 //! port, one browser profile per user).
 //!
 //! The browser tests need Debian's `chromium` and `chromium-driver` (`.ci/run`
-//! installs them). Without them they print why and pass, except in CI
-//! (`CI=true`), where a missing browser is a failure.
+//! installs them). Without them they fail, saying what is missing: a browser
+//! test that skipped would pass without having run.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
