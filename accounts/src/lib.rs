@@ -410,6 +410,22 @@ pub fn issue_token(
     Ok(token)
 }
 
+/// Issues a device token inside the caller's PostgreSQL transaction (the bridge
+/// issues tokens inside its own). `NotFound` if the user does not exist.
+pub fn issue_token_postgres(
+    tx: &mut impl postgres::GenericClient,
+    user: &UserId,
+    device: &DeviceId,
+) -> Result<String, AccountsError> {
+    let token = new_token();
+    let hash = sha256(token.as_bytes());
+    let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+    if !records::postgres::put_token(tx, user.as_str(), device.as_str(), &hash, now)? {
+        return Err(AccountsError::NotFound(user.clone()));
+    }
+    Ok(token)
+}
+
 /// Creates the account tables if needed; for components that open their own
 /// connection to the shared file and query them.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -68,6 +68,13 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
+impl From<postgres::Error> for Failure {
+    fn from(err: postgres::Error) -> Self {
+        error!(cause = %err, "storage failure");
+        Self::new(ErrorCode::Internal, "storage failure; retry later")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

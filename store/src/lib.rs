@@ -25,6 +25,7 @@ mod failure;
 mod outcome;
 pub mod postgres;
 mod rate;
+mod rows;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -72,6 +73,12 @@ pub enum StoreError {
     /// Encoding an export's JSON failed.
     #[error("encoding the export")]
     Encode(#[source] serde_json::Error),
+    /// PostgreSQL failed.
+    #[error("storage: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// PostgreSQL could not be reached again in time after the connection broke.
+    #[error("storage: PostgreSQL is unreachable: {0}")]
+    Unavailable(String),
     /// Reading for an export failed (the cause is logged).
     #[error("reading: {0}")]
     Read(String),

@@ -231,33 +231,9 @@ impl Records for PostgresRecords {
         let (name, device, hash) = (name.to_owned(), device.to_owned(), hash.to_vec());
         self.with(move |c| {
             let mut tx = c.transaction()?;
-            // The user's row is held until the commit: a removal waits for the token.
-            if tx
-                .query_opt(
-                    "SELECT 1 FROM users WHERE name = $1 FOR KEY SHARE",
-                    &[&name],
-                )?
-                .is_none()
-            {
-                return Ok(false);
-            }
-            tx.execute(
-                "DELETE FROM token_hashes WHERE hash IN
-                     (SELECT hash FROM device_tokens WHERE \"user\" = $1 AND device = $2)",
-                &[&name, &device],
-            )?;
-            tx.execute(
-                "INSERT INTO device_tokens (\"user\", device, hash, created_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (\"user\", device) DO UPDATE
-                 SET hash = EXCLUDED.hash, created_ms = EXCLUDED.created_ms",
-                &[&name, &device, &hash, &now],
-            )?;
-            tx.execute(
-                "INSERT INTO token_hashes (hash, \"user\", device) VALUES ($1, $2, $3)",
-                &[&hash, &name, &device],
-            )?;
+            let found = put_token(&mut tx, &name, &device, &hash, now)?;
             tx.commit()?;
-            Ok(true)
+            Ok(found)
         })
     }
 
@@ -340,4 +316,41 @@ impl Records for PostgresRecords {
             .is_some())
         })
     }
+}
+
+/// Stores a device's token hash (replacing its old one) inside the caller's
+/// transaction; `false` if the user does not exist. The user's row is held
+/// until the commit: a removal waits for the token.
+pub(crate) fn put_token(
+    tx: &mut impl GenericClient,
+    name: &str,
+    device: &str,
+    hash: &[u8],
+    now: i64,
+) -> Result<bool, postgres::Error> {
+    if tx
+        .query_opt(
+            "SELECT 1 FROM users WHERE name = $1 FOR KEY SHARE",
+            &[&name],
+        )?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    tx.execute(
+        "DELETE FROM token_hashes WHERE hash IN
+             (SELECT hash FROM device_tokens WHERE \"user\" = $1 AND device = $2)",
+        &[&name, &device],
+    )?;
+    tx.execute(
+        "INSERT INTO device_tokens (\"user\", device, hash, created_ms) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (\"user\", device) DO UPDATE
+         SET hash = EXCLUDED.hash, created_ms = EXCLUDED.created_ms",
+        &[&name, &device, &hash, &now],
+    )?;
+    tx.execute(
+        "INSERT INTO token_hashes (hash, \"user\", device) VALUES ($1, $2, $3)",
+        &[&hash, &name, &device],
+    )?;
+    Ok(true)
 }

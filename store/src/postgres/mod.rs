@@ -2,15 +2,16 @@
 //! and copying a single-node SQLite install into an empty database (`copy`,
 //! `messenger migrate --to`).
 //!
-//! The engine that handles requests on PostgreSQL (`storage.backend`) is not
-//! here yet; this module is what it stands on.
+//! `engine` is the store that handles requests there ([`PostgresStore`]).
 
 mod copy;
+mod engine;
 pub(crate) mod schema;
 
 /// The synchronous PostgreSQL client (rust-postgres), as [`connect`] returns it.
 pub use ::postgres::Client;
 pub use copy::{copy_from_sqlite, CopyError, CopyReport};
+pub use engine::{Connector, PostgresStore};
 
 use std::time::Duration;
 

@@ -316,20 +316,7 @@ impl Ctx<'_> {
 
     /// Requires a message text to be non-empty and within `limits.max_body_bytes`.
     pub(super) fn check_body(&self, body: &str) -> Result<(), Failure> {
-        if body.len() > self.limits.max_body_bytes {
-            return Err(Failure::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "body of {} bytes is over the limit of {}",
-                    body.len(),
-                    self.limits.max_body_bytes
-                ),
-            ));
-        }
-        if body.is_empty() {
-            return Err(Failure::bad("body must not be empty"));
-        }
-        Ok(())
+        check_body(self.limits, body)
     }
 
     /// Requires `user` to exist.
@@ -346,16 +333,7 @@ impl Ctx<'_> {
 
     /// Requires a group of `members` to be within `limits.max_group_members`.
     pub(super) fn require_group_size(&self, members: usize) -> Result<(), Failure> {
-        if members > self.limits.max_group_members {
-            return Err(Failure::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "a group has at most {} members",
-                    self.limits.max_group_members
-                ),
-            ));
-        }
-        Ok(())
+        group_size(self.limits, members)
     }
 
     /// Takes the conversation's next seq.
@@ -533,21 +511,56 @@ impl Ctx<'_> {
 
     /// Checks a page size against the limit.
     pub(super) fn page(&self, limit: Option<u32>, default: u32) -> Result<u32, Failure> {
-        let limit = limit.unwrap_or(default.min(self.limits.max_page));
-        if limit == 0 || limit > self.limits.max_page {
-            return Err(Failure::bad(format!(
-                "limit must be between 1 and {}",
-                self.limits.max_page
-            )));
-        }
-        Ok(limit)
+        page(self.limits, limit, default)
     }
+}
+
+/// Requires a message text to be non-empty and within `limits.max_body_bytes`.
+pub(crate) fn check_body(limits: &Limits, body: &str) -> Result<(), Failure> {
+    if body.len() > limits.max_body_bytes {
+        return Err(Failure::new(
+            ErrorCode::TooLarge,
+            format!(
+                "body of {} bytes is over the limit of {}",
+                body.len(),
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    if body.is_empty() {
+        return Err(Failure::bad("body must not be empty"));
+    }
+    Ok(())
+}
+
+/// Requires a group of `members` to be within `limits.max_group_members`.
+pub(crate) fn group_size(limits: &Limits, members: usize) -> Result<(), Failure> {
+    if members > limits.max_group_members {
+        return Err(Failure::new(
+            ErrorCode::TooLarge,
+            format!("a group has at most {} members", limits.max_group_members),
+        ));
+    }
+    Ok(())
+}
+
+/// A page size (`default`, capped at `limits.max_page`, when none is given),
+/// refused outside 1..=`limits.max_page`.
+pub(crate) fn page(limits: &Limits, limit: Option<u32>, default: u32) -> Result<u32, Failure> {
+    let limit = limit.unwrap_or(default.min(limits.max_page));
+    if limit == 0 || limit > limits.max_page {
+        return Err(Failure::bad(format!(
+            "limit must be between 1 and {}",
+            limits.max_page
+        )));
+    }
+    Ok(limit)
 }
 
 /// The refusal of a request whose id the user already gave a request of another
 /// kind: `send` and group requests share one id space per user (a repeat must
 /// be the same kind of request to get the stored answer).
-pub(super) fn id_taken(id: &RequestId) -> Failure {
+pub(crate) fn id_taken(id: &RequestId) -> Failure {
     Failure::bad(format!(
         "request id {id} was already used by another kind of request"
     ))
@@ -555,7 +568,7 @@ pub(super) fn id_taken(id: &RequestId) -> Failure {
 
 /// A conversation's kind, as the `conversations` table keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     /// A 1-1 conversation (`dm`).
     Direct,
     /// A group (`group`).
@@ -564,7 +577,7 @@ pub(super) enum Kind {
 
 impl Kind {
     /// The column's value.
-    pub(super) fn as_column(self) -> &'static str {
+    pub(crate) fn as_column(self) -> &'static str {
         match self {
             Self::Direct => "dm",
             Self::Group => "group",
@@ -572,7 +585,7 @@ impl Kind {
     }
 
     /// Reads the column (anything but `group` is a 1-1 conversation).
-    pub(super) fn from_column(s: &str) -> Self {
+    pub(crate) fn from_column(s: &str) -> Self {
         if s == Self::Group.as_column() {
             Self::Group
         } else {

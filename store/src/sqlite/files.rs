@@ -190,7 +190,7 @@ fn blob_path(dir: &Path, sha256: &str) -> PathBuf {
 /// Checks a `send`'s attachments before anything is stored: at most
 /// [`MAX_ATTACHMENTS`], each named (1 to [`MAX_ATTACHMENT_NAME_CHARS`]
 /// characters, no control characters), no upload twice.
-pub(super) fn check_refs(refs: &[AttachmentRef]) -> Result<(), Failure> {
+pub(crate) fn check_refs(refs: &[AttachmentRef]) -> Result<(), Failure> {
     if refs.len() > MAX_ATTACHMENTS {
         return Err(Failure::bad(format!(
             "{} attachments are over the limit of {MAX_ATTACHMENTS}",

@@ -333,7 +333,7 @@ impl Ctx<'_> {
 
 /// Which end of a window [`Ctx::events_between`] starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Order {
+pub(crate) enum Order {
     /// Lowest seq first (an export).
     OldestFirst,
     /// Highest seq first (`history` pages backwards).
@@ -384,7 +384,7 @@ impl Ctx<'_> {
 }
 
 /// The seq of a stored event of a conversation (0 for other kinds).
-pub(super) fn seq_of(event: &Event) -> u64 {
+pub(crate) fn seq_of(event: &Event) -> u64 {
     match event {
         Event::Message { seq, .. }
         | Event::Member { seq, .. }

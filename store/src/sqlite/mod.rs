@@ -28,18 +28,18 @@
 mod backup;
 mod blocks;
 mod checkpoint;
-mod context;
+pub(crate) mod context;
 mod conversations;
 mod export;
 pub mod files;
 mod groups;
-mod messages;
-mod presence;
-mod pushes;
+pub(crate) mod messages;
+pub(crate) mod presence;
+pub(crate) mod pushes;
 pub(crate) mod removal;
 mod retention;
 mod roster;
-mod rows;
+pub(crate) mod rows;
 mod schema;
 mod search;
 mod timeline;
@@ -404,7 +404,7 @@ fn effects(effects: Vec<Effect>) -> Outcome {
 /// under the broker's packet limit): the request is then rolled back and answered
 /// `too_large`. Pages are cut to fit before this; it is the last line of defence
 /// that keeps a transport from refusing what the store produced.
-fn fits(out: Vec<Effect>, limits: &Limits) -> Result<Vec<Effect>, Failure> {
+pub(crate) fn fits(out: Vec<Effect>, limits: &Limits) -> Result<Vec<Effect>, Failure> {
     let max = limits.max_reply_bytes();
     match out.iter().map(|o| o.payload().len()).max() {
         Some(largest) if largest > max => {

@@ -48,7 +48,7 @@ pub(crate) fn update(
 }
 
 /// Logs a refused device, at most once a second (a client can send any number).
-fn refused(user: &UserId, device: &DeviceId, max_devices: usize) {
+pub(crate) fn refused(user: &UserId, device: &DeviceId, max_devices: usize) {
     static LAST_MS: AtomicU64 = AtomicU64::new(0);
     static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
     let now = std::time::SystemTime::now()

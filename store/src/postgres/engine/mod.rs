@@ -1,0 +1,336 @@
+//! The PostgreSQL engine ([`PostgresStore`]): the same requests and rules as
+//! the SQLite engine, on the distribution-keyed schema, with any number of
+//! bridges writing at once.
+//!
+//! Each batch is one transaction (`READ COMMITTED`), each request in it a
+//! savepoint, rolled back alone if the request fails. What several bridges
+//! share is serialized by the database, never in a bridge's memory: counters
+//! under row locks (see `context`), request ids under a unique key
+//! (`requests`). When another transaction got there first (a unique key just
+//! taken, a deadlock), the whole batch is rolled back and runs again, and sees
+//! what the other committed (a repeated request is then answered as a repeat).
+//! When the connection is lost, the batch runs again on a new one, with
+//! backoff, for as long as `RECONNECT_FOR`: nothing is acknowledged without a
+//! commit.
+//!
+//! # Layout
+//!
+//! - `db`: the batch's transaction, its prepared statements and faults.
+//! - `context`: the per-request context and what every handler shares.
+//! - `messages`, `groups`, `listing`, `pushes`, `blocks`, `timeline`,
+//!   `search`: the handlers, by request.
+//! - `presence`: device rows and each user's aggregate.
+
+mod blocks;
+mod context;
+mod db;
+mod groups;
+mod listing;
+mod messages;
+mod presence;
+mod pushes;
+mod search;
+mod timeline;
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use messenger_protocol::wire::Request;
+use postgres::Client;
+use tracing::{error, info, warn};
+
+use self::context::Ctx;
+use self::db::{Db, Fault, Statements};
+use crate::config::Limits;
+use crate::rate::{Ledger, RateLimits};
+use crate::sqlite::fits;
+use crate::sqlite::pushes::Notify;
+use crate::{Effect, Failure, Housekeeping, Input, Liveness, Outcome, StoreError};
+
+/// How many times a batch runs again after conflicts with other bridges before
+/// its conflicting request is answered `internal` instead.
+const CONFLICT_RUNS: u32 = 8;
+
+/// How long a batch keeps trying to reach a database that went away before it
+/// fails (its requests are then answered `internal`).
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+/// Longest pause between two attempts to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Opens a new connection to the database (the `storage.url`), for after the
+/// old one broke; the error says why not, without the password.
+pub type Connector = Box<dyn Fn() -> Result<Client, String> + Send>;
+
+/// The store on a PostgreSQL database (shared with the account store and with
+/// every other bridge).
+pub struct PostgresStore {
+    client: Client,
+    connect: Connector,
+    /// Prepared statements of `client`; emptied with a new connection.
+    statements: RefCell<Statements>,
+    limits: Limits,
+    /// Per-user rate limits, in this process's memory.
+    rates: RateLimits,
+    notify: Notify,
+    liveness: Option<Liveness>,
+}
+
+impl PostgresStore {
+    /// A store on `client`, whose schema is migrated already (see
+    /// [`crate::postgres::migrate`]); `connect` opens a new connection when it breaks.
+    ///
+    /// `notify` and `liveness` are as for [`crate::SqliteStore::open`].
+    pub fn new(
+        client: Client,
+        connect: Connector,
+        limits: Limits,
+        notify: Notify,
+        liveness: Option<Liveness>,
+    ) -> Self {
+        Self {
+            client,
+            connect,
+            statements: RefCell::new(Statements::new()),
+            rates: RateLimits::new(&limits),
+            limits,
+            notify,
+            liveness,
+        }
+    }
+
+    /// Replaces a broken connection, with backoff, until `deadline`.
+    fn reconnect(&mut self, deadline: Instant) -> Result<(), StoreError> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match (self.connect)() {
+                Ok(client) => {
+                    info!("reconnected to PostgreSQL");
+                    self.client = client;
+                    self.statements.borrow_mut().clear();
+                    return Ok(());
+                }
+                Err(cause) if Instant::now() + pause < deadline => {
+                    warn!(%cause, retry_in_ms = pause.as_millis() as u64, "PostgreSQL is unreachable");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(MAX_BACKOFF);
+                }
+                Err(cause) => return Err(StoreError::Unavailable(cause)),
+            }
+        }
+    }
+}
+
+impl crate::Store for PostgresStore {
+    fn process(&mut self, inputs: Vec<Input>, now: u64) -> Result<Vec<Outcome>, StoreError> {
+        let mut ledger = Ledger::default();
+        let mut conflicts = 0;
+        let mut deadline = None;
+        loop {
+            let tolerate = conflicts < CONFLICT_RUNS;
+            match self.run(&inputs, now, &mut ledger, tolerate) {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(Stop::Conflict) => {
+                    conflicts += 1;
+                    info!(
+                        runs = conflicts,
+                        "another transaction got there first: the batch runs again"
+                    );
+                }
+                Err(Stop::Connection(cause)) => {
+                    warn!(%cause, "the connection to PostgreSQL broke: the batch runs again on a new one");
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + RECONNECT_FOR);
+                    self.reconnect(deadline)?;
+                }
+                Err(Stop::Failed(err)) => return Err(err),
+            }
+        }
+    }
+
+    fn between_batches(&mut self) -> Housekeeping {
+        self.rates.forget_idle();
+        Housekeeping::Done
+    }
+}
+
+/// Why a run of a batch stopped before its commit (nothing of it stays).
+enum Stop {
+    /// Another transaction got there first: run the batch again.
+    Conflict,
+    /// The connection broke: run the batch again on a new one.
+    Connection(String),
+    /// The batch fails.
+    Failed(StoreError),
+}
+
+impl Stop {
+    /// The stop a database error calls for.
+    fn of(err: postgres::Error) -> Self {
+        match Fault::of(&err) {
+            Fault::Conflict => Self::Conflict,
+            Fault::Connection => Self::Connection(err.to_string()),
+            Fault::Other => Self::Failed(StoreError::Postgres(err)),
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Handles `inputs` in one transaction, committed at the end.
+    /// `tolerate`: whether a conflict stops the run (false after many runs:
+    /// the conflicting request is answered `internal`).
+    fn run(
+        &mut self,
+        inputs: &[Input],
+        now: u64,
+        ledger: &mut Ledger,
+        tolerate: bool,
+    ) -> Result<Vec<Outcome>, Stop> {
+        let run = self.run_in_transaction(inputs, now, ledger, tolerate);
+        match run {
+            Ok(outcomes) => {
+                self.client.batch_execute("COMMIT").map_err(Stop::of)?;
+                Ok(outcomes)
+            }
+            Err(stop) => {
+                // Nothing of the run stays (on a broken connection the server
+                // has rolled it back already).
+                let _ = self.client.batch_execute("ROLLBACK");
+                Err(stop)
+            }
+        }
+    }
+
+    /// [`PostgresStore::run`]'s transaction up to its commit (opened here).
+    fn run_in_transaction(
+        &mut self,
+        inputs: &[Input],
+        now: u64,
+        ledger: &mut Ledger,
+        tolerate: bool,
+    ) -> Result<Vec<Outcome>, Stop> {
+        self.client.batch_execute("BEGIN").map_err(Stop::of)?;
+        let outcomes = {
+            let db = Db::new(&mut self.client, &self.statements);
+            let mut outcomes = Vec::with_capacity(inputs.len());
+            for (place, input) in inputs.iter().enumerate() {
+                let outcome = match input {
+                    Input::Request {
+                        user,
+                        device,
+                        request,
+                    } => {
+                        let allowance = ledger.allowance(place, &self.rates);
+                        let outcome = {
+                            let ctx = Ctx {
+                                db: &db,
+                                user,
+                                device,
+                                limits: &self.limits,
+                                rates: &allowance,
+                                now,
+                                notify: self.notify,
+                                pushes: RefCell::new(Vec::new()),
+                            };
+                            request_in_savepoint(&db, &ctx, request, tolerate)
+                        };
+                        // Kept even if the run stops: a run again asks no limiter twice.
+                        ledger.note(place, allowance);
+                        outcome?
+                    }
+                    Input::Presence {
+                        user,
+                        device,
+                        online,
+                    } => effects(
+                        presence::update(
+                            &db,
+                            user,
+                            device,
+                            *online,
+                            now,
+                            self.limits.max_devices_per_user,
+                        )
+                        .map_err(Stop::of)?,
+                    ),
+                    Input::Reconcile => match &self.liveness {
+                        Some(is_connected) => effects(
+                            presence::reconcile(&db, is_connected.as_ref(), now)
+                                .map_err(Stop::of)?,
+                        ),
+                        None => Outcome::default(),
+                    },
+                    Input::Republish => effects(presence::all(&db).map_err(Stop::of)?),
+                    Input::ForgetToken {
+                        platform,
+                        token,
+                        not_after_ms,
+                    } => {
+                        pushes::forget(&db, *platform, token, *not_after_ms).map_err(Stop::of)?;
+                        Outcome::default()
+                    }
+                    // Uploads are kept by each broker node (the catalog is not
+                    // on PostgreSQL yet): nothing of them here.
+                    Input::SweepFiles { .. } => Outcome::default(),
+                };
+                outcomes.push(outcome);
+            }
+            outcomes
+        };
+        Ok(outcomes)
+    }
+}
+
+/// Handles one request in its savepoint: committed with its outcome, or
+/// rolled back and answered with an `error` reply. A conflict with another
+/// transaction or a broken connection stops the run instead (when `tolerate`).
+fn request_in_savepoint(
+    db: &Db<'_>,
+    ctx: &Ctx<'_, '_>,
+    request: &Request,
+    tolerate: bool,
+) -> Result<Outcome, Stop> {
+    let id = request.id().map(|i| i.to_string());
+    db.simple("SAVEPOINT request").map_err(Stop::of)?;
+    let handled = ctx
+        .handle(request.clone())
+        .and_then(|out| fits(out, ctx.limits));
+    match (handled, db.take_fault()) {
+        (Ok(effects), None) => {
+            db.simple("RELEASE SAVEPOINT request").map_err(Stop::of)?;
+            Ok(Outcome {
+                effects,
+                notifications: ctx.pushes.take(),
+            })
+        }
+        (_, Some(Fault::Connection)) => Err(Stop::Connection(
+            "the connection broke in a request".to_owned(),
+        )),
+        (_, Some(Fault::Conflict)) if tolerate => Err(Stop::Conflict),
+        (result, fault) => {
+            db.simple("ROLLBACK TO SAVEPOINT request")
+                .map_err(Stop::of)?;
+            let failure = match result {
+                // A handler that went on after a database error (it should not).
+                Ok(_) => {
+                    error!(?fault, "a request went on after a database error");
+                    Failure::new(
+                        messenger_protocol::wire::ErrorCode::Internal,
+                        "storage failure; retry later",
+                    )
+                }
+                Err(failure) => failure,
+            };
+            Ok(Outcome {
+                effects: vec![Effect::reply(&failure.reply(id))],
+                notifications: Vec::new(),
+            })
+        }
+    }
+}
+
+fn effects(effects: Vec<Effect>) -> Outcome {
+    Outcome {
+        effects,
+        notifications: Vec::new(),
+    }
+}
