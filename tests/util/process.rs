@@ -204,7 +204,21 @@ impl Messenger {
         admin: SocketAddr,
         env: &[(&str, &str)],
     ) -> Server {
-        let log = self.dir.path().join(format!("{role}.log"));
+        self.spawn_named(role, role, mqtt, ws, admin, env)
+    }
+
+    /// [`Messenger::spawn_role`] logging to `<name>.log` (several processes of
+    /// one role, e.g. bridges).
+    pub(crate) fn spawn_named(
+        &self,
+        name: &str,
+        role: &str,
+        mqtt: SocketAddr,
+        ws: SocketAddr,
+        admin: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let log = self.dir.path().join(format!("{name}.log"));
         let mut cmd = self.command(&[role]);
         cmd.env("MESSENGER_BROKER__LISTEN", mqtt.to_string())
             .env("MESSENGER_ADMIN__LISTEN", admin.to_string())

@@ -103,6 +103,8 @@ pub(crate) struct TestServer {
     broker: Broker,
     db: PathBuf,
     bridge: Option<(CancellationToken, JoinHandle<()>)>,
+    /// More bridges on the same database ([`TestServer::add_bridge`]), by instance.
+    more_bridges: Vec<(String, CancellationToken, JoinHandle<()>)>,
     /// The bridge's settings, kept for restarts.
     pub(crate) limits: Limits,
     pub(crate) keepalive_secs: u16,
@@ -162,6 +164,7 @@ impl TestServer {
             broker,
             db,
             bridge: None,
+            more_bridges: Vec::new(),
             limits,
             keepalive_secs,
         };
@@ -261,6 +264,34 @@ impl TestServer {
     /// Starts the bridge (again) on the same storage; returns once it consumes requests.
     pub(crate) async fn start_bridge(&mut self) {
         assert!(self.bridge.is_none(), "the bridge is already running");
+        self.bridge = Some(self.spawn_bridge("main").await);
+    }
+
+    /// Starts one more bridge, `instance`, on the same broker and database
+    /// (PostgreSQL: the bridges share the users); returns once it consumes requests.
+    pub(crate) async fn add_bridge(&mut self, instance: &str) {
+        let (shutdown, task) = self.spawn_bridge(instance).await;
+        self.more_bridges
+            .push((instance.to_owned(), shutdown, task));
+    }
+
+    /// Stops the bridge `instance` that [`TestServer::add_bridge`] started.
+    pub(crate) async fn stop_added_bridge(&mut self, instance: &str) {
+        let at = self
+            .more_bridges
+            .iter()
+            .position(|(name, _, _)| name == instance)
+            .expect("a bridge of that name");
+        let (_, shutdown, task) = self.more_bridges.remove(at);
+        shutdown.cancel();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("bridge stops in time")
+            .expect("bridge task");
+    }
+
+    /// Starts a bridge `instance`; returns once it consumes requests.
+    async fn spawn_bridge(&self, instance: &str) -> (CancellationToken, JoinHandle<()>) {
         let ready = Arc::new(tokio::sync::Notify::new());
         let liveness = match &self.broker {
             Broker::Embedded(b) => Some(b.liveness()),
@@ -271,7 +302,7 @@ impl TestServer {
                 broker: self.addr().to_string(),
                 username: BRIDGE_USER.into(),
                 password: BRIDGE_PASSWORD.into(),
-                instance: "main".into(),
+                instance: instance.into(),
                 keepalive_secs: self.keepalive_secs,
             },
             storage: self.storage(),
@@ -287,10 +318,10 @@ impl TestServer {
                 bridge.run(None, shutdown).await.expect("bridge runs");
             }
         });
-        self.bridge = Some((shutdown, task));
         tokio::time::timeout(PATIENCE, ready.notified())
             .await
             .expect("the bridge subscribes in time");
+        (shutdown, task)
     }
 
     /// Stops the bridge cleanly and waits for it.
@@ -343,6 +374,9 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some((shutdown, _)) = &self.bridge {
+            shutdown.cancel();
+        }
+        for (_, shutdown, _) in &self.more_bridges {
             shutdown.cancel();
         }
     }

@@ -10,7 +10,8 @@
 //! as on SQLite; flags are `BOOLEAN`.
 
 /// Migration steps; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &["
+pub(crate) const MIGRATIONS: &[&str] = &[
+    "
 -- Accounts. Distribution key: the user (`name`, `user`), except where noted.
 CREATE TABLE users (
     name        TEXT PRIMARY KEY,
@@ -180,7 +181,8 @@ CREATE TABLE uploads (
     type       TEXT NOT NULL,
     created_ms BIGINT NOT NULL
 );
-", "
+",
+    "
 -- Several bridges: users are spread over 64 slots (`slots::slot_of`), each
 -- leased to one bridge at a time. A reference table (every node reads it).
 CREATE TABLE bridge_slots (
@@ -197,4 +199,5 @@ CREATE TABLE bridges (
 -- A group event's inbox rows, for a repeated request's redelivery (a query
 -- across users, rare: docs/SCALING.md).
 CREATE INDEX inbox_by_event ON inbox (conv, seq) WHERE rstatus IS NULL;
-"];
+",
+];
