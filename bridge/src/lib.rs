@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_push::DeadToken;
-use messenger_store::{Input, Notify, SqliteStore, Store, StoreError};
+use messenger_store::{postgres, Input, Notify, SqliteStore, Store, StoreError};
 use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -51,6 +51,9 @@ pub enum BridgeError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The PostgreSQL database at `storage.url` could not be used.
+    #[error("storage.url: {0}")]
+    Database(#[from] postgres::PostgresError),
     /// The push service could not be set up.
     #[error(transparent)]
     Push(#[from] PushError),
@@ -313,7 +316,8 @@ impl Bridge {
         Ok(Some((service, dead_rx)))
     }
 
-    /// Opens the SQLite store off the async workers.
+    /// Opens the configured store (SQLite, or PostgreSQL at `storage.url`, its
+    /// schema migrated) off the async workers.
     async fn open_store(
         &self,
         push: Option<messenger_push::Sink>,
@@ -327,15 +331,29 @@ impl Bridge {
             },
             None => Notify::Off,
         };
-        let store = tokio::task::spawn_blocking(move || {
-            SqliteStore::open(&storage, limits, notify, liveness)
+        let store = tokio::task::spawn_blocking(move || -> Result<Box<dyn Store>, BridgeError> {
+            match storage.postgres_url() {
+                Some(url) => {
+                    let mut client = postgres::connect(url)?;
+                    postgres::migrate(&mut client)?;
+                    let url = url.to_owned();
+                    let connect: postgres::Connector =
+                        Box::new(move || postgres::connect(&url).map_err(|e| e.to_string()));
+                    Ok(Box::new(postgres::PostgresStore::new(
+                        client, connect, limits, notify, liveness,
+                    )))
+                }
+                None => Ok(Box::new(SqliteStore::open(
+                    &storage, limits, notify, liveness,
+                )?)),
+            }
         })
         .await
         .map_err(|e| BridgeError::Part {
             part: "store",
             cause: e.to_string(),
         })??;
-        Ok(fault::wrap(Box::new(store), &self.storage.path))
+        Ok(fault::wrap(store, &self.storage.path))
     }
 }
 
