@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_push::DeadToken;
+use messenger_store::slots::Ownership;
 use messenger_store::{postgres, Input, Notify, SqliteStore, Store, StoreError};
 use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, oneshot};
@@ -168,8 +169,9 @@ impl Prepared {
         };
         // Parts stop on `shutdown`, or when one of them fails.
         let shutdown = shutdown.child_token();
+        let ownership = Arc::new(Ownership::all());
         let store = bridge
-            .open_store(push.as_ref().map(|(s, _)| s.sink()))
+            .open_store(push.as_ref().map(|(s, _)| s.sink()), ownership.clone())
             .await?;
         metrics.storage_ok.set(1);
         let (consumer, producer) = bridge.connections(&address);
@@ -195,6 +197,16 @@ impl Prepared {
                 bridge.config.reconcile_every(),
                 Start::AfterOnePeriod,
                 || writer::Work::Store(Input::Reconcile),
+                shutdown.clone(),
+            ));
+        }
+        if bridge.storage.postgres_url().is_some() {
+            // Slot leases renewed on an idle bridge too (see messenger_store::slots).
+            tokio::spawn(periodically(
+                jobs_tx.clone(),
+                postgres::RENEW_EVERY,
+                Start::AfterOnePeriod,
+                || writer::Work::Housekeeping,
                 shutdown.clone(),
             ));
         }
@@ -242,6 +254,7 @@ impl Prepared {
             epoch,
             ready: bridge.ready.clone(),
             subscribed: metrics.subscribed.clone(),
+            ownership,
         };
         intake.run(eventloop, done_rx, shutdown.clone()).await;
         // The intake ends on shutdown, or when the writer is gone (it failed).
@@ -317,11 +330,14 @@ impl Bridge {
     }
 
     /// Opens the configured store (SQLite, or PostgreSQL at `storage.url`, its
-    /// schema migrated) off the async workers.
+    /// schema migrated) off the async workers. On PostgreSQL the bridge shares
+    /// the users with the other bridges: `ownership` follows its share.
     async fn open_store(
         &self,
         push: Option<messenger_push::Sink>,
+        ownership: Arc<Ownership>,
     ) -> Result<Box<dyn Store>, BridgeError> {
+        let instance = self.config.instance.clone();
         let storage = self.storage.clone();
         let limits = self.limits.clone();
         let liveness = self.liveness.clone();
@@ -339,9 +355,14 @@ impl Bridge {
                     let url = url.to_owned();
                     let connect: postgres::Connector =
                         Box::new(move || postgres::connect(&url).map_err(|e| e.to_string()));
+                    ownership.set_none();
+                    let sharing = postgres::Sharing {
+                        instance,
+                        ownership,
+                    };
                     Ok(Box::new(postgres::PostgresStore::new(
-                        client, connect, limits, notify, liveness,
-                    )))
+                        client, connect, limits, notify, liveness, sharing,
+                    )?))
                 }
                 None => Ok(Box::new(SqliteStore::open(
                     &storage, limits, notify, liveness,
