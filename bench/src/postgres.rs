@@ -48,7 +48,8 @@ impl LocalPostgres {
             .and_then(|mut f| f.write_all(password.as_bytes()))
             .context("writing the password file")?;
         if let Some((uid, gid)) = user {
-            chown(&pwfile, Some(uid), Some(gid)).context("handing the password file to postgres")?;
+            chown(&pwfile, Some(uid), Some(gid))
+                .context("handing the password file to postgres")?;
         }
         let out = command(&bin.join("initdb"), user)
             .arg("-D")
@@ -134,7 +135,11 @@ impl LocalPostgres {
         };
         let mut pids = vec![main];
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let parent = std::fs::read_to_string(entry.path().join("stat"))

@@ -35,7 +35,7 @@ pub(crate) enum Backend {
 
 enum Broker {
     /// The embedded broker (its accounts on PostgreSQL for [`Backend::Postgres`]).
-    Embedded(TestBroker),
+    Embedded(Box<TestBroker>),
     Mosquitto {
         broker: Mosquitto,
         _dir: TempDir,
@@ -116,6 +116,23 @@ impl TestServer {
         Self::build(backend, users, unlimited(), 30).await
     }
 
+    /// A broker and a bridge on the PostgreSQL database at `url` (a test's own
+    /// server, e.g. one it restarts).
+    pub(crate) async fn start_on_postgres(url: String, users: &[(&str, &str)]) -> Self {
+        let broker = TestBroker::start().postgres(url).users(users).await;
+        let db = broker.db_path();
+        let mut server = Self {
+            broker: Broker::Embedded(Box::new(broker)),
+            db,
+            bridge: None,
+            more_bridges: Vec::new(),
+            limits: unlimited(),
+            keepalive_secs: 30,
+        };
+        server.start_bridge().await;
+        server
+    }
+
     /// Like [`TestServer::start`], with the bridge's limits and keepalive (which
     /// is also how often presence is reconciled with the embedded broker).
     pub(crate) async fn build(
@@ -128,13 +145,13 @@ impl TestServer {
             Backend::Embedded => {
                 let broker = TestBroker::start().users(users).await;
                 let db = broker.db_path();
-                (Broker::Embedded(broker), db)
+                (Broker::Embedded(Box::new(broker)), db)
             }
             Backend::Postgres => {
                 let url = super::postgres::database();
                 let broker = TestBroker::start().postgres(url).users(users).await;
                 let db = broker.db_path();
-                (Broker::Embedded(broker), db)
+                (Broker::Embedded(Box::new(broker)), db)
             }
             Backend::Mosquitto => {
                 let users: Vec<(String, String)> = users
