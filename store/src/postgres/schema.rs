@@ -10,7 +10,8 @@
 //! as on SQLite; flags are `BOOLEAN`.
 
 /// Migration steps; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &["
+pub(crate) const MIGRATIONS: &[&str] = &[
+    "
 -- Accounts. Distribution key: the user (`name`, `user`), except where noted.
 CREATE TABLE users (
     name        TEXT PRIMARY KEY,
@@ -180,4 +181,14 @@ CREATE TABLE uploads (
     type       TEXT NOT NULL,
     created_ms BIGINT NOT NULL
 );
-"];
+",
+    "
+-- Search: a trigram index on the text of the messages that are not deleted,
+-- which `ILIKE` on each word of a query reads (`engine::search`). `pg_trgm` is
+-- a trusted extension (PostgreSQL 13 on): the database's owner, or any role
+-- with CREATE on it, may create it.
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE INDEX events_text ON events USING gin (body gin_trgm_ops)
+    WHERE kind = 'message' AND NOT deleted;
+",
+];
