@@ -1,6 +1,6 @@
 //! The configured PostgreSQL database (`storage.backend = "postgres"`): connecting
-//! to `storage.url` with its schema brought up to date, the account store in it,
-//! and the refusal of the servers, whose engine on PostgreSQL is not built yet.
+//! to `storage.url` with its schema brought up to date, and the account store
+//! on the configured engine.
 
 use anyhow::Context;
 use messenger_accounts::Accounts;
@@ -43,18 +43,12 @@ pub(crate) fn accounts(settings: &Settings) -> anyhow::Result<Accounts> {
     }
 }
 
-/// `serve`, `broker` and `bridge` on PostgreSQL: the database is checked without
-/// writing to it (so a bad `storage.url` says what is wrong with it), then the
-/// start is refused, as bad configuration, before anything listens.
-pub(crate) fn refuse_servers(settings: &Settings, command: &str) -> anyhow::Result<()> {
-    let Some(url) = settings.storage.postgres_url() else {
-        return Ok(());
-    };
-    let mut client = postgres::connect(url).map_err(failure)?;
-    postgres::check(&mut client).map_err(failure)?;
-    Err(config_failure(anyhow::anyhow!(
-        "storage.backend = \"postgres\": `messenger {command}` does not run on PostgreSQL yet \
-         (the engine that handles requests there is not built); `messenger user` and \
-         `messenger migrate` do. Use storage.backend = \"sqlite\" to serve"
-    )))
+/// `serve`, `broker` and `bridge` on PostgreSQL: the database at `storage.url`
+/// is reached and its schema brought up to date before anything listens, so a
+/// bad `storage.url` is bad configuration (exit 64) naming the key.
+pub(crate) fn check(settings: &Settings) -> anyhow::Result<()> {
+    if let Some(url) = settings.storage.postgres_url() {
+        open(url)?;
+    }
+    Ok(())
 }

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
-use messenger_accounts::Accounts;
 use messenger_broker::{Certificates, ServiceAccount};
 use rand::RngCore;
 use std::time::Duration;
@@ -25,7 +23,7 @@ use crate::settings::Settings;
 
 /// Broker and bridge in one process; the bridge signs in with a password generated for this run.
 pub(crate) fn serve(settings: Settings) -> anyhow::Result<()> {
-    crate::database::refuse_servers(&settings, "serve")?;
+    crate::database::check(&settings)?;
     let password = if settings.bridge.password.is_empty() {
         let mut raw = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut raw);
@@ -38,7 +36,7 @@ pub(crate) fn serve(settings: Settings) -> anyhow::Result<()> {
 
 /// The broker alone; the bridge's credentials come from `bridge.username` / `bridge.password`.
 pub(crate) fn broker_only(settings: Settings) -> anyhow::Result<()> {
-    crate::database::refuse_servers(&settings, "broker")?;
+    crate::database::check(&settings)?;
     if settings.bridge.password.is_empty() {
         info!("bridge.password is empty: no bridge can sign in to this broker");
     }
@@ -51,7 +49,7 @@ pub(crate) fn broker_only(settings: Settings) -> anyhow::Result<()> {
 
 /// The bridge alone, against the broker at `bridge.broker` (any MQTT 3.1.1 broker).
 pub(crate) fn bridge_only(settings: Settings) -> anyhow::Result<()> {
-    crate::database::refuse_servers(&settings, "bridge")?;
+    crate::database::check(&settings)?;
     let prepared = bridge(&settings).prepare().map_err(config_failure)?;
     let listener = admin::bind(&settings.admin).map_err(config_failure)?;
     let mut admin = Admin::new(settings.storage.path.clone());
@@ -196,8 +194,7 @@ fn run_broker(
     };
     let listener = admin::bind(&settings.admin).map_err(config_failure)?;
     let path = &settings.storage.path;
-    let accounts =
-        Arc::new(Accounts::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let accounts = Arc::new(crate::database::accounts(settings)?);
     let service = ServiceAccount {
         username: settings.bridge.username.clone(),
         password: service_password,

@@ -234,11 +234,9 @@ async fn user_commands_run_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_refuse_every_bad_storage_url_with_the_key_named() {
     let messenger = Messenger::new();
-    let good = postgres::database();
     let (bad, _) = postgres::bad_urls();
     let mut cases = vec![(String::new(), "be set when storage.backend")];
     cases.extend(bad);
-    cases.push((good, "does not run on PostgreSQL yet"));
     for command in ["serve", "broker", "bridge"] {
         for (url, says) in &cases {
             let out = on_postgres(&messenger, url, &[command]).await;
@@ -250,17 +248,50 @@ async fn servers_refuse_every_bad_storage_url_with_the_key_named() {
             );
         }
     }
-    // Checking the database wrote nothing to it.
-    let tables: i64 = blocking(|| {
-        let mut client = ::postgres::Client::connect(&cases[cases.len() - 1].0, ::postgres::NoTls)
-            .expect("connect");
+}
+
+/// `messenger serve` on PostgreSQL: the schema is made at start, devices
+/// chat, and what they said is in the database (no SQLite file is made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_on_postgres() {
+    let messenger = Messenger::new();
+    let url = postgres::database();
+    for user in ["alice", "bob"] {
+        on_postgres(&messenger, &url, &["user", "add", user, "--password", "pw"])
+            .await
+            .ok();
+    }
+    let env = [
+        ("MESSENGER_STORAGE__BACKEND", "postgres"),
+        ("MESSENGER_STORAGE__URL", url.as_str()),
+    ];
+    let mut server = messenger.spawn_role(
+        "serve",
+        crate::util::process::free_addr_below_ephemeral(),
+        crate::util::process::free_addr(),
+        crate::util::process::free_addr(),
+        &env,
+    );
+    server.wait_until_accepting().await;
+    let (alice, _alice_events) = server.library("alice", "phone").await;
+    let (_bob, mut bob_events) = server.library("bob", "phone").await;
+    let conv = messenger_protocol::ConvId::parse("dm:alice:bob").expect("conv");
+    let ack = alice.send(&conv, "over postgres").await.expect("ack");
+    assert_eq!(ack.seq, 1);
+    let got = crate::util::server::next_message(&mut bob_events).await;
+    assert_eq!((got.seq, got.body.as_str()), (1, "over postgres"));
+    let stored: String = blocking(|| {
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
         client
             .query_one(
-                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+                "SELECT body FROM events WHERE conv = 'dm:alice:bob' AND seq = 1",
                 &[],
             )
-            .expect("count")
+            .expect("the message is stored")
             .get(0)
     });
-    assert_eq!(tables, 0, "the refused start wrote nothing");
+    assert_eq!(stored, "over postgres");
+    assert!(!messenger.db().exists(), "no SQLite file was made");
+    server.terminate();
+    assert!(server.exit_status(crate::util::PATIENCE).await.success());
 }

@@ -6,8 +6,14 @@ use messenger_client::{ClientError, ClientEvent, HistoryItem};
 use messenger_protocol::wire::{ErrorCode, Event, Request, RequestId};
 use messenger_protocol::ConvId;
 
-use crate::util::server::{expect, next_message, Backend, TestServer};
+use crate::util::server::{expect, next_message, on_both_engines, Backend, TestServer};
 use crate::util::uid;
+
+on_both_engines!(
+    a_group_lives_its_whole_life,
+    group_limits_hold,
+    bursts_of_group_messages_never_stall_the_bridge,
+);
 
 const USERS: &[(&str, &str)] = &[
     ("alice", "pw-a"),
@@ -59,10 +65,9 @@ async fn member_event(
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_lives_its_whole_life() {
+async fn a_group_lives_its_whole_life(backend: Backend) {
     let mut server = TestServer::build(
-        Backend::Embedded,
+        backend,
         USERS,
         Limits {
             max_group_members: 4,
@@ -258,10 +263,9 @@ async fn a_group_lives_its_whole_life() {
     assert_eq!(members, [uid("alice"), uid("dave")]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_limits_hold() {
+async fn group_limits_hold(backend: Backend) {
     let server = TestServer::build(
-        Backend::Embedded,
+        backend,
         USERS,
         Limits {
             max_group_members: 3,
@@ -323,9 +327,8 @@ async fn group_limits_hold() {
 /// inboxes at once. On one MQTT connection the bridge's acks to the broker
 /// would queue behind those publishes until both sides stalled for good; the
 /// bridge publishes and acks on separate connections, so all are acked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bursts_of_group_messages_never_stall_the_bridge() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn bursts_of_group_messages_never_stall_the_bridge(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let (alice, _a) = server.device("alice", "pw-a", "phone").await;
     let (bob, _b) = server.device("bob", "pw-b", "phone").await;
     let (carol, mut carol_events) = server.device("carol", "pw-c", "phone").await;

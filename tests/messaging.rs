@@ -8,7 +8,9 @@ use messenger_protocol::wire::{ErrorCode, Event, ReceiptStatus, Request, Request
 use messenger_protocol::ConvId;
 use serde_json::Value;
 
-use crate::util::server::{expect, next_message, on_both_brokers, Backend, TestServer};
+use crate::util::server::{
+    expect, next_message, on_both_brokers, on_both_engines, Backend, TestServer,
+};
 use crate::util::{uid, PATIENCE};
 
 const USERS: &[(&str, &str)] = &[
@@ -25,6 +27,16 @@ on_both_brokers!(
     send_is_acked_and_reaches_every_device,
     repeated_send_stores_once,
     unread_and_read_receipts
+);
+
+on_both_engines!(
+    offline_device_catches_up_without_gaps_or_repeats,
+    a_websocket_device_chats_like_any_other,
+    sync_from_a_cursor_and_history_pages,
+    history_and_seq_continue_across_a_bridge_restart,
+    a_repeated_request_is_delivered_again_with_the_same_useqs,
+    every_kind_of_bad_input_is_refused_and_changes_nothing,
+    refusals_surface_as_typed_errors,
 );
 
 async fn send_is_acked_and_reaches_every_device(backend: Backend) {
@@ -134,9 +146,8 @@ async fn unread_and_read_receipts(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_device_catches_up_without_gaps_or_repeats() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn offline_device_catches_up_without_gaps_or_repeats(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let (alice, _a) = server.device("alice", "alice-pw", "phone").await;
     let conv = dm("alice", "bob");
     alice.send(&conv, "before").await.expect("ack");
@@ -167,9 +178,8 @@ async fn offline_device_catches_up_without_gaps_or_repeats() {
     assert_eq!(next_message(&mut bob_events).await.body, "control");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_device_chats_like_any_other() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn a_websocket_device_chats_like_any_other(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let ws = server.ws_addr().to_string();
     let (alice, mut alice_events) = server
         .device_with("alice", "alice-pw", "browser", |c| {
@@ -193,9 +203,8 @@ async fn a_websocket_device_chats_like_any_other() {
     assert_eq!((m.seq, m.body.as_str()), (2, "over tcp"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_from_a_cursor_and_history_pages() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn sync_from_a_cursor_and_history_pages(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let (alice, _a) = server.device("alice", "alice-pw", "phone").await;
     let conv = dm("alice", "bob");
     for i in 1..=5 {
@@ -238,9 +247,8 @@ async fn sync_from_a_cursor_and_history_pages() {
     assert!(!page.more);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_and_seq_continue_across_a_bridge_restart() {
-    let mut server = TestServer::start(Backend::Embedded, USERS).await;
+async fn history_and_seq_continue_across_a_bridge_restart(backend: Backend) {
+    let mut server = TestServer::start(backend, USERS).await;
     let (alice, _a) = server.device("alice", "alice-pw", "phone").await;
     let conv = dm("alice", "bob");
     alice.send(&conv, "one").await.expect("ack");
@@ -276,9 +284,8 @@ async fn alice_sends(
     (mine, serde_json::from_str(&body).expect("json"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_repeated_request_is_delivered_again_with_the_same_useqs() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn a_repeated_request_is_delivered_again_with_the_same_useqs(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let mut alice = server
         .raw("alice:raw", "alice-pw")
         .connect()
@@ -353,9 +360,8 @@ async fn a_repeated_request_is_delivered_again_with_the_same_useqs() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn every_kind_of_bad_input_is_refused_and_changes_nothing(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let mut raw = server
         .raw("alice:raw", "alice-pw")
         .connect()
@@ -520,9 +526,8 @@ async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refusals_surface_as_typed_errors() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn refusals_surface_as_typed_errors(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let (alice, _a) = server.device("alice", "alice-pw", "phone").await;
     match alice.send(&dm("bob", "carol"), "x").await {
         Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::NotMember),

@@ -7,8 +7,16 @@ use messenger_client::ClientEvent;
 use messenger_protocol::wire::Status;
 
 use crate::util::proxy::FreezingProxy;
-use crate::util::server::{expect, Backend, TestServer};
+use crate::util::server::{expect, on_both_engines, Backend, TestServer};
 use crate::util::{uid, PATIENCE};
+
+on_both_engines!(
+    user_goes_offline_only_when_the_last_device_goes,
+    a_half_open_connection_is_declared_dead,
+    a_clean_disconnect_turns_the_user_offline,
+    status_is_right_after_a_bridge_restart,
+    a_device_without_a_connection_is_reconciled_offline,
+);
 
 const USERS: &[(&str, &str)] = &[("alice", "alice-pw"), ("bob", "bob-pw")];
 
@@ -56,22 +64,9 @@ async fn device(
 
 /// Polls the bridge's device table until `device` has the state `online`.
 async fn bridge_sees(server: &TestServer, device: &str, online: bool) {
-    let db = server.db().clone();
-    let device = device.to_owned();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let (db2, device2) = (db.clone(), device.clone());
-        let state: Option<bool> = tokio::task::spawn_blocking(move || {
-            let conn = rusqlite::Connection::open(db2).ok()?;
-            conn.query_row(
-                "SELECT online FROM devices WHERE user = 'alice' AND device = ?1",
-                [device2],
-                |r| r.get(0),
-            )
-            .ok()
-        })
-        .await
-        .expect("join");
+        let state = server.device_online("alice", device).await;
         if state == Some(online) {
             return;
         }
@@ -83,9 +78,8 @@ async fn bridge_sees(server: &TestServer, device: &str, online: bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_goes_offline_only_when_the_last_device_goes() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn user_goes_offline_only_when_the_last_device_goes(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
     bob.subscribe_status(&uid("alice"))
         .await
@@ -121,9 +115,8 @@ async fn user_goes_offline_only_when_the_last_device_goes() {
     assert!(status(&mut bob_events, true).await.online);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_half_open_connection_is_declared_dead() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn a_half_open_connection_is_declared_dead(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
     bob.subscribe_status(&uid("alice"))
         .await
@@ -138,9 +131,8 @@ async fn a_half_open_connection_is_declared_dead() {
     assert!(offline.last_seen.expect("last_seen") >= frozen_at + 1_000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clean_disconnect_turns_the_user_offline() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn a_clean_disconnect_turns_the_user_offline(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
     bob.subscribe_status(&uid("alice"))
         .await
@@ -153,9 +145,8 @@ async fn a_clean_disconnect_turns_the_user_offline() {
     status(&mut bob_events, true).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_is_right_after_a_bridge_restart() {
-    let mut server = TestServer::build(Backend::Embedded, USERS, Default::default(), 1).await;
+async fn status_is_right_after_a_bridge_restart(backend: Backend) {
+    let mut server = TestServer::build(backend, USERS, Default::default(), 1).await;
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
     bob.subscribe_status(&uid("alice"))
         .await
@@ -171,27 +162,21 @@ async fn status_is_right_after_a_bridge_restart() {
     status(&mut bob_events, false).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_without_a_connection_is_reconciled_offline() {
+async fn a_device_without_a_connection_is_reconciled_offline(backend: Backend) {
     // The bridge's table says online, but the broker has no such connection (as
     // after the whole server restarted): within one keepalive period it is corrected.
-    let mut server = TestServer::build(Backend::Embedded, USERS, Default::default(), 1).await;
+    let mut server = TestServer::build(backend, USERS, Default::default(), 1).await;
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
     bob.subscribe_status(&uid("alice"))
         .await
         .expect("subscribe");
     server.stop_bridge().await;
-    let db = server.db().clone();
-    tokio::task::spawn_blocking(move || {
-        let conn = rusqlite::Connection::open(db).expect("db");
-        conn.execute_batch(
-            "INSERT INTO devices (user, device, online, changed_ms) VALUES ('alice', 'ghost', 1, 0);
-             INSERT INTO presence (user, online, last_seen) VALUES ('alice', 1, NULL);",
+    server
+        .execute(
+            "INSERT INTO devices (\"user\", device, online, changed_ms) VALUES ('alice', 'ghost', TRUE, 0);
+             INSERT INTO presence (\"user\", online, last_seen) VALUES ('alice', TRUE, NULL);",
         )
-        .expect("seed");
-    })
-    .await
-    .expect("join");
+        .await;
     server.start_bridge().await;
     let offline = status(&mut bob_events, false).await;
     assert!(offline.last_seen.is_some());

@@ -13,8 +13,16 @@ use messenger_protocol::wire::{ErrorCode, Event, Request};
 use messenger_protocol::ConvId;
 use serde_json::{json, Value};
 
-use crate::util::server::{expect, next_message, Backend, TestServer};
+use crate::util::server::{expect, next_message, on_both_engines, Backend, TestServer};
 use crate::util::uid;
+
+on_both_engines!(
+    replies_edits_deletions_and_reactions_are_timeline_events,
+    repeats_with_the_same_id_are_idempotent,
+    two_devices_see_the_same_state_after_sync_and_a_bridge_restart,
+    search_finds_words_inside_text_without_spaces_and_in_any_case,
+    a_former_group_members_search_stops_at_their_leaving,
+);
 
 const USERS: &[(&str, &str)] = &[
     ("alice", "pw-a"),
@@ -79,9 +87,8 @@ async fn found(client: &Client, query: &str, conv: Option<&ConvId>) -> Vec<(u64,
     page.results.into_iter().map(|m| (m.seq, m.body)).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_edits_deletions_and_reactions_are_timeline_events() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn replies_edits_deletions_and_reactions_are_timeline_events(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let (alice, mut alice_events) = server.device("alice", "pw-a", "phone").await;
     let (bob, mut bob_events) = server.device("bob", "pw-b", "phone").await;
     let conv = dm("alice", "bob");
@@ -281,9 +288,8 @@ async fn every_refusal_of_the_contract_changes_nothing() {
     alice.delete(&conv, 1).await.expect("delete any time");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeats_with_the_same_id_are_idempotent() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn repeats_with_the_same_id_are_idempotent(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let mut raw = server
         .raw("alice:raw", "pw-a")
         .connect()
@@ -348,9 +354,8 @@ async fn events_until(events: &mut EventStream, useq: u64) -> Vec<ClientEvent> {
     seen
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_devices_see_the_same_state_after_sync_and_a_bridge_restart() {
-    let mut server = TestServer::start(Backend::Embedded, USERS).await;
+async fn two_devices_see_the_same_state_after_sync_and_a_bridge_restart(backend: Backend) {
+    let mut server = TestServer::start(backend, USERS).await;
     let (phone, mut phone_events) = server.device("alice", "pw-a", "phone").await;
     let (bob, _bob_events) = server.device("bob", "pw-b", "phone").await;
     let conv = dm("alice", "bob");
@@ -452,9 +457,8 @@ async fn phone_events_last_useq(client: &Client) -> u64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_finds_words_inside_text_without_spaces_and_in_any_case() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn search_finds_words_inside_text_without_spaces_and_in_any_case(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let (alice, _alice_events) = server.device("alice", "pw-a", "phone").await;
     let (bob, _bob_events) = server.device("bob", "pw-b", "phone").await;
     let (carol, _carol_events) = server.device("carol", "pw-c", "phone").await;
@@ -533,9 +537,8 @@ async fn search_finds_words_inside_text_without_spaces_and_in_any_case() {
     assert_eq!(found(&bob, "world", None).await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_former_group_members_search_stops_at_their_leaving() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn a_former_group_members_search_stops_at_their_leaving(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let (alice, _alice_events) = server.device("alice", "pw-a", "phone").await;
     let (carol, _carol_events) = server.device("carol", "pw-c", "phone").await;
     let (dave, _dave_events) = server.device("dave", "pw-d", "phone").await;

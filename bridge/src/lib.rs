@@ -32,7 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_push::DeadToken;
-use messenger_store::{Input, Notify, SqliteStore, Store, StoreError};
+use messenger_store::slots::Ownership;
+use messenger_store::{postgres, Input, Notify, SqliteStore, Store, StoreError};
 use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -51,6 +52,9 @@ pub enum BridgeError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The PostgreSQL database at `storage.url` could not be used.
+    #[error("storage.url: {0}")]
+    Database(#[from] postgres::PostgresError),
     /// The push service could not be set up.
     #[error(transparent)]
     Push(#[from] PushError),
@@ -165,8 +169,9 @@ impl Prepared {
         };
         // Parts stop on `shutdown`, or when one of them fails.
         let shutdown = shutdown.child_token();
+        let ownership = Arc::new(Ownership::all());
         let store = bridge
-            .open_store(push.as_ref().map(|(s, _)| s.sink()))
+            .open_store(push.as_ref().map(|(s, _)| s.sink()), ownership.clone())
             .await?;
         metrics.storage_ok.set(1);
         let (consumer, producer) = bridge.connections(&address);
@@ -192,6 +197,16 @@ impl Prepared {
                 bridge.config.reconcile_every(),
                 Start::AfterOnePeriod,
                 || writer::Work::Store(Input::Reconcile),
+                shutdown.clone(),
+            ));
+        }
+        if bridge.storage.postgres_url().is_some() {
+            // Slot leases renewed on an idle bridge too (see messenger_store::slots).
+            tokio::spawn(periodically(
+                jobs_tx.clone(),
+                postgres::RENEW_EVERY,
+                Start::AfterOnePeriod,
+                || writer::Work::Housekeeping,
                 shutdown.clone(),
             ));
         }
@@ -239,6 +254,7 @@ impl Prepared {
             epoch,
             ready: bridge.ready.clone(),
             subscribed: metrics.subscribed.clone(),
+            ownership,
         };
         intake.run(eventloop, done_rx, shutdown.clone()).await;
         // The intake ends on shutdown, or when the writer is gone (it failed).
@@ -313,11 +329,15 @@ impl Bridge {
         Ok(Some((service, dead_rx)))
     }
 
-    /// Opens the SQLite store off the async workers.
+    /// Opens the configured store (SQLite, or PostgreSQL at `storage.url`, its
+    /// schema migrated) off the async workers. On PostgreSQL the bridge shares
+    /// the users with the other bridges: `ownership` follows its share.
     async fn open_store(
         &self,
         push: Option<messenger_push::Sink>,
+        ownership: Arc<Ownership>,
     ) -> Result<Box<dyn Store>, BridgeError> {
+        let instance = self.config.instance.clone();
         let storage = self.storage.clone();
         let limits = self.limits.clone();
         let liveness = self.liveness.clone();
@@ -327,15 +347,34 @@ impl Bridge {
             },
             None => Notify::Off,
         };
-        let store = tokio::task::spawn_blocking(move || {
-            SqliteStore::open(&storage, limits, notify, liveness)
+        let store = tokio::task::spawn_blocking(move || -> Result<Box<dyn Store>, BridgeError> {
+            match storage.postgres_url() {
+                Some(url) => {
+                    let mut client = postgres::connect(url)?;
+                    postgres::migrate(&mut client)?;
+                    let url = url.to_owned();
+                    let connect: postgres::Connector =
+                        Box::new(move || postgres::connect(&url).map_err(|e| e.to_string()));
+                    ownership.set_none();
+                    let sharing = postgres::Sharing {
+                        instance,
+                        ownership,
+                    };
+                    Ok(Box::new(postgres::PostgresStore::new(
+                        client, connect, limits, notify, liveness, sharing,
+                    )?))
+                }
+                None => Ok(Box::new(SqliteStore::open(
+                    &storage, limits, notify, liveness,
+                )?)),
+            }
         })
         .await
         .map_err(|e| BridgeError::Part {
             part: "store",
             cause: e.to_string(),
         })??;
-        Ok(fault::wrap(Box::new(store), &self.storage.path))
+        Ok(fault::wrap(store, &self.storage.path))
     }
 }
 

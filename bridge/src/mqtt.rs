@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::writer::{Batch, Job, Work};
+use messenger_store::slots::Ownership;
 
 /// The intake's state across (re)connections.
 pub(crate) struct Intake {
@@ -34,6 +35,9 @@ pub(crate) struct Intake {
     pub(crate) ready: Option<Arc<Notify>>,
     /// 1 from a successful subscription until the connection is lost (readiness).
     pub(crate) subscribed: prometheus_client::metrics::gauge::Gauge,
+    /// The users this bridge handles (all of them unless several bridges share
+    /// a database); the others' publishes are acked and passed over.
+    pub(crate) ownership: Arc<Ownership>,
 }
 
 /// What to do after an event of the consumer connection.
@@ -134,7 +138,14 @@ impl Intake {
         if self.jobs.is_none() {
             return Next::Continue;
         }
-        let work = work_of(&publish);
+        let work = match work_of(&publish) {
+            Work::Request { user, .. } | Work::Store(Input::Presence { user, .. })
+                if !self.ownership.owns(&user) =>
+            {
+                Work::Skip
+            }
+            work => work,
+        };
         if self.queue(work, Some(publish)) {
             Next::Continue
         } else {

@@ -16,6 +16,7 @@
 //! - `outcome`: [`Outcome`], [`Effect`], [`Notification`].
 //! - `failure`: [`Failure`], why a request failed.
 //! - `rate`: per-user rate limits (sends, group creations, token requests).
+//! - [`slots`]: which users a bridge handles when several share a database.
 //! - [`sqlite`]: the SQLite engine ([`SqliteStore`]).
 //! - [`postgres`]: PostgreSQL: connecting, the schema and its migrations, and
 //!   copying a SQLite install into it.
@@ -26,6 +27,7 @@ mod outcome;
 pub mod postgres;
 mod rate;
 mod rows;
+pub mod slots;
 pub mod sqlite;
 
 use std::path::PathBuf;

@@ -97,6 +97,8 @@ pub(crate) struct TestBroker {
     /// Declared first so it stops before the directory goes away.
     broker: RunningBroker,
     accounts: Arc<Accounts>,
+    /// The PostgreSQL database holding the accounts, when not the SQLite file.
+    postgres: Option<String>,
     /// Holds the SQLite file.
     _dir: TempDir,
 }
@@ -105,6 +107,8 @@ pub(crate) struct TestBroker {
 pub(crate) struct TestBrokerBuilder {
     users: Vec<(String, String)>,
     config: BrokerConfig,
+    /// A PostgreSQL database for the accounts (see [`TestBrokerBuilder::postgres`]).
+    postgres: Option<String>,
 }
 
 impl TestBroker {
@@ -123,6 +127,7 @@ impl TestBroker {
                 max_connections_per_ip: 0,
                 ..BrokerConfig::default()
             },
+            postgres: None,
         }
     }
 
@@ -167,6 +172,11 @@ impl TestBroker {
         self._dir.path().join("messenger.db")
     }
 
+    /// The PostgreSQL database of the accounts, if they are not in the SQLite file.
+    pub(crate) fn postgres_url(&self) -> Option<&str> {
+        self.postgres.as_deref()
+    }
+
     /// What the bridge asks to reconcile presence with open connections.
     pub(crate) fn liveness(&self) -> messenger_bridge::Liveness {
         let liveness = self.broker.liveness();
@@ -197,6 +207,13 @@ impl TestBrokerBuilder {
         self
     }
 
+    /// Keeps the accounts in the PostgreSQL database at `url` (its schema is
+    /// migrated) instead of the SQLite file.
+    pub(crate) fn postgres(mut self, url: String) -> Self {
+        self.postgres = Some(url);
+        self
+    }
+
     /// Changes the broker's settings.
     pub(crate) fn config(mut self, edit: impl FnOnce(&mut BrokerConfig)) -> Self {
         edit(&mut self.config);
@@ -208,8 +225,17 @@ impl TestBrokerBuilder {
     fn start_blocking(self) -> TestBroker {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
-        let accounts =
-            Arc::new(Accounts::open(&dir.path().join("messenger.db")).expect("account store"));
+        let accounts = Arc::new(match &self.postgres {
+            Some(url) => {
+                let mut client = messenger_store::postgres::connect(url).expect("connect");
+                messenger_store::postgres::migrate(&mut client).expect("migrate");
+                let url = url.clone();
+                let reconnect =
+                    move || messenger_store::postgres::connect(&url).map_err(|e| e.to_string());
+                Accounts::on_postgres(client, Box::new(reconnect)).expect("account store")
+            }
+            None => Accounts::open(&dir.path().join("messenger.db")).expect("account store"),
+        });
         for (name, password) in &self.users {
             accounts
                 .add(&uid(name), password)
@@ -224,6 +250,7 @@ impl TestBrokerBuilder {
         TestBroker {
             broker,
             accounts,
+            postgres: self.postgres,
             _dir: dir,
         }
     }

@@ -11,6 +11,7 @@ use messenger_accounts::Accounts;
 use messenger_bridge::config::{BridgeConfig, Durability, Limits, StorageConfig};
 use messenger_bridge::Bridge;
 use messenger_client::{ClientConfig, ClientEvent, EventStream};
+use messenger_store::config::Backend as Engine;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,22 +21,30 @@ use super::{
     did, uid, ClientOptions, TestBroker, Transport, BRIDGE_PASSWORD, BRIDGE_USER, PATIENCE,
 };
 
-/// Which broker the bridge and devices meet on.
+/// Which broker the bridge and devices meet on, and where the bridge stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
-    /// The embedded rumqttd broker with our sign-in and ACL.
+    /// The embedded rumqttd broker with our sign-in and ACL; SQLite.
     Embedded,
-    /// Mosquitto with a password file and the generated pattern ACL.
+    /// Mosquitto with a password file and the generated pattern ACL; SQLite.
     Mosquitto,
+    /// The embedded broker; accounts and storage on PostgreSQL (a database of
+    /// the test binary's shared server).
+    Postgres,
 }
 
 enum Broker {
+    /// The embedded broker (its accounts on PostgreSQL for [`Backend::Postgres`]).
     Embedded(TestBroker),
-    Mosquitto { broker: Mosquitto, _dir: TempDir },
+    Mosquitto {
+        broker: Mosquitto,
+        _dir: TempDir,
+    },
 }
 
-/// Runs one test body against both brokers: `on_both_brokers!(name)` next to
-/// `async fn name(backend: Backend)` yields `name::embedded` and `name::mosquitto`.
+/// Runs one test body against both brokers and both engines:
+/// `on_both_brokers!(name)` next to `async fn name(backend: Backend)` yields
+/// `name::embedded`, `name::mosquitto` and `name::postgres`.
 macro_rules! on_both_brokers {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -48,10 +57,35 @@ macro_rules! on_both_brokers {
             async fn mosquitto() {
                 super::$name($crate::util::server::Backend::Mosquitto).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::util::server::Backend::Postgres).await;
+            }
         }
     )*};
 }
 pub(crate) use on_both_brokers;
+
+/// Runs one test body on both storage engines (the embedded broker):
+/// `on_both_engines!(name)` next to `async fn name(backend: Backend)` yields
+/// `name::sqlite` and `name::postgres`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::util::server::Backend::Embedded).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::util::server::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_engines;
 
 /// The default limits with the per-user rate limits off: tests send far faster
 /// than a person (tests/limits.rs turns them on).
@@ -91,6 +125,12 @@ impl TestServer {
         let (broker, db) = match backend {
             Backend::Embedded => {
                 let broker = TestBroker::start().users(users).await;
+                let db = broker.db_path();
+                (Broker::Embedded(broker), db)
+            }
+            Backend::Postgres => {
+                let url = super::postgres::database();
+                let broker = TestBroker::start().postgres(url).users(users).await;
                 let db = broker.db_path();
                 (Broker::Embedded(broker), db)
             }
@@ -152,7 +192,73 @@ impl TestServer {
         &self.db
     }
 
-    /// Starts the bridge (again) on the same SQLite file; returns once it consumes requests.
+    /// The PostgreSQL database, for [`Backend::Postgres`].
+    pub(crate) fn postgres_url(&self) -> Option<&str> {
+        match &self.broker {
+            Broker::Embedded(b) => b.postgres_url(),
+            Broker::Mosquitto { .. } => None,
+        }
+    }
+
+    /// Runs `sql` (statements without parameters, written for both engines:
+    /// `"user"` quoted, `TRUE`/`FALSE` for flags) on the bridge's database.
+    pub(crate) async fn execute(&self, sql: &str) {
+        let sql = sql.to_owned();
+        match self.postgres_url().map(str::to_owned) {
+            Some(url) => super::postgres::blocking(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+                client.batch_execute(&sql).expect("statements run");
+            }),
+            None => {
+                let db = self.db.clone();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(db).expect("open the database");
+                    conn.execute_batch(&sql).expect("statements run");
+                })
+                .await
+                .expect("join");
+            }
+        }
+    }
+
+    /// Whether the bridge's devices table has `user`'s `device` online (None: no row).
+    pub(crate) async fn device_online(&self, user: &str, device: &str) -> Option<bool> {
+        let (user, device) = (user.to_owned(), device.to_owned());
+        const SQL: &str = "SELECT online FROM devices WHERE \"user\" = $1 AND device = $2";
+        match self.postgres_url().map(str::to_owned) {
+            Some(url) => super::postgres::blocking(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).ok()?;
+                let row = client.query_opt(SQL, &[&user, &device]).ok()??;
+                row.try_get(0).ok()
+            }),
+            None => {
+                let db = self.db.clone();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(db).ok()?;
+                    conn.query_row(&SQL.replace('$', "?"), [user, device], |r| r.get(0))
+                        .ok()
+                })
+                .await
+                .expect("join")
+            }
+        }
+    }
+
+    /// The bridge's storage: the SQLite file, or the PostgreSQL database.
+    fn storage(&self) -> StorageConfig {
+        StorageConfig {
+            path: self.db.clone(),
+            durability: Durability::Fsync,
+            backend: match self.postgres_url() {
+                Some(_) => Engine::Postgres,
+                None => Engine::Sqlite,
+            },
+            url: self.postgres_url().map(str::to_owned),
+            ..StorageConfig::default()
+        }
+    }
+
+    /// Starts the bridge (again) on the same storage; returns once it consumes requests.
     pub(crate) async fn start_bridge(&mut self) {
         assert!(self.bridge.is_none(), "the bridge is already running");
         let ready = Arc::new(tokio::sync::Notify::new());
@@ -168,11 +274,7 @@ impl TestServer {
                 instance: "main".into(),
                 keepalive_secs: self.keepalive_secs,
             },
-            storage: StorageConfig {
-                path: self.db.clone(),
-                durability: Durability::Fsync,
-                ..StorageConfig::default()
-            },
+            storage: self.storage(),
             limits: self.limits.clone(),
             liveness,
             ready: Some(ready.clone()),

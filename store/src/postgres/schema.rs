@@ -183,6 +183,24 @@ CREATE TABLE uploads (
 );
 ",
     "
+-- Several bridges: users are spread over 64 slots (`slots::slot_of`), each
+-- leased to one bridge at a time. A reference table (every node reads it).
+CREATE TABLE bridge_slots (
+    slot           INTEGER PRIMARY KEY,
+    owner          TEXT,                       -- the bridge instance holding it
+    lease_until_ms BIGINT NOT NULL DEFAULT 0   -- its lease ends then unless renewed
+);
+INSERT INTO bridge_slots (slot) SELECT generate_series(0, 63);
+-- The bridges alive, by instance: each renews its row with its leases.
+CREATE TABLE bridges (
+    instance TEXT PRIMARY KEY,
+    seen_ms  BIGINT NOT NULL
+);
+-- A group event's inbox rows, for a repeated request's redelivery (a query
+-- across users, rare: docs/SCALING.md).
+CREATE INDEX inbox_by_event ON inbox (conv, seq) WHERE rstatus IS NULL;
+",
+    "
 -- Search: a trigram index on the text of the messages that are not deleted,
 -- which `ILIKE` on each word of a query reads (`engine::search`). `pg_trgm` is
 -- a trusted extension (PostgreSQL 13 on): the database's owner, or any role

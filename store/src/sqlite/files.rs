@@ -53,21 +53,64 @@ pub struct UploadRecord {
 }
 
 /// Uploads as the HTTP front sees them: where to write bytes, recording an
-/// upload, and who may read one. Blocking (SQLite, files); one connection.
+/// upload, and who may read one. Blocking (the database, files); one
+/// connection, to the configured engine. The bytes are in the files directory
+/// (`storage.files_dir`): with PostgreSQL and several broker nodes, a directory
+/// every node and bridge shares.
 pub struct Catalog {
-    conn: Mutex<Connection>,
+    db: Mutex<CatalogDb>,
     dir: PathBuf,
 }
 
+/// The catalog's connection.
+enum CatalogDb {
+    Sqlite(Connection),
+    /// The connection, and the `storage.url` to open a new one when it broke.
+    Postgres(Box<postgres::Client>, String),
+}
+
+impl CatalogDb {
+    /// Runs `f` on the PostgreSQL connection, once more on a new connection if
+    /// it broke.
+    fn postgres<T>(
+        client: &mut Box<postgres::Client>,
+        url: &str,
+        f: impl Fn(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        match f(client) {
+            Err(err) if err.code().is_none() || client.is_closed() => {
+                warn!(cause = %err, "the files catalog's connection broke: reconnecting");
+                **client = crate::postgres::connect(url)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Ok(f(client)?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
 impl Catalog {
-    /// Opens the shared SQLite file (migrating it) and creates the files directory.
+    /// Opens the configured database (the shared SQLite file, or PostgreSQL at
+    /// `storage.url`; migrating it) and creates the files directory.
     pub fn open(config: &StorageConfig) -> Result<Self, StoreError> {
-        let mut conn = messenger_accounts::open_sqlite(&config.path)?;
-        super::migrate(&mut conn)?;
+        let db = match config.postgres_url() {
+            Some(url) => {
+                let mut client = crate::postgres::connect(url)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                crate::postgres::migrate(&mut client)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                CatalogDb::Postgres(Box::new(client), url.to_owned())
+            }
+            None => {
+                let mut conn = messenger_accounts::open_sqlite(&config.path)?;
+                super::migrate(&mut conn)?;
+                CatalogDb::Sqlite(conn)
+            }
+        };
         let dir = config.files_dir();
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::Io(dir.clone(), e))?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            db: Mutex::new(db),
             dir,
         })
     }
@@ -112,26 +155,57 @@ impl Catalog {
             media_type: media_type.to_owned(),
             created_ms: now_ms,
         };
-        let conn = self.lock();
-        conn.prepare_cached(
-            "INSERT INTO uploads (file, uploader, sha256, size, type, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            record.file.as_str(),
-            uploader.as_str(),
-            sha256,
-            size,
-            media_type,
-            now_ms
-        ])?;
+        let mut db = self.lock();
         let blob = self.blob_path(&record);
-        if let Err(err) = std::fs::rename(temp, &blob) {
-            // The row goes again; nothing refers to it yet.
-            let _ = conn.execute(
-                "DELETE FROM uploads WHERE file = ?1",
-                [record.file.as_str()],
-            );
-            return Err(StoreError::Io(blob, err));
+        match &mut *db {
+            CatalogDb::Sqlite(conn) => {
+                conn.prepare_cached(
+                    "INSERT INTO uploads (file, uploader, sha256, size, type, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    record.file.as_str(),
+                    uploader.as_str(),
+                    sha256,
+                    size,
+                    media_type,
+                    now_ms
+                ])?;
+                if let Err(err) = std::fs::rename(temp, &blob) {
+                    // The row goes again; nothing refers to it yet.
+                    let _ = conn.execute(
+                        "DELETE FROM uploads WHERE file = ?1",
+                        [record.file.as_str()],
+                    );
+                    return Err(StoreError::Io(blob, err));
+                }
+            }
+            CatalogDb::Postgres(client, url) => {
+                let (size, now) = (
+                    i64::try_from(size).unwrap_or(i64::MAX),
+                    i64::try_from(now_ms).unwrap_or(i64::MAX),
+                );
+                CatalogDb::postgres(client, url, |c| {
+                    c.execute(
+                        "INSERT INTO uploads (file, uploader, sha256, size, type, created_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[
+                            &record.file.as_str(),
+                            &uploader.as_str(),
+                            &sha256,
+                            &size,
+                            &media_type,
+                            &now,
+                        ],
+                    )
+                })?;
+                if let Err(err) = std::fs::rename(temp, &blob) {
+                    let _ = client.execute(
+                        "DELETE FROM uploads WHERE file = $1",
+                        &[&record.file.as_str()],
+                    );
+                    return Err(StoreError::Io(blob, err));
+                }
+            }
         }
         Ok(record)
     }
@@ -144,25 +218,52 @@ impl Catalog {
         user: &UserId,
         file: &FileId,
     ) -> Result<Option<UploadRecord>, StoreError> {
-        let conn = self.lock();
-        let found = conn
-            .prepare_cached(
-                "SELECT u.uploader, u.sha256, u.size, u.type, u.created_ms FROM uploads u
-                 WHERE u.file = ?1 AND (u.uploader = ?2 OR EXISTS (
-                     SELECT 1 FROM attachments a JOIN members m ON m.conv = a.conv AND m.user = ?2
-                     WHERE a.file = u.file AND a.seq >= m.joined_seq
-                       AND (m.left_seq IS NULL OR a.seq <= m.left_seq)))",
-            )?
-            .query_row(params![file.as_str(), user.as_str()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, u64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, u64>(4)?,
-                ))
-            })
-            .optional()?;
+        let mut db = self.lock();
+        let found = match &mut *db {
+            CatalogDb::Sqlite(conn) => conn
+                .prepare_cached(
+                    "SELECT u.uploader, u.sha256, u.size, u.type, u.created_ms FROM uploads u
+                     WHERE u.file = ?1 AND (u.uploader = ?2 OR EXISTS (
+                         SELECT 1 FROM attachments a JOIN members m ON m.conv = a.conv AND m.user = ?2
+                         WHERE a.file = u.file AND a.seq >= m.joined_seq
+                           AND (m.left_seq IS NULL OR a.seq <= m.left_seq)))",
+                )?
+                .query_row(params![file.as_str(), user.as_str()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, u64>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, u64>(4)?,
+                    ))
+                })
+                .optional()?,
+            CatalogDb::Postgres(client, url) => {
+                let row = CatalogDb::postgres(client, url, |c| {
+                    c.query_opt(
+                        "SELECT u.uploader, u.sha256, u.size, u.type, u.created_ms FROM uploads u
+                         WHERE u.file = $1 AND (u.uploader = $2 OR EXISTS (
+                             SELECT 1 FROM attachments a
+                             JOIN members m ON m.conv = a.conv AND m.\"user\" = $2
+                             WHERE a.file = u.file AND a.seq >= m.joined_seq
+                               AND (m.left_seq IS NULL OR a.seq <= m.left_seq)))",
+                        &[&file.as_str(), &user.as_str()],
+                    )
+                })?;
+                match row {
+                    Some(r) => Some((
+                        r.try_get::<_, String>(0).map_err(StoreError::Postgres)?,
+                        r.try_get::<_, String>(1).map_err(StoreError::Postgres)?,
+                        u64::try_from(r.try_get::<_, i64>(2).map_err(StoreError::Postgres)?)
+                            .unwrap_or(0),
+                        r.try_get::<_, String>(3).map_err(StoreError::Postgres)?,
+                        u64::try_from(r.try_get::<_, i64>(4).map_err(StoreError::Postgres)?)
+                            .unwrap_or(0),
+                    )),
+                    None => None,
+                }
+            }
+        };
         Ok(
             found.and_then(|(uploader, sha256, size, media_type, created_ms)| {
                 Some(UploadRecord {
@@ -177,8 +278,8 @@ impl Catalog {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, CatalogDb> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

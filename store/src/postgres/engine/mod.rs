@@ -25,6 +25,7 @@ mod blocks;
 mod context;
 mod db;
 mod groups;
+mod leases;
 mod listing;
 mod messages;
 mod presence;
@@ -41,6 +42,9 @@ use tracing::{error, info, warn};
 
 use self::context::Ctx;
 use self::db::{Db, Fault, Statements};
+pub use self::leases::{Sharing, RENEW_EVERY};
+use self::leases::Leases;
+use crate::slots::slot_of;
 use crate::config::Limits;
 use crate::rate::{Ledger, RateLimits};
 use crate::sqlite::fits;
@@ -74,21 +78,28 @@ pub struct PostgresStore {
     rates: RateLimits,
     notify: Notify,
     liveness: Option<Liveness>,
+    /// The slots of users this bridge handles, leased in the database.
+    leases: Leases,
 }
 
 impl PostgresStore {
     /// A store on `client`, whose schema is migrated already (see
     /// [`crate::postgres::migrate`]); `connect` opens a new connection when it breaks.
     ///
-    /// `notify` and `liveness` are as for [`crate::SqliteStore::open`].
+    /// `notify` and `liveness` are as for [`crate::SqliteStore::open`];
+    /// `sharing` names this bridge among the others on the database. Takes this
+    /// bridge's first share of the users' slots (blocking).
     pub fn new(
-        client: Client,
+        mut client: Client,
         connect: Connector,
         limits: Limits,
         notify: Notify,
         liveness: Option<Liveness>,
-    ) -> Self {
-        Self {
+        sharing: Sharing,
+    ) -> Result<Self, StoreError> {
+        let mut leases = Leases::new(sharing);
+        leases.round(&mut client)?;
+        Ok(Self {
             client,
             connect,
             statements: RefCell::new(Statements::new()),
@@ -96,7 +107,8 @@ impl PostgresStore {
             limits,
             notify,
             liveness,
-        }
+            leases,
+        })
     }
 
     /// Replaces a broken connection, with backoff, until `deadline`.
@@ -149,6 +161,15 @@ impl crate::Store for PostgresStore {
 
     fn between_batches(&mut self) -> Housekeeping {
         self.rates.forget_idle();
+        if self.leases.due() {
+            if let Err(err) = self.leases.round(&mut self.client) {
+                // Leases run out unrenewed; batches check them (see `leases::held`).
+                warn!(cause = %err, "cannot renew this bridge's slot leases");
+                if self.client.is_closed() {
+                    let _ = self.reconnect(Instant::now() + MAX_BACKOFF);
+                }
+            }
+        }
         Housekeeping::Done
     }
 }
@@ -211,9 +232,15 @@ impl PostgresStore {
         self.client.batch_execute("BEGIN").map_err(Stop::of)?;
         let outcomes = {
             let db = Db::new(&mut self.client, &self.statements);
+            let held = leases::held(&db, self.leases.instance()).map_err(Stop::of)?;
+            let ours = |user: &messenger_protocol::UserId| held & (1 << slot_of(user)) != 0;
             let mut outcomes = Vec::with_capacity(inputs.len());
             for (place, input) in inputs.iter().enumerate() {
                 let outcome = match input {
+                    // Another bridge's user (its own copy of the publish reaches it).
+                    Input::Request { user, .. } | Input::Presence { user, .. } if !ours(user) => {
+                        Outcome::default()
+                    }
                     Input::Request {
                         user,
                         device,
@@ -254,12 +281,12 @@ impl PostgresStore {
                     ),
                     Input::Reconcile => match &self.liveness {
                         Some(is_connected) => effects(
-                            presence::reconcile(&db, is_connected.as_ref(), now)
+                            presence::reconcile(&db, is_connected.as_ref(), now, &ours)
                                 .map_err(Stop::of)?,
                         ),
                         None => Outcome::default(),
                     },
-                    Input::Republish => effects(presence::all(&db).map_err(Stop::of)?),
+                    Input::Republish => effects(presence::all(&db, &ours).map_err(Stop::of)?),
                     Input::ForgetToken {
                         platform,
                         token,

@@ -94,6 +94,7 @@ pub(super) fn reconcile(
     db: &Db<'_>,
     is_connected: &dyn Fn(&str) -> bool,
     now: u64,
+    ours: &dyn Fn(&UserId) -> bool,
 ) -> Result<Vec<Effect>, postgres::Error> {
     let rows = db.rows(
         "SELECT \"user\", device FROM devices WHERE online ORDER BY \"user\", device",
@@ -108,14 +109,21 @@ pub(super) fn reconcile(
         let (Ok(user), Ok(device)) = (UserId::parse(&user), DeviceId::parse(&device)) else {
             continue;
         };
+        if !ours(&user) {
+            continue;
+        }
         tracing::info!(%user, %device, "device has no connection: marking it offline");
         out.extend(update(db, &user, &device, false, now, usize::MAX)?);
     }
     Ok(out)
 }
 
-/// Every user's current status, to publish again after the broker lost its retained messages.
-pub(super) fn all(db: &Db<'_>) -> Result<Vec<Effect>, postgres::Error> {
+/// The current status of every user `ours` says this bridge handles, to
+/// publish again after the broker lost its retained messages.
+pub(super) fn all(
+    db: &Db<'_>,
+    ours: &dyn Fn(&UserId) -> bool,
+) -> Result<Vec<Effect>, postgres::Error> {
     let rows = db.rows(
         "SELECT \"user\", online, last_seen FROM presence WHERE online OR last_seen IS NOT NULL",
         &[],
@@ -123,8 +131,11 @@ pub(super) fn all(db: &Db<'_>) -> Result<Vec<Effect>, postgres::Error> {
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let user: String = row.try_get(0)?;
-        if let Ok(user) = UserId::parse(&user) {
-            out.push(status(&user, row.try_get(1)?, opt_nat(&row, 2)?));
+        match UserId::parse(&user) {
+            Ok(user) if ours(&user) => {
+                out.push(status(&user, row.try_get(1)?, opt_nat(&row, 2)?));
+            }
+            _ => {}
         }
     }
     Ok(out)
