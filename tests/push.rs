@@ -17,6 +17,20 @@ use serde_json::json;
 use fake::{ApnsKey, FakeServer, Recorded, Reply};
 use harness::{Server, PATIENCE};
 
+use crate::util::server::{on_both_engines, Backend};
+
+on_both_engines!(
+    offline_user_gets_one_apns_push_per_token_over_tls,
+    no_push_to_online_users_or_muted_conversations,
+    push_requests_are_checked_and_idempotent,
+    a_burst_is_coalesced_into_one_push,
+    apns_410_deletes_the_token,
+    fcm_push_with_oauth_and_404_deletes_the_token,
+    a_429_is_retried_once_after_retry_after,
+    an_expired_provider_token_is_signed_again_once,
+    a_push_server_that_never_answers_delays_no_ack,
+);
+
 const TOPIC: &str = "com.example.messenger";
 const KEY_ID: &str = "TESTKEY123";
 const TEAM_ID: &str = "TEAMID4567";
@@ -59,8 +73,7 @@ fn body(request: &Recorded) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_user_gets_one_apns_push_per_token_over_tls() {
+async fn offline_user_gets_one_apns_push_per_token_over_tls(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = ApnsKey::generate(dir.path());
     let (tls, ca) = fake::self_signed_tls(dir.path());
@@ -70,7 +83,7 @@ async fn offline_user_gets_one_apns_push_per_token_over_tls() {
         ca_cert_path: Some(ca),
         ..apns_push(&apple, &key)
     };
-    let server = Server::start(push, &["alice", "bob"]).await;
+    let server = Server::start(backend, push, &["alice", "bob"]).await;
     let (phone_token, tablet_token) = (apns_token("a1"), apns_token("b2"));
     let mut phone = server.device("bob", "phone").await;
     let mut tablet = server.device("bob", "tablet").await;
@@ -125,12 +138,16 @@ async fn offline_user_gets_one_apns_push_per_token_over_tls() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_push_to_online_users_or_muted_conversations() {
+async fn no_push_to_online_users_or_muted_conversations(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = ApnsKey::generate(dir.path());
     let mut apple = FakeServer::start(None, |_| Reply::ok()).await;
-    let server = Server::start(apns_push(&apple, &key), &["alice", "bob", "carol", "dave"]).await;
+    let server = Server::start(
+        backend,
+        apns_push(&apple, &key),
+        &["alice", "bob", "carol", "dave"],
+    )
+    .await;
     let (b, c, d) = (apns_token("b"), apns_token("c"), apns_token("d"));
     let mut bob = server.device("bob", "phone").await;
     bob.register("apns", &b).await;
@@ -188,9 +205,8 @@ async fn no_push_to_online_users_or_muted_conversations() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn push_requests_are_checked_and_idempotent() {
-    let server = Server::start(PushConfig::default(), &["alice", "bob", "carol"]).await;
+async fn push_requests_are_checked_and_idempotent(backend: Backend) {
+    let server = Server::start(backend, PushConfig::default(), &["alice", "bob", "carol"]).await;
     let mut alice = server.device("alice", "phone").await;
     let token = apns_token("ab");
     for _ in 0..2 {
@@ -280,8 +296,7 @@ async fn push_requests_are_checked_and_idempotent() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_is_coalesced_into_one_push() {
+async fn a_burst_is_coalesced_into_one_push(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = ApnsKey::generate(dir.path());
     let mut apple = FakeServer::start(None, |_| Reply::ok()).await;
@@ -290,7 +305,7 @@ async fn a_burst_is_coalesced_into_one_push() {
         coalesce_ms: 1000,
         ..apns_push(&apple, &key)
     };
-    let server = Server::start(push, &["alice", "bob"]).await;
+    let server = Server::start(backend, push, &["alice", "bob"]).await;
     let token = apns_token("c0");
     server
         .device("bob", "phone")
@@ -328,8 +343,7 @@ async fn a_burst_is_coalesced_into_one_push() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apns_410_deletes_the_token() {
+async fn apns_410_deletes_the_token(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = ApnsKey::generate(dir.path());
     let dead = apns_token("dead");
@@ -346,7 +360,7 @@ async fn apns_410_deletes_the_token() {
         }
     })
     .await;
-    let server = Server::start(apns_push(&apple, &key), &["alice", "bob"]).await;
+    let server = Server::start(backend, apns_push(&apple, &key), &["alice", "bob"]).await;
     server
         .device("bob", "old")
         .await
@@ -373,8 +387,7 @@ async fn apns_410_deletes_the_token() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fcm_push_with_oauth_and_404_deletes_the_token() {
+async fn fcm_push_with_oauth_and_404_deletes_the_token(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut google = FakeServer::start(None, |r| {
         if r.header("authorization") != format!("Bearer {}", fake::ACCESS_TOKEN) {
@@ -403,7 +416,7 @@ async fn fcm_push_with_oauth_and_404_deletes_the_token() {
         }),
         ..PushConfig::default()
     };
-    let server = Server::start(push, &["alice", "bob"]).await;
+    let server = Server::start(backend, push, &["alice", "bob"]).await;
     server
         .device("bob", "old")
         .await
@@ -461,8 +474,7 @@ async fn fcm_push_with_oauth_and_404_deletes_the_token() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_is_retried_once_after_retry_after() {
+async fn a_429_is_retried_once_after_retry_after(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = ApnsKey::generate(dir.path());
     let calls = AtomicUsize::new(0);
@@ -483,7 +495,7 @@ async fn a_429_is_retried_once_after_retry_after() {
         retry_base_ms: 10_000,
         ..apns_push(&apple, &key)
     };
-    let server = Server::start(push, &["alice", "bob"]).await;
+    let server = Server::start(backend, push, &["alice", "bob"]).await;
     let token = apns_token("29");
     server
         .device("bob", "phone")
@@ -505,8 +517,7 @@ async fn a_429_is_retried_once_after_retry_after() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_provider_token_is_signed_again_once() {
+async fn an_expired_provider_token_is_signed_again_once(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = ApnsKey::generate(dir.path());
     let calls = AtomicUsize::new(0);
@@ -518,7 +529,7 @@ async fn an_expired_provider_token_is_signed_again_once() {
         }
     })
     .await;
-    let server = Server::start(apns_push(&apple, &key), &["alice", "bob"]).await;
+    let server = Server::start(backend, apns_push(&apple, &key), &["alice", "bob"]).await;
     server
         .device("bob", "phone")
         .await
@@ -542,8 +553,7 @@ async fn an_expired_provider_token_is_signed_again_once() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_server_that_never_answers_delays_no_ack() {
+async fn a_push_server_that_never_answers_delays_no_ack(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = ApnsKey::generate(dir.path());
     let stuck = apns_token("5c");
@@ -560,7 +570,7 @@ async fn a_push_server_that_never_answers_delays_no_ack() {
         timeout_ms: 60_000,
         ..apns_push(&apple, &key)
     };
-    let server = Server::start(push, &["alice", "bob", "carol"]).await;
+    let server = Server::start(backend, push, &["alice", "bob", "carol"]).await;
     server
         .device("bob", "phone")
         .await

@@ -43,6 +43,9 @@ mod migrate;
 // `messenger user remove --erase`: the account goes and its messages' text is erased.
 mod erase;
 
+// Several bridges on one PostgreSQL database: guarantees under concurrency, a bridge killed mid-stream.
+mod bridges;
+
 // Durable 1-1 messaging through the real bridge, on the embedded broker and on Mosquitto.
 mod messaging;
 

@@ -419,7 +419,7 @@ pub fn issue_token_postgres(
 ) -> Result<String, AccountsError> {
     let token = new_token();
     let hash = sha256(token.as_bytes());
-    let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+    let now = now_ms();
     if !records::postgres::put_token(tx, user.as_str(), device.as_str(), &hash, now)? {
         return Err(AccountsError::NotFound(user.clone()));
     }

@@ -3,7 +3,7 @@
 //! and memory in one run.
 //!
 //! The binary parses [`BenchArgs`] as its `bench` command, calls [`run`] and
-//! prints the table; nothing else depends on this crate. This file only
+//! prints the table. The tests use [`postgres::LocalPostgres`] too. This file only
 //! coordinates: it resolves the options, runs the selected phases one after the
 //! other, each against a fresh server in its own scratch directory, and hands
 //! their results to the report.
@@ -13,6 +13,7 @@
 //! - `options`: the command line ([`BenchArgs`]), its defaults, the phases.
 //! - `server`: the server under test, a child process of this same executable.
 //! - `scratch`: the run's directories under the system's temp directory.
+//! - [`postgres`]: a PostgreSQL server made for a run (`--storage postgres`).
 //! - `seed`: users and device tokens written into a server's SQLite file.
 //! - `devices`: simulated devices on rumqttc, and what they observe.
 //! - `pacer`: sends at a fixed rate; `patience`: how long any wait may take.
@@ -28,6 +29,7 @@ mod groups;
 mod options;
 mod pacer;
 mod patience;
+pub mod postgres;
 mod raw;
 mod report;
 mod scratch;

@@ -200,16 +200,6 @@ impl Prepared {
                 shutdown.clone(),
             ));
         }
-        if bridge.storage.postgres_url().is_some() {
-            // Slot leases renewed on an idle bridge too (see messenger_store::slots).
-            tokio::spawn(periodically(
-                jobs_tx.clone(),
-                postgres::RENEW_EVERY,
-                Start::AfterOnePeriod,
-                || writer::Work::Housekeeping,
-                shutdown.clone(),
-            ));
-        }
         if bridge.storage.retention_days > 0 {
             // Retention runs on an idle server too (a busy one runs it between batches).
             tokio::spawn(periodically(
@@ -354,7 +344,7 @@ impl Bridge {
                     postgres::migrate(&mut client)?;
                     let url = url.to_owned();
                     let connect: postgres::Connector =
-                        Box::new(move || postgres::connect(&url).map_err(|e| e.to_string()));
+                        Arc::new(move || postgres::connect(&url).map_err(|e| e.to_string()));
                     ownership.set_none();
                     let sharing = postgres::Sharing {
                         instance,

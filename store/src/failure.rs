@@ -70,7 +70,14 @@ impl From<rusqlite::Error> for Failure {
 
 impl From<postgres::Error> for Failure {
     fn from(err: postgres::Error) -> Self {
-        error!(cause = %err, "storage failure");
+        match err.as_db_error() {
+            Some(db) => error!(
+                code = db.code().code(),
+                cause = db.message(),
+                "storage failure"
+            ),
+            None => error!(cause = %err, "storage failure"),
+        }
         Self::new(ErrorCode::Internal, "storage failure; retry later")
     }
 }

@@ -11,11 +11,14 @@ use messenger_bridge::config::{BridgeConfig, Durability, PushConfig, StorageConf
 use messenger_bridge::Bridge;
 use messenger_broker::{BrokerConfig, RunningBroker, ServiceAccount};
 use messenger_protocol::UserId;
+use messenger_store::config::Backend as Engine;
 use rumqttc::{AsyncClient, Event, Incoming, LastWill, MqttOptions, QoS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::util::server::Backend;
 
 /// How long any single expected thing may take before a test fails.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
@@ -37,8 +40,10 @@ fn init_logs() {
 
 /// The broker and the bridge, with push configured as the test says.
 pub(crate) struct Server {
-    /// The SQLite file the bridge stores in.
+    /// The SQLite file the bridge stores in (unless on PostgreSQL).
     pub(crate) db: PathBuf,
+    /// The PostgreSQL database the bridge stores in, for [`Backend::Postgres`].
+    postgres: Option<String>,
     mqtt_port: u16,
     shutdown: CancellationToken,
     bridge: Option<JoinHandle<Result<(), messenger_bridge::BridgeError>>>,
@@ -48,11 +53,18 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts the broker and the bridge with these users, and waits until the bridge answers.
-    pub(crate) async fn start(push: PushConfig, users: &[&str]) -> Self {
+    /// Starts the broker and the bridge with these users, on the storage
+    /// `backend` names (SQLite, or a PostgreSQL database of the test binary's
+    /// server), and waits until the bridge answers.
+    pub(crate) async fn start(backend: Backend, push: PushConfig, users: &[&str]) -> Self {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("messenger.db");
+        let postgres = match backend {
+            Backend::Postgres => Some(crate::util::postgres::database()),
+            Backend::Embedded | Backend::Mosquitto => None,
+        };
+        let accounts_url = postgres.clone();
         let service_password = "bridge-secret".to_owned();
         let names: Vec<String> = users
             .iter()
@@ -62,7 +74,16 @@ impl Server {
         let (db_path, service) = (db.clone(), service_password.clone());
         // The broker runs its own runtime and blocks while starting: keep it off this one.
         let broker = tokio::task::spawn_blocking(move || {
-            let accounts = Arc::new(Accounts::open(&db_path).expect("account store"));
+            let accounts = Arc::new(match accounts_url {
+                Some(url) => {
+                    let mut client = messenger_store::postgres::connect(&url).expect("connect");
+                    messenger_store::postgres::migrate(&mut client).expect("migrate");
+                    let reconnect =
+                        move || messenger_store::postgres::connect(&url).map_err(|e| e.to_string());
+                    Accounts::on_postgres(client, Box::new(reconnect)).expect("account store")
+                }
+                None => Accounts::open(&db_path).expect("account store"),
+            });
             for name in &names {
                 let user = UserId::parse(name).expect("user id");
                 accounts.add(&user, &password(name)).expect("add user");
@@ -95,6 +116,12 @@ impl Server {
             storage: StorageConfig {
                 path: db.clone(),
                 durability: Durability::Os,
+                backend: if postgres.is_some() {
+                    Engine::Postgres
+                } else {
+                    Engine::Sqlite
+                },
+                url: postgres.clone(),
                 ..StorageConfig::default()
             },
             limits: crate::util::server::unlimited(),
@@ -108,6 +135,7 @@ impl Server {
         let task = tokio::spawn(bridge.run(Some(mqtt_addr.into()), shutdown.clone()));
         let server = Self {
             db,
+            postgres,
             mqtt_port: mqtt_addr.port(),
             shutdown,
             bridge: Some(task),
@@ -148,9 +176,22 @@ impl Server {
 
     /// The stored push tokens: (platform, token, user).
     pub(crate) fn tokens(&self) -> Vec<(String, String, String)> {
+        const SQL: &str =
+            "SELECT platform, token, \"user\" FROM push_tokens ORDER BY platform, token COLLATE \"C\"";
+        if let Some(url) = &self.postgres {
+            return crate::util::postgres::blocking(|| {
+                let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+                client
+                    .query(SQL, &[])
+                    .expect("query tokens")
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect()
+            });
+        }
         let conn = rusqlite::Connection::open(&self.db).expect("open the database");
         let mut stmt = conn
-            .prepare("SELECT platform, token, user FROM push_tokens ORDER BY platform, token")
+            .prepare(&SQL.replace(" COLLATE \"C\"", ""))
             .expect("query tokens");
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .expect("query tokens")

@@ -1,29 +1,31 @@
 //! A real PostgreSQL server for the tests: one per test binary, started on first
-//! use from Debian's `postgresql` package (`initdb` and `postgres`, found on PATH
-//! or under /usr/lib/postgresql), in a temp directory, on a free loopback port,
-//! with password (SCRAM) authentication over TCP. PostgreSQL refuses to run as
-//! root: when the tests do (CI), the server runs as the `postgres` user the
-//! package creates. It stops when the test binary exits (its watchdog shell sees
-//! stdin close). Each test gets a database of its own ([`database`]).
+//! use from Debian's `postgresql` package by the bench's [`LocalPostgres`] (in a
+//! temp directory, on a free loopback port, with password (SCRAM) authentication
+//! over TCP, as the `postgres` user when the tests run as root). It stops when
+//! the test binary exits (its watchdog shell sees stdin close). Each test gets a
+//! database of its own ([`database`]); a test that stops its server makes one
+//! of its own ([`private`]).
 
-use std::io::Write;
-use std::os::unix::fs::chown;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+
+pub(crate) use messenger_bench::postgres::{LocalPostgres, SUPERUSER};
 
 use super::process::{free_addr, Outcome};
 
-/// The superuser the tests connect as.
-pub(crate) const SUPERUSER: &str = "messenger";
-/// Its password.
+/// The superuser's password.
 pub(crate) const PASSWORD: &str = "test-secret";
 
-/// How long the server may take to start.
-const START_PATIENCE: Duration = Duration::from_secs(60);
+/// A server of the test's own, stopped when dropped (for a test that stops and
+/// restarts it); see [`blocking`].
+pub(crate) fn private() -> LocalPostgres {
+    blocking(|| {
+        LocalPostgres::start(&std::env::temp_dir(), PASSWORD, &["fsync = off"])
+            .expect("start a PostgreSQL")
+    })
+}
 
 /// The running server.
 pub(crate) struct Server {
@@ -84,131 +86,33 @@ impl Server {
     }
 }
 
-/// Where the server's programs are: PATH, else the newest /usr/lib/postgresql/<v>/bin.
-fn bin_dir() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
-    });
-    if let Some(dir) = on_path {
-        return dir;
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin).expect(
-        "PostgreSQL is not installed (no initdb on PATH or under /usr/lib/postgresql): \
-         `apt-get install postgresql` (.ci/run does this)",
-    )
-}
-
-/// The uid and gid to run the server as: `postgres`'s when the tests run as root.
-fn run_as() -> Option<(u32, u32)> {
-    let id = |args: &[&str]| -> Option<u32> {
-        let out = Command::new("id").args(args).output().ok()?;
-        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
-    };
-    if id(&["-u"])? != 0 {
-        return None;
-    }
-    let user = (id(&["-u", "postgres"]), id(&["-g", "postgres"]));
-    match user {
-        (Some(uid), Some(gid)) => Some((uid, gid)),
-        _ => panic!(
-            "the tests run as root and PostgreSQL refuses root, but there is no `postgres` \
-             user to run it as (Debian's postgresql package creates it)"
-        ),
-    }
-}
-
-/// A command that runs as `user` (when set).
-fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
-    let mut cmd = Command::new(program);
-    if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid);
-    }
-    cmd
-}
-
 fn start() -> Server {
-    let bin = bin_dir();
-    let user = run_as();
-    let dir = tempfile::Builder::new()
-        .prefix("messenger-pg")
-        .tempdir()
-        .expect("temp dir");
-    if let Some((uid, gid)) = user {
-        chown(dir.path(), Some(uid), Some(gid)).expect("hand the temp dir to postgres");
-    }
-    let data = dir.path().join("data");
-    let pwfile = dir.path().join("pw");
-    std::fs::File::create(&pwfile)
-        .and_then(|mut f| f.write_all(PASSWORD.as_bytes()))
-        .expect("write the password file");
-    if let Some((uid, gid)) = user {
-        chown(&pwfile, Some(uid), Some(gid)).expect("hand the password file to postgres");
-    }
-    let out = command(&bin.join("initdb"), user)
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", SUPERUSER, "-E", "UTF8", "--no-sync"])
-        .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
-        .arg(format!("--pwfile={}", pwfile.display()))
-        .output()
-        .expect("run initdb");
-    assert!(
-        out.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let port = free_addr().port();
-    // The shell waits on its stdin, which nothing writes: when the test binary
-    // exits the pipe closes, and it stops the server (SIGINT: a fast shutdown)
-    // and removes the directory.
-    let dir = dir.keep();
-    let watchdog = command(Path::new("/bin/sh"), user)
-        .arg("-c")
-        .arg(
-            r#"dir=$1; shift; "$@" & pid=$!; read _; kill -INT "$pid"; wait "$pid"; rm -rf "$dir""#,
-        )
-        .arg("sh")
-        .arg(&dir)
-        .arg(bin.join("postgres"))
-        .arg("-D")
-        .arg(&data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-        .arg("-c")
-        .arg(format!("unix_socket_directories={}", dir.display()))
+    let local = LocalPostgres::start(
+        &std::env::temp_dir(),
+        PASSWORD,
         // Test data need not survive a power cut; a restart keeps it all the same.
-        .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
-        .args(["-c", "max_connections=200"])
+        &["fsync = off", "full_page_writes = off"],
+    )
+    .expect("start the test PostgreSQL");
+    // The shell waits on its stdin, which nothing writes: when the test binary
+    // exits the pipe closes, and it stops the server and removes its directory.
+    let mut shell = Command::new("/bin/sh");
+    if let Some((uid, gid)) = local.run_as() {
+        shell.uid(uid).gid(gid);
+    }
+    let watchdog = shell
+        .arg("-c")
+        .arg(format!("read _; {}", local.teardown_script()))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("server.log")).map_or(Stdio::null(), Stdio::from))
+        .stderr(Stdio::null())
         .spawn()
-        .expect("start postgres");
-    let server = Server {
+        .expect("start the watchdog");
+    let port = local.port();
+    local.keep();
+    Server {
         port,
         _watchdog: Mutex::new(watchdog),
-    };
-    let deadline = Instant::now() + START_PATIENCE;
-    loop {
-        match postgres::Client::connect(&server.url("postgres"), postgres::NoTls) {
-            Ok(_) => return server,
-            Err(err) if Instant::now() < deadline => {
-                let _ = err;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(err) => panic!("PostgreSQL did not start on port {port}: {err}"),
-        }
     }
 }
 

@@ -50,6 +50,9 @@ pub(crate) fn is_free(addr: SocketAddr) -> bool {
 /// command, so no `config/messenger.toml` is picked up) and its SQLite file.
 pub(crate) struct Messenger {
     dir: TempDir,
+    /// The PostgreSQL database every command uses (`storage.backend = "postgres"`),
+    /// if not the SQLite file.
+    postgres: Option<String>,
 }
 
 /// How a finished command went.
@@ -83,7 +86,23 @@ impl Messenger {
         super::init_logs();
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
+            postgres: None,
         }
+    }
+
+    /// A fresh installation on the storage `backend` names: SQLite, or a new
+    /// database of the test binary's PostgreSQL server.
+    pub(crate) fn on(backend: super::server::Backend) -> Self {
+        let mut messenger = Self::new();
+        if backend == super::server::Backend::Postgres {
+            messenger.postgres = Some(super::postgres::database());
+        }
+        messenger
+    }
+
+    /// The PostgreSQL database, when the installation is on one.
+    pub(crate) fn postgres_url(&self) -> Option<&str> {
+        self.postgres.as_deref()
     }
 
     /// The temp directory.
@@ -120,6 +139,10 @@ impl Messenger {
             .env("MESSENGER_LIMITS__UPLOADS_PER_MIN", "0")
             .env("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "0")
             .env("RUST_LOG", "info");
+        if let Some(url) = &self.postgres {
+            cmd.env("MESSENGER_STORAGE__BACKEND", "postgres")
+                .env("MESSENGER_STORAGE__URL", url);
+        }
         cmd
     }
 
@@ -204,7 +227,21 @@ impl Messenger {
         admin: SocketAddr,
         env: &[(&str, &str)],
     ) -> Server {
-        let log = self.dir.path().join(format!("{role}.log"));
+        self.spawn_named(role, role, mqtt, ws, admin, env)
+    }
+
+    /// [`Messenger::spawn_role`] logging to `<name>.log` (several processes of
+    /// one role, e.g. bridges).
+    pub(crate) fn spawn_named(
+        &self,
+        name: &str,
+        role: &str,
+        mqtt: SocketAddr,
+        ws: SocketAddr,
+        admin: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let log = self.dir.path().join(format!("{name}.log"));
         let mut cmd = self.command(&[role]);
         cmd.env("MESSENGER_BROKER__LISTEN", mqtt.to_string())
             .env("MESSENGER_ADMIN__LISTEN", admin.to_string())

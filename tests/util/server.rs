@@ -35,7 +35,7 @@ pub(crate) enum Backend {
 
 enum Broker {
     /// The embedded broker (its accounts on PostgreSQL for [`Backend::Postgres`]).
-    Embedded(TestBroker),
+    Embedded(Box<TestBroker>),
     Mosquitto {
         broker: Mosquitto,
         _dir: TempDir,
@@ -103,6 +103,8 @@ pub(crate) struct TestServer {
     broker: Broker,
     db: PathBuf,
     bridge: Option<(CancellationToken, JoinHandle<()>)>,
+    /// More bridges on the same database ([`TestServer::add_bridge`]), by instance.
+    more_bridges: Vec<(String, CancellationToken, JoinHandle<()>)>,
     /// The bridge's settings, kept for restarts.
     pub(crate) limits: Limits,
     pub(crate) keepalive_secs: u16,
@@ -112,6 +114,23 @@ impl TestServer {
     /// Starts a broker with these users and a bridge in front of it.
     pub(crate) async fn start(backend: Backend, users: &[(&str, &str)]) -> Self {
         Self::build(backend, users, unlimited(), 30).await
+    }
+
+    /// A broker and a bridge on the PostgreSQL database at `url` (a test's own
+    /// server, e.g. one it restarts).
+    pub(crate) async fn start_on_postgres(url: String, users: &[(&str, &str)]) -> Self {
+        let broker = TestBroker::start().postgres(url).users(users).await;
+        let db = broker.db_path();
+        let mut server = Self {
+            broker: Broker::Embedded(Box::new(broker)),
+            db,
+            bridge: None,
+            more_bridges: Vec::new(),
+            limits: unlimited(),
+            keepalive_secs: 30,
+        };
+        server.start_bridge().await;
+        server
     }
 
     /// Like [`TestServer::start`], with the bridge's limits and keepalive (which
@@ -126,13 +145,13 @@ impl TestServer {
             Backend::Embedded => {
                 let broker = TestBroker::start().users(users).await;
                 let db = broker.db_path();
-                (Broker::Embedded(broker), db)
+                (Broker::Embedded(Box::new(broker)), db)
             }
             Backend::Postgres => {
                 let url = super::postgres::database();
                 let broker = TestBroker::start().postgres(url).users(users).await;
                 let db = broker.db_path();
-                (Broker::Embedded(broker), db)
+                (Broker::Embedded(Box::new(broker)), db)
             }
             Backend::Mosquitto => {
                 let users: Vec<(String, String)> = users
@@ -162,6 +181,7 @@ impl TestServer {
             broker,
             db,
             bridge: None,
+            more_bridges: Vec::new(),
             limits,
             keepalive_secs,
         };
@@ -261,6 +281,34 @@ impl TestServer {
     /// Starts the bridge (again) on the same storage; returns once it consumes requests.
     pub(crate) async fn start_bridge(&mut self) {
         assert!(self.bridge.is_none(), "the bridge is already running");
+        self.bridge = Some(self.spawn_bridge("main").await);
+    }
+
+    /// Starts one more bridge, `instance`, on the same broker and database
+    /// (PostgreSQL: the bridges share the users); returns once it consumes requests.
+    pub(crate) async fn add_bridge(&mut self, instance: &str) {
+        let (shutdown, task) = self.spawn_bridge(instance).await;
+        self.more_bridges
+            .push((instance.to_owned(), shutdown, task));
+    }
+
+    /// Stops the bridge `instance` that [`TestServer::add_bridge`] started.
+    pub(crate) async fn stop_added_bridge(&mut self, instance: &str) {
+        let at = self
+            .more_bridges
+            .iter()
+            .position(|(name, _, _)| name == instance)
+            .expect("a bridge of that name");
+        let (_, shutdown, task) = self.more_bridges.remove(at);
+        shutdown.cancel();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("bridge stops in time")
+            .expect("bridge task");
+    }
+
+    /// Starts a bridge `instance`; returns once it consumes requests.
+    async fn spawn_bridge(&self, instance: &str) -> (CancellationToken, JoinHandle<()>) {
         let ready = Arc::new(tokio::sync::Notify::new());
         let liveness = match &self.broker {
             Broker::Embedded(b) => Some(b.liveness()),
@@ -271,7 +319,7 @@ impl TestServer {
                 broker: self.addr().to_string(),
                 username: BRIDGE_USER.into(),
                 password: BRIDGE_PASSWORD.into(),
-                instance: "main".into(),
+                instance: instance.into(),
                 keepalive_secs: self.keepalive_secs,
             },
             storage: self.storage(),
@@ -287,10 +335,10 @@ impl TestServer {
                 bridge.run(None, shutdown).await.expect("bridge runs");
             }
         });
-        self.bridge = Some((shutdown, task));
         tokio::time::timeout(PATIENCE, ready.notified())
             .await
             .expect("the bridge subscribes in time");
+        (shutdown, task)
     }
 
     /// Stops the bridge cleanly and waits for it.
@@ -343,6 +391,9 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some((shutdown, _)) = &self.bridge {
+            shutdown.cancel();
+        }
+        for (_, shutdown, _) in &self.more_bridges {
             shutdown.cancel();
         }
     }

@@ -10,7 +10,7 @@ use super::Ctx;
 use crate::{Effect, Failure};
 
 /// The most users one user may block: the `blocks` reply lists them all in one packet.
-pub(super) const MAX_BLOCKS: usize = 1000;
+pub(crate) const MAX_BLOCKS: usize = 1000;
 
 /// Whether `blocker` blocks `blocked`.
 pub(super) fn blocks(

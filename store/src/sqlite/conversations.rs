@@ -11,10 +11,10 @@ use super::Ctx;
 use crate::{Effect, Failure};
 
 /// Default page size of `conversations`.
-const DEFAULT_CONVERSATIONS: u32 = 50;
+pub(crate) const DEFAULT_CONVERSATIONS: u32 = 50;
 
 /// Default page size of `members`.
-const DEFAULT_MEMBERS: u32 = 100;
+pub(crate) const DEFAULT_MEMBERS: u32 = 100;
 
 /// The members an item of `conversations` names (the first by user id); the
 /// `members` request pages through the rest.
@@ -22,18 +22,19 @@ pub(crate) const MEMBERS_SHOWN: u32 = 10;
 
 /// Where a page of `conversations` continues: after this conversation, in the
 /// order of the list (`last_seq` descending, then `conv` ascending).
-struct Cursor {
-    last_seq: u64,
-    conv: String,
+pub(crate) struct Cursor {
+    pub(crate) last_seq: u64,
+    pub(crate) conv: String,
 }
 
 impl Cursor {
     /// The wire form, `<last_seq>:<conv>`.
-    fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         format!("{}:{}", self.last_seq, self.conv)
     }
 
-    fn parse(s: &str) -> Result<Self, Failure> {
+    /// Reads a cursor of an earlier reply (`bad_request` if it is not one).
+    pub(crate) fn parse(s: &str) -> Result<Self, Failure> {
         let bad = || Failure::bad("cursor must be the `next` of an earlier `conversations` reply");
         let (seq, conv) = s.split_once(':').ok_or_else(bad)?;
         let last_seq = seq

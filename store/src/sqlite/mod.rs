@@ -26,10 +26,10 @@
 //! - `schema`: the tables and their migrations.
 
 mod backup;
-mod blocks;
+pub(crate) mod blocks;
 mod checkpoint;
 pub(crate) mod context;
-mod conversations;
+pub(crate) mod conversations;
 mod export;
 pub mod files;
 mod groups;

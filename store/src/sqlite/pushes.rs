@@ -37,7 +37,7 @@ pub enum Notify {
 }
 
 /// The name the `push_tokens` table stores a platform by.
-pub(super) fn platform_name(platform: Platform) -> &'static str {
+pub(crate) fn platform_name(platform: Platform) -> &'static str {
     match platform {
         Platform::Apns => "apns",
         Platform::Fcm => "fcm",
@@ -66,7 +66,8 @@ pub(super) fn forget(
     Ok(())
 }
 
-fn platform_from(name: &str) -> Option<Platform> {
+/// The platform a `push_tokens` row names, if it is one.
+pub(crate) fn platform_from(name: &str) -> Option<Platform> {
     match name {
         "apns" => Some(Platform::Apns),
         "fcm" => Some(Platform::Fcm),
@@ -77,7 +78,7 @@ fn platform_from(name: &str) -> Option<Platform> {
 /// Checks a token's size and alphabet. It ends up in a URL path (APNs) or a JSON
 /// body (FCM), so only the characters those services issue pass: hexadecimal
 /// for APNs, `A-Z a-z 0-9 - _ : .` for FCM.
-fn check_token(platform: Platform, token: &str) -> Result<(), Failure> {
+pub(crate) fn check_token(platform: Platform, token: &str) -> Result<(), Failure> {
     if token.is_empty() {
         return Err(Failure::bad("token must not be empty"));
     }
@@ -106,7 +107,7 @@ fn check_token(platform: Platform, token: &str) -> Result<(), Failure> {
 }
 
 /// The start of `body`, at most [`MAX_PREVIEW_CHARS`] characters, with an ellipsis if cut.
-fn preview(body: &str) -> String {
+pub(crate) fn preview(body: &str) -> String {
     match body.char_indices().nth(MAX_PREVIEW_CHARS) {
         None => body.to_owned(),
         Some((at, _)) => format!("{}…", &body[..at]),

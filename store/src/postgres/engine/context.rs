@@ -198,7 +198,7 @@ impl Ctx<'_, '_> {
     /// Current members, sorted.
     pub(super) fn members(&self, conv: &ConvId) -> Result<Vec<UserId>, postgres::Error> {
         let rows = self.db.rows(
-            "SELECT \"user\" FROM members WHERE conv = $1 AND left_seq IS NULL ORDER BY \"user\"",
+            "SELECT \"user\" FROM members WHERE conv = $1 AND left_seq IS NULL ORDER BY \"user\" COLLATE \"C\"",
             &[&conv.to_string()],
         )?;
         let mut members = Vec::with_capacity(rows.len());

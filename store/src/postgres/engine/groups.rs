@@ -250,7 +250,7 @@ impl Ctx<'_, '_> {
              WHERE conv = $1
                AND NOT EXISTS (SELECT 1 FROM members WHERE conv = $1 AND role = 'admin' AND left_seq IS NULL)
                AND \"user\" = (SELECT \"user\" FROM members WHERE conv = $1 AND left_seq IS NULL
-                               ORDER BY joined_seq, \"user\" LIMIT 1)",
+                               ORDER BY joined_seq, \"user\" COLLATE \"C\" LIMIT 1)",
             &[&conv_s],
         )?;
         Ok(out)

@@ -1,6 +1,8 @@
 //! Slot leases: which users this bridge handles while several share the
 //! database (see `crate::slots`).
 //!
+//! Leases are renewed on a thread of their own, on its own connection, so
+//! that a long batch (a lock wait, a deadlock resolved) never lets them run out.
 //! Every [`RENEW_EVERY`] each bridge, in one transaction: marks itself alive,
 //! renews the leases it holds, and evens out: with `n` bridges alive each
 //! holds about `64 / n` slots, taking free or expired ones and giving back
@@ -9,21 +11,26 @@
 //! cannot change hands while a batch that handles its users is open; a bridge
 //! that lost a slot (it paused past its lease) then passes over those users.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postgres::Client;
-use tracing::info;
+use tracing::{info, warn};
+
+use super::Connector;
+use crate::StoreError;
 
 use super::db::Db;
 use crate::slots::{Ownership, SLOTS};
 
 /// How long a lease lasts unless renewed: how long a dead bridge's users wait
 /// for another bridge.
-pub(crate) const LEASE: Duration = Duration::from_secs(3);
+pub(crate) const LEASE: Duration = Duration::from_secs(5);
 
 /// How often a bridge renews its leases and evens out the slots.
-pub const RENEW_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 /// The database's clock, ms since the epoch.
 macro_rules! db_now {
@@ -40,34 +47,98 @@ pub struct Sharing {
     pub ownership: Arc<Ownership>,
 }
 
-/// The lease rounds of one bridge.
+/// The thread that renews this bridge's leases; stopping it gives them back.
 pub(super) struct Leases {
-    sharing: Sharing,
-    last_round: Option<Instant>,
+    instance: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Leases {
-    pub(super) fn new(sharing: Sharing) -> Self {
-        Self {
-            sharing,
-            last_round: None,
-        }
+    /// Takes this bridge's first share (on `client`, before any batch), then
+    /// renews on a thread with a connection of its own from `connect`.
+    pub(super) fn start(
+        sharing: Sharing,
+        mut client: Client,
+        connect: Connector,
+    ) -> Result<Self, StoreError> {
+        let mut rounds = Rounds { sharing };
+        rounds.round(&mut client)?;
+        let instance = rounds.sharing.instance.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("slot-leases".into())
+            .spawn({
+                let stop = stop.clone();
+                move || rounds.run(client, &connect, &stop)
+            })
+            .map_err(StoreError::Thread)?;
+        Ok(Self {
+            instance,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// This bridge's instance.
     pub(super) fn instance(&self) -> &str {
-        &self.sharing.instance
+        &self.instance
     }
+}
 
-    /// Whether a round is due.
-    pub(super) fn due(&self) -> bool {
-        self.last_round
-            .is_none_or(|last| last.elapsed() >= RENEW_EVERY)
+impl Drop for Leases {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The lease rounds of one bridge.
+struct Rounds {
+    sharing: Sharing,
+}
+
+impl Rounds {
+    /// Renews every [`RENEW_EVERY`] until `stop`, reconnecting when the
+    /// connection breaks; then gives the slots back (the batches are over: the
+    /// store is being dropped), so that the other bridges take them at once.
+    fn run(&mut self, mut client: Client, connect: &Connector, stop: &AtomicBool) {
+        let mut next = Instant::now() + RENEW_EVERY;
+        while !stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(50));
+            if Instant::now() < next {
+                continue;
+            }
+            next = Instant::now() + RENEW_EVERY;
+            if let Err(err) = self.round(&mut client) {
+                warn!(cause = %err, "cannot renew this bridge's slot leases");
+                if client.is_closed() {
+                    match connect() {
+                        Ok(new) => client = new,
+                        Err(cause) => warn!(%cause, "PostgreSQL is unreachable"),
+                    }
+                }
+            }
+        }
+        let me = self.sharing.instance.as_str();
+        let released = client.transaction().and_then(|mut tx| {
+            tx.execute(
+                "UPDATE bridge_slots SET owner = NULL, lease_until_ms = 0 WHERE owner = $1",
+                &[&me],
+            )?;
+            tx.execute("DELETE FROM bridges WHERE instance = $1", &[&me])?;
+            tx.commit()
+        });
+        if let Err(err) = released {
+            warn!(cause = %err, "cannot give back this bridge's slots; they free up when their leases end");
+        }
+        self.sharing.ownership.set(0);
     }
 
     /// One round: alive, renew, even out. Records the slots held.
-    pub(super) fn round(&mut self, client: &mut Client) -> Result<(), postgres::Error> {
-        self.last_round = Some(Instant::now());
+    fn round(&mut self, client: &mut Client) -> Result<(), postgres::Error> {
         let me = self.sharing.instance.as_str();
         let lease_ms = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
         let mut tx = client.transaction()?;
@@ -121,10 +192,7 @@ impl Leases {
                 &[&me, &(held - share)],
             )?;
         }
-        let slots = tx.query(
-            "SELECT slot FROM bridge_slots WHERE owner = $1",
-            &[&me],
-        )?;
+        let slots = tx.query("SELECT slot FROM bridge_slots WHERE owner = $1", &[&me])?;
         tx.commit()?;
         let mut mask = 0u64;
         for row in &slots {

@@ -34,6 +34,7 @@ mod search;
 mod timeline;
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use messenger_protocol::wire::Request;
@@ -42,11 +43,11 @@ use tracing::{error, info, warn};
 
 use self::context::Ctx;
 use self::db::{Db, Fault, Statements};
-pub use self::leases::{Sharing, RENEW_EVERY};
 use self::leases::Leases;
-use crate::slots::slot_of;
+pub use self::leases::Sharing;
 use crate::config::Limits;
 use crate::rate::{Ledger, RateLimits};
+use crate::slots::slot_of;
 use crate::sqlite::fits;
 use crate::sqlite::pushes::Notify;
 use crate::{Effect, Failure, Housekeeping, Input, Liveness, Outcome, StoreError};
@@ -64,7 +65,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Opens a new connection to the database (the `storage.url`), for after the
 /// old one broke; the error says why not, without the password.
-pub type Connector = Box<dyn Fn() -> Result<Client, String> + Send>;
+pub type Connector = Arc<dyn Fn() -> Result<Client, String> + Send + Sync>;
 
 /// The store on a PostgreSQL database (shared with the account store and with
 /// every other bridge).
@@ -90,15 +91,15 @@ impl PostgresStore {
     /// `sharing` names this bridge among the others on the database. Takes this
     /// bridge's first share of the users' slots (blocking).
     pub fn new(
-        mut client: Client,
+        client: Client,
         connect: Connector,
         limits: Limits,
         notify: Notify,
         liveness: Option<Liveness>,
         sharing: Sharing,
     ) -> Result<Self, StoreError> {
-        let mut leases = Leases::new(sharing);
-        leases.round(&mut client)?;
+        let lease_client = connect().map_err(StoreError::Unavailable)?;
+        let leases = Leases::start(sharing, lease_client, connect.clone())?;
         Ok(Self {
             client,
             connect,
@@ -161,15 +162,6 @@ impl crate::Store for PostgresStore {
 
     fn between_batches(&mut self) -> Housekeeping {
         self.rates.forget_idle();
-        if self.leases.due() {
-            if let Err(err) = self.leases.round(&mut self.client) {
-                // Leases run out unrenewed; batches check them (see `leases::held`).
-                warn!(cause = %err, "cannot renew this bridge's slot leases");
-                if self.client.is_closed() {
-                    let _ = self.reconnect(Instant::now() + MAX_BACKOFF);
-                }
-            }
-        }
         Housekeeping::Done
     }
 }

@@ -67,7 +67,7 @@ pub(super) fn update(
         .try_get(0)?;
     // A new row stands for "never seen": the first offline is a change too.
     let fresh = !was_online && seen.is_none();
-    if was_online == any_online && !(fresh && !any_online) {
+    if was_online == any_online && (any_online || !fresh) {
         return Ok(Vec::new());
     }
     let last_seen = if any_online { seen } else { Some(now) };
@@ -97,7 +97,7 @@ pub(super) fn reconcile(
     ours: &dyn Fn(&UserId) -> bool,
 ) -> Result<Vec<Effect>, postgres::Error> {
     let rows = db.rows(
-        "SELECT \"user\", device FROM devices WHERE online ORDER BY \"user\", device",
+        "SELECT \"user\", device FROM devices WHERE online ORDER BY \"user\" COLLATE \"C\", device COLLATE \"C\"",
         &[],
     )?;
     let mut out = Vec::new();
