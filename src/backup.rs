@@ -9,6 +9,7 @@ use crate::settings::Settings;
 
 /// Copies the configured SQLite file to `file`, which must not exist.
 pub(crate) fn run(settings: &Settings, file: &Path) -> anyhow::Result<()> {
+    crate::database::sqlite_only(settings, "backup", "back the database up with pg_dump")?;
     let path = &settings.storage.path;
     let report = messenger_store::backup(path, file)
         .with_context(|| format!("backing up {} to {}", path.display(), file.display()))?;

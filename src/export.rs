@@ -13,6 +13,11 @@ use crate::settings::Settings;
 /// Writes `user`'s export to `out`, which must not exist; a failed export
 /// leaves no file behind.
 pub(crate) fn run(settings: &Settings, user: &str, out: &Path) -> anyhow::Result<()> {
+    crate::database::sqlite_only(
+        settings,
+        "export",
+        "a user's data can be read from the database",
+    )?;
     let user = UserId::parse(user)?;
     let path = &settings.storage.path;
     let file = OpenOptions::new()

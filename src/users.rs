@@ -12,11 +12,12 @@ use crate::settings::Settings;
 pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
     let path = &settings.storage.path;
     let on_postgres = settings.storage.postgres_url().is_some();
-    if on_postgres && matches!(cmd, UserCommand::Remove { .. }) {
-        return Err(crate::config_failure(anyhow::anyhow!(
-            "storage.backend = \"postgres\": `user remove` takes the account's conversations \
-             with it, which needs the engine on PostgreSQL (not built yet)"
-        )));
+    if matches!(cmd, UserCommand::Remove { .. }) {
+        crate::database::sqlite_only(
+            settings,
+            "user remove",
+            "`messenger user disable` signs the account out and keeps it from signing in",
+        )?;
     }
     let accounts = crate::database::accounts(settings)?;
     match cmd {

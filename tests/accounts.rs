@@ -228,7 +228,7 @@ async fn user_commands_run_on_postgres() {
     assert_eq!(counted, (1, 1));
     // Removal takes conversations with it: refused until the engine exists.
     let out = on_postgres(&messenger, &url, &["user", "remove", "ann"]).await;
-    postgres::assert_refused(&out, "storage.backend", "engine", "user remove");
+    postgres::assert_refused(&out, "storage.backend", "SQLite file only", "user remove");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
