@@ -37,6 +37,10 @@ pub(super) struct Ctx<'a, 'd> {
     /// The notifications this request calls for, handed to the push workers once
     /// the transaction is committed (dropped if the request fails).
     pub(super) pushes: RefCell<Vec<Notification>>,
+    /// The hashes of the uploads this request let go of (`uploads` rows it
+    /// removed), whose bytes go at the end of the batch if no upload row names
+    /// them then (see `files`).
+    pub(super) released: RefCell<Vec<String>>,
 }
 
 /// A count or sequence number as PostgreSQL's `BIGINT` keeps it (the wire's
