@@ -169,18 +169,9 @@ async fn replies_edits_deletions_and_reactions_are_timeline_events(backend: Back
     let m1 = message(&page, 1);
     assert!(m1.deleted && m1.body.is_empty() && m1.reactions.is_empty());
     assert!(matches!(&page[2], HistoryItem::Edit(e) if e.body.is_none()));
-    let db = server.db().clone();
-    let left: i64 = tokio::task::spawn_blocking(move || {
-        let conn = rusqlite::Connection::open(db).expect("open");
-        conn.query_row(
-            "SELECT count(*) FROM events WHERE body LIKE '%see you%'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count")
-    })
-    .await
-    .expect("count");
+    let left = server
+        .count("SELECT count(*) FROM events WHERE body LIKE '%see you%'")
+        .await;
     assert_eq!(left, 0, "the text of a deleted message stays nowhere");
     assert!(found(&bob, "see you", None).await.is_empty());
 

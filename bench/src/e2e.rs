@@ -86,8 +86,14 @@ pub(crate) struct Messaging {
     pub(crate) group: Group,
 }
 
-/// Runs the paced, saturated and group phases (those selected) on one fresh `serve`.
-pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<Messaging> {
+/// Runs the paced, saturated and group phases (those selected) on one fresh
+/// `serve` (the group phase only with `groups`). On PostgreSQL, the spec's
+/// extra bridges share the users with `serve`'s own.
+pub(crate) async fn run(
+    options: &Options,
+    spec: ServerSpec,
+    groups: bool,
+) -> anyhow::Result<Messaging> {
     let spec = ServerSpec {
         role: Role::Serve,
         ..spec
@@ -98,9 +104,21 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<M
         .map(|n| (seed::user_name(n), "p".to_owned()))
         .collect();
     devices.extend((0..group_devices).map(|n| (seed::user_name(n), "g".to_owned())));
-    let mut identities = seed::seed(&spec.db(), &devices)?;
+    let mut identities = match &spec.postgres {
+        // The client is synchronous (it runs a runtime of its own): off this one.
+        Some((url, _)) => {
+            let (url, devices) = (url.clone(), devices.clone());
+            tokio::task::spawn_blocking(move || seed::seed_postgres(&url, &devices)).await??
+        }
+        None => seed::seed(&spec.db(), &devices)?,
+    };
     let group_ids = identities.split_off(pair_devices);
+    let bridges = 1 + spec.more_bridges;
+    let url = spec.postgres.as_ref().map(|(url, _)| url.clone());
     let mut server = Server::start(spec).await?;
+    if let Some(url) = url {
+        shared_out(&url, bridges).await?;
+    }
     let mut result = Messaging::default();
     if options.runs(Phase::Paced) || options.runs(Phase::Saturated) {
         let fleet = pairs(&server, identities);
@@ -124,11 +142,37 @@ pub(crate) async fn run(options: &Options, spec: ServerSpec) -> anyhow::Result<M
         }
         fleet.stop().await;
     }
-    if options.runs(Phase::Groups) {
+    if groups && options.runs(Phase::Groups) {
         result.group = groups::run(&server, group_ids, options).await?;
     }
     server.stop().await?;
     Ok(result)
+}
+
+/// Waits until `bridges` bridges hold every slot of the users between them (a
+/// request of a user whose slot is changing hands is passed over).
+async fn shared_out(url: &str, bridges: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // The client is synchronous (it runs a runtime of its own): off this one.
+        let url = url.to_owned();
+        let (owners, free) = tokio::task::spawn_blocking(move || -> anyhow::Result<(i64, i64)> {
+            let mut client = messenger_store::postgres::connect(&url)?;
+            let row = client.query_one(
+                "SELECT COUNT(DISTINCT owner), COUNT(*) FILTER (WHERE owner IS NULL) FROM bridge_slots",
+                &[],
+            )?;
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        })
+        .await??;
+        if usize::try_from(owners).ok() == Some(bridges) && free == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the users' slots were not shared out over {bridges} bridges: {owners} hold them, {free} free");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Device 2k and 2k+1 talk to each other in `dm:<a>:<b>`.

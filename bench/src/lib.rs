@@ -47,7 +47,7 @@ use tracing::info;
 
 pub use options::BenchArgs;
 
-use options::{Options, Phase};
+use options::{Options, Phase, Storage};
 use report::Report;
 use scratch::Scratch;
 use server::{Role, ServerSpec};
@@ -89,6 +89,8 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
             max_connections: (options.peak_connections() + 100).max(20_000),
             env: options.server_env.clone(),
             tls: None,
+            postgres: None,
+            more_bridges: 0,
         })
     };
     let raw = if options.runs(Phase::Raw) {
@@ -102,10 +104,39 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
         .any(|p| options.runs(*p))
     {
         info!("e2e: through the bridge");
-        e2e::run(options, spec("messaging")?).await?
+        e2e::run(options, spec("messaging")?, true).await?
     } else {
         e2e::Messaging::default()
     };
+    let mut on_postgres = Vec::new();
+    if options.on(Storage::Postgres)
+        && (options.runs(Phase::Paced) || options.runs(Phase::Saturated))
+    {
+        // `synchronous_commit` on (the default): a commit waits for its WAL on disk.
+        let settings = [
+            "synchronous_commit = on",
+            "shared_buffers = 256MB",
+            "max_wal_size = 4GB",
+        ];
+        let pg = tokio::task::block_in_place(|| {
+            postgres::LocalPostgres::start(
+                &scratch.dir("postgres")?,
+                &hex::encode(password),
+                &settings,
+            )
+        })?;
+        for &bridges in &options.bridges {
+            info!(bridges, "e2e on PostgreSQL");
+            let url =
+                tokio::task::block_in_place(|| pg.create_database(&format!("bench{bridges}")))?;
+            let spec = ServerSpec {
+                postgres: Some((url, pg.dir().to_owned())),
+                more_bridges: bridges - 1,
+                ..spec(&format!("postgres-{bridges}"))?
+            };
+            on_postgres.push((bridges, e2e::run(options, spec, false).await?));
+        }
+    }
     let connections = if options.runs(Phase::Connections) {
         info!(devices = options.connections, "connections");
         connections::run(options, spec("connections")?).await?
@@ -147,6 +178,7 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
             search: &search,
             files: &files,
             tls: &tls,
+            postgres: &on_postgres,
         },
         started.elapsed(),
     ))

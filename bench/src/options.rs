@@ -22,6 +22,13 @@ pub struct BenchArgs {
     /// The server's storage durability.
     #[arg(long, value_enum, default_value_t = Durability::Fsync)]
     durability: Durability,
+    /// The storage engines the paced and saturated phases run on (comma-separated);
+    /// with postgres, the bench makes a PostgreSQL of this machine's installation.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sqlite")]
+    storage: Vec<Storage>,
+    /// On PostgreSQL: how many bridges share the database, one run each (comma-separated) [1,3].
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    bridges: Vec<usize>,
     /// Raw: seconds of saturated publishing [5; quick 1].
     #[arg(long)]
     raw_secs: Option<f64>,
@@ -111,6 +118,16 @@ pub(crate) enum Phase {
     Tls,
 }
 
+/// A storage engine of the servers under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Storage {
+    /// One SQLite file (`messenger serve`).
+    Sqlite,
+    /// PostgreSQL, with one or more bridges (`--bridges`).
+    Postgres,
+}
+
 /// `storage.durability` of the servers under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,6 +153,8 @@ impl Durability {
 pub(crate) struct Options {
     pub(crate) phases: Vec<Phase>,
     pub(crate) durability: Durability,
+    pub(crate) storage: Vec<Storage>,
+    pub(crate) bridges: Vec<usize>,
     pub(crate) raw_secs: f64,
     pub(crate) raw_paced_secs: f64,
     pub(crate) raw_publishers: usize,
@@ -178,6 +197,8 @@ impl Options {
         let options = Self {
             phases,
             durability: a.durability,
+            storage: a.storage.clone(),
+            bridges: a.bridges.clone(),
             raw_secs: pick(a.raw_secs, 5.0, 1.0),
             raw_paced_secs: if q { 0.5 } else { 3.0 },
             raw_publishers: count(a.raw_publishers, 2, 2),
@@ -243,10 +264,18 @@ impl Options {
         if self.file_count == 0 || self.file_bytes == 0 || self.file_bytes > 1 << 32 {
             bail!("--file-count must be at least 1 and --file-bytes 1 to 4294967296");
         }
+        if self.bridges.is_empty() || self.bridges.iter().any(|n| !(1..=8).contains(n)) {
+            bail!("--bridges must be 1 to 8, comma-separated");
+        }
         if self.tls_connections == 0 || self.tls_messages == 0 {
             bail!("--tls-connections and --tls-messages must be at least 1");
         }
         Ok(())
+    }
+
+    /// Whether the paced and saturated phases run on `storage`.
+    pub(crate) fn on(&self, storage: Storage) -> bool {
+        self.storage.contains(&storage)
     }
 
     /// Whether `phase` was selected.

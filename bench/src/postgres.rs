@@ -127,32 +127,7 @@ impl LocalPostgres {
 
     /// The server's processes (the postmaster and its children), for CPU time.
     pub fn pids(&self) -> Vec<u32> {
-        let Some(main) = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid"))
-            .ok()
-            .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
-        else {
-            return Vec::new();
-        };
-        let mut pids = vec![main];
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let parent = std::fs::read_to_string(entry.path().join("stat"))
-                .ok()
-                .and_then(|stat| {
-                    let rest = &stat[stat.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                });
-            if parent == Some(main) {
-                pids.push(pid);
-            }
-        }
-        pids
+        pids_of(&self.dir)
     }
 
     /// A shell command that stops this server at once and removes its
@@ -291,4 +266,35 @@ fn tempfile_dir(parent: &Path) -> anyhow::Result<PathBuf> {
 fn free_port() -> anyhow::Result<u16> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(probe.local_addr()?.port())
+}
+
+/// The processes of the server made in `dir` (see [`LocalPostgres::dir`]): the
+/// postmaster and its children.
+pub(crate) fn pids_of(dir: &Path) -> Vec<u32> {
+    let Some(main) = std::fs::read_to_string(dir.join("data").join("postmaster.pid"))
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return Vec::new();
+    };
+    let mut pids = vec![main];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = &stat[stat.rfind(')')? + 1..];
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        if parent == Some(main) {
+            pids.push(pid);
+        }
+    }
+    pids
 }

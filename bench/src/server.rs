@@ -45,6 +45,13 @@ pub(crate) struct ServerSpec {
     pub(crate) env: Vec<(String, String)>,
     /// The certificate chain and key files for an MQTT over TLS listener, if it has one.
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    /// The PostgreSQL database to store in (`storage.backend = "postgres"`), if
+    /// not the SQLite file, with the directory of the server that holds it
+    /// (whose processes' CPU time counts as the server's).
+    pub(crate) postgres: Option<(String, PathBuf)>,
+    /// `messenger bridge` processes beside `serve`'s own bridge, sharing its
+    /// database (PostgreSQL only).
+    pub(crate) more_bridges: usize,
 }
 
 impl ServerSpec {
@@ -65,6 +72,8 @@ pub(crate) struct Server {
     tls_addr: Option<SocketAddr>,
     /// `None` once stopped or killed.
     child: Option<Child>,
+    /// The extra `messenger bridge` processes ([`ServerSpec::more_bridges`]).
+    bridges: Vec<Child>,
 }
 
 impl Server {
@@ -88,9 +97,11 @@ impl Server {
             addr,
             spec,
             child: None,
+            bridges: Vec::new(),
         };
         server.spawn()?;
         server.wait_listening().await?;
+        server.spawn_bridges()?;
         Ok(server)
     }
 
@@ -115,14 +126,29 @@ impl Server {
         rss_of(child.id())
     }
 
-    /// CPU time the child has used so far (user + system, all threads), in seconds.
+    /// CPU time the child, its extra bridges and its PostgreSQL (when on one)
+    /// have used so far (user + system, all threads), in seconds.
     pub(crate) fn cpu_secs(&self) -> anyhow::Result<f64> {
         let child = self.child.as_ref().context("the server is not running")?;
-        cpu_secs_of(&child.id().to_string())
+        let mut secs = cpu_secs_of(&child.id().to_string())?;
+        for bridge in &self.bridges {
+            secs += cpu_secs_of(&bridge.id().to_string())?;
+        }
+        if let Some((_, dir)) = &self.spec.postgres {
+            for pid in crate::postgres::pids_of(dir) {
+                // A backend may end between listing and reading: not counted.
+                secs += cpu_secs_of(&pid.to_string()).unwrap_or(0.0);
+            }
+        }
+        Ok(secs)
     }
 
     /// Kills the child at once (SIGKILL), as a crash would.
     pub(crate) fn kill(&mut self) -> anyhow::Result<()> {
+        for mut bridge in self.bridges.drain(..) {
+            let _ = bridge.kill();
+            let _ = bridge.wait();
+        }
         if let Some(mut child) = self.child.take() {
             child.kill().context("killing the server")?;
             child.wait().context("waiting for the killed server")?;
@@ -134,11 +160,16 @@ impl Server {
     pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill()?;
         self.spawn()?;
-        self.wait_listening().await
+        self.wait_listening().await?;
+        self.spawn_bridges()
     }
 
     /// Stops the child with SIGTERM (a clean shutdown), killing it if it takes too long.
     pub(crate) async fn stop(&mut self) -> anyhow::Result<()> {
+        for mut bridge in self.bridges.drain(..) {
+            let _ = bridge.kill();
+            let _ = bridge.wait();
+        }
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -160,12 +191,35 @@ impl Server {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
+        let role = match self.spec.role {
+            Role::Serve => "serve",
+            Role::Broker => "broker",
+        };
+        let cmd = self.command(role, &self.log_path())?;
+        self.child = Some(spawn(cmd)?);
+        Ok(())
+    }
+
+    /// Starts the extra bridges (`bridge.instance` `b2`, `b3`, ...) against the server.
+    fn spawn_bridges(&mut self) -> anyhow::Result<()> {
+        for n in 0..self.spec.more_bridges {
+            let instance = format!("b{}", n + 2);
+            let mut cmd = self.command("bridge", &self.spec.dir.join(format!("{instance}.log")))?;
+            cmd.env("MESSENGER_BRIDGE__BROKER", self.addr.to_string())
+                .env("MESSENGER_BRIDGE__INSTANCE", &instance);
+            self.bridges.push(spawn(cmd)?);
+        }
+        Ok(())
+    }
+
+    /// `messenger <role>` with the spec's settings, logging to `log`.
+    fn command(&self, role: &str, log: &Path) -> anyhow::Result<Command> {
         let spec = &self.spec;
         let exe = std::env::current_exe().context("locating the messenger executable")?;
         let log = File::options()
             .create(true)
             .append(true)
-            .open(self.log_path())
+            .open(log)
             .context("creating the server log")?;
         let mut cmd = Command::new(exe);
         for (key, _) in std::env::vars_os() {
@@ -173,49 +227,51 @@ impl Server {
                 cmd.env_remove(key);
             }
         }
-        cmd.arg(match spec.role {
-            Role::Serve => "serve",
-            Role::Broker => "broker",
-        })
-        .current_dir(&spec.dir)
-        .env("MESSENGER_BROKER__LISTEN", self.addr.to_string())
-        .env("MESSENGER_BROKER__WS_LISTEN", self.ws_addr.to_string())
-        .env(
-            "MESSENGER_BROKER__MAX_CONNECTIONS",
-            spec.max_connections.to_string(),
-        )
-        .env("MESSENGER_STORAGE__PATH", spec.db())
-        .env("MESSENGER_STORAGE__DURABILITY", spec.durability.as_str())
-        .env("MESSENGER_BRIDGE__PASSWORD", &spec.service_password)
-        // The abuse limits off: every simulated device comes from one address, and
-        // a simulated user sends far above a person's rate (`--server-env` may turn them on).
-        .env("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "0")
-        // `--devices-per-user` (100 by default) devices of one user connect at once.
-        .env("MESSENGER_LIMITS__MAX_DEVICES_PER_USER", "10000")
-        .env("MESSENGER_LIMITS__MAX_DEVICES", "10000")
-        .env("MESSENGER_LIMITS__SENDS_PER_SEC", "0")
-        .env("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0")
-        .env("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0")
-        .env("MESSENGER_LIMITS__UPLOADS_PER_MIN", "0")
-        // Metrics on, as in production, on a port of its own (`--server-env` may turn it off).
-        .env("MESSENGER_ADMIN__LISTEN", "127.0.0.1:0")
-        .envs(
-            self.tls_addr
-                .iter()
-                .flat_map(|addr| [("MESSENGER_BROKER__TLS_LISTEN", addr.to_string())]),
-        )
-        .envs(spec.tls.iter().flat_map(|(cert, key)| {
-            [
-                ("MESSENGER_TLS__CERT_PATH", cert.display().to_string()),
-                ("MESSENGER_TLS__KEY_PATH", key.display().to_string()),
-            ]
-        }))
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-        self.child = Some(cmd.spawn().context("starting the server")?);
-        Ok(())
+        cmd.arg(role)
+            .current_dir(&spec.dir)
+            .env("MESSENGER_BROKER__LISTEN", self.addr.to_string())
+            .env("MESSENGER_BROKER__WS_LISTEN", self.ws_addr.to_string())
+            .env(
+                "MESSENGER_BROKER__MAX_CONNECTIONS",
+                spec.max_connections.to_string(),
+            )
+            .env("MESSENGER_STORAGE__PATH", spec.db())
+            .env("MESSENGER_STORAGE__DURABILITY", spec.durability.as_str())
+            .env("MESSENGER_BRIDGE__PASSWORD", &spec.service_password)
+            // The abuse limits off: every simulated device comes from one address, and
+            // a simulated user sends far above a person's rate (`--server-env` may turn them on).
+            .env("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "0")
+            // `--devices-per-user` (100 by default) devices of one user connect at once.
+            .env("MESSENGER_LIMITS__MAX_DEVICES_PER_USER", "10000")
+            .env("MESSENGER_LIMITS__MAX_DEVICES", "10000")
+            .env("MESSENGER_LIMITS__SENDS_PER_SEC", "0")
+            .env("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0")
+            .env("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0")
+            .env("MESSENGER_LIMITS__UPLOADS_PER_MIN", "0")
+            // Metrics on, as in production, on a port of its own (`--server-env` may turn it off).
+            .env("MESSENGER_ADMIN__LISTEN", "127.0.0.1:0")
+            .envs(
+                self.tls_addr
+                    .iter()
+                    .flat_map(|addr| [("MESSENGER_BROKER__TLS_LISTEN", addr.to_string())]),
+            )
+            .envs(spec.tls.iter().flat_map(|(cert, key)| {
+                [
+                    ("MESSENGER_TLS__CERT_PATH", cert.display().to_string()),
+                    ("MESSENGER_TLS__KEY_PATH", key.display().to_string()),
+                ]
+            }))
+            .envs(spec.postgres.iter().flat_map(|(url, _)| {
+                [
+                    ("MESSENGER_STORAGE__BACKEND", "postgres".to_owned()),
+                    ("MESSENGER_STORAGE__URL", url.clone()),
+                ]
+            }))
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        Ok(cmd)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -259,8 +315,17 @@ impl Server {
     }
 }
 
+/// Starts `cmd`.
+fn spawn(mut cmd: Command) -> anyhow::Result<Child> {
+    cmd.spawn().context("starting the server")
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        for bridge in &mut self.bridges {
+            let _ = bridge.kill();
+            let _ = bridge.wait();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

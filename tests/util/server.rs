@@ -241,6 +241,27 @@ impl TestServer {
         }
     }
 
+    /// The number the query `sql` (written for both engines) returns, from the
+    /// bridge's database.
+    pub(crate) async fn count(&self, sql: &str) -> i64 {
+        let sql = sql.to_owned();
+        match self.postgres_url().map(str::to_owned) {
+            Some(url) => super::postgres::blocking(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+                client.query_one(&sql, &[]).expect("query").get(0)
+            }),
+            None => {
+                let db = self.db.clone();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(db).expect("open the database");
+                    conn.query_row(&sql, [], |r| r.get(0)).expect("query")
+                })
+                .await
+                .expect("join")
+            }
+        }
+    }
+
     /// Whether the bridge's devices table has `user`'s `device` online (None: no row).
     pub(crate) async fn device_online(&self, user: &str, device: &str) -> Option<bool> {
         let (user, device) = (user.to_owned(), device.to_owned());

@@ -218,6 +218,62 @@ pub(crate) struct Report {
     pub(crate) loadavg_end: String,
     /// Wall time of the whole run.
     pub(crate) total_secs: f64,
+    /// E2E on PostgreSQL (`--storage postgres`), one run per `--bridges` count.
+    pub(crate) postgres: Vec<OnPostgres>,
+}
+
+/// The paced and saturated e2e figures on PostgreSQL with some number of bridges.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct OnPostgres {
+    /// Bridges sharing the database (`serve`'s and `messenger bridge` processes).
+    pub(crate) bridges: usize,
+    /// Saturated: messages delivered per second.
+    pub(crate) msgs_per_s: f64,
+    /// Saturated: `msgs_per_s` over SQLite's in the same run (0 if SQLite's did not run).
+    pub(crate) of_sqlite: f64,
+    /// Saturated: send -> ack, median and 99th percentile.
+    pub(crate) ack_p50_ms: f64,
+    /// See `ack_p50_ms`.
+    pub(crate) ack_p99_ms: f64,
+    /// Saturated: send -> partner's inbox, median and 99th percentile.
+    pub(crate) delivery_p50_ms: f64,
+    /// See `delivery_p50_ms`.
+    pub(crate) delivery_p99_ms: f64,
+    /// Saturated: `error` replies.
+    pub(crate) errors: u64,
+    /// Saturated: CPU time per message of the broker, the bridges and PostgreSQL, microseconds.
+    pub(crate) server_cpu_us_per_msg: f64,
+    /// Paced (at `paced_rate`): send -> partner's inbox, median and 99th percentile.
+    pub(crate) paced_delivery_p50_ms: f64,
+    /// See `paced_delivery_p50_ms`.
+    pub(crate) paced_delivery_p99_ms: f64,
+    /// Paced: send -> ack, 99th percentile.
+    pub(crate) paced_ack_p99_ms: f64,
+}
+
+impl OnPostgres {
+    /// The figures of one run with `bridges` bridges, beside SQLite's saturated `sqlite_msgs_per_s`.
+    pub(crate) fn new(bridges: usize, run: &Messaging, sqlite_msgs_per_s: f64) -> Self {
+        let (paced, sat) = (&run.paced, &run.saturated);
+        Self {
+            bridges,
+            msgs_per_s: sat.msgs_per_s,
+            of_sqlite: if sqlite_msgs_per_s > 0.0 {
+                sat.msgs_per_s / sqlite_msgs_per_s
+            } else {
+                0.0
+            },
+            ack_p50_ms: sat.ack.p50_ms,
+            ack_p99_ms: sat.ack.p99_ms,
+            delivery_p50_ms: sat.delivery.p50_ms,
+            delivery_p99_ms: sat.delivery.p99_ms,
+            errors: sat.errors,
+            server_cpu_us_per_msg: sat.server_cpu_us_per_msg,
+            paced_delivery_p50_ms: paced.delivery.p50_ms,
+            paced_delivery_p99_ms: paced.delivery.p99_ms,
+            paced_ack_p99_ms: paced.ack.p99_ms,
+        }
+    }
 }
 
 /// The results of the phases added with files and search.
@@ -228,6 +284,8 @@ pub(crate) struct Extra<'a> {
     pub(crate) files: &'a Files,
     /// The TLS phase.
     pub(crate) tls: &'a TlsComparison,
+    /// E2E on PostgreSQL, by bridges.
+    pub(crate) postgres: &'a [(usize, Messaging)],
 }
 
 impl Report {
@@ -326,6 +384,11 @@ impl Report {
             machine,
             loadavg_end: loadavg(),
             total_secs: elapsed.as_secs_f64(),
+            postgres: extra
+                .postgres
+                .iter()
+                .map(|(bridges, run)| OnPostgres::new(*bridges, run, sat.msgs_per_s))
+                .collect(),
         }
     }
 }
@@ -358,6 +421,7 @@ mod tests {
                 search: &Search::default(),
                 files: &Files::default(),
                 tls: &TlsComparison::default(),
+                postgres: &[],
             },
             Duration::from_secs(1),
         )

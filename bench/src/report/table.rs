@@ -30,6 +30,7 @@ impl Report {
             self.search_rows(),
             self.file_rows(),
             self.tls_rows(),
+            self.postgres_rows(),
         ]
         .into_iter()
         .flatten()
@@ -127,6 +128,45 @@ impl Report {
             Row::new("RSS growth", mib(self.rss_growth_bytes))
                 .against(self.rss_growth_bytes < TARGET_GROWTH_BYTES, "< 100 MB"),
         ]
+    }
+
+    /// E2E on PostgreSQL, per number of bridges (nothing unless `--storage postgres`).
+    fn postgres_rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for run in &self.postgres {
+            let on = format!("postgres, {} bridge(s)", run.bridges);
+            rows.push(
+                Row::new(
+                    format!("{on}: e2e msgs/s (of SQLite's)"),
+                    format!("{:.0} ({:.0}%)", run.msgs_per_s, run.of_sqlite * 100.0),
+                )
+                .against(run.of_sqlite >= 0.5, ">= 50% of SQLite"),
+            );
+            rows.push(Row::new(
+                format!("{on}: ack p50 / p99, delivery p50 / p99 ms"),
+                latencies(&[
+                    run.ack_p50_ms,
+                    run.ack_p99_ms,
+                    run.delivery_p50_ms,
+                    run.delivery_p99_ms,
+                ]),
+            ));
+            rows.push(Row::new(
+                format!("{on}: CPU us/msg (broker + bridges + PostgreSQL)"),
+                format!("{:.1}", run.server_cpu_us_per_msg),
+            ));
+            rows.push(
+                Row::new(
+                    format!(
+                        "{on}: paced {:.0} msg/s delivery p50 / p99 ms",
+                        self.paced_rate
+                    ),
+                    latencies(&[run.paced_delivery_p50_ms, run.paced_delivery_p99_ms]),
+                )
+                .against(run.paced_delivery_p99_ms < 20.0, "p99 < 20 ms"),
+            );
+        }
+        rows
     }
 
     /// The paced run: delivery and ack latencies at a fixed rate.

@@ -200,4 +200,13 @@ CREATE TABLE bridges (
 -- across users, rare: docs/SCALING.md).
 CREATE INDEX inbox_by_event ON inbox (conv, seq) WHERE rstatus IS NULL;
 ",
+    "
+-- Search: a trigram index on the text of the messages that are not deleted,
+-- which `ILIKE` on each word of a query reads (`engine::search`). `pg_trgm` is
+-- a trusted extension (PostgreSQL 13 on): the database's owner, or any role
+-- with CREATE on it, may create it.
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE INDEX events_text ON events USING gin (body gin_trgm_ops)
+    WHERE kind = 'message' AND NOT deleted;
+",
 ];

@@ -41,8 +41,8 @@ mod retention;
 mod roster;
 pub(crate) mod rows;
 mod schema;
-mod search;
-mod timeline;
+pub(crate) mod search;
+pub(crate) mod timeline;
 
 pub use backup::{backup, BackupReport};
 pub use export::{export_user, ExportSummary};

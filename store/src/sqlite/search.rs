@@ -24,17 +24,17 @@ use super::Ctx;
 use crate::{Effect, Failure};
 
 /// Default page size of `search`.
-const DEFAULT_PAGE: u32 = 20;
+pub(crate) const DEFAULT_PAGE: u32 = 20;
 
 /// Index rows a `search` request examines at most; past them it answers the
 /// page it has (perhaps empty) with `more` and a cursor to go on from.
-const SCAN_BUDGET: usize = 5_000;
+pub(crate) const SCAN_BUDGET: usize = 5_000;
 
 /// An index row: (rowid, conv, seq).
 type Candidate = (i64, Option<String>, Option<u64>);
 
 /// Candidates fetched from the index at a time.
-const CHUNK: u32 = 200;
+pub(crate) const CHUNK: u32 = 200;
 
 /// A change to the search index, noted by a request and applied at the end of
 /// its batch. Changes to a row carry its indexed text: the index keeps no copy
@@ -90,7 +90,7 @@ pub(crate) fn apply(conn: &Connection, ops: &mut Vec<IndexOp>) -> rusqlite::Resu
 
 /// A parsed query: every word must occur in the text, case-insensitively.
 #[derive(Debug, PartialEq, Eq)]
-struct Query {
+pub(crate) struct Query {
     /// The trigrams of the words of three or more characters, as one FTS5
     /// expression (each a quoted one-trigram string, all required); `None` when
     /// no word is that long. The index keeps no positions (`detail = none`), so
@@ -98,12 +98,12 @@ struct Query {
     /// decides.
     fts: Option<String>,
     /// Every word, lowercased.
-    words: Vec<String>,
+    pub(crate) words: Vec<String>,
 }
 
 impl Query {
     /// Splits at whitespace (and control characters).
-    fn parse(query: &str) -> Result<Self, Failure> {
+    pub(crate) fn parse(query: &str) -> Result<Self, Failure> {
         let chars = query.chars().count();
         if chars == 0 || chars > MAX_QUERY_CHARS {
             return Err(Failure::bad(format!(
@@ -139,7 +139,7 @@ impl Query {
     }
 
     /// Whether `body` holds every word, case-insensitively.
-    fn matches(&self, body: &str) -> bool {
+    pub(crate) fn matches(&self, body: &str) -> bool {
         let body = body.to_lowercase();
         self.words.iter().all(|w| body.contains(w.as_str()))
     }

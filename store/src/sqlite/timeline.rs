@@ -9,6 +9,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::rows::{with_useq, Budget};
 use super::Ctx;
+use crate::config::Limits;
 use crate::outcome::encode;
 use crate::rate;
 use crate::{Effect, Failure};
@@ -29,18 +30,63 @@ pub(super) struct Target {
 
 /// The kinds of action, as `events.kind` keeps them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub(crate) enum Action {
     Edit,
     Delete,
     Reaction,
 }
 
 impl Action {
-    fn as_column(self) -> &'static str {
+    /// The action's `events.kind`.
+    pub(crate) fn as_column(self) -> &'static str {
         match self {
             Self::Edit => "edit",
             Self::Delete => "delete",
             Self::Reaction => "reaction",
+        }
+    }
+
+    /// The event of this action stored at `(conv, seq)` by `from`, for a
+    /// member's useq. `text` is an edit's body or a reaction's emoji.
+    pub(crate) fn event<'a>(
+        self,
+        conv: &'a ConvId,
+        seq: u64,
+        ts: u64,
+        from: &'a UserId,
+        target: u64,
+        text: Option<&'a str>,
+    ) -> impl Fn(u64) -> Event + 'a {
+        move |useq: u64| {
+            let (conv, from, useq) = (conv.clone(), from.clone(), Some(useq));
+            match self {
+                Self::Edit => Event::Edit {
+                    conv,
+                    seq,
+                    ts,
+                    from,
+                    target,
+                    body: text.map(str::to_owned),
+                    useq,
+                },
+                Self::Delete => Event::Delete {
+                    conv,
+                    seq,
+                    ts,
+                    from,
+                    target,
+                    useq,
+                },
+                Self::Reaction => Event::Reaction {
+                    conv,
+                    seq,
+                    ts,
+                    from,
+                    target,
+                    emoji: text.unwrap_or_default().to_owned(),
+                    useq,
+                },
+            }
         }
     }
 }
@@ -186,15 +232,7 @@ impl Ctx<'_> {
         target: u64,
         emoji: &str,
     ) -> Result<Vec<Effect>, Failure> {
-        if emoji.len() > MAX_EMOJI_BYTES {
-            return Err(Failure::bad(format!(
-                "emoji of {} bytes is over the limit of {MAX_EMOJI_BYTES}",
-                emoji.len()
-            )));
-        }
-        if emoji.chars().any(char::is_control) {
-            return Err(Failure::bad("emoji must not contain control characters"));
-        }
+        check_emoji(emoji)?;
         if let Some(out) = self.repeated_action(id, Action::Reaction)? {
             return Ok(out);
         }
@@ -285,45 +323,15 @@ impl Ctx<'_> {
                 useq_lo,
                 useq_hi
             ])?;
-        let (conv_c, from, ts) = (conv.clone(), self.user.clone(), self.now);
-        let event = move |useq: u64| {
-            let (conv, from, useq) = (conv_c.clone(), from.clone(), Some(useq));
-            match action {
-                Action::Edit => Event::Edit {
-                    conv,
-                    seq,
-                    ts,
-                    from,
-                    target,
-                    body: text.map(str::to_owned),
-                    useq,
-                },
-                Action::Delete => Event::Delete {
-                    conv,
-                    seq,
-                    ts,
-                    from,
-                    target,
-                    useq,
-                },
-                Action::Reaction => Event::Reaction {
-                    conv,
-                    seq,
-                    ts,
-                    from,
-                    target,
-                    emoji: text.unwrap_or_default().to_owned(),
-                    useq,
-                },
-            }
-        };
+        let ts = self.now;
+        let event = action.event(conv, seq, ts, self.user, target, text);
         let mut out = self.deliver_at(conv, seq, &members, &useqs, event)?;
         out.push(self.action_ack(id, conv, seq, ts));
         Ok(out)
     }
 
     /// Puts the reactions of the messages of `conv` with seqs `lo..=hi` into
-    /// those of `events` (see [`Ctx::with_reactions`]).
+    /// those of `events` (see [`with_reactions`]).
     pub(super) fn fold_reactions(
         &self,
         conv: &ConvId,
@@ -353,7 +361,7 @@ impl Ctx<'_> {
                 let start = rows.partition_point(|r| r.0 < seq);
                 let end = rows.partition_point(|r| r.0 <= seq);
                 let mine: Vec<_> = rows.drain(start..end).map(|(_, e, u)| (e, u)).collect();
-                self.with_reactions(event, mine);
+                with_reactions(self.limits, event, mine);
             }
         }
         Ok(())
@@ -367,28 +375,43 @@ impl Ctx<'_> {
         let seq = *seq;
         self.fold_reactions(conv, seq, seq, std::slice::from_mut(event))
     }
+}
 
-    /// Sets a message event's `reactions` from (emoji, user) pairs, ordered by
-    /// emoji then user. A message event must fit one reply: users beyond what
-    /// fits (a large group's reactions to a message near the size limit) are left
-    /// out; the `reaction` events have them all.
-    fn with_reactions(&self, event: &mut Event, pairs: Vec<(String, String)>) {
-        let mut room = Budget::new(self.limits.max_reply_bytes());
-        room.take_bytes(encode(event).len() + 512);
-        let mut reactions = Reactions::new();
-        for (emoji, user) in pairs {
-            let Ok(user) = UserId::parse(&user) else {
-                continue;
-            };
-            // "emoji":["user"], with escapes at their worst.
-            let cost = emoji.len() * 6 + user.as_str().len() + 8;
-            if !room.take_bytes(cost) {
-                break;
-            }
-            reactions.entry(emoji).or_default().push(user);
+/// Sets a message event's `reactions` from (emoji, user) pairs, ordered by
+/// emoji then user. A message event must fit one reply: users beyond what
+/// fits (a large group's reactions to a message near the size limit) are left
+/// out; the `reaction` events have them all.
+pub(crate) fn with_reactions(limits: &Limits, event: &mut Event, pairs: Vec<(String, String)>) {
+    let mut room = Budget::new(limits.max_reply_bytes());
+    room.take_bytes(encode(event).len() + 512);
+    let mut reactions = Reactions::new();
+    for (emoji, user) in pairs {
+        let Ok(user) = UserId::parse(&user) else {
+            continue;
+        };
+        // "emoji":["user"], with escapes at their worst.
+        let cost = emoji.len() * 6 + user.as_str().len() + 8;
+        if !room.take_bytes(cost) {
+            break;
         }
-        if let Event::Message { reactions: r, .. } = event {
-            *r = reactions;
-        }
+        reactions.entry(emoji).or_default().push(user);
     }
+    if let Event::Message { reactions: r, .. } = event {
+        *r = reactions;
+    }
+}
+
+/// Requires a reaction's emoji to be at most `MAX_EMOJI_BYTES` without control
+/// characters (`""` takes a reaction back).
+pub(crate) fn check_emoji(emoji: &str) -> Result<(), Failure> {
+    if emoji.len() > MAX_EMOJI_BYTES {
+        return Err(Failure::bad(format!(
+            "emoji of {} bytes is over the limit of {MAX_EMOJI_BYTES}",
+            emoji.len()
+        )));
+    }
+    if emoji.chars().any(char::is_control) {
+        return Err(Failure::bad("emoji must not contain control characters"));
+    }
+    Ok(())
 }

@@ -23,6 +23,8 @@ pub(crate) struct Db<'t> {
     /// The first database fault since [`Db::take_fault`]: a request's failure
     /// only says `internal`; the engine reads what kind of fault it was here.
     fault: Cell<Option<Fault>>,
+    /// Whether a statement that may write ran since [`Db::take_wrote`].
+    wrote: Cell<bool>,
 }
 
 impl<'t> Db<'t> {
@@ -31,7 +33,13 @@ impl<'t> Db<'t> {
             tx: RefCell::new(tx),
             statements,
             fault: Cell::new(None),
+            wrote: Cell::new(false),
         }
+    }
+
+    /// Whether a statement that may have written ran since the last call.
+    pub(crate) fn take_wrote(&self) -> bool {
+        self.wrote.take()
     }
 
     /// The database fault noted since the last call, if any.
@@ -52,6 +60,13 @@ impl<'t> Db<'t> {
         })
     }
 
+    /// Notes a statement that may write (anything but a plain `SELECT`).
+    fn note(&self, sql: &str) {
+        if !sql.trim_start().starts_with("SELECT") || sql.contains("FOR UPDATE") {
+            self.wrote.set(true);
+        }
+    }
+
     /// The prepared statement for `sql`, preparing it on first use.
     fn statement(&self, tx: &mut Client, sql: &'static str) -> Result<Statement, postgres::Error> {
         if let Some(statement) = self.statements.borrow().get(sql) {
@@ -68,6 +83,7 @@ impl<'t> Db<'t> {
         sql: &'static str,
         params: &Params<'_>,
     ) -> Result<Vec<Row>, postgres::Error> {
+        self.note(sql);
         self.with(|tx| {
             let statement = self.statement(tx, sql)?;
             tx.query(&statement, params)
@@ -80,6 +96,7 @@ impl<'t> Db<'t> {
         sql: &'static str,
         params: &Params<'_>,
     ) -> Result<Option<Row>, postgres::Error> {
+        self.note(sql);
         self.with(|tx| {
             let statement = self.statement(tx, sql)?;
             tx.query_opt(&statement, params)
@@ -92,6 +109,7 @@ impl<'t> Db<'t> {
         sql: &'static str,
         params: &Params<'_>,
     ) -> Result<Row, postgres::Error> {
+        self.note(sql);
         self.with(|tx| {
             let statement = self.statement(tx, sql)?;
             tx.query_one(&statement, params)
@@ -104,6 +122,7 @@ impl<'t> Db<'t> {
         sql: &'static str,
         params: &Params<'_>,
     ) -> Result<u64, postgres::Error> {
+        self.wrote.set(true);
         self.with(|tx| {
             let statement = self.statement(tx, sql)?;
             tx.execute(&statement, params)
@@ -115,6 +134,7 @@ impl<'t> Db<'t> {
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, postgres::Error> {
+        self.wrote.set(true);
         self.with(f)
     }
 

@@ -56,6 +56,30 @@ impl Ctx<'_, '_> {
         if !body.is_empty() || refs.is_empty() {
             self.check_body(body)?;
         }
+        if reply_to.is_none() && refs.is_empty() {
+            if let Some(other) = self.other_in_dm(conv) {
+                // One look for a repeat and a block; a repeat takes the path below.
+                let looked = self.db.one(
+                    "SELECT EXISTS (SELECT 1 FROM requests WHERE sender = $1 AND req_id = $2),
+                            EXISTS (SELECT 1 FROM blocks WHERE blocker = $3 AND blocked = $1)",
+                    &[&self.user.as_str(), &id.as_str(), &other.as_str()],
+                )?;
+                let (repeat, blocked): (bool, bool) = (looked.try_get(0)?, looked.try_get(1)?);
+                if !repeat {
+                    self.rate(rate::Action::Send)?;
+                    if blocked {
+                        return Err(Failure::new(
+                            ErrorCode::Forbidden,
+                            format!("{other} has blocked you"),
+                        ));
+                    }
+                    if let Some(out) = self.send_in_open_dm(id, conv, body)? {
+                        return Ok(out);
+                    }
+                    return self.store_message(id, conv, body, reply_to, refs);
+                }
+            }
+        }
         // A repeat: the same ack, nothing stored; delivery is repeated in case it was lost.
         if let Some((stored_conv, seq)) = self.prior(id, "message")? {
             let unreadable = || Failure::new(ErrorCode::Internal, "stored message is unreadable");
@@ -77,6 +101,127 @@ impl Ctx<'_, '_> {
         }
         self.rate(rate::Action::Send)?;
         self.require_not_blocked(conv)?;
+        self.store_message(id, conv, body, reply_to, refs)
+    }
+
+    /// The other user of the 1-1 chat `conv` the sender is in, if it is one.
+    fn other_in_dm<'c>(&self, conv: &'c ConvId) -> Option<&'c UserId> {
+        let (a, b) = conv.direct_members()?;
+        if self.user == a {
+            Some(b)
+        } else if self.user == b {
+            Some(a)
+        } else {
+            None
+        }
+    }
+
+    /// The common send: a text to an existing, open 1-1 chat, stored in one
+    /// statement (seq, both useqs, the event, the request id, the sender's read
+    /// mark, both inbox rows); `None` if the chat does not exist or is closed
+    /// (nothing was written).
+    fn send_in_open_dm(
+        &self,
+        id: &RequestId,
+        conv: &ConvId,
+        body: &str,
+    ) -> Result<Option<Vec<Effect>>, Failure> {
+        let Some((a, b)) = conv.direct_members() else {
+            return Ok(None);
+        };
+        let mut members = [a.clone(), b.clone()];
+        members.sort();
+        let names: Vec<&str> = members.iter().map(UserId::as_str).collect();
+        let ts = self.now;
+        let Some(row) = self.db.opt(
+            "WITH s AS (
+                 UPDATE conversations SET last_seq = last_seq + 1
+                 WHERE conv = $1 AND NOT closed RETURNING last_seq
+             ), u AS (
+                 INSERT INTO user_seqs (\"user\", last_useq)
+                 SELECT t.u, 1 FROM s, unnest($2::text[]) WITH ORDINALITY AS t(u, n) ORDER BY t.n
+                 ON CONFLICT (\"user\") DO UPDATE SET last_useq = user_seqs.last_useq + 1
+                 RETURNING \"user\", last_useq
+             ), e AS (
+                 INSERT INTO events (conv, seq, ts, kind, sender, device, req_id, body, useq_lo, useq_hi)
+                 SELECT $1, s.last_seq, $3, 'message', $4, $5, $6, $7,
+                        (SELECT last_useq FROM u WHERE \"user\" = ($2::text[])[1]),
+                        (SELECT last_useq FROM u WHERE \"user\" = ($2::text[])[2])
+                 FROM s
+             ), r AS (
+                 INSERT INTO requests (sender, req_id, conv, seq) SELECT $4, $6, $1, s.last_seq FROM s
+             ), m AS (
+                 UPDATE members SET read_seq = s.last_seq,
+                                    delivered_seq = GREATEST(members.delivered_seq, s.last_seq)
+                 FROM s WHERE members.conv = $1 AND members.\"user\" = $4
+             ), i AS (
+                 INSERT INTO inbox (\"user\", useq, conv, seq)
+                 SELECT u.\"user\", u.last_useq, $1, s.last_seq FROM u, s
+             )
+             SELECT s.last_seq,
+                    (SELECT last_useq FROM u WHERE \"user\" = ($2::text[])[1]),
+                    (SELECT last_useq FROM u WHERE \"user\" = ($2::text[])[2])
+             FROM s",
+            &[
+                &conv.to_string(),
+                &names,
+                &int(ts),
+                &self.user.as_str(),
+                &self.device.as_str(),
+                &id.as_str(),
+                &body,
+            ],
+        )?
+        else {
+            return Ok(None);
+        };
+        let seq = nat(&row, 0)?;
+        let useqs = [nat(&row, 1)?, nat(&row, 2)?];
+        let mut out: Vec<Effect> = members
+            .iter()
+            .zip(useqs)
+            .map(|(member, useq)| {
+                Effect::event(
+                    member,
+                    &Event::Message {
+                        conv: conv.clone(),
+                        seq,
+                        ts,
+                        from: self.user.clone(),
+                        device: self.device.to_string(),
+                        id: id.clone(),
+                        body: body.to_owned(),
+                        reply_to: None,
+                        attachments: Vec::new(),
+                        edited: None,
+                        deleted: false,
+                        reactions: Reactions::new(),
+                        useq: Some(useq),
+                    },
+                )
+            })
+            .collect();
+        self.notify_offline(conv, seq, body)?;
+        out.push(self.reply(&Event::Ack {
+            id: id.clone(),
+            conv: Some(conv.clone()),
+            seq: Some(seq),
+            ts: Some(ts),
+        }));
+        Ok(Some(out))
+    }
+
+    /// Stores a message whose sender passed the checks (not a repeat, within
+    /// the rate, not blocked): takes the seq (creating or rejoining a 1-1 chat),
+    /// attaches the uploads, delivers it to every member.
+    fn store_message(
+        &self,
+        id: &RequestId,
+        conv: &ConvId,
+        body: &str,
+        reply_to: Option<u64>,
+        refs: &[AttachmentRef],
+    ) -> Result<Vec<Effect>, Failure> {
         let (seq, members) = self.take_send_seq(conv)?;
         if let Some(target) = reply_to {
             self.target_message(conv, target)?;

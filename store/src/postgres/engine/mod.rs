@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use messenger_protocol::wire::Request;
+use messenger_protocol::wire::{ErrorCode, Request};
 use postgres::Client;
 use tracing::{error, info, warn};
 
@@ -148,10 +148,12 @@ impl crate::Store for PostgresStore {
         let mut ledger = Ledger::default();
         let mut conflicts = 0;
         let mut deadline = None;
+        let mut how = Run::Direct;
         loop {
             let tolerate = conflicts < CONFLICT_RUNS;
-            match self.run(&inputs, now, &mut ledger, tolerate) {
+            match self.run(&inputs, now, &mut ledger, Mode { how, tolerate }) {
                 Ok(outcomes) => return Ok(outcomes),
+                Err(Stop::Savepoints) => how = Run::Savepoints,
                 Err(Stop::Conflict) => {
                     conflicts += 1;
                     info!(
@@ -175,8 +177,33 @@ impl crate::Store for PostgresStore {
     }
 }
 
+/// How a batch's requests are kept apart (as on SQLite, see `sqlite::Run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// Straight in the batch's transaction: a request that fails before
+    /// writing is answered and the batch goes on; one that fails after writing
+    /// (or on a database error, which aborts the transaction) stops the run,
+    /// and the batch runs again with [`Run::Savepoints`]. A savepoint costs two
+    /// round trips and a subtransaction per request.
+    Direct,
+    /// Each request in its own savepoint, rolled back alone if it fails.
+    Savepoints,
+}
+
+/// How one run of a batch goes.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    how: Run,
+    /// Whether a conflict stops the run (false after many runs: the conflicting
+    /// request is answered `internal`).
+    tolerate: bool,
+}
+
 /// Why a run of a batch stopped before its commit (nothing of it stays).
 enum Stop {
+    /// A request failed after writing in a [`Run::Direct`] run: run the batch
+    /// again with savepoints.
+    Savepoints,
     /// Another transaction got there first: run the batch again.
     Conflict,
     /// The connection broke: run the batch again on a new one.
@@ -198,16 +225,14 @@ impl Stop {
 
 impl PostgresStore {
     /// Handles `inputs` in one transaction, committed at the end.
-    /// `tolerate`: whether a conflict stops the run (false after many runs:
-    /// the conflicting request is answered `internal`).
     fn run(
         &mut self,
         inputs: &[Input],
         now: u64,
         ledger: &mut Ledger,
-        tolerate: bool,
+        mode: Mode,
     ) -> Result<Vec<Outcome>, Stop> {
-        let run = self.run_in_transaction(inputs, now, ledger, tolerate);
+        let run = self.run_in_transaction(inputs, now, ledger, mode);
         match run {
             Ok(outcomes) => {
                 self.client.batch_execute("COMMIT").map_err(Stop::of)?;
@@ -228,7 +253,7 @@ impl PostgresStore {
         inputs: &[Input],
         now: u64,
         ledger: &mut Ledger,
-        tolerate: bool,
+        mode: Mode,
     ) -> Result<Vec<Outcome>, Stop> {
         self.client.batch_execute("BEGIN").map_err(Stop::of)?;
         let outcomes = {
@@ -262,8 +287,8 @@ impl PostgresStore {
                                 pushes: RefCell::new(Vec::new()),
                                 released: RefCell::new(Vec::new()),
                             };
-                            let outcome = request_in_savepoint(&db, &ctx, request, tolerate);
-                            // Those of a request rolled back are harmless: the
+                            let outcome = handle(&db, &ctx, request, mode);
+                            // Those of a request that failed are harmless: the
                             // end of the batch looks for their rows again.
                             released.extend(ctx.released.take());
                             outcome
@@ -320,52 +345,59 @@ impl PostgresStore {
     }
 }
 
-/// Handles one request in its savepoint: committed with its outcome, or
-/// rolled back and answered with an `error` reply. A conflict with another
-/// transaction or a broken connection stops the run instead (when `tolerate`).
-fn request_in_savepoint(
-    db: &Db<'_>,
-    ctx: &Ctx<'_, '_>,
-    request: &Request,
-    tolerate: bool,
-) -> Result<Outcome, Stop> {
+/// Handles one request as `mode` says: its outcome, or its `error` reply with
+/// nothing of it stored. A conflict with another transaction or a broken
+/// connection stops the run instead (a conflict only when `mode.tolerate`),
+/// as does, in a [`Run::Direct`] run, a failure after writing.
+fn handle(db: &Db<'_>, ctx: &Ctx<'_, '_>, request: &Request, mode: Mode) -> Result<Outcome, Stop> {
     let id = request.id().map(|i| i.to_string());
-    db.simple("SAVEPOINT request").map_err(Stop::of)?;
+    let savepoint = mode.how == Run::Savepoints;
+    if savepoint {
+        db.simple("SAVEPOINT request").map_err(Stop::of)?;
+    }
+    db.take_wrote();
     let handled = ctx
         .handle(request.clone())
         .and_then(|out| fits(out, ctx.limits));
-    match (handled, db.take_fault()) {
+    let wrote = db.take_wrote();
+    let failure = match (handled, db.take_fault()) {
         (Ok(effects), None) => {
-            db.simple("RELEASE SAVEPOINT request").map_err(Stop::of)?;
-            Ok(Outcome {
+            if savepoint {
+                db.simple("RELEASE SAVEPOINT request").map_err(Stop::of)?;
+            }
+            return Ok(Outcome {
                 effects,
                 notifications: ctx.pushes.take(),
-            })
+            });
         }
-        (_, Some(Fault::Connection)) => Err(Stop::Connection(
-            "the connection broke in a request".to_owned(),
-        )),
-        (_, Some(Fault::Conflict)) if tolerate => Err(Stop::Conflict),
+        (_, Some(Fault::Connection)) => {
+            return Err(Stop::Connection(
+                "the connection broke in a request".to_owned(),
+            ))
+        }
+        (_, Some(Fault::Conflict)) if mode.tolerate => return Err(Stop::Conflict),
+        (Err(failure), None) if !wrote && failure.code != ErrorCode::Internal => failure,
+        (_, _) if !savepoint => return Err(Stop::Savepoints),
         (result, fault) => {
             db.simple("ROLLBACK TO SAVEPOINT request")
                 .map_err(Stop::of)?;
-            let failure = match result {
+            match result {
                 // A handler that went on after a database error (it should not).
                 Ok(_) => {
                     error!(?fault, "a request went on after a database error");
-                    Failure::new(
-                        messenger_protocol::wire::ErrorCode::Internal,
-                        "storage failure; retry later",
-                    )
+                    Failure::new(ErrorCode::Internal, "storage failure; retry later")
                 }
                 Err(failure) => failure,
-            };
-            Ok(Outcome {
-                effects: vec![Effect::reply(&failure.reply(id))],
-                notifications: Vec::new(),
-            })
+            }
         }
+    };
+    if savepoint {
+        db.simple("RELEASE SAVEPOINT request").map_err(Stop::of)?;
     }
+    Ok(Outcome {
+        effects: vec![Effect::reply(&failure.reply(id))],
+        notifications: Vec::new(),
+    })
 }
 
 fn effects(effects: Vec<Effect>) -> Outcome {
