@@ -87,11 +87,13 @@ pub(crate) struct Messaging {
 }
 
 /// Runs the paced, saturated and group phases (those selected) on one fresh
-/// `serve` (the group phase only with `groups`). On PostgreSQL, the spec's
-/// extra bridges share the users with `serve`'s own.
+/// `serve` (the 1-1 phases only with `one_to_one`, the group phase only with
+/// `groups`). On PostgreSQL, the spec's extra bridges share the users with
+/// `serve`'s own.
 pub(crate) async fn run(
     options: &Options,
     spec: ServerSpec,
+    one_to_one: bool,
     groups: bool,
 ) -> anyhow::Result<Messaging> {
     let spec = ServerSpec {
@@ -120,7 +122,7 @@ pub(crate) async fn run(
         shared_out(&url, bridges).await?;
     }
     let mut result = Messaging::default();
-    if options.runs(Phase::Paced) || options.runs(Phase::Saturated) {
+    if one_to_one && (options.runs(Phase::Paced) || options.runs(Phase::Saturated)) {
         let fleet = pairs(&server, identities);
         fleet.wait_ready(PATIENCE).await?;
         fleet.wait_bridge(0, PATIENCE).await?;

@@ -99,12 +99,11 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
     } else {
         raw::Raw::default()
     };
-    let messaging = if [Phase::Paced, Phase::Saturated, Phase::Groups]
-        .iter()
-        .any(|p| options.runs(*p))
-    {
+    let one_to_one = options.on(Storage::Sqlite)
+        && (options.runs(Phase::Paced) || options.runs(Phase::Saturated));
+    let messaging = if one_to_one || options.runs(Phase::Groups) {
         info!("e2e: through the bridge");
-        e2e::run(options, spec("messaging")?, true).await?
+        e2e::run(options, spec("messaging")?, one_to_one, true).await?
     } else {
         e2e::Messaging::default()
     };
@@ -134,7 +133,7 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
                 more_bridges: bridges - 1,
                 ..spec(&format!("postgres-{bridges}"))?
             };
-            on_postgres.push((bridges, e2e::run(options, spec, false).await?));
+            on_postgres.push((bridges, e2e::run(options, spec, true, false).await?));
         }
     }
     let connections = if options.runs(Phase::Connections) {

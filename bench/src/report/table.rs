@@ -135,26 +135,34 @@ impl Report {
         let mut rows = Vec::new();
         for run in &self.postgres {
             let on = format!("postgres, {} bridge(s)", run.bridges);
-            rows.push(
-                Row::new(
-                    format!("{on}: e2e msgs/s (of SQLite's)"),
-                    format!("{:.0} ({:.0}%)", run.msgs_per_s, run.of_sqlite * 100.0),
-                )
-                .against(run.of_sqlite >= 0.5, ">= 50% of SQLite"),
-            );
-            rows.push(Row::new(
-                format!("{on}: ack p50 / p99, delivery p50 / p99 ms"),
-                latencies(&[
-                    run.ack_p50_ms,
-                    run.ack_p99_ms,
-                    run.delivery_p50_ms,
-                    run.delivery_p99_ms,
-                ]),
-            ));
-            rows.push(Row::new(
-                format!("{on}: CPU us/msg (broker + bridges + PostgreSQL)"),
-                format!("{:.1}", run.server_cpu_us_per_msg),
-            ));
+            if !self.ran(Phase::Saturated) {
+                rows.push(Row::skipped(&format!("{on}: e2e saturated")));
+            } else {
+                rows.push(
+                    Row::new(
+                        format!("{on}: e2e msgs/s (of SQLite's)"),
+                        format!("{:.0} ({:.0}%)", run.msgs_per_s, run.of_sqlite * 100.0),
+                    )
+                    .against(run.of_sqlite >= 0.5, ">= 50% of SQLite"),
+                );
+                rows.push(Row::new(
+                    format!("{on}: ack p50 / p99, delivery p50 / p99 ms"),
+                    latencies(&[
+                        run.ack_p50_ms,
+                        run.ack_p99_ms,
+                        run.delivery_p50_ms,
+                        run.delivery_p99_ms,
+                    ]),
+                ));
+                rows.push(Row::new(
+                    format!("{on}: CPU us/msg (broker + bridges + PostgreSQL)"),
+                    format!("{:.1}", run.server_cpu_us_per_msg),
+                ));
+            }
+            if !self.ran(Phase::Paced) {
+                rows.push(Row::skipped(&format!("{on}: paced")));
+                continue;
+            }
             rows.push(
                 Row::new(
                     format!(

@@ -37,10 +37,23 @@ pub(super) struct Ctx<'a, 'd> {
     /// The notifications this request calls for, handed to the push workers once
     /// the transaction is committed (dropped if the request fails).
     pub(super) pushes: RefCell<Vec<Notification>>,
+    /// For a plain text to a 1-1 chat, what the batch looked up for it at its
+    /// start (see `looked_up`): whether its id was used before, whether the
+    /// other user blocks the sender. `None`: look now.
+    pub(super) looked: Option<Looked>,
     /// The hashes of the uploads this request let go of (`uploads` rows it
     /// removed), whose bytes go at the end of the batch if no upload row names
     /// them then (see `files`).
     pub(super) released: RefCell<Vec<String>>,
+}
+
+/// What a batch looks up at its start for each of its plain texts to a 1-1 chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Looked {
+    /// The sender used the request id before.
+    pub(super) repeat: bool,
+    /// The other user blocks the sender.
+    pub(super) blocked: bool,
 }
 
 /// A count or sequence number as PostgreSQL's `BIGINT` keeps it (the wire's

@@ -7,7 +7,7 @@
 //! renews the leases it holds, and evens out: with `n` bridges alive each
 //! holds about `64 / n` slots, taking free or expired ones and giving back
 //! the ones over its share. Leases run on the database's clock. A batch reads
-//! the slots it holds at its start under a share lock (see [`held`]), so a slot
+//! the slots it holds at its start under a key-share lock (see [`held`]), so a slot
 //! cannot change hands while a batch that handles its users is open; a bridge
 //! that lost a slot (it paused past its lease) then passes over those users.
 
@@ -214,14 +214,16 @@ impl Rounds {
     }
 }
 
-/// The slots this bridge holds a live lease on, locked (shared) until the
-/// batch's transaction ends, so that none changes hands under the batch.
+/// The slots this bridge holds a live lease on, locked until the batch's
+/// transaction ends so that none changes hands under the batch: `FOR KEY
+/// SHARE` lets the lease thread renew them meanwhile (a plain `UPDATE`), and
+/// stops another bridge taking them (it locks `FOR UPDATE SKIP LOCKED`).
 pub(super) fn held(db: &Db<'_>, instance: &str) -> Result<u64, postgres::Error> {
     let rows = db.rows(
         concat!(
             "SELECT slot FROM bridge_slots WHERE owner = $1 AND lease_until_ms > ",
             db_now!(),
-            " FOR SHARE"
+            " FOR KEY SHARE"
         ),
         &[&instance],
     )?;

@@ -7,7 +7,7 @@ use messenger_protocol::wire::{
 use messenger_protocol::{ConvId, UserId};
 use postgres::Row;
 
-use super::context::{int, nat, opt_nat, Ctx};
+use super::context::{int, nat, opt_nat, Ctx, Looked};
 use crate::outcome::{encode, Effect};
 use crate::rate;
 use crate::rows::{attachments_column, receipt_from_row, with_useq, Budget, EventColumns};
@@ -58,13 +58,22 @@ impl Ctx<'_, '_> {
         }
         if reply_to.is_none() && refs.is_empty() {
             if let Some(other) = self.other_in_dm(conv) {
-                // One look for a repeat and a block; a repeat takes the path below.
-                let looked = self.db.one(
-                    "SELECT EXISTS (SELECT 1 FROM requests WHERE sender = $1 AND req_id = $2),
-                            EXISTS (SELECT 1 FROM blocks WHERE blocker = $3 AND blocked = $1)",
-                    &[&self.user.as_str(), &id.as_str(), &other.as_str()],
-                )?;
-                let (repeat, blocked): (bool, bool) = (looked.try_get(0)?, looked.try_get(1)?);
+                // One look for a repeat and a block (made for the whole batch
+                // at its start); a repeat takes the path below.
+                let Looked { repeat, blocked } = match self.looked {
+                    Some(looked) => looked,
+                    None => {
+                        let row = self.db.one(
+                            "SELECT EXISTS (SELECT 1 FROM requests WHERE sender = $1 AND req_id = $2),
+                                    EXISTS (SELECT 1 FROM blocks WHERE blocker = $3 AND blocked = $1)",
+                            &[&self.user.as_str(), &id.as_str(), &other.as_str()],
+                        )?;
+                        Looked {
+                            repeat: row.try_get(0)?,
+                            blocked: row.try_get(1)?,
+                        }
+                    }
+                };
                 if !repeat {
                     self.rate(rate::Action::Send)?;
                     if blocked {

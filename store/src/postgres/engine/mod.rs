@@ -45,7 +45,9 @@ use messenger_protocol::wire::{ErrorCode, Request};
 use postgres::Client;
 use tracing::{error, info, warn};
 
-use self::context::Ctx;
+use std::collections::{HashMap, HashSet};
+
+use self::context::{Ctx, Looked};
 use self::db::{Db, Fault, Statements};
 use self::leases::Leases;
 pub use self::leases::Sharing;
@@ -260,6 +262,8 @@ impl PostgresStore {
             let db = Db::new(&mut self.client, &self.statements);
             let held = leases::held(&db, self.leases.instance()).map_err(Stop::of)?;
             let ours = |user: &messenger_protocol::UserId| held & (1 << slot_of(user)) != 0;
+            lock_users(&db, inputs, &ours).map_err(Stop::of)?;
+            let looked = look_up(&db, inputs, &ours).map_err(Stop::of)?;
             let mut outcomes = Vec::with_capacity(inputs.len());
             // The hashes of the uploads the batch let go of; their bytes go before it commits.
             let mut released = Vec::new();
@@ -285,6 +289,7 @@ impl PostgresStore {
                                 now,
                                 notify: self.notify,
                                 pushes: RefCell::new(Vec::new()),
+                                looked: looked.get(&place).copied(),
                                 released: RefCell::new(Vec::new()),
                             };
                             let outcome = handle(&db, &ctx, request, mode);
@@ -398,6 +403,147 @@ fn handle(db: &Db<'_>, ctx: &Ctx<'_, '_>, request: &Request, mode: Mode) -> Resu
         effects: vec![Effect::reply(&failure.reply(id))],
         notifications: Vec::new(),
     })
+}
+
+/// Locks, in one order for every bridge, the `user_seqs` rows of the users
+/// whose useq the batch's requests will take (those of a 1-1 chat's two users,
+/// the sender's otherwise), creating missing ones. Without it two bridges
+/// whose batches take the useqs of the same users in different orders (the
+/// two sides of a chat on two bridges) would deadlock, and PostgreSQL would
+/// only find out after `deadlock_timeout`. A group's members are locked as
+/// their messages come (rarely in a cycle; a deadlock then runs a batch again).
+fn lock_users(
+    db: &Db<'_>,
+    inputs: &[Input],
+    ours: &dyn Fn(&messenger_protocol::UserId) -> bool,
+) -> Result<(), postgres::Error> {
+    let mut users: Vec<&str> = Vec::new();
+    for input in inputs {
+        let Input::Request { user, request, .. } = input else {
+            continue;
+        };
+        if !ours(user) {
+            continue;
+        }
+        let conv = match request {
+            Request::Send { conv, .. }
+            | Request::Receipt { conv, .. }
+            | Request::Edit { conv, .. }
+            | Request::Delete { conv, .. }
+            | Request::React { conv, .. }
+            | Request::GroupAdd { conv, .. }
+            | Request::GroupRemove { conv, .. }
+            | Request::GroupLeave { conv, .. } => conv,
+            _ => continue,
+        };
+        users.push(user.as_str());
+        if let Some((a, b)) = conv.direct_members() {
+            users.extend([a.as_str(), b.as_str()]);
+        }
+    }
+    if users.is_empty() {
+        return Ok(());
+    }
+    users.sort_unstable();
+    users.dedup();
+    db.exec(
+        "INSERT INTO user_seqs (\"user\", last_useq)
+         SELECT u, 0 FROM unnest($1::text[]) AS t(u) ORDER BY u COLLATE \"C\"
+         ON CONFLICT (\"user\") DO UPDATE SET last_useq = user_seqs.last_useq",
+        &[&users],
+    )?;
+    Ok(())
+}
+
+/// For each plain text to a 1-1 chat in the batch (by place), whether its
+/// request id was used before and whether the other user blocks the sender: one
+/// query for the batch instead of one per message. A text whose id comes twice
+/// in the batch, and texts after a block or unblock, are left out (they look
+/// when they run, and see what the batch did before them).
+fn look_up(
+    db: &Db<'_>,
+    inputs: &[Input],
+    ours: &dyn Fn(&messenger_protocol::UserId) -> bool,
+) -> Result<HashMap<usize, Looked>, postgres::Error> {
+    let mut places = Vec::new();
+    let (mut senders, mut ids, mut others) = (Vec::new(), Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
+    for (place, input) in inputs.iter().enumerate() {
+        let Input::Request { user, request, .. } = input else {
+            continue;
+        };
+        match request {
+            Request::Block { .. } | Request::Unblock { .. } => break,
+            Request::Send {
+                id,
+                conv,
+                reply_to: None,
+                attachments,
+                ..
+            } if attachments.is_empty() && ours(user) => {
+                let Some((a, b)) = conv.direct_members() else {
+                    continue;
+                };
+                let other = if user == a {
+                    b
+                } else if user == b {
+                    a
+                } else {
+                    continue;
+                };
+                if !seen.insert((user.as_str(), id.as_str())) {
+                    continue;
+                }
+                places.push(i32::try_from(place).unwrap_or(i32::MAX));
+                senders.push(user.as_str());
+                ids.push(id.as_str());
+                others.push(other.as_str());
+            }
+            _ => {}
+        }
+    }
+    // Ids that come twice: the later ones look for themselves.
+    let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
+    for input in inputs {
+        if let Input::Request { user, request, .. } = input {
+            if let Some(id) = request.id() {
+                *counts.entry((user.as_str(), id.as_str())).or_default() += 1;
+            }
+        }
+    }
+    if places.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = db.rows(
+        "SELECT t.n,
+                EXISTS (SELECT 1 FROM requests r WHERE r.sender = t.s AND r.req_id = t.i),
+                EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = t.o AND b.blocked = t.s)
+         FROM unnest($1::int[], $2::text[], $3::text[], $4::text[]) AS t(n, s, i, o)",
+        &[&places, &senders, &ids, &others],
+    )?;
+    let mut looked = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let place: i32 = row.try_get(0)?;
+        let Ok(place) = usize::try_from(place) else {
+            continue;
+        };
+        if let Some(Input::Request { user, request, .. }) = inputs.get(place) {
+            let once = request
+                .id()
+                .is_some_and(|id| counts.get(&(user.as_str(), id.as_str())) == Some(&1));
+            if !once {
+                continue;
+            }
+        }
+        looked.insert(
+            place,
+            Looked {
+                repeat: row.try_get(1)?,
+                blocked: row.try_get(2)?,
+            },
+        );
+    }
+    Ok(looked)
 }
 
 fn effects(effects: Vec<Effect>) -> Outcome {
