@@ -3,23 +3,21 @@
 //! subscription to the blocker's status is refused (SUBACK 0x80) and a status
 //! they subscribed to before is withheld; unblocking restores both. Bad input
 //! changes nothing; the CLI, `messenger export` and `messenger user remove`.
+//! On both engines, but for `export` and `user remove` (SQLite only).
 
 use serde_json::Value;
 
-use crate::limits::{raw_device, serve_with};
+use crate::limits::{count, raw_device, serve_with};
 use crate::util::client::{Client, GRANTED, REFUSED};
 use crate::util::process::{Messenger, Server};
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::Transport;
 
-fn count(messenger: &Messenger, table: &str, filter: &str) -> i64 {
-    let conn = rusqlite::Connection::open(messenger.db()).expect("open the database");
-    conn.query_row(
-        &format!("SELECT COUNT(*) FROM {table} WHERE {filter}"),
-        [],
-        |r| r.get(0),
-    )
-    .expect("count")
-}
+on_both_engines!(
+    a_blocked_user_cannot_write_nor_see_presence_until_unblocked,
+    bad_block_requests_get_clear_errors_and_change_nothing,
+    the_cli_blocks_lists_and_unblocks,
+);
 
 async fn ask(device: &mut Client, user: &str, request: &str) -> Value {
     device.reply(user, request.as_bytes()).await
@@ -56,9 +54,8 @@ async fn watcher(
     (device, codes[0])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_blocked_user_cannot_write_nor_see_presence_until_unblocked() {
-    let (messenger, server) = serve_with(&["alice", "bob", "carol", "dave"], &[]).await;
+async fn a_blocked_user_cannot_write_nor_see_presence_until_unblocked(backend: Backend) {
+    let (messenger, server) = serve_with(backend, &["alice", "bob", "carol", "dave"], &[]).await;
     let mut alice = raw_device(&server, "alice").await;
     let mut bob = raw_device(&server, "bob").await;
     let send =
@@ -190,9 +187,8 @@ async fn a_blocked_user_cannot_write_nor_see_presence_until_unblocked() {
     assert_eq!(topic, "status/alice", "the retained status: {status}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_block_requests_get_clear_errors_and_change_nothing() {
-    let (messenger, server) = serve_with(&["alice", "bob"], &[]).await;
+async fn bad_block_requests_get_clear_errors_and_change_nothing(backend: Backend) {
+    let (messenger, server) = serve_with(backend, &["alice", "bob"], &[]).await;
     let mut alice = raw_device(&server, "alice").await;
     assert_eq!(
         ask(
@@ -234,12 +230,11 @@ async fn bad_block_requests_get_clear_errors_and_change_nothing() {
         blocks_of(&mut alice, "alice").await,
         serde_json::json!(["bob"])
     );
-    assert_eq!(count(&messenger, "blocks", "1"), 1);
+    assert_eq!(count(&messenger, "blocks", "TRUE"), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_blocks_export_lists_blocks_and_removal_drops_them() {
-    let (messenger, server) = serve_with(&["alice", "bob", "carol"], &[]).await;
+/// alice blocks bob and carol with the CLI, lists her blocks, unblocks carol.
+async fn cli_blocks_bob(messenger: &Messenger, server: &Server) {
     let as_alice = |args: &[&str]| {
         messenger.run_command(messenger.as_user(server.mqtt, "alice", "alice-pw", args))
     };
@@ -257,7 +252,22 @@ async fn the_cli_blocks_export_lists_blocks_and_removal_drops_them() {
         as_alice(&["unblock", "carol"]).await.ok().trim(),
         "unblocked carol"
     );
+    assert_eq!(as_alice(&["blocks"]).await.ok(), "bob\n");
+    assert_eq!(count(messenger, "blocks", "TRUE"), 1);
+}
 
+/// `messenger block`, `blocks` and `unblock` through the real broker and bridge.
+async fn the_cli_blocks_lists_and_unblocks(backend: Backend) {
+    let (messenger, server) = serve_with(backend, &["alice", "bob", "carol"], &[]).await;
+    cli_blocks_bob(&messenger, &server).await;
+}
+
+/// `export` lists a user's blocks; `user remove` drops the blocks of the user
+/// removed. SQLite only: both are refused on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_lists_blocks_and_removal_drops_them() {
+    let (messenger, server) = serve_with(Backend::Embedded, &["alice", "bob", "carol"], &[]).await;
+    cli_blocks_bob(&messenger, &server).await;
     let out = messenger.dir().join("alice.json");
     messenger
         .run(&["export", "alice", "--out", &out.display().to_string()])
@@ -267,12 +277,12 @@ async fn the_cli_blocks_export_lists_blocks_and_removal_drops_them() {
         serde_json::from_str(&std::fs::read_to_string(&out).expect("the export")).expect("JSON");
     assert_eq!(export["blocks"], serde_json::json!(["bob"]));
 
-    assert_eq!(count(&messenger, "blocks", "1"), 1);
     messenger.run(&["user", "remove", "bob"]).await.ok();
     assert_eq!(
-        count(&messenger, "blocks", "1"),
+        count(&messenger, "blocks", "TRUE"),
         0,
         "blocks of a removed user go"
     );
-    assert_eq!(as_alice(&["blocks"]).await.ok(), "");
+    let as_alice = messenger.as_user(server.mqtt, "alice", "alice-pw", &["blocks"]);
+    assert_eq!(messenger.run_command(as_alice).await.ok(), "");
 }

@@ -1,7 +1,9 @@
 //! Files end to end through the real binary (issue 13, files): `POST /files` and
 //! `GET /files/<file>` on the web listener, `send` with attachments, downloads by
 //! members only, a file's bytes going with the last message that carries it, the
-//! sweep of uploads no message carries, and every refusal changing nothing.
+//! sweep of uploads no message carries, and every refusal changing nothing. On
+//! both engines; on PostgreSQL also the per-hash lock that the upload catalog and
+//! the writer's removal of bytes take.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,11 +17,32 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::util::process::{free_addr, free_addr_below_ephemeral, Messenger, Server};
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{did, uid, PATIENCE};
 
-/// A server with alice, bob and carol (password `pw`), `env` besides.
-async fn server_with(env: &[(&str, &str)]) -> (Messenger, Server) {
-    let messenger = Messenger::new();
+on_both_engines!(
+    a_member_downloads_the_bytes_sent_and_another_device_sees_them_after_sync,
+    the_cli_sends_a_file_and_downloads_it,
+    an_upload_over_the_limit_gets_413_and_leaves_nothing,
+    uploads_without_valid_credentials_get_401,
+    a_download_by_a_non_member_is_the_404_of_a_missing_file,
+    sending_a_file_uploaded_by_someone_else_is_refused_and_stores_nothing,
+    more_than_ten_attachments_are_refused,
+    a_cut_upload_leaves_nothing_behind,
+    a_stalled_upload_gets_408_and_leaves_nothing,
+    a_file_goes_with_the_last_message_that_carries_it,
+    uploads_no_message_carries_are_swept,
+    bytes_two_uploads_share_stay_while_either_row_does,
+    wrong_passwords_over_http_count_in_the_sign_in_throttle,
+    other_requests_on_the_web_listener_get_404,
+    uploads_are_shared_by_a_broker_and_a_bridge_in_separate_processes,
+    chat_sends_a_file_with_slash_file,
+);
+
+/// A server on `backend`'s engine with alice, bob and carol (password `pw`),
+/// `env` besides.
+async fn server_with(backend: Backend, env: &[(&str, &str)]) -> (Messenger, Server) {
+    let messenger = Messenger::on(backend);
     for user in ["alice", "bob", "carol"] {
         messenger
             .run(&["user", "add", user, "--password", "pw"])
@@ -34,8 +57,11 @@ async fn server_with(env: &[(&str, &str)]) -> (Messenger, Server) {
         env,
     );
     server.wait_until_accepting().await;
-    // The web listener comes up just after the MQTT listener.
+    // The web listener comes up just after the MQTT listener; the bridge may
+    // take longer (on PostgreSQL it leases its users first): requests before
+    // it serves wait, and an upload's unsent time runs meanwhile.
     server.wait_until_accepting_on(server.ws).await;
+    crate::admin::wait_for_status(&server, "/readyz", 200).await;
     (messenger, server)
 }
 
@@ -160,9 +186,10 @@ fn basic(user: &str, password: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_downloads_the_bytes_sent_and_another_device_sees_them_after_sync() {
-    let (messenger, server) = server_with(&[]).await;
+async fn a_member_downloads_the_bytes_sent_and_another_device_sees_them_after_sync(
+    backend: Backend,
+) {
+    let (messenger, server) = server_with(backend, &[]).await;
     let (alice, _alice_events) = server.library("alice", "phone").await;
     let (_bob, mut bob_events) = server.library("bob", "phone").await;
     let (path, bytes) = random_file(messenger.dir(), "photo.bin", 300 * 1024 + 7);
@@ -270,9 +297,8 @@ async fn a_member_downloads_the_bytes_sent_and_another_device_sees_them_after_sy
     assert_eq!(in_history.attachments, seen.attachments);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_sends_a_file_and_downloads_it() {
-    let (messenger, server) = server_with(&[]).await;
+async fn the_cli_sends_a_file_and_downloads_it(backend: Backend) {
+    let (messenger, server) = server_with(backend, &[]).await;
     let (_path, bytes) = random_file(messenger.dir(), "notes.txt", 2000);
     let webaddr = server.ws.to_string();
     // A chat command as `user`, with the web listener for the file transfers.
@@ -318,9 +344,9 @@ async fn the_cli_sends_a_file_and_downloads_it() {
     assert!(!messenger.dir().join("carol.txt").exists());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_over_the_limit_gets_413_and_leaves_nothing() {
-    let (messenger, server) = server_with(&[("MESSENGER_LIMITS__MAX_FILE_BYTES", "1000")]).await;
+async fn an_upload_over_the_limit_gets_413_and_leaves_nothing(backend: Backend) {
+    let (messenger, server) =
+        server_with(backend, &[("MESSENGER_LIMITS__MAX_FILE_BYTES", "1000")]).await;
     let auth = basic("alice", "pw");
     // Declared too large: refused before the body is read.
     let (code, _, body) = raw_http(
@@ -360,9 +386,8 @@ async fn an_upload_over_the_limit_gets_413_and_leaves_nothing() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_without_valid_credentials_get_401() {
-    let (messenger, server) = server_with(&[]).await;
+async fn uploads_without_valid_credentials_get_401(backend: Backend) {
+    let (messenger, server) = server_with(backend, &[]).await;
     let bad_token = format!("Bearer mtk_{}", "0".repeat(64));
     for (what, auth) in [
         ("no credentials", None),
@@ -398,9 +423,8 @@ async fn uploads_without_valid_credentials_get_401() {
     assert!(stored(&messenger).is_empty(), "{:?}", stored(&messenger));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_download_by_a_non_member_is_the_404_of_a_missing_file() {
-    let (messenger, server) = server_with(&[]).await;
+async fn a_download_by_a_non_member_is_the_404_of_a_missing_file(backend: Backend) {
+    let (messenger, server) = server_with(backend, &[]).await;
     let (alice, _) = server.library("alice", "phone").await;
     let (path, _) = random_file(messenger.dir(), "secret.bin", 4096);
     let uploaded = upload(&web(&server, "alice", "pw"), &path).await;
@@ -458,9 +482,8 @@ async fn a_download_by_a_non_member_is_the_404_of_a_missing_file() {
     assert!(!out.exists());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sending_a_file_uploaded_by_someone_else_is_refused_and_stores_nothing() {
-    let (messenger, server) = server_with(&[]).await;
+async fn sending_a_file_uploaded_by_someone_else_is_refused_and_stores_nothing(backend: Backend) {
+    let (messenger, server) = server_with(backend, &[]).await;
     let (alice, _) = server.library("alice", "phone").await;
     let (path, _) = random_file(messenger.dir(), "b.bin", 100);
     let bobs = upload(&web(&server, "bob", "pw"), &path).await;
@@ -490,9 +513,8 @@ async fn sending_a_file_uploaded_by_someone_else_is_refused_and_stores_nothing()
     assert_eq!(alice.send(&conv, "hi").await.expect("sent").seq, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn more_than_ten_attachments_are_refused() {
-    let (messenger, server) = server_with(&[]).await;
+async fn more_than_ten_attachments_are_refused(backend: Backend) {
+    let (messenger, server) = server_with(backend, &[]).await;
     let (alice, _) = server.library("alice", "phone").await;
     let web = web(&server, "alice", "pw");
     let mut refs = Vec::new();
@@ -514,9 +536,8 @@ async fn more_than_ten_attachments_are_refused() {
     assert_eq!(ack.seq, 1, "the refusal stored nothing");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_upload_leaves_nothing_behind() {
-    let (messenger, server) = server_with(&[]).await;
+async fn a_cut_upload_leaves_nothing_behind(backend: Backend) {
+    let (messenger, server) = server_with(backend, &[]).await;
     let mut tcp = TcpStream::connect(server.ws).await.expect("connect");
     let head = format!(
         "POST /files HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Length: 1000000\r\n\r\n",
@@ -539,10 +560,12 @@ async fn a_cut_upload_leaves_nothing_behind() {
 
 /// A client that sends part of a body and then nothing gets `408` once the body
 /// has paused for `broker.ws_handshake_timeout_ms`, and its partial file goes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_upload_gets_408_and_leaves_nothing() {
-    let (messenger, server) =
-        server_with(&[("MESSENGER_BROKER__WS_HANDSHAKE_TIMEOUT_MS", "300")]).await;
+async fn a_stalled_upload_gets_408_and_leaves_nothing(backend: Backend) {
+    let (messenger, server) = server_with(
+        backend,
+        &[("MESSENGER_BROKER__WS_HANDSHAKE_TIMEOUT_MS", "300")],
+    )
+    .await;
     let mut tcp = TcpStream::connect(server.ws).await.expect("connect");
     let head = format!(
         "POST /files HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Length: 1000\r\n\r\n",
@@ -563,9 +586,8 @@ async fn a_stalled_upload_gets_408_and_leaves_nothing() {
     wait_for_files(&messenger, "nothing after the stall", <[String]>::is_empty).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_goes_with_the_last_message_that_carries_it() {
-    let (messenger, server) = server_with(&[]).await;
+async fn a_file_goes_with_the_last_message_that_carries_it(backend: Backend) {
+    let (messenger, server) = server_with(backend, &[]).await;
     let (alice, _) = server.library("alice", "phone").await;
     let (path, _) = random_file(messenger.dir(), "a.bin", 5000);
     let uploaded = upload(&web(&server, "alice", "pw"), &path).await;
@@ -611,8 +633,13 @@ async fn a_file_goes_with_the_last_message_that_carries_it() {
             assert!(m.deleted && m.attachments.is_empty(), "{m:?}");
         }
     }
+}
 
-    // `user remove --erase` lets go of the files of the messages it erases.
+/// `user remove --erase` lets go of the files of the messages it erases.
+/// SQLite only: `user remove` is refused on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_user_lets_go_of_the_files_of_their_messages() {
+    let (messenger, server) = server_with(Backend::Embedded, &[]).await;
     let (path, _) = random_file(messenger.dir(), "c.bin", 3000);
     let carols = upload(&web(&server, "carol", "pw"), &path).await;
     let (carol, _) = server.library("carol", "phone").await;
@@ -628,10 +655,12 @@ async fn a_file_goes_with_the_last_message_that_carries_it() {
     assert!(stored(&messenger).is_empty(), "{:?}", stored(&messenger));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_no_message_carries_are_swept() {
-    let (messenger, server) =
-        server_with(&[("MESSENGER_STORAGE__UNREFERENCED_FILE_SECS", "1")]).await;
+async fn uploads_no_message_carries_are_swept(backend: Backend) {
+    let (messenger, server) = server_with(
+        backend,
+        &[("MESSENGER_STORAGE__UNREFERENCED_FILE_SECS", "1")],
+    )
+    .await;
     let (alice, _) = server.library("alice", "phone").await;
     let alice_web = web(&server, "alice", "pw");
     let (kept_path, _) = random_file(messenger.dir(), "kept.bin", 100);
@@ -655,13 +684,186 @@ async fn uploads_no_message_carries_are_swept() {
         .expect("a file a message carries stays");
 }
 
+/// Two uploads of the same bytes share them: the sweep of one (never sent)
+/// leaves the bytes to the other, which a message carries.
+async fn bytes_two_uploads_share_stay_while_either_row_does(backend: Backend) {
+    let (messenger, server) = server_with(
+        backend,
+        &[("MESSENGER_STORAGE__UNREFERENCED_FILE_SECS", "1")],
+    )
+    .await;
+    let (alice, _) = server.library("alice", "phone").await;
+    let (path, bytes) = random_file(messenger.dir(), "same.bin", 2000);
+    let alices = upload(&web(&server, "alice", "pw"), &path).await;
+    alice
+        .send_files(&dm("alice", "bob"), "", attach(&alices, "same.bin"))
+        .await
+        .expect("sent");
+    let carol_web = web(&server, "carol", "pw");
+    let carols = upload(&carol_web, &path).await;
+    assert_eq!(carols.sha256, alices.sha256);
+    // carol's upload goes with a sweep...
+    let out = messenger.dir().join("carol-copy");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while carol_web.download(&carols.file, &out).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carol's unsent upload is never swept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and the bytes stay for alice's, which a message carries.
+    assert_eq!(stored(&messenger), std::slice::from_ref(&alices.sha256));
+    let out = messenger.dir().join("bob-copy");
+    web(&server, "bob", "pw")
+        .download(&alices.file, &out)
+        .await
+        .expect("the bytes of the upload a message carries stay");
+    assert_eq!(std::fs::read(&out).expect("read"), bytes);
+}
+
+/// A client of the installation's PostgreSQL database, for a test's runtime:
+/// every call goes through `crate::util::postgres::blocking`, the drop too.
+struct Postgres(Option<postgres::Client>);
+
+impl Postgres {
+    /// Connects to `messenger`'s database (it must be on PostgreSQL).
+    fn of(messenger: &Messenger) -> Self {
+        let url = messenger
+            .postgres_url()
+            .expect("an installation on PostgreSQL");
+        Self(Some(crate::util::postgres::blocking(|| {
+            postgres::Client::connect(url, postgres::NoTls).expect("connect to PostgreSQL")
+        })))
+    }
+
+    /// Runs `f` on the client, off the async workers.
+    fn with<T>(&mut self, f: impl FnOnce(&mut postgres::Client) -> T) -> T {
+        let client = self.0.as_mut().expect("a client until dropped");
+        crate::util::postgres::blocking(|| f(client))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let client = self.0.take();
+        crate::util::postgres::blocking(|| drop(client));
+    }
+}
+
+/// The key of a hash's advisory lock: its first 64 bits (as the store takes it).
+fn lock_key(sha256: &str) -> i64 {
+    let bits = u64::from_str_radix(&sha256[..16], 16).expect("a hex hash");
+    i64::from_ne_bytes(bits.to_ne_bytes())
+}
+
+/// Takes the advisory lock of `sha256` for `client`'s session.
+fn hold_hash_lock(client: &mut Postgres, sha256: &str) {
+    client.with(|c| {
+        c.execute("SELECT pg_advisory_lock($1)", &[&lock_key(sha256)])
+            .expect("take the hash's lock")
+    });
+}
+
+/// Lets go of the advisory lock of `sha256` that `client`'s session holds.
+fn release_hash_lock(client: &mut Postgres, sha256: &str) {
+    client.with(|c| {
+        c.execute("SELECT pg_advisory_unlock($1)", &[&lock_key(sha256)])
+            .expect("let go of the hash's lock")
+    });
+}
+
+/// Waits until another session of the database waits for an advisory lock.
+async fn wait_for_a_lock_waiter(client: &mut Postgres) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let waiting: i64 = client.with(|c| {
+            c.query_one(
+                "SELECT COUNT(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE l.locktype = 'advisory' AND NOT l.granted
+                   AND d.datname = current_database()",
+                &[],
+            )
+            .and_then(|row| row.try_get(0))
+            .expect("read pg_locks")
+        });
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing waits for the hash's lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// On PostgreSQL an upload records its row and renames its bytes into place
+/// under its hash's advisory lock: while another session holds the lock, the
+/// upload waits; once it lets go, the upload completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_passwords_over_http_count_in_the_sign_in_throttle() {
-    let (_messenger, server) = server_with(&[
-        ("MESSENGER_BROKER__SIGN_IN_FREE_FAILURES", "2"),
-        ("MESSENGER_BROKER__SIGN_IN_BACKOFF_MS", "60000"),
-        ("MESSENGER_BROKER__SIGN_IN_FAILURE_DELAY_MS", "10"),
-    ])
+async fn an_upload_waits_for_its_hash_lock_on_postgres() {
+    let (messenger, server) = server_with(Backend::Postgres, &[]).await;
+    let mut client = Postgres::of(&messenger);
+    let (path, _) = random_file(messenger.dir(), "locked.bin", 5000);
+    let first = upload(&web(&server, "alice", "pw"), &path).await;
+    hold_hash_lock(&mut client, &first.sha256);
+    let again = tokio::spawn({
+        let web = web(&server, "bob", "pw");
+        async move { web.upload(&path, "application/x-test").await }
+    });
+    wait_for_a_lock_waiter(&mut client).await;
+    assert!(!again.is_finished(), "the upload went on under the lock");
+    release_hash_lock(&mut client, &first.sha256);
+    let second = tokio::time::timeout(PATIENCE, again)
+        .await
+        .expect("the upload completes once the lock is free")
+        .expect("join")
+        .expect("uploaded");
+    assert_eq!(second.sha256, first.sha256);
+    assert_ne!(second.file, first.file);
+    assert_eq!(stored(&messenger), std::slice::from_ref(&first.sha256));
+}
+
+/// On PostgreSQL the writer removes the bytes of an upload it let go of (here
+/// by the sweep) only under the hash's advisory lock: while another session
+/// holds it, the bytes stay; once it lets go, they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_bytes_under_their_hash_lock_on_postgres() {
+    let (messenger, server) = server_with(
+        Backend::Postgres,
+        &[("MESSENGER_STORAGE__UNREFERENCED_FILE_SECS", "1")],
+    )
+    .await;
+    let mut client = Postgres::of(&messenger);
+    let (path, _) = random_file(messenger.dir(), "lone.bin", 3000);
+    let lone = upload(&web(&server, "alice", "pw"), &path).await;
+    // The sweep takes an upload a second after it was stored: well after this.
+    hold_hash_lock(&mut client, &lone.sha256);
+    wait_for_a_lock_waiter(&mut client).await;
+    assert_eq!(
+        stored(&messenger),
+        std::slice::from_ref(&lone.sha256),
+        "the bytes stay while the lock is held"
+    );
+    release_hash_lock(&mut client, &lone.sha256);
+    wait_for_files(
+        &messenger,
+        "the swept upload's bytes gone",
+        <[String]>::is_empty,
+    )
+    .await;
+}
+
+async fn wrong_passwords_over_http_count_in_the_sign_in_throttle(backend: Backend) {
+    let (_messenger, server) = server_with(
+        backend,
+        &[
+            ("MESSENGER_BROKER__SIGN_IN_FREE_FAILURES", "2"),
+            ("MESSENGER_BROKER__SIGN_IN_BACKOFF_MS", "60000"),
+            ("MESSENGER_BROKER__SIGN_IN_FAILURE_DELAY_MS", "10"),
+        ],
+    )
     .await;
     let head = |password: &str| {
         format!(
@@ -697,9 +899,8 @@ async fn wrong_passwords_over_http_count_in_the_sign_in_throttle() {
     assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_requests_on_the_web_listener_get_404() {
-    let (_messenger, server) = server_with(&[]).await;
+async fn other_requests_on_the_web_listener_get_404(backend: Backend) {
+    let (_messenger, server) = server_with(backend, &[]).await;
     let auth = basic("alice", "pw");
     // (`GET /` is the web client: tests/web.rs.)
     for head in [
@@ -715,12 +916,12 @@ async fn other_requests_on_the_web_listener_get_404() {
     device.connect().await.expect("MQTT over WebSocket");
 }
 
-/// `messenger broker` and `messenger bridge` as two processes on one data
-/// file: the broker's web listener records the upload, the bridge validates the
-/// attachment and, on deletion, removes the bytes the broker wrote.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_are_shared_by_a_broker_and_a_bridge_in_separate_processes() {
-    let messenger = Messenger::new();
+/// `messenger broker` and `messenger bridge` as two processes on one database
+/// (the SQLite file, or PostgreSQL) and files directory: the broker's web
+/// listener records the upload, the bridge validates the attachment and, on
+/// deletion, removes the bytes the broker wrote.
+async fn uploads_are_shared_by_a_broker_and_a_bridge_in_separate_processes(backend: Backend) {
+    let messenger = Messenger::on(backend);
     for user in ["alice", "bob"] {
         messenger
             .run(&["user", "add", user, "--password", "pw"])
@@ -779,9 +980,8 @@ async fn uploads_are_shared_by_a_broker_and_a_bridge_in_separate_processes() {
 }
 
 /// `chat`'s `/file PATH` uploads the file and sends it; the other user sees it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_sends_a_file_with_slash_file() {
-    let (messenger, server) = server_with(&[]).await;
+async fn chat_sends_a_file_with_slash_file(backend: Backend) {
+    let (messenger, server) = server_with(backend, &[]).await;
     random_file(messenger.dir(), "plan.pdf", 3000);
     let typed = messenger.dir().join("typed.txt");
     std::fs::write(&typed, "the plan:\n/file plan.pdf\n/file missing.pdf\n").expect("input");

@@ -2,7 +2,7 @@
 //! token requests (`rate_limited` with `retry_after_ms`, nothing stored, service
 //! resumes), connected devices per user (CONNACK 5), connections per address
 //! (CONNACK 3, WebSocket clients included), the sign-in lockout that spares a
-//! user's known address, and bad limit settings (exit 64).
+//! user's known address, and bad limit settings (exit 64). On both engines.
 
 use std::time::Duration;
 
@@ -12,14 +12,32 @@ use serde_json::Value;
 use crate::admin::wait_for_status;
 use crate::util::client::{Client, GRANTED};
 use crate::util::process::{free_addr, free_addr_below_ephemeral, Messenger, Server};
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{refusal, Transport, PATIENCE};
+
+on_both_engines!(
+    sends_over_the_rate_are_refused_with_a_wait_then_resume,
+    the_client_library_waits_out_the_rate_and_sends_each_message_once,
+    group_creations_and_token_requests_are_limited_then_resume,
+    a_user_has_at_most_max_devices_connected,
+    an_address_has_at_most_max_connections_per_ip,
+    web_connections_per_address_are_bounded_too,
+    guessing_a_password_locks_the_user_out_briefly_but_not_at_their_own_address,
+    bad_limit_settings_exit_64_naming_the_key,
+    uploads_are_limited_then_resume,
+);
 
 /// How often a poll for service to resume looks again.
 const POLL: Duration = Duration::from_millis(50);
 
-/// A server with these users (password `<user>-pw`) and settings, ready for requests.
-pub(crate) async fn serve_with(users: &[&str], env: &[(&str, &str)]) -> (Messenger, Server) {
-    let messenger = Messenger::new();
+/// A server on `backend`'s engine with these users (password `<user>-pw`) and
+/// settings, ready for requests.
+pub(crate) async fn serve_with(
+    backend: Backend,
+    users: &[&str],
+    env: &[(&str, &str)],
+) -> (Messenger, Server) {
+    let messenger = Messenger::on(backend);
     for user in users {
         messenger
             .run(&["user", "add", user, "--password", &format!("{user}-pw")])
@@ -89,24 +107,33 @@ fn assert_limited(reply: &Value, id: &str, max_ms: u64) {
     );
 }
 
-/// Rows of `table` in the server's SQLite file matching `filter`.
-fn count(messenger: &Messenger, table: &str, filter: &str) -> i64 {
-    let conn = rusqlite::Connection::open(messenger.db()).expect("open the database");
-    conn.query_row(
-        &format!("SELECT COUNT(*) FROM {table} WHERE {filter}"),
-        [],
-        |r| r.get(0),
-    )
-    .expect("count")
+/// Rows of `table` matching `filter` in the installation's database (its
+/// PostgreSQL database, or its SQLite file): SQL both take (`"user"` quoted,
+/// `TRUE`/`FALSE`).
+pub(crate) fn count(messenger: &Messenger, table: &str, filter: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) FROM {table} WHERE {filter}");
+    match messenger.postgres_url() {
+        Some(url) => crate::util::postgres::blocking(|| {
+            postgres::Client::connect(url, postgres::NoTls)
+                .expect("connect to PostgreSQL")
+                .query_one(&sql, &[])
+                .and_then(|row| row.try_get(0))
+                .expect("count")
+        }),
+        None => rusqlite::Connection::open(messenger.db())
+            .expect("open the database")
+            .query_row(&sql, [], |r| r.get(0))
+            .expect("count"),
+    }
 }
 
 fn send(id: &str, body: &str) -> String {
     format!(r#"{{"type":"send","id":"{id}","conv":"dm:alice:bob","body":"{body}"}}"#)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_over_the_rate_are_refused_with_a_wait_then_resume() {
+async fn sends_over_the_rate_are_refused_with_a_wait_then_resume(backend: Backend) {
     let (messenger, server) = serve_with(
+        backend,
         &["alice", "bob"],
         &[
             ("MESSENGER_LIMITS__SENDS_PER_SEC", "1"),
@@ -161,9 +188,9 @@ async fn sends_over_the_rate_are_refused_with_a_wait_then_resume() {
     assert_eq!(count(&messenger, "events", "body = 'over'"), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_library_waits_out_the_rate_and_sends_each_message_once() {
+async fn the_client_library_waits_out_the_rate_and_sends_each_message_once(backend: Backend) {
     let (messenger, server) = serve_with(
+        backend,
         &["alice", "bob"],
         &[
             ("MESSENGER_LIMITS__SENDS_PER_SEC", "4"),
@@ -191,9 +218,9 @@ async fn the_client_library_waits_out_the_rate_and_sends_each_message_once() {
     assert_eq!(count(&messenger, "events", "conv = 'dm:alice:bob'"), 4);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_creations_and_token_requests_are_limited_then_resume() {
+async fn group_creations_and_token_requests_are_limited_then_resume(backend: Backend) {
     let (messenger, server) = serve_with(
+        backend,
         &["alice", "bob"],
         &[
             // One a second (3600 an hour, 60 a minute), two at once.
@@ -268,10 +295,13 @@ async fn connect_once_room(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_has_at_most_max_devices_connected() {
-    let (_messenger, server) =
-        serve_with(&["alice", "bob"], &[("MESSENGER_LIMITS__MAX_DEVICES", "2")]).await;
+async fn a_user_has_at_most_max_devices_connected(backend: Backend) {
+    let (_messenger, server) = serve_with(
+        backend,
+        &["alice", "bob"],
+        &[("MESSENGER_LIMITS__MAX_DEVICES", "2")],
+    )
+    .await;
     let device = |id: &str| server.device(Transport::Tcp, &format!("alice:{id}"), "alice-pw");
     let phone = device("phone").connect().await.expect("first device");
     let _laptop = device("laptop").connect().await.expect("second device");
@@ -305,9 +335,9 @@ async fn a_user_has_at_most_max_devices_connected() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_address_has_at_most_max_connections_per_ip() {
+async fn an_address_has_at_most_max_connections_per_ip(backend: Backend) {
     let (_messenger, server) = serve_with(
+        backend,
         &["alice", "bob", "carol"],
         &[("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "2")],
     )
@@ -357,11 +387,11 @@ async fn an_address_has_at_most_max_connections_per_ip() {
 /// The web listener's HTTP connections count against the same bound, apart from
 /// MQTT: one over it is closed at once (not after the head timeout), and once one
 /// closes a new one is served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn web_connections_per_address_are_bounded_too() {
+async fn web_connections_per_address_are_bounded_too(backend: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     let (_messenger, server) = serve_with(
+        backend,
         &[],
         &[
             ("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "2"),
@@ -440,9 +470,11 @@ async fn futures_select_all(futures: Vec<ReadFuture<'_>>) -> usize {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guessing_a_password_locks_the_user_out_briefly_but_not_at_their_own_address() {
+async fn guessing_a_password_locks_the_user_out_briefly_but_not_at_their_own_address(
+    backend: Backend,
+) {
     let (_messenger, server) = serve_with(
+        backend,
         &["alice", "carol"],
         &[
             ("MESSENGER_BROKER__SIGN_IN_FREE_FAILURES", "2"),
@@ -501,9 +533,8 @@ async fn guessing_a_password_locks_the_user_out_briefly_but_not_at_their_own_add
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_limit_settings_exit_64_naming_the_key() {
-    let messenger = Messenger::new();
+async fn bad_limit_settings_exit_64_naming_the_key(backend: Backend) {
+    let messenger = Messenger::on(backend);
     for (env, named) in [
         (
             &[("MESSENGER_LIMITS__MAX_DEVICES", "51")][..],
@@ -544,9 +575,9 @@ async fn bad_limit_settings_exit_64_naming_the_key() {
 
 /// `limits.uploads_per_min`: over it `POST /files` is `429` with
 /// `retry_after_ms` and nothing is stored; after the wait uploads go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_are_limited_then_resume() {
+async fn uploads_are_limited_then_resume(backend: Backend) {
     let (messenger, mut server) = serve_with(
+        backend,
         &["alice"],
         &[
             // One a second, two at once.

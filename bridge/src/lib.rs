@@ -351,7 +351,13 @@ impl Bridge {
                         ownership,
                     };
                     Ok(Box::new(postgres::PostgresStore::new(
-                        client, connect, limits, notify, liveness, sharing,
+                        client,
+                        connect,
+                        limits,
+                        notify,
+                        liveness,
+                        sharing,
+                        storage.files_dir(),
                     )?))
                 }
                 None => Ok(Box::new(SqliteStore::open(

@@ -14,7 +14,13 @@
 //! before it renames its bytes into place, and the writer removes bytes only
 //! inside its write transaction, after seeing no row with that hash; SQLite's
 //! single writer puts every insert either before that look (the bytes stay) or
-//! after the removal (the rename puts them back).
+//! after the removal (the rename puts them back). On PostgreSQL, which has no
+//! single writer, a per-hash advisory lock ([`lock_key`]) does the same: the
+//! catalog holds it across its insert, rename and commit, the writers across
+//! their look and removal to their commit (see `postgres::engine::files`).
+//!
+//! What does not touch the database (the bytes' names, the walk of the files
+//! directory, removing bytes) is shared by both engines.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -184,8 +190,15 @@ impl Catalog {
                     i64::try_from(size).unwrap_or(i64::MAX),
                     i64::try_from(now_ms).unwrap_or(i64::MAX),
                 );
+                // One transaction under the hash's lock: the row and the bytes
+                // appear together for every writer that looks for this hash.
+                // A run again after a broken connection finds `temp` gone if the
+                // rename happened: it fails, and the row (if the first commit
+                // went through) and the bytes go with the sweep.
                 CatalogDb::postgres(client, url, |c| {
-                    c.execute(
+                    let mut tx = c.transaction()?;
+                    tx.execute(LOCK_HASH, &[&lock_key(sha256)])?;
+                    tx.execute(
                         "INSERT INTO uploads (file, uploader, sha256, size, type, created_ms)
                          VALUES ($1, $2, $3, $4, $5, $6)",
                         &[
@@ -196,15 +209,15 @@ impl Catalog {
                             &media_type,
                             &now,
                         ],
-                    )
-                })?;
-                if let Err(err) = std::fs::rename(temp, &blob) {
-                    let _ = client.execute(
-                        "DELETE FROM uploads WHERE file = $1",
-                        &[&record.file.as_str()],
-                    );
-                    return Err(StoreError::Io(blob, err));
-                }
+                    )?;
+                    if let Err(err) = std::fs::rename(temp, &blob) {
+                        // Dropping the transaction rolls the row back.
+                        return Ok(Err(err));
+                    }
+                    tx.commit()?;
+                    Ok(Ok(()))
+                })?
+                .map_err(|err| StoreError::Io(blob, err))?;
             }
         }
         Ok(record)
@@ -284,8 +297,22 @@ impl Catalog {
 }
 
 /// The bytes of uploads with this hash.
-fn blob_path(dir: &Path, sha256: &str) -> PathBuf {
+pub(crate) fn blob_path(dir: &Path, sha256: &str) -> PathBuf {
     dir.join(sha256)
+}
+
+/// Takes the PostgreSQL advisory lock of a hash ([`lock_key`]) to the end of
+/// the transaction.
+pub(crate) const LOCK_HASH: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// The key of a hash's advisory lock on PostgreSQL: its first 64 bits. A name
+/// that is no hash (never the name of bytes) gets the key of the empty prefix.
+pub(crate) fn lock_key(sha256: &str) -> i64 {
+    let bits = sha256
+        .get(..16)
+        .and_then(|prefix| u64::from_str_radix(prefix, 16).ok())
+        .unwrap_or(0);
+    i64::from_ne_bytes(bits.to_ne_bytes())
 }
 
 /// Checks a `send`'s attachments before anything is stored: at most
@@ -401,16 +428,24 @@ pub(crate) fn remove_unused(
             .query_row([sha], |_| Ok(()))
             .optional()?
             .is_some();
-        if used || !is_hash(sha) {
-            continue;
-        }
-        match std::fs::remove_file(blob_path(dir, sha)) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => warn!(cause = %err, %sha, "cannot remove a file's bytes"),
+        if !used {
+            remove_bytes(dir, sha);
         }
     }
     Ok(())
+}
+
+/// Removes the bytes of `sha` (a hash, else nothing happens); bytes already
+/// gone are fine, a failure is logged and left for the sweep's next pass.
+pub(crate) fn remove_bytes(dir: &Path, sha: &str) {
+    if !is_hash(sha) {
+        return;
+    }
+    match std::fs::remove_file(blob_path(dir, sha)) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => warn!(cause = %err, %sha, "cannot remove a file's bytes"),
+    }
 }
 
 /// The uploads no message carries that are older than `cutoff_ms`: their rows
@@ -438,10 +473,29 @@ pub(super) fn sweep_directory(
     dir: &Path,
     age: Duration,
 ) -> rusqlite::Result<()> {
+    for sha in old_files(dir, age) {
+        let used = conn
+            .prepare_cached("SELECT 1 FROM uploads WHERE sha256 = ?1 LIMIT 1")?
+            .query_row([&sha], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !used {
+            remove_bytes(dir, &sha);
+        }
+    }
+    Ok(())
+}
+
+/// The walk of the files directory behind a sweep, which asks the database
+/// nothing: removes partial uploads older than `age` and returns the names of
+/// bytes (hashes) older than `age`, for the caller to remove those no upload
+/// row names. Anything else in the directory is left alone.
+pub(crate) fn old_files(dir: &Path, age: Duration) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
+        return Vec::new();
     };
     let cutoff = SystemTime::now().checked_sub(age);
+    let mut hashes = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -452,27 +506,19 @@ pub(super) fn sweep_directory(
         if !old {
             continue;
         }
-        let stray = if name.starts_with(TEMP_PREFIX) {
-            true
-        } else if is_hash(name) {
-            conn.prepare_cached("SELECT 1 FROM uploads WHERE sha256 = ?1 LIMIT 1")?
-                .query_row([name], |_| Ok(()))
-                .optional()?
-                .is_none()
-        } else {
-            false
-        };
-        if stray {
+        if name.starts_with(TEMP_PREFIX) {
             if let Err(err) = std::fs::remove_file(entry.path()) {
                 warn!(cause = %err, file = %name, "cannot remove a stray file");
             }
+        } else if is_hash(name) {
+            hashes.push(name.to_owned());
         }
     }
-    Ok(())
+    hashes
 }
 
 /// Whether `s` is a SHA-256 in lowercase hex (the only names of bytes on disk).
-fn is_hash(s: &str) -> bool {
+pub(crate) fn is_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
@@ -504,6 +550,47 @@ mod tests {
             assert_eq!(err.code, ErrorCode::BadRequest, "{bad:?}");
         }
         assert!(check_refs(&[r("a", &"é".repeat(MAX_ATTACHMENT_NAME_CHARS))]).is_ok());
+    }
+
+    #[test]
+    fn a_hash_locks_under_its_first_64_bits() {
+        assert_eq!(lock_key(&"f".repeat(64)), -1);
+        assert_eq!(
+            lock_key(&format!("{}1{}", "0".repeat(15), "a".repeat(48))),
+            1
+        );
+        assert_eq!(
+            lock_key(&format!("{}{}", "7fffffffffffffff", "0".repeat(48))),
+            i64::MAX
+        );
+        assert_ne!(lock_key(&"ab".repeat(32)), lock_key(&"ba".repeat(32)));
+        assert_eq!(lock_key("not a hash"), 0);
+    }
+
+    #[test]
+    fn the_walk_removes_old_partial_uploads_and_names_old_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        let write = |name: &str, aged: bool| {
+            let path = dir.path().join(name);
+            let file = std::fs::File::create(&path).unwrap();
+            if aged {
+                file.set_modified(old).unwrap();
+            }
+            path
+        };
+        let (old_hash, new_hash) = ("ab".repeat(32), "cd".repeat(32));
+        write(&old_hash, true);
+        write(&new_hash, false);
+        let old_temp = write(&format!("{TEMP_PREFIX}old"), true);
+        let new_temp = write(&format!("{TEMP_PREFIX}new"), false);
+        let other = write("README", true);
+
+        assert_eq!(old_files(dir.path(), Duration::from_secs(3600)), [old_hash]);
+        assert!(!old_temp.exists(), "an old partial upload goes");
+        assert!(new_temp.exists() && other.exists());
+        assert!(dir.path().join(&new_hash).exists());
+        assert!(old_files(&dir.path().join("missing"), Duration::ZERO).is_empty());
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub(super) struct Ctx<'a, 'd> {
     /// start (see `looked_up`): whether its id was used before, whether the
     /// other user blocks the sender. `None`: look now.
     pub(super) looked: Option<Looked>,
+    /// The hashes of the uploads this request let go of (`uploads` rows it
+    /// removed), whose bytes go at the end of the batch if no upload row names
+    /// them then (see `files`).
+    pub(super) released: RefCell<Vec<String>>,
 }
 
 /// What a batch looks up at its start for each of its plain texts to a 1-1 chat.

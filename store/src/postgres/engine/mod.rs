@@ -20,10 +20,13 @@
 //! - `messages`, `groups`, `listing`, `pushes`, `blocks`, `timeline`,
 //!   `search`: the handlers, by request.
 //! - `presence`: device rows and each user's aggregate.
+//! - `files`: the sweep of uploads, and the bytes of those let go of, removed
+//!   at the end of the batch under per-hash advisory locks.
 
 mod blocks;
 mod context;
 mod db;
+mod files;
 mod groups;
 mod leases;
 mod listing;
@@ -34,6 +37,7 @@ mod search;
 mod timeline;
 
 use std::cell::RefCell;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +87,8 @@ pub struct PostgresStore {
     liveness: Option<Liveness>,
     /// The slots of users this bridge handles, leased in the database.
     leases: Leases,
+    /// The files directory (`storage.files_dir()`), shared with every node.
+    files_dir: PathBuf,
 }
 
 impl PostgresStore {
@@ -90,8 +96,9 @@ impl PostgresStore {
     /// [`crate::postgres::migrate`]); `connect` opens a new connection when it breaks.
     ///
     /// `notify` and `liveness` are as for [`crate::SqliteStore::open`];
-    /// `sharing` names this bridge among the others on the database. Takes this
-    /// bridge's first share of the users' slots (blocking).
+    /// `sharing` names this bridge among the others on the database;
+    /// `files_dir` is where uploads' bytes are (`storage.files_dir()`). Takes
+    /// this bridge's first share of the users' slots (blocking).
     pub fn new(
         client: Client,
         connect: Connector,
@@ -99,6 +106,7 @@ impl PostgresStore {
         notify: Notify,
         liveness: Option<Liveness>,
         sharing: Sharing,
+        files_dir: PathBuf,
     ) -> Result<Self, StoreError> {
         let lease_client = connect().map_err(StoreError::Unavailable)?;
         let leases = Leases::start(sharing, lease_client, connect.clone())?;
@@ -111,6 +119,7 @@ impl PostgresStore {
             notify,
             liveness,
             leases,
+            files_dir,
         })
     }
 
@@ -256,6 +265,8 @@ impl PostgresStore {
             lock_users(&db, inputs, &ours).map_err(Stop::of)?;
             let looked = look_up(&db, inputs, &ours).map_err(Stop::of)?;
             let mut outcomes = Vec::with_capacity(inputs.len());
+            // The hashes of the uploads the batch let go of; their bytes go before it commits.
+            let mut released = Vec::new();
             for (place, input) in inputs.iter().enumerate() {
                 let outcome = match input {
                     // Another bridge's user (its own copy of the publish reaches it).
@@ -279,8 +290,13 @@ impl PostgresStore {
                                 notify: self.notify,
                                 pushes: RefCell::new(Vec::new()),
                                 looked: looked.get(&place).copied(),
+                                released: RefCell::new(Vec::new()),
                             };
-                            handle(&db, &ctx, request, mode)
+                            let outcome = handle(&db, &ctx, request, mode);
+                            // Those of a request that failed are harmless: the
+                            // end of the batch looks for their rows again.
+                            released.extend(ctx.released.take());
+                            outcome
                         };
                         // Kept even if the run stops: a run again asks no limiter twice.
                         ledger.note(place, allowance);
@@ -317,12 +333,17 @@ impl PostgresStore {
                         pushes::forget(&db, *platform, token, *not_after_ms).map_err(Stop::of)?;
                         Outcome::default()
                     }
-                    // Uploads are kept by each broker node (the catalog is not
-                    // on PostgreSQL yet): nothing of them here.
-                    Input::SweepFiles { .. } => Outcome::default(),
+                    Input::SweepFiles { unreferenced_ms } => {
+                        released.extend(
+                            files::sweep(&db, &self.files_dir, now, *unreferenced_ms)
+                                .map_err(Stop::of)?,
+                        );
+                        Outcome::default()
+                    }
                 };
                 outcomes.push(outcome);
             }
+            files::remove_unused(&db, &self.files_dir, released).map_err(Stop::of)?;
             outcomes
         };
         Ok(outcomes)
