@@ -209,4 +209,11 @@ CREATE EXTENSION IF NOT EXISTS pg_trgm;
 CREATE INDEX events_text ON events USING gin (body gin_trgm_ops)
     WHERE kind = 'message' AND NOT deleted;
 ",
+    "
+-- Uploads by the hash of their bytes (the bytes go with the last one), by age
+-- (the sweep), and the uploads a message carries (its deletion).
+CREATE INDEX uploads_by_sha ON uploads (sha256);
+CREATE INDEX uploads_by_age ON uploads (created_ms);
+CREATE INDEX attachments_by_message ON attachments (conv, seq);
+",
 ];

@@ -327,7 +327,8 @@ impl Ctx<'_, '_> {
         let mut out = Vec::with_capacity(refs.len());
         for r in refs {
             let Some(row) = self.db.opt(
-                "SELECT size, type FROM uploads WHERE file = $1 AND uploader = $2",
+                // Locked to the commit: a sweep on another bridge passes it over.
+                "SELECT size, type FROM uploads WHERE file = $1 AND uploader = $2 FOR KEY SHARE",
                 &[&r.file.as_str(), &self.user.as_str()],
             )?
             else {

@@ -192,11 +192,15 @@ impl Ctx<'_, '_> {
         )?;
         for row in &files {
             let file: &str = row.try_get(0)?;
-            self.db.exec(
+            // The bytes go at the end of the batch if no upload names their hash.
+            if let Some(gone) = self.db.opt(
                 "DELETE FROM uploads
-                 WHERE file = $1 AND NOT EXISTS (SELECT 1 FROM attachments WHERE file = $1)",
+                 WHERE file = $1 AND NOT EXISTS (SELECT 1 FROM attachments WHERE file = $1)
+                 RETURNING sha256",
                 &[&file],
-            )?;
+            )? {
+                self.released.borrow_mut().push(gone.try_get(0)?);
+            }
         }
         Ok(())
     }
