@@ -47,6 +47,13 @@ pub struct Sharing {
     pub ownership: Arc<Ownership>,
 }
 
+/// Lease rounds commit without waiting for their WAL on disk: a round lost in
+/// a crash of the database is a lease renewed less, and the batches never wait
+/// behind the lease thread's flushes.
+fn unsynced(client: &mut Client) -> Result<(), postgres::Error> {
+    client.batch_execute("SET synchronous_commit = off")
+}
+
 /// The thread that renews this bridge's leases; stopping it gives them back.
 pub(super) struct Leases {
     instance: String,
@@ -63,6 +70,7 @@ impl Leases {
         connect: Connector,
     ) -> Result<Self, StoreError> {
         let mut rounds = Rounds { sharing };
+        unsynced(&mut client)?;
         rounds.round(&mut client)?;
         let instance = rounds.sharing.instance.clone();
         let stop = Arc::new(AtomicBool::new(false));
@@ -116,7 +124,12 @@ impl Rounds {
                 warn!(cause = %err, "cannot renew this bridge's slot leases");
                 if client.is_closed() {
                     match connect() {
-                        Ok(new) => client = new,
+                        Ok(mut new) => {
+                            if let Err(err) = unsynced(&mut new) {
+                                warn!(cause = %err, "cannot set up the lease connection");
+                            }
+                            client = new;
+                        }
                         Err(cause) => warn!(%cause, "PostgreSQL is unreachable"),
                     }
                 }
@@ -214,18 +227,22 @@ impl Rounds {
     }
 }
 
-/// The slots this bridge holds a live lease on, locked until the batch's
+/// Which of `slots` (those of a batch's users) this bridge holds a live lease
+/// on, locked until the batch's
 /// transaction ends so that none changes hands under the batch: `FOR KEY
 /// SHARE` lets the lease thread renew them meanwhile (a plain `UPDATE`), and
 /// stops another bridge taking them (it locks `FOR UPDATE SKIP LOCKED`).
-pub(super) fn held(db: &Db<'_>, instance: &str) -> Result<u64, postgres::Error> {
+pub(super) fn held(db: &Db<'_>, instance: &str, slots: &[i32]) -> Result<u64, postgres::Error> {
+    if slots.is_empty() {
+        return Ok(0);
+    }
     let rows = db.rows(
         concat!(
-            "SELECT slot FROM bridge_slots WHERE owner = $1 AND lease_until_ms > ",
+            "SELECT slot FROM bridge_slots WHERE owner = $1 AND slot = ANY($2) AND lease_until_ms > ",
             db_now!(),
-            " FOR KEY SHARE"
+            " ORDER BY slot FOR KEY SHARE"
         ),
-        &[&instance],
+        &[&instance, &slots],
     )?;
     let mut mask = 0u64;
     for row in &rows {

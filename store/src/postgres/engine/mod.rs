@@ -260,7 +260,8 @@ impl PostgresStore {
         self.client.batch_execute("BEGIN").map_err(Stop::of)?;
         let outcomes = {
             let db = Db::new(&mut self.client, &self.statements);
-            let held = leases::held(&db, self.leases.instance()).map_err(Stop::of)?;
+            let held =
+                leases::held(&db, self.leases.instance(), &slots_of(inputs)).map_err(Stop::of)?;
             let ours = |user: &messenger_protocol::UserId| held & (1 << slot_of(user)) != 0;
             lock_users(&db, inputs, &ours).map_err(Stop::of)?;
             let looked = look_up(&db, inputs, &ours).map_err(Stop::of)?;
@@ -405,6 +406,31 @@ fn handle(db: &Db<'_>, ctx: &Ctx<'_, '_>, request: &Request, mode: Mode) -> Resu
     })
 }
 
+/// The slots of the users whose requests and presence are in `inputs` (every
+/// slot when an input concerns every user: reconciling, publishing again).
+fn slots_of(inputs: &[Input]) -> Vec<i32> {
+    if inputs
+        .iter()
+        .any(|input| matches!(input, Input::Reconcile | Input::Republish))
+    {
+        return (0..crate::slots::SLOTS)
+            .filter_map(|slot| i32::try_from(slot).ok())
+            .collect();
+    }
+    let mut slots: Vec<i32> = inputs
+        .iter()
+        .filter_map(|input| match input {
+            Input::Request { user, .. } | Input::Presence { user, .. } => {
+                i32::try_from(slot_of(user)).ok()
+            }
+            _ => None,
+        })
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    slots
+}
+
 /// Locks, in one order for every bridge, the `user_seqs` rows of the users
 /// whose useq the batch's requests will take (those of a 1-1 chat's two users,
 /// the sender's otherwise), creating missing ones. Without it two bridges
@@ -515,10 +541,15 @@ fn look_up(
         return Ok(HashMap::new());
     }
     let rows = db.rows(
-        "SELECT t.n,
-                EXISTS (SELECT 1 FROM requests r WHERE r.sender = t.s AND r.req_id = t.i),
-                EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = t.o AND b.blocked = t.s)
-         FROM unnest($1::int[], $2::text[], $3::text[], $4::text[]) AS t(n, s, i, o)",
+        // LATERAL ... LIMIT 1: one index probe per text. As EXISTS sublinks the
+        // planner may hash the whole table instead (it did, per batch, as
+        // `requests` grew).
+        "SELECT t.n, r.found IS NOT NULL, b.found IS NOT NULL
+         FROM unnest($1::int[], $2::text[], $3::text[], $4::text[]) AS t(n, s, i, o)
+         LEFT JOIN LATERAL (SELECT 1 AS found FROM requests
+                            WHERE sender = t.s AND req_id = t.i LIMIT 1) r ON TRUE
+         LEFT JOIN LATERAL (SELECT 1 AS found FROM blocks
+                            WHERE blocker = t.o AND blocked = t.s LIMIT 1) b ON TRUE",
         &[&places, &senders, &ids, &others],
     )?;
     let mut looked = HashMap::with_capacity(rows.len());
