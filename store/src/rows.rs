@@ -197,3 +197,60 @@ impl Budget {
         }
     }
 }
+
+/// A `sync` reply from its inbox rows as events (`None`: a row with nothing to
+/// deliver, or one that no longer decodes, skipped), at most `limit` of them,
+/// cut to the reply's byte budget; `more` if rows were left over.
+pub(crate) fn sync_reply(
+    id: &RequestId,
+    rows: Vec<Option<Event>>,
+    after: u64,
+    limit: u32,
+    max_bytes: usize,
+) -> Event {
+    let mut more = rows.len() > limit as usize;
+    let mut events = Vec::new();
+    let mut budget = Budget::new(max_bytes);
+    let mut next = after;
+    for event in rows.into_iter().take(limit as usize).flatten() {
+        if !budget.take(&event) {
+            more = true;
+            break;
+        }
+        next = event.useq().unwrap_or(next);
+        events.push(event);
+    }
+    Event::Sync {
+        id: id.clone(),
+        events,
+        next,
+        more,
+    }
+}
+
+/// A `history` reply from a page of events newest first (`more` if the window
+/// holds more), cut to the reply's byte budget and put oldest first.
+pub(crate) fn history_reply(
+    id: &RequestId,
+    conv: &ConvId,
+    newest_first: Vec<Event>,
+    mut more: bool,
+    max_bytes: usize,
+) -> Event {
+    let mut events = Vec::new();
+    let mut budget = Budget::new(max_bytes);
+    for event in newest_first {
+        if !budget.take(&event) {
+            more = true;
+            break;
+        }
+        events.push(event);
+    }
+    events.reverse();
+    Event::History {
+        id: id.clone(),
+        conv: conv.clone(),
+        events,
+        more,
+    }
+}

@@ -7,12 +7,11 @@ use messenger_protocol::{ConvId, UserId};
 use rusqlite::{params, OptionalExtension};
 
 use super::files;
-use super::rows::{
-    attachments_column, event_columns, event_from_row, receipt_from_row, with_useq, Budget,
-};
+use super::rows::{attachments_column, event_columns, event_from_row, receipt_from_row, with_useq};
 use super::Ctx;
 use crate::outcome::{encode, Effect};
 use crate::rate;
+use crate::rows::{history_reply, sync_reply};
 use crate::Failure;
 
 /// Default page size of `sync` and `history`.
@@ -279,26 +278,14 @@ impl Ctx<'_> {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        let mut more = rows.len() > limit as usize;
-        let mut events = Vec::new();
-        let mut budget = Budget::new(self.limits.max_reply_bytes());
-        let mut next = after;
-        for event in rows.into_iter().take(limit as usize) {
-            // A row that no longer decodes (a hand-edited file) is skipped, not fatal.
-            let Some(event) = event else { continue };
-            if !budget.take(&event) {
-                more = true;
-                break;
-            }
-            next = event.useq().unwrap_or(next);
-            events.push(event);
-        }
-        Ok(vec![self.reply(&Event::Sync {
-            id: id.clone(),
-            events,
-            next,
-            more,
-        })])
+        // A row that no longer decodes (a hand-edited file) is skipped, not fatal.
+        Ok(vec![self.reply(&sync_reply(
+            id,
+            rows,
+            after,
+            limit,
+            self.limits.max_reply_bytes(),
+        ))])
     }
 
     pub(super) fn history(
@@ -311,23 +298,14 @@ impl Ctx<'_> {
         let limit = self.page(limit, DEFAULT_PAGE)?;
         let (from, to) = self.read_window(conv)?;
         let upper = before.map_or(to, |b| b.saturating_sub(1).min(to));
-        let (rows, mut more) = self.events_between(conv, from, upper, limit, Order::NewestFirst)?;
-        let mut events = Vec::new();
-        let mut budget = Budget::new(self.limits.max_reply_bytes());
-        for event in rows {
-            if !budget.take(&event) {
-                more = true;
-                break;
-            }
-            events.push(event);
-        }
-        events.reverse();
-        Ok(vec![self.reply(&Event::History {
-            id: id.clone(),
-            conv: conv.clone(),
-            events,
+        let (rows, more) = self.events_between(conv, from, upper, limit, Order::NewestFirst)?;
+        Ok(vec![self.reply(&history_reply(
+            id,
+            conv,
+            rows,
             more,
-        })])
+            self.limits.max_reply_bytes(),
+        ))])
     }
 }
 

@@ -10,7 +10,9 @@ use postgres::Row;
 use super::context::{int, nat, opt_nat, Ctx, Looked};
 use crate::outcome::{encode, Effect};
 use crate::rate;
-use crate::rows::{attachments_column, receipt_from_row, with_useq, Budget, EventColumns};
+use crate::rows::{
+    attachments_column, history_reply, receipt_from_row, sync_reply, with_useq, EventColumns,
+};
 use crate::sqlite::messages::{seq_of, Order};
 use crate::sqlite::rows::event_columns;
 use crate::Failure;
@@ -446,37 +448,28 @@ impl Ctx<'_, '_> {
             ),
             &[&self.user.as_str(), &int(after), &i64::from(limit + 1)],
         )?;
-        let mut more = rows.len() > limit as usize;
-        let mut events = Vec::new();
-        let mut budget = Budget::new(self.limits.max_reply_bytes());
-        let mut next = after;
-        for r in rows.iter().take(limit as usize) {
+        let mut events = Vec::with_capacity(rows.len());
+        for r in &rows {
             let useq = nat(r, 0)?;
             let conv: String = r.try_get(1)?;
             let seq = nat(r, 2)?;
             let rstatus: Option<String> = r.try_get(3)?;
-            let event = match rstatus {
+            events.push(match rstatus {
                 Some(status) => {
                     receipt_from_row(&conv, seq, &status, r.try_get(4)?, opt_nat(r, 5)?, useq)
                 }
                 // An inbox row whose event is gone (retention): nothing to deliver.
                 None if r.try_get::<_, Option<String>>(7)?.is_none() => None,
                 None => event_from_row(r, 6, &conv, seq, Some(useq))?,
-            };
-            let Some(event) = event else { continue };
-            if !budget.take(&event) {
-                more = true;
-                break;
-            }
-            next = event.useq().unwrap_or(next);
-            events.push(event);
+            });
         }
-        Ok(vec![self.reply(&Event::Sync {
-            id: id.clone(),
+        Ok(vec![self.reply(&sync_reply(
+            id,
             events,
-            next,
-            more,
-        })])
+            after,
+            limit,
+            self.limits.max_reply_bytes(),
+        ))])
     }
 
     pub(super) fn history(
@@ -489,23 +482,14 @@ impl Ctx<'_, '_> {
         let limit = self.page(limit, DEFAULT_PAGE)?;
         let (from, to) = self.read_window(conv)?;
         let upper = before.map_or(to, |b| b.saturating_sub(1).min(to));
-        let (rows, mut more) = self.events_between(conv, from, upper, limit, Order::NewestFirst)?;
-        let mut events = Vec::new();
-        let mut budget = Budget::new(self.limits.max_reply_bytes());
-        for event in rows {
-            if !budget.take(&event) {
-                more = true;
-                break;
-            }
-            events.push(event);
-        }
-        events.reverse();
-        Ok(vec![self.reply(&Event::History {
-            id: id.clone(),
-            conv: conv.clone(),
-            events,
+        let (rows, more) = self.events_between(conv, from, upper, limit, Order::NewestFirst)?;
+        Ok(vec![self.reply(&history_reply(
+            id,
+            conv,
+            rows,
             more,
-        })])
+            self.limits.max_reply_bytes(),
+        ))])
     }
 
     /// Up to `limit` stored events of `conv` with seqs `from..=to`, from the end
