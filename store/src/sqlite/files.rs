@@ -15,7 +15,7 @@
 //! inside its write transaction, after seeing no row with that hash; SQLite's
 //! single writer puts every insert either before that look (the bytes stay) or
 //! after the removal (the rename puts them back). On PostgreSQL, which has no
-//! single writer, a per-hash advisory lock ([`lock_key`]) does the same: the
+//! single writer, a per-hash advisory lock (`lock_key`) does the same: the
 //! catalog holds it across its insert, rename and commit, the writers across
 //! their look and removal to their commit (see `postgres::engine::files`).
 //!
