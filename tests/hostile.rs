@@ -8,8 +8,15 @@ use messenger_bridge::config::Limits;
 use messenger_protocol::ConvId;
 use serde_json::{json, Value};
 
-use crate::util::server::{next_message, Backend, TestServer};
+use crate::util::server::{next_message, on_both_engines, Backend, TestServer};
 use crate::util::{uid, Client};
+
+on_both_engines!(
+    conversations_and_members_are_paged_and_fit_a_packet,
+    device_ids_per_user_are_capped,
+    a_request_whose_error_would_be_huge_does_not_stop_delivery,
+    numbers_out_of_range_are_bad_requests_naming_the_field,
+);
 
 const USERS: &[(&str, &str)] = &[("alice", "alice-pw"), ("bob", "bob-pw")];
 
@@ -48,9 +55,8 @@ async fn next_where(client: &mut Client, topic: &str, pick: impl Fn(&Value) -> b
 /// dropped the bridge's producer: every user's acks and live events were lost.
 /// Now the echo is short, and a stream of normal sends beside such requests gets
 /// every ack and every live event.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_whose_error_would_be_huge_does_not_stop_delivery() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn a_request_whose_error_would_be_huge_does_not_stop_delivery(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let mut mallory = raw(&server, "alice", "alice-pw").await;
     let (bob, _bob_events) = server.device("bob", "bob-pw", "phone").await;
     let (_alice, mut alice_events) = server.device("alice", "alice-pw", "phone").await;
@@ -93,8 +99,7 @@ async fn a_request_whose_error_would_be_huge_does_not_stop_delivery() {
 /// Defect 2: `conversations` had no bound (a user in many large groups got no
 /// reply at all). Now it is paged by count and by bytes with a cursor, each item
 /// names at most 10 members with the count, and `members` pages through a group.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conversations_and_members_are_paged_and_fit_a_packet() {
+async fn conversations_and_members_are_paged_and_fit_a_packet(backend: Backend) {
     // Long user ids make big member lists; a small body limit makes a small reply limit.
     let names: Vec<String> = (0..12)
         .map(|i| format!("{i:02}{}", "m".repeat(30)))
@@ -106,7 +111,7 @@ async fn conversations_and_members_are_paged_and_fit_a_packet() {
         ..crate::util::server::unlimited()
     };
     let max_reply = limits.max_reply_bytes();
-    let server = TestServer::build(Backend::Embedded, &users, limits, 30).await;
+    let server = TestServer::build(backend, &users, limits, 30).await;
     let mut bob = raw(&server, "bob", "bob-pw").await;
     let mut alice = raw(&server, "alice", "alice-pw").await;
     // Bob puts alice into 40 groups of 14 with long names.
@@ -222,9 +227,8 @@ async fn next_reply(client: &mut Client) -> (String, String) {
 
 /// Defect 5: numbers above 2^63 - 1 were `internal` ("retry later") with an
 /// ERROR logged. Now they are `bad_request` naming the field, and change nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn numbers_out_of_range_are_bad_requests_naming_the_field() {
-    let server = TestServer::start(Backend::Embedded, USERS).await;
+async fn numbers_out_of_range_are_bad_requests_naming_the_field(backend: Backend) {
+    let server = TestServer::start(backend, USERS).await;
     let mut alice = raw(&server, "alice", "alice-pw").await;
     let first = alice
         .reply(
@@ -270,10 +274,7 @@ async fn numbers_out_of_range_are_bad_requests_naming_the_field() {
         assert!(message.contains(&format!("`{field}`")), "{message}");
     }
     // Nothing changed: no mute stored, and the in-range forms still work.
-    let muted: i64 = rusqlite::Connection::open(server.db())
-        .expect("db")
-        .query_row("SELECT COUNT(*) FROM mutes", [], |r| r.get(0))
-        .expect("count");
+    let muted = server.count("SELECT COUNT(*) FROM mutes").await;
     assert_eq!(muted, 0);
     let ok = format!(r#"{{"type":"sync","id":"ok","after":{}}}"#, i64::MAX);
     let reply = alice.reply("alice", ok.as_bytes()).await;
@@ -286,13 +287,12 @@ async fn numbers_out_of_range_are_bad_requests_naming_the_field() {
 /// Defect 6: any number of device ids made presence rows (20,000 made 20,001).
 /// Now a user has at most `limits.max_devices_per_user`; presence from one more
 /// device id is refused, and so is a device token for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn device_ids_per_user_are_capped() {
+async fn device_ids_per_user_are_capped(backend: Backend) {
     let limits = Limits {
         max_devices_per_user: 3,
         ..crate::util::server::unlimited()
     };
-    let server = TestServer::build(Backend::Embedded, USERS, limits, 30).await;
+    let server = TestServer::build(backend, USERS, limits, 30).await;
     let mut mallory = raw(&server, "alice", "alice-pw").await;
     mallory.subscribe(&["status/alice"]).await;
     for i in 0..10 {
@@ -313,17 +313,13 @@ async fn device_ids_per_user_are_capped() {
             break;
         }
     }
-    let devices: Vec<String> = {
-        let db = rusqlite::Connection::open(server.db()).expect("db");
-        let mut stmt = db
-            .prepare("SELECT device FROM devices WHERE user = 'alice' ORDER BY device")
-            .expect("prepare");
-        stmt.query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
-    };
-    assert_eq!(devices, ["d0", "d1", "d2"]);
+    let devices = server
+        .count("SELECT COUNT(*) FROM devices WHERE \"user\" = 'alice'")
+        .await;
+    assert_eq!(devices, 3, "only the first three device ids are stored");
+    for device in ["d0", "d1", "d2"] {
+        assert_eq!(server.device_online("alice", device).await, Some(false));
+    }
     // The broker keeps no retained presence of the refused ids either: the bridge
     // cleared each. A service client sees the retained ones, then a fresh publish
     // of d0 (the positive control that the retained ones came first).
