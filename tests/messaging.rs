@@ -30,6 +30,7 @@ on_both_brokers!(
 );
 
 on_both_engines!(
+    kill_9_mid_stream_loses_nothing_and_stores_nothing_twice,
     offline_device_catches_up_without_gaps_or_repeats,
     a_websocket_device_chats_like_any_other,
     sync_from_a_cursor_and_history_pages,
@@ -543,9 +544,8 @@ async fn refusals_surface_as_typed_errors(backend: Backend) {
 /// A device that retries its unacked sends, a server killed with SIGKILL in the
 /// middle of the stream and started again: every message ends up stored exactly
 /// once, with gap-free seqs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_stream_loses_nothing_and_stores_nothing_twice() {
-    let messenger = crate::util::process::Messenger::new();
+async fn kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(backend: Backend) {
+    let messenger = crate::util::process::Messenger::on(backend);
     messenger
         .run(&["user", "add", "alice", "--password", "alice-pw"])
         .await
