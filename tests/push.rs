@@ -603,3 +603,29 @@ async fn a_push_server_that_never_answers_delays_no_ack(backend: Backend) {
     // Stopping does not wait for the push server.
     server.stop().await;
 }
+
+/// Three bridges share the users (PostgreSQL): a message to an offline user is
+/// pushed once per token, by the one bridge that handles the sender, not once
+/// per bridge. The control: the push after it is the next message's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_bridges_push_each_message_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = ApnsKey::generate(dir.path());
+    let mut apple = FakeServer::start(None, |_| Reply::ok()).await;
+    let push = apns_push(&apple, &key);
+    let server = Server::start_with_bridges(Backend::Postgres, push, &["alice", "bob"], 3).await;
+    let token = apns_token("c3");
+    let mut phone = server.device("bob", "phone").await;
+    phone.register("apns", &token).await;
+    phone.announce(true, true).await;
+    phone.announce(false, false).await;
+    phone.disconnect().await;
+    let mut alice = server.device("alice", "laptop").await;
+    for text in ["one", "two", "three"] {
+        alice.send("dm:alice:bob", text).await;
+        let pushed = apple.next(PATIENCE).await;
+        assert_eq!(pushed.apns_token(), token.as_str());
+        assert_eq!(body(&pushed), text, "one push per message, in order");
+    }
+    server.stop().await;
+}

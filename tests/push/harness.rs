@@ -46,7 +46,7 @@ pub(crate) struct Server {
     postgres: Option<String>,
     mqtt_port: u16,
     shutdown: CancellationToken,
-    bridge: Option<JoinHandle<Result<(), messenger_bridge::BridgeError>>>,
+    bridges: Vec<JoinHandle<Result<(), messenger_bridge::BridgeError>>>,
     broker: Option<RunningBroker>,
     /// Dropped last: holds the database.
     _dir: tempfile::TempDir,
@@ -57,6 +57,18 @@ impl Server {
     /// `backend` names (SQLite, or a PostgreSQL database of the test binary's
     /// server), and waits until the bridge answers.
     pub(crate) async fn start(backend: Backend, push: PushConfig, users: &[&str]) -> Self {
+        Self::start_with_bridges(backend, push, users, 1).await
+    }
+
+    /// [`Server::start`] with `bridges` bridges (more than one: PostgreSQL
+    /// only), each with the same push configuration; returns once they share
+    /// the users out and answer.
+    pub(crate) async fn start_with_bridges(
+        backend: Backend,
+        push: PushConfig,
+        users: &[&str],
+        bridges: usize,
+    ) -> Self {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("messenger.db");
@@ -132,18 +144,60 @@ impl Server {
             })),
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(bridge.run(Some(mqtt_addr.into()), shutdown.clone()));
+        let mut tasks = Vec::with_capacity(bridges);
+        for n in 0..bridges {
+            let mut bridge = bridge.clone();
+            if n > 0 {
+                bridge.config.instance = format!("b{}", n + 1);
+            }
+            tasks.push(tokio::spawn(
+                bridge.run(Some(mqtt_addr.into()), shutdown.clone()),
+            ));
+        }
         let server = Self {
             db,
             postgres,
             mqtt_port: mqtt_addr.port(),
             shutdown,
-            bridge: Some(task),
+            bridges: tasks,
             broker: Some(broker),
             _dir: dir,
         };
+        if bridges > 1 {
+            server.wait_for_shares(bridges).await;
+        }
         server.wait_for_bridge().await;
         server
+    }
+
+    /// Waits until `bridges` bridges hold every slot of the users between them.
+    async fn wait_for_shares(&self, bridges: usize) {
+        let url = self
+            .postgres
+            .clone()
+            .expect("several bridges run on PostgreSQL");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let url = url.clone();
+            let (owners, free): (i64, i64) = crate::util::postgres::blocking(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+                let row = client
+                    .query_one(
+                        "SELECT COUNT(DISTINCT owner), COUNT(*) FILTER (WHERE owner IS NULL) FROM bridge_slots",
+                        &[],
+                    )
+                    .expect("query");
+                (row.get(0), row.get(1))
+            });
+            if usize::try_from(owners).ok() == Some(bridges) && free == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bridges did not share the users out"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The bridge subscribes once connected; until then requests are lost, so ask until it answers.
@@ -211,7 +265,7 @@ impl Server {
     /// Stops the bridge (it must stop promptly, whatever the push servers do) and the broker.
     pub(crate) async fn stop(mut self) {
         self.shutdown.cancel();
-        if let Some(bridge) = self.bridge.take() {
+        for bridge in std::mem::take(&mut self.bridges) {
             tokio::time::timeout(PATIENCE, bridge)
                 .await
                 .expect("the bridge stops in time")
