@@ -3,6 +3,13 @@
 
 use crate::util::process::{Messenger, Server};
 
+use crate::util::server::Backend;
+
+crate::util::server::on_both_engines!(
+    chat_commands_work_against_a_running_server,
+    chat_slash_commands_act_on_messages,
+);
+
 async fn as_user(
     messenger: &Messenger,
     server: &Server,
@@ -13,9 +20,8 @@ async fn as_user(
     messenger.run_command(cmd).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_commands_work_against_a_running_server() {
-    let messenger = Messenger::new();
+async fn chat_commands_work_against_a_running_server(backend: Backend) {
+    let messenger = Messenger::on(backend);
     for user in ["alice", "bob", "carol"] {
         messenger
             .run(&["user", "add", user, "--password", "pw"])
@@ -113,9 +119,8 @@ async fn chat_commands_work_against_a_running_server() {
 
 /// `chat`'s slash commands, typed after a message: reply, edit, react, search,
 /// delete; what they did shows in the other user's history.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_slash_commands_act_on_messages() {
-    let messenger = Messenger::new();
+async fn chat_slash_commands_act_on_messages(backend: Backend) {
+    let messenger = Messenger::on(backend);
     for user in ["alice", "bob"] {
         messenger
             .run(&["user", "add", user, "--password", "pw"])

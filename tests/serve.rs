@@ -9,6 +9,10 @@ use crate::util::client::GRANTED;
 use crate::util::process::{free_addr, is_free, Messenger};
 use crate::util::{refusal, Transport};
 
+use crate::util::server::Backend;
+
+crate::util::server::on_both_engines!(serve_signs_clients_in_and_stops_on_sigterm,);
+
 /// How long `serve` may take to stop after SIGTERM.
 const STOP_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -17,9 +21,8 @@ const EXIT_CONFIG: i32 = 64;
 
 /// `serve` accepts a user added from the CLI over TCP and WebSocket, refuses a
 /// wrong password, and exits 0 within seconds of SIGTERM, releasing its ports.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_signs_clients_in_and_stops_on_sigterm() {
-    let messenger = Messenger::new();
+async fn serve_signs_clients_in_and_stops_on_sigterm(backend: Backend) {
+    let messenger = Messenger::on(backend);
     messenger
         .run(&["user", "add", "alice", "--password", "alice-pw"])
         .await
