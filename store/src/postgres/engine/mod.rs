@@ -34,6 +34,7 @@ mod messages;
 mod presence;
 mod pushes;
 mod search;
+mod texts;
 mod timeline;
 
 use std::cell::RefCell;
@@ -268,7 +269,33 @@ impl PostgresStore {
             let mut outcomes = Vec::with_capacity(inputs.len());
             // The hashes of the uploads the batch let go of; their bytes go before it commits.
             let mut released = Vec::new();
-            for (place, input) in inputs.iter().enumerate() {
+            let mut place = 0;
+            while place < inputs.len() {
+                if mode.how == Run::Direct && self.notify == Notify::Off {
+                    let end = texts::run_end(inputs, place, &looked);
+                    if end - place >= 2 {
+                        let stored = texts::store(
+                            &db,
+                            &inputs[place..end],
+                            place,
+                            ledger,
+                            (&self.rates, &self.limits),
+                            now,
+                        )
+                        .map_err(|stop| match stop {
+                            texts::Stop::Database(err) => match Stop::of(err) {
+                                // Any other failure: the general path, request by request.
+                                Stop::Failed(_) => Stop::Savepoints,
+                                stop => stop,
+                            },
+                            texts::Stop::NotOpen => Stop::Savepoints,
+                        })?;
+                        outcomes.extend(stored);
+                        place = end;
+                        continue;
+                    }
+                }
+                let input = &inputs[place];
                 let outcome = match input {
                     // Another bridge's user (its own copy of the publish reaches it).
                     Input::Request { user, .. } | Input::Presence { user, .. } if !ours(user) => {
@@ -343,6 +370,7 @@ impl PostgresStore {
                     }
                 };
                 outcomes.push(outcome);
+                place += 1;
             }
             files::remove_unused(&db, &self.files_dir, released).map_err(Stop::of)?;
             outcomes
