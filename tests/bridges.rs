@@ -24,6 +24,15 @@ const USERS: &[(&str, &str)] = &[
     ("fay", "pw"),
 ];
 
+/// How the slots stand on the database at `url`: (bridges holding slots, slots free).
+fn slot_spread(url: &str) -> (i64, i64) {
+    let url = url.to_owned();
+    blocking(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        messenger_store::postgres::slot_spread(&mut client).expect("slots")
+    })
+}
+
 /// Runs one query on the database at `url`.
 fn query(url: &str, sql: &str) -> Vec<postgres::Row> {
     let url = url.to_owned();
@@ -39,11 +48,7 @@ fn query(url: &str, sql: &str) -> Vec<postgres::Row> {
 async fn spread(url: &str, n: i64) -> HashMap<String, String> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let rows = query(
-            url,
-            "SELECT COUNT(DISTINCT owner), COUNT(*) FILTER (WHERE owner IS NULL) FROM bridge_slots",
-        );
-        let (owners, free): (i64, i64) = (rows[0].get(0), rows[0].get(1));
+        let (owners, free) = slot_spread(url);
         if owners == n && free == 0 {
             break;
         }
@@ -373,11 +378,7 @@ async fn a_bridge_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
     // Wait for the three to share the slots, then pick the bridge of ann.
     let deadline = tokio::time::Instant::now() + PATIENCE * 3;
     let victim = loop {
-        let rows = query(
-            &url,
-            "SELECT COUNT(DISTINCT owner), COUNT(*) FILTER (WHERE owner IS NULL) FROM bridge_slots",
-        );
-        if rows[0].get::<_, i64>(0) == 3 && rows[0].get::<_, i64>(1) == 0 {
+        if slot_spread(&url) == (3, 0) {
             let slot = messenger_store::slots::slot_of(&UserId::parse("ann").expect("user"));
             let owner = query(
                 &url,

@@ -160,11 +160,7 @@ async fn shared_out(url: &str, bridges: usize) -> anyhow::Result<()> {
         let url = url.to_owned();
         let (owners, free) = tokio::task::spawn_blocking(move || -> anyhow::Result<(i64, i64)> {
             let mut client = messenger_store::postgres::connect(&url)?;
-            let row = client.query_one(
-                "SELECT COUNT(DISTINCT owner), COUNT(*) FILTER (WHERE owner IS NULL) FROM bridge_slots",
-                &[],
-            )?;
-            Ok((row.try_get(0)?, row.try_get(1)?))
+            Ok(messenger_store::postgres::slot_spread(&mut client)?)
         })
         .await??;
         if usize::try_from(owners).ok() == Some(bridges) && free == 0 {

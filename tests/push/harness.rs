@@ -179,15 +179,9 @@ impl Server {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let url = url.clone();
-            let (owners, free): (i64, i64) = crate::util::postgres::blocking(move || {
+            let (owners, free) = crate::util::postgres::blocking(move || {
                 let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-                let row = client
-                    .query_one(
-                        "SELECT COUNT(DISTINCT owner), COUNT(*) FILTER (WHERE owner IS NULL) FROM bridge_slots",
-                        &[],
-                    )
-                    .expect("query");
-                (row.get(0), row.get(1))
+                messenger_store::postgres::slot_spread(&mut client).expect("slots")
             });
             if usize::try_from(owners).ok() == Some(bridges) && free == 0 {
                 return;

@@ -11,7 +11,7 @@ pub(crate) mod schema;
 /// The synchronous PostgreSQL client (rust-postgres), as [`connect`] returns it.
 pub use ::postgres::Client;
 pub use copy::{copy_from_sqlite, CopyError, CopyReport};
-pub use engine::{Connector, PostgresStore, Sharing};
+pub use engine::{slot_spread, Connector, PostgresStore, Sharing};
 
 use std::time::Duration;
 

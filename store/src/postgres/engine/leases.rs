@@ -253,3 +253,15 @@ pub(super) fn held(db: &Db<'_>, instance: &str, slots: &[i32]) -> Result<u64, po
     }
     Ok(mask)
 }
+
+/// How the slots stand: how many bridges hold slots, and how many slots no
+/// bridge holds (for waiting until a set of bridges has shared the users out).
+pub fn slot_spread(
+    client: &mut impl postgres::GenericClient,
+) -> Result<(i64, i64), postgres::Error> {
+    let row = client.query_one(
+        "SELECT COUNT(DISTINCT owner), COUNT(*) FILTER (WHERE owner IS NULL) FROM bridge_slots",
+        &[],
+    )?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}

@@ -51,7 +51,7 @@ use std::collections::{HashMap, HashSet};
 use self::context::{Ctx, Looked};
 use self::db::{Db, Fault, Statements};
 use self::leases::Leases;
-pub use self::leases::Sharing;
+pub use self::leases::{slot_spread, Sharing};
 use crate::config::Limits;
 use crate::rate::{Ledger, RateLimits};
 use crate::slots::slot_of;
