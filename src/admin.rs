@@ -13,6 +13,7 @@ pub(crate) use control::{ErrorReply, KickReply, SessionItem, SessionsReply, CALL
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +22,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use messenger_bridge::config::StorageConfig;
 use messenger_bridge::BridgeMetrics;
 use messenger_protocol::config::ConfigError;
+use messenger_store::postgres;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -123,17 +126,30 @@ pub(crate) struct Admin {
     pub(crate) readiness: Readiness,
     /// The broker's connections, where this process runs a broker (`/sessions`, `/kick`).
     pub(crate) control: Option<messenger_broker::Control>,
+    /// The database's size, asked for before each `/metrics` on PostgreSQL.
+    storage: Arc<StorageSize>,
 }
 
 impl Admin {
-    /// A registry with the storage size collector for the SQLite file at `database`.
-    pub(crate) fn new(database: PathBuf) -> Self {
+    /// A registry with the storage size collector for the configured storage.
+    pub(crate) fn new(storage: &StorageConfig) -> Self {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(StorageSize { database }));
+        let size = Arc::new(match storage.postgres_url() {
+            Some(url) => StorageSize::Postgres(DatabaseSize {
+                url: url.to_owned(),
+                bytes: AtomicI64::new(0),
+                client: std::sync::Mutex::new(None),
+            }),
+            None => StorageSize::Sqlite {
+                database: storage.path.clone(),
+            },
+        });
+        registry.register_collector(Box::new(StorageCollector(size.clone())));
         Self {
             registry,
             readiness: Readiness::default(),
             control: None,
+            storage: size,
         }
     }
 
@@ -155,6 +171,7 @@ impl Admin {
         }
         match (method, path) {
             (&Method::GET, "/metrics") => {
+                self.storage.refresh().await;
                 let mut text = String::new();
                 match prometheus_client::encoding::prometheus_text::encode(
                     &mut text,
@@ -261,30 +278,111 @@ pub(crate) async fn run(
     }
 }
 
-/// The SQLite file's size and its WAL's, read at each scrape.
+/// The database's size, for `messenger_storage_bytes`.
 #[derive(Debug)]
-struct StorageSize {
-    database: PathBuf,
+enum StorageSize {
+    /// The SQLite file and its WAL, read at each scrape.
+    Sqlite { database: PathBuf },
+    /// The PostgreSQL database, asked for before each scrape.
+    Postgres(DatabaseSize),
 }
 
-impl Collector for StorageSize {
+/// `pg_database_size` of the configured PostgreSQL database, as last asked for.
+struct DatabaseSize {
+    /// `storage.url`.
+    url: String,
+    /// The last size read; kept while the database cannot be asked.
+    bytes: AtomicI64,
+    /// A connection kept between scrapes; `None` until made, and after a failure.
+    client: std::sync::Mutex<Option<postgres::Client>>,
+}
+
+impl std::fmt::Debug for DatabaseSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSize")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatabaseSize {
+    /// Reads the size on the kept connection (made first if need be), off the
+    /// async workers; a failure drops the connection and keeps the last size.
+    fn read(&self) {
+        // A scrape still waiting on the database: this one reports the last size.
+        let Ok(mut client) = self.client.try_lock() else {
+            return;
+        };
+        if client.is_none() {
+            match postgres::connect(&self.url) {
+                Ok(made) => *client = Some(made),
+                Err(err) => {
+                    warn!(cause = %err, "cannot reach storage.url for messenger_storage_bytes");
+                    return;
+                }
+            }
+        }
+        let Some(connection) = client.as_mut() else {
+            return;
+        };
+        match connection.query_one("SELECT pg_database_size(current_database())", &[]) {
+            Ok(row) => self.bytes.store(row.get(0), Ordering::Relaxed),
+            Err(err) => {
+                warn!(cause = %err, "cannot read the database's size for messenger_storage_bytes");
+                *client = None;
+            }
+        }
+    }
+}
+
+impl StorageSize {
+    /// Brings the PostgreSQL size up to date, waiting at most [`PROBE_TIMEOUT`].
+    async fn refresh(self: &Arc<Self>) {
+        if let Self::Postgres(_) = **self {
+            let size = self.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                if let Self::Postgres(database) = &*size {
+                    database.read();
+                }
+            });
+            let _ = tokio::time::timeout(PROBE_TIMEOUT, read).await;
+        }
+    }
+}
+
+/// `messenger_storage_bytes`, rendered from the [`StorageSize`] the admin listener shares.
+#[derive(Debug)]
+struct StorageCollector(Arc<StorageSize>);
+
+impl Collector for StorageCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut wal = self.database.as_os_str().to_owned();
-        wal.push("-wal");
-        let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
-        let files = [
-            ("db", size(&self.database)),
-            ("wal", size(std::path::Path::new(&wal))),
-        ];
+        let files = match &*self.0 {
+            StorageSize::Sqlite { database } => {
+                let mut wal = database.as_os_str().to_owned();
+                wal.push("-wal");
+                let size = |path: &std::path::Path| {
+                    std::fs::metadata(path)
+                        .map_or(0, |m| i64::try_from(m.len()).unwrap_or(i64::MAX))
+                };
+                vec![
+                    ("db", size(database)),
+                    ("wal", size(std::path::Path::new(&wal))),
+                ]
+            }
+            StorageSize::Postgres(database) => {
+                vec![("db", database.bytes.load(Ordering::Relaxed))]
+            }
+        };
         let mut family = encoder.encode_descriptor(
             "messenger_storage_bytes",
-            "Size of the SQLite database file and of its write-ahead log",
+            "Size of the storage: the SQLite database file and its write-ahead log, or the \
+             PostgreSQL database (file=\"db\")",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for (file, bytes) in files {
             let labels = [("file", file)];
-            ConstGauge::new(bytes as i64).encode(family.encode_family(&labels)?)?;
+            ConstGauge::new(bytes).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

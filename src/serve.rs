@@ -52,7 +52,7 @@ pub(crate) fn bridge_only(settings: Settings) -> anyhow::Result<()> {
     crate::database::check(&settings)?;
     let prepared = bridge(&settings).prepare().map_err(config_failure)?;
     let listener = admin::bind(&settings.admin).map_err(config_failure)?;
-    let mut admin = Admin::new(settings.storage.path.clone());
+    let mut admin = Admin::new(&settings.storage);
     prepared.register_metrics(&mut admin.registry);
     admin.readiness.bridge = Some(prepared.metrics());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -193,7 +193,6 @@ fn run_broker(
         None
     };
     let listener = admin::bind(&settings.admin).map_err(config_failure)?;
-    let path = &settings.storage.path;
     let accounts = Arc::new(crate::database::accounts(settings)?);
     let service = ServiceAccount {
         username: settings.bridge.username.clone(),
@@ -208,7 +207,7 @@ fn run_broker(
         files,
     };
     let mut broker = messenger_broker::start_with(&settings.broker, extras, accounts, service)?;
-    let mut admin = Admin::new(path.clone());
+    let mut admin = Admin::new(&settings.storage);
     broker.metrics().register(&mut admin.registry);
     admin.readiness.broker = Some(broker.mqtt_addr());
     admin.control = Some(broker.control());

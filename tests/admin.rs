@@ -1,6 +1,7 @@
 //! The admin listener of the real binary: `/healthz`, `/readyz` per role,
 //! `/metrics` after real traffic, 404 elsewhere, and a busy admin address as
-//! bad configuration (exit 64) before anything listens.
+//! bad configuration (exit 64) before anything listens; each on SQLite and on
+//! PostgreSQL (where the storage size is the database's).
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::client::GRANTED;
 use crate::util::process::{free_addr, free_addr_below_ephemeral, is_free, Messenger, Server};
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{Transport, PATIENCE};
 
 /// The exit code for bad configuration (EX_USAGE).
@@ -79,11 +81,12 @@ fn value(metrics: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
 }
 
+on_both_engines!(serve_reports_health_readiness_and_metrics);
+
 /// `serve`: `/healthz` 200, `/readyz` 200 once serving, 404 elsewhere; after a
 /// sign-in, a refused sign-in and one sent message, `/metrics` counts them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_reports_health_readiness_and_metrics() {
-    let messenger = Messenger::new();
+async fn serve_reports_health_readiness_and_metrics(backend: Backend) {
+    let messenger = Messenger::on(backend);
     for user in ["alice", "bob"] {
         messenger
             .run(&["user", "add", user, "--password", &format!("{user}-pw")])
@@ -177,13 +180,14 @@ async fn serve_reports_health_readiness_and_metrics() {
     }
 }
 
+on_both_engines!(readiness_follows_the_parts_of_each_role);
+
 /// `messenger broker` alone is ready while it accepts MQTT connections (it runs
 /// no bridge and writes nothing). `messenger bridge` alone answers 503 while it
 /// is not connected to its broker, 200 once subscribed, and 503 again when the
 /// broker goes away; `/healthz` stays 200 throughout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_follows_the_parts_of_each_role() {
-    let messenger = Messenger::new();
+async fn readiness_follows_the_parts_of_each_role(backend: Backend) {
+    let messenger = Messenger::on(backend);
     // The bridge dials the broker before it listens: a port outside the ephemeral range.
     let (mqtt, ws) = (free_addr_below_ephemeral(), free_addr());
     let service = [("MESSENGER_BRIDGE__PASSWORD", SERVICE_PASSWORD)];
@@ -204,10 +208,11 @@ async fn readiness_follows_the_parts_of_each_role() {
     assert_eq!(get(bridge.admin, "/healthz").await.0, 200);
 }
 
+on_both_engines!(a_busy_admin_address_exits_64_before_anything_listens);
+
 /// A busy `admin.listen`: exit 64 naming the key, and nothing else listened.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_admin_address_exits_64_before_anything_listens() {
-    let messenger = Messenger::new();
+async fn a_busy_admin_address_exits_64_before_anything_listens(backend: Backend) {
+    let messenger = Messenger::on(backend);
     let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
     let admin = busy.local_addr().expect("addr");
     let (mqtt, ws) = (free_addr(), free_addr());

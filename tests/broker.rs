@@ -1,5 +1,6 @@
 //! The embedded broker: sign-in, the topic ACL, revocation and the WebSocket front,
-//! each shown over TCP and over WebSocket.
+//! each shown over TCP and over WebSocket, and over TCP with the accounts on
+//! PostgreSQL.
 
 use std::time::{Duration, Instant};
 
@@ -8,11 +9,15 @@ use tokio::io::AsyncReadExt;
 
 use crate::util::client::{GRANTED, REFUSED};
 use crate::util::raw::{self, RawConnection};
-use crate::util::{did, over_tcp_and_ws, refusal, uid, Client, TestBroker, Transport, PATIENCE};
+use crate::util::server::{on_both_engines, Backend};
+use crate::util::{
+    did, over_transports_and_engines, refusal, uid, Client, TestBroker, Transport, PATIENCE,
+};
 
-/// alice, bob and carol, each with password `<name>-pw`.
-async fn three_users() -> TestBroker {
-    TestBroker::start()
+/// alice, bob and carol, each with password `<name>-pw`, their accounts where
+/// `backend` keeps them.
+async fn three_users(backend: Backend) -> TestBroker {
+    TestBroker::on(backend)
         .users(&[
             ("alice", "alice-pw"),
             ("bob", "bob-pw"),
@@ -30,7 +35,7 @@ async fn sign_in(broker: &TestBroker, transport: Transport, client_id: &str) -> 
         .unwrap_or_else(|err| panic!("{client_id} cannot sign in: {err}"))
 }
 
-over_tcp_and_ws!(
+over_transports_and_engines!(
     right_password_is_accepted,
     bad_credentials_are_refused_with_4,
     client_id_of_another_user_is_refused_with_5,
@@ -49,8 +54,8 @@ over_tcp_and_ws!(
 
 /// A right password gets CONNACK 0, and the session works: a message the bridge
 /// sends to the user's inbox arrives.
-async fn right_password_is_accepted(transport: Transport) {
-    let broker = three_users().await;
+async fn right_password_is_accepted(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     let mut alice = sign_in(&broker, transport, "alice:phone").await;
     assert_eq!(
         alice
@@ -68,8 +73,8 @@ async fn right_password_is_accepted(transport: Transport) {
 
 /// A wrong password and an unknown user both get CONNACK 4, over the right
 /// transport; the right password still works afterwards.
-async fn bad_credentials_are_refused_with_4(transport: Transport) {
-    let broker = three_users().await;
+async fn bad_credentials_are_refused_with_4(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     for (client_id, password) in [
         ("alice:phone", "wrong"),
         ("alice:phone", "bob-pw"),
@@ -97,8 +102,8 @@ async fn bad_credentials_are_refused_with_4(transport: Transport) {
 
 /// A client id whose user part is not the username gets CONNACK 5, even with
 /// that other user's own valid password.
-async fn client_id_of_another_user_is_refused_with_5(transport: Transport) {
-    let broker = three_users().await;
+async fn client_id_of_another_user_is_refused_with_5(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     for password in ["alice-pw", "bob-pw"] {
         let result = broker
             .device(transport, "bob:phone", password)
@@ -117,8 +122,8 @@ async fn client_id_of_another_user_is_refused_with_5(transport: Transport) {
 }
 
 /// Client ids that are not `<user>:<device>` get CONNACK 2.
-async fn malformed_client_ids_are_refused_with_2(transport: Transport) {
-    let broker = three_users().await;
+async fn malformed_client_ids_are_refused_with_2(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     for client_id in [
         "",
         "alice",
@@ -146,8 +151,8 @@ async fn malformed_client_ids_are_refused_with_2(transport: Transport) {
 
 /// A last will anywhere but the device's own user's `presence` topic gets
 /// CONNACK 5; on its own presence topic it is accepted.
-async fn last_will_off_own_presence_is_refused_with_5(transport: Transport) {
-    let broker = three_users().await;
+async fn last_will_off_own_presence_is_refused_with_5(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     for topic in [
         "presence/bob/phone",
         "status/alice",
@@ -178,8 +183,8 @@ async fn last_will_off_own_presence_is_refused_with_5(transport: Transport) {
 /// Subscribing to another user's inbox or dev topics, or to `#` / `chat/#`, gets
 /// 0x80 in the SUBACK while allowed filters of the same SUBSCRIBE are granted;
 /// messages on the refused filters never reach the subscriber.
-async fn forbidden_filters_get_0x80_and_leak_nothing(transport: Transport) {
-    let broker = three_users().await;
+async fn forbidden_filters_get_0x80_and_leak_nothing(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     let mut alice = sign_in(&broker, transport, "alice:phone").await;
     let mut bob = sign_in(&broker, transport, "bob:phone").await;
     assert_eq!(
@@ -227,8 +232,8 @@ async fn forbidden_filters_get_0x80_and_leak_nothing(transport: Transport) {
 /// Publishing to another user's `out` or `presence` topic still gets a PUBACK,
 /// but nothing is routed: the bridge, subscribed to every `out` and `presence`
 /// topic, receives alice's own later messages and never the forged ones.
-async fn publishing_as_another_user_is_acked_and_dropped(transport: Transport) {
-    let broker = three_users().await;
+async fn publishing_as_another_user_is_acked_and_dropped(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
     assert_eq!(
         bridge.subscribe(&["chat/+/out/+", "presence/+/+"]).await,
@@ -265,8 +270,8 @@ async fn publishing_as_another_user_is_acked_and_dropped(transport: Transport) {
 
 /// Users may publish to no `inbox`, `dev` or `status` topic, their own included:
 /// PUBACK, then nothing. The owners' first messages are the bridge's later ones.
-async fn users_cannot_publish_to_inbox_dev_or_status(transport: Transport) {
-    let broker = three_users().await;
+async fn users_cannot_publish_to_inbox_dev_or_status(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     let mut bob = sign_in(&broker, transport, "bob:phone").await;
     bob.subscribe(&["chat/bob/inbox", "chat/bob/dev/+", "status/bob"])
         .await;
@@ -310,8 +315,8 @@ async fn users_cannot_publish_to_inbox_dev_or_status(transport: Transport) {
 
 /// A user's forged *retained* `status/<user>` is not kept: a later subscriber
 /// gets the bridge's retained status, which the forgery would have replaced.
-async fn forged_retained_status_is_not_kept(transport: Transport) {
-    let broker = three_users().await;
+async fn forged_retained_status_is_not_kept(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
     bridge
         .publish("status/bob", r#"{"user":"bob","online":false}"#, true)
@@ -348,8 +353,11 @@ async fn forged_retained_status_is_not_kept(transport: Transport) {
 /// status again: MQTT 3.1.1 section 3.8.4 (a repeated filter replaces the
 /// subscription, and its retained messages are re-sent). Stock clients subscribe on
 /// every CONNACK and rely on this for who is online (vendor/rumqttd PATCHES.md 9).
-async fn resumed_session_gets_retained_status_again_on_resubscribe(transport: Transport) {
-    let broker = three_users().await;
+async fn resumed_session_gets_retained_status_again_on_resubscribe(
+    transport: Transport,
+    backend: Backend,
+) {
+    let broker = three_users(backend).await;
     let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
     let status = r#"{"user":"bob","online":true}"#;
     bridge.publish("status/bob", status, true).await;
@@ -401,8 +409,11 @@ async fn resumed_session_gets_retained_status_again_on_resubscribe(transport: Tr
 /// An UNSUBSCRIBE of a filter the session does not have is answered with an
 /// UNSUBACK carrying its packet id: MQTT 3.1.1 section 3.10.4. Stock clients (paho,
 /// MQTT.js) wait for it (vendor/rumqttd PATCHES.md 10).
-async fn unsubscribe_of_a_filter_never_subscribed_gets_its_unsuback(transport: Transport) {
-    let broker = three_users().await;
+async fn unsubscribe_of_a_filter_never_subscribed_gets_its_unsuback(
+    transport: Transport,
+    backend: Backend,
+) {
+    let broker = three_users(backend).await;
     let mut conn = RawConnection::open(&broker, transport).await;
     conn.send(&raw::connect_packet("alice:phone", "alice", "alice-pw"))
         .await;
@@ -421,8 +432,8 @@ async fn unsubscribe_of_a_filter_never_subscribed_gets_its_unsuback(transport: T
 
 /// A second CONNECT on a signed-in connection (here, trying to become bob)
 /// closes the connection without a CONNACK.
-async fn second_connect_on_a_connection_is_refused(transport: Transport) {
-    let broker = three_users().await;
+async fn second_connect_on_a_connection_is_refused(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     let mut conn = RawConnection::open(&broker, transport).await;
     conn.send(&raw::connect_packet("alice:phone", "alice", "alice-pw"))
         .await;
@@ -448,8 +459,8 @@ async fn second_connect_on_a_connection_is_refused(transport: Transport) {
 }
 
 /// A device token is that device's password and no other's.
-async fn device_token_signs_in_only_its_device(transport: Transport) {
-    let broker = three_users().await;
+async fn device_token_signs_in_only_its_device(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     let token = broker
         .with_accounts(|acc| acc.issue_token(&uid("alice"), &did("phone")))
         .await
@@ -480,8 +491,8 @@ async fn device_token_signs_in_only_its_device(transport: Transport) {
 
 /// Removing a connected, idle user cuts every connection of theirs within a few
 /// poll intervals and refuses them afterwards; other users stay connected.
-async fn removing_a_user_cuts_their_connection(transport: Transport) {
-    let broker = three_users().await;
+async fn removing_a_user_cuts_their_connection(transport: Transport, backend: Backend) {
+    let broker = three_users(backend).await;
     let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
     assert_eq!(bridge.subscribe(&["presence/+/+"]).await, [GRANTED]);
     let mut phone = broker
@@ -555,12 +566,13 @@ async fn idle_websocket_handshake_times_out() {
     assert!(started.elapsed() >= timeout, "closed before the timeout");
 }
 
+on_both_engines!(a_password_change_spares_sign_ins_made_after_it);
+
 /// A password change cuts the connections signed in before it, not a device
 /// that signed in with the new password before the broker's next look at the
 /// revocations.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_password_change_spares_sign_ins_made_after_it() {
-    let broker = TestBroker::start()
+async fn a_password_change_spares_sign_ins_made_after_it(backend: Backend) {
+    let broker = TestBroker::on(backend)
         .users(&[("alice", "alice-pw")])
         .config(|c| c.revocation_poll_ms = 500)
         .await;
@@ -590,7 +602,7 @@ async fn a_password_change_spares_sign_ins_made_after_it() {
 /// panicked in its router thread there: vendor/rumqttd/PATCHES.md, patch 11).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_member_of_a_shared_group_leaving_unacked_stops_nothing() {
-    let broker = three_users().await;
+    let broker = three_users(Backend::Embedded).await;
     let mut options = broker.bridge();
     options.tune(|o| {
         o.set_clean_session(false).set_manual_acks(true);

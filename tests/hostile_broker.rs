@@ -16,9 +16,10 @@ use tokio::net::TcpStream;
 use ws_stream_tungstenite::WsStream;
 
 use crate::util::raw::{self, RawConnection, CONNACK_ACCEPTED};
+use crate::util::server::Backend;
 use crate::util::{
-    did, over_tcp_and_ws, refusal, uid, TestBroker, TestBrokerBuilder, Transport, BRIDGE_PASSWORD,
-    BRIDGE_USER, PATIENCE,
+    did, over_transports_and_engines, refusal, uid, TestBroker, TestBrokerBuilder, Transport,
+    BRIDGE_PASSWORD, BRIDGE_USER, PATIENCE,
 };
 
 /// CONNACK, session not present, refused: bad user name or password.
@@ -27,12 +28,13 @@ const CONNACK_BAD_PASSWORD: [u8; 4] = [0x20, 0x02, 0x00, 0x04];
 /// A loopback address other than 127.0.0.1, standing for a second client machine.
 const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
-/// A broker with alice and bob (passwords `alice-pw`, `bob-pw`); `.await` it.
-fn alice_and_bob() -> TestBrokerBuilder {
-    TestBroker::start().users(&[("alice", "alice-pw"), ("bob", "bob-pw")])
+/// A broker with alice and bob (passwords `alice-pw`, `bob-pw`), their accounts
+/// where `backend` keeps them; `.await` it.
+fn alice_and_bob(backend: Backend) -> TestBrokerBuilder {
+    TestBroker::on(backend).users(&[("alice", "alice-pw"), ("bob", "bob-pw")])
 }
 
-over_tcp_and_ws!(
+over_transports_and_engines!(
     wrong_passwords_lock_out_the_user_not_others,
     failed_sign_ins_lock_out_the_source_address,
     reserved_connect_flag_closes_without_connack,
@@ -64,7 +66,7 @@ async fn raw_ws(
 /// CONNECT timeout (which would end it anyway) is set beyond the test's patience.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_fragments_beyond_one_packet_are_cut() {
-    let broker = alice_and_bob()
+    let broker = alice_and_bob(Backend::Embedded)
         .config(|c| c.connect_timeout_ms = 60_000)
         .await;
     let mut ws = raw_ws(&broker).await;
@@ -102,7 +104,9 @@ async fn ws_fragments_beyond_one_packet_are_cut() {
 /// CONNECT is cut off without an answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_more_than_one_packet_before_connack_is_cut() {
-    let broker = alice_and_bob().config(|c| c.max_packet_bytes = 1024).await;
+    let broker = alice_and_bob(Backend::Embedded)
+        .config(|c| c.max_packet_bytes = 1024)
+        .await;
     let mut conn = RawConnection::open(&broker, Transport::Ws).await;
     // A wrong password: its refusal is held back (1 s), so nothing has answered yet.
     conn.send(&raw::connect_packet("alice:phone", "alice", "wrong"))
@@ -167,7 +171,7 @@ async fn upgrade(broker: &TestBroker, protocols: &[&str]) -> (u16, Vec<String>) 
 /// `mqtt` is echoed when offered: alone, among others in one header, or in one of several headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_subprotocol_mqtt_is_echoed_when_offered() {
-    let broker = alice_and_bob().await;
+    let broker = alice_and_bob(Backend::Embedded).await;
     for offer in [
         &["mqtt"][..],
         &["foo, mqtt"],
@@ -185,14 +189,14 @@ async fn ws_subprotocol_mqtt_is_echoed_when_offered() {
 /// With no subprotocol offered, the upgrade succeeds without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_without_subprotocol_gets_none() {
-    let broker = alice_and_bob().await;
+    let broker = alice_and_bob(Backend::Embedded).await;
     assert_eq!(upgrade(&broker, &[]).await, (101, vec![]));
 }
 
 /// Offering only subprotocols the server does not speak gets HTTP 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_unknown_subprotocols_are_refused_with_400() {
-    let broker = alice_and_bob().await;
+    let broker = alice_and_bob(Backend::Embedded).await;
     for offer in [&["mqttv3.1"][..], &["foo, bar"], &["foo", "bar"], &["MQTT"]] {
         assert_eq!(upgrade(&broker, offer).await, (400, vec![]), "{offer:?}");
     }
@@ -204,8 +208,8 @@ async fn ws_unknown_subprotocols_are_refused_with_400() {
 /// sign-ins are refused unchecked for the window (60 s here), even with the right
 /// password; each refusal comes after the failure delay. Her device token still
 /// works, and bob signs in at once.
-async fn wrong_passwords_lock_out_the_user_not_others(transport: Transport) {
-    let broker = alice_and_bob()
+async fn wrong_passwords_lock_out_the_user_not_others(transport: Transport, backend: Backend) {
+    let broker = alice_and_bob(backend)
         .config(|c| {
             c.sign_in_free_failures = 3;
             c.sign_in_backoff_ms = 60_000;
@@ -255,8 +259,8 @@ async fn wrong_passwords_lock_out_the_user_not_others(transport: Transport) {
 /// the front passes the client's own address on (every piped connection reaches
 /// the broker from the front's loopback address). The service account is never
 /// locked out.
-async fn failed_sign_ins_lock_out_the_source_address(transport: Transport) {
-    let broker = alice_and_bob()
+async fn failed_sign_ins_lock_out_the_source_address(transport: Transport, backend: Backend) {
+    let broker = alice_and_bob(backend)
         .config(|c| {
             c.sign_in_free_failures_per_address = 3;
             c.sign_in_backoff_ms = 60_000;
@@ -304,8 +308,8 @@ async fn failed_sign_ins_lock_out_the_source_address(transport: Transport) {
 
 /// A CONNECT with the reserved flag (bit 0 of the connect flags) set ends the
 /// connection without a CONNACK (MQTT-3.1.2-3); the same CONNECT without it is accepted.
-async fn reserved_connect_flag_closes_without_connack(transport: Transport) {
-    let broker = alice_and_bob().await;
+async fn reserved_connect_flag_closes_without_connack(transport: Transport, backend: Backend) {
+    let broker = alice_and_bob(backend).await;
     let good = raw::connect_packet("alice:phone", "alice", "alice-pw");
     // Fixed header (2 bytes: the packet is short), protocol name (6), level (1), flags.
     assert!(good[1] < 0x80, "one-byte remaining length");

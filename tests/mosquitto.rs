@@ -4,23 +4,26 @@
 
 use crate::util::client::GRANTED;
 use crate::util::process::Messenger;
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::stock::{self, Mosquitto, Running};
 use crate::util::{TestBroker, BRIDGE_PASSWORD, BRIDGE_USER};
 
 /// alice's phone signing in with her password.
 const ALICE: (&str, &str, &str) = ("alice:phone", "alice", "alice-pw");
 
-async fn two_users() -> TestBroker {
-    TestBroker::start()
+/// alice and bob, their accounts where `backend` keeps them.
+async fn two_users(backend: Backend) -> TestBroker {
+    TestBroker::on(backend)
         .users(&[("alice", "alice-pw"), ("bob", "bob-pw")])
         .await
 }
 
+on_both_engines!(mosquitto_pub_sign_in);
+
 /// `mosquitto_pub` exits with an error when refused: wrong password, unknown
 /// user, another user's client id; with the right password it publishes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mosquitto_pub_sign_in() {
-    let broker = two_users().await;
+async fn mosquitto_pub_sign_in(backend: Backend) {
+    let broker = two_users(backend).await;
     let publish = |client_id: &str, username: &str, password: &str| {
         let mut cmd = stock::command(
             "mosquitto_pub",
@@ -45,11 +48,12 @@ async fn mosquitto_pub_sign_in() {
     publish("alice:phone", "alice", "alice-pw").await.ok();
 }
 
+on_both_engines!(mosquitto_pub_forbidden_publish_is_dropped);
+
 /// A publish to another user's `out` topic by `mosquitto_pub` is acknowledged
 /// (the client exits 0) and dropped: the bridge gets alice's next, allowed one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mosquitto_pub_forbidden_publish_is_dropped() {
-    let broker = two_users().await;
+async fn mosquitto_pub_forbidden_publish_is_dropped(backend: Backend) {
+    let broker = two_users(backend).await;
     let mut bridge = broker.bridge().connect().await.expect("bridge signs in");
     assert_eq!(bridge.subscribe(&["chat/+/out/+"]).await, [GRANTED]);
     // Two devices, so the second run does not take over the first one's client id.
@@ -71,11 +75,12 @@ async fn mosquitto_pub_forbidden_publish_is_dropped() {
     );
 }
 
+on_both_engines!(mosquitto_sub_is_refused_another_users_inbox);
+
 /// `mosquitto_sub` asking for bob's inbox next to its own gets 128 (refused) and
 /// a granted QoS 1; bob's messages never reach it, its own do.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mosquitto_sub_is_refused_another_users_inbox() {
-    let broker = two_users().await;
+async fn mosquitto_sub_is_refused_another_users_inbox(backend: Backend) {
+    let broker = two_users(backend).await;
     let mut bob = broker
         .device(crate::util::Transport::Tcp, "bob:phone", "bob-pw")
         .connect()

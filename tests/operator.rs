@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::client::GRANTED;
 use crate::util::process::{free_addr, Messenger, Outcome, Server};
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{refusal, Transport, PATIENCE};
 
 /// `messenger <args>` aimed at `server`'s admin listener.
@@ -45,13 +46,14 @@ async fn add_users(m: &Messenger, users: &[&str]) {
     }
 }
 
+on_both_engines!(sessions_kick_disable_and_enable_through_the_real_binary);
+
 /// sessions shows a connected device with its address; kick cuts it and it
 /// signs in again; disable cuts every device and refuses the password and the
 /// device token with CONNACK 4 (as a bad password); enable restores both;
 /// `user list` shows the accounts, disabled or not, and their devices.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_kick_disable_and_enable_through_the_real_binary() {
-    let m = Messenger::new();
+async fn sessions_kick_disable_and_enable_through_the_real_binary(backend: Backend) {
+    let m = Messenger::on(backend);
     add_users(&m, &["alice", "bob"]).await;
     let token = m
         .run(&["user", "token", "alice", "--device", "tab"])
@@ -161,12 +163,13 @@ async fn sessions_kick_disable_and_enable_through_the_real_binary() {
     assert_eq!(rows(&m.run(&["user", "list"]).await.ok())[0][2], "-");
 }
 
+on_both_engines!(bad_admin_input_fails_clearly_and_changes_nothing);
+
 /// Unknown users, malformed ids, nobody to kick, a route asked without the
 /// caller header: each a clear error that changes nothing; a device that was
 /// connected stays connected throughout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_admin_input_fails_clearly_and_changes_nothing() {
-    let m = Messenger::new();
+async fn bad_admin_input_fails_clearly_and_changes_nothing(backend: Backend) {
+    let m = Messenger::on(backend);
     add_users(&m, &["alice", "bob"]).await;
     let server = m.serve().await;
     let mut phone = server
@@ -215,10 +218,11 @@ async fn bad_admin_input_fails_clearly_and_changes_nothing() {
     );
 }
 
+on_both_engines!(admin_commands_without_a_server_fail_at_once);
+
 /// No server on `admin.listen`, or the listener turned off: a clear error, at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_commands_without_a_server_fail_at_once() {
-    let m = Messenger::new();
+async fn admin_commands_without_a_server_fail_at_once(backend: Backend) {
+    let m = Messenger::on(backend);
     add_users(&m, &["alice"]).await;
     let nobody = free_addr();
     for args in [&["admin", "sessions"][..], &["admin", "kick", "alice"]] {

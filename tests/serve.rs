@@ -1,5 +1,6 @@
 //! `messenger serve` as a process: it starts, signs clients in, stops on SIGTERM,
-//! and refuses bad configuration (exit 64) before binding anything.
+//! and refuses bad configuration (exit 64) before binding anything; on SQLite
+//! and on PostgreSQL.
 
 use std::time::Duration;
 
@@ -54,10 +55,11 @@ async fn serve_signs_clients_in_and_stops_on_sigterm(backend: Backend) {
     assert!(is_free(server.mqtt) && is_free(server.ws));
 }
 
+crate::util::server::on_both_engines!(unknown_config_key_exits_64_without_binding);
+
 /// An unknown key in a `--config` file: exit 64 naming the key, nothing bound.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_config_key_exits_64_without_binding() {
-    let messenger = Messenger::new();
+async fn unknown_config_key_exits_64_without_binding(backend: Backend) {
+    let messenger = Messenger::on(backend);
     let (mqtt, ws) = (free_addr(), free_addr());
     let file = messenger.dir().join("bad.toml");
     std::fs::write(
@@ -82,11 +84,12 @@ async fn unknown_config_key_exits_64_without_binding() {
     assert!(outcome.stderr.contains("missing.toml"), "{outcome:#?}");
 }
 
+crate::util::server::on_both_engines!(bad_listen_address_in_environment_exits_64);
+
 /// A bad address in `MESSENGER_BROKER__LISTEN`: exit 64 naming `broker.listen`,
 /// and the WebSocket port given next to it stays free.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_listen_address_in_environment_exits_64() {
-    let messenger = Messenger::new();
+async fn bad_listen_address_in_environment_exits_64(backend: Backend) {
+    let messenger = Messenger::on(backend);
     let ws = free_addr();
     for bad in ["nowhere", "127.0.0.1", "127.0.0.1:99999"] {
         let mut cmd = messenger.command(&["serve"]);
@@ -106,18 +109,22 @@ async fn bad_listen_address_in_environment_exits_64() {
     }
 }
 
+crate::util::server::on_both_engines!(a_failing_bridge_stops_serve_with_the_part_named);
+
 /// A part of `serve` that fails is noticed: the bridge's writer is made to panic
 /// at its first batch (a debug-build test hook: a `<database>.fail-writer` file),
 /// and the process logs the part and why, stops the broker and exits non-zero,
 /// without waiting for a signal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_bridge_stops_serve_with_the_part_named() {
-    let messenger = Messenger::new();
+async fn a_failing_bridge_stops_serve_with_the_part_named(backend: Backend) {
+    let messenger = Messenger::on(backend);
     messenger
         .run(&["user", "add", "alice", "--password", "alice-pw"])
         .await
         .ok();
-    let mut marker = messenger.db().into_os_string();
+    // Beside `storage.path`, which names the file on PostgreSQL too.
+    let db = messenger.db();
+    std::fs::create_dir_all(db.parent().expect("a directory")).expect("data dir");
+    let mut marker = db.into_os_string();
     marker.push(".fail-writer");
     std::fs::write(&marker, b"").expect("marker");
     let mut server = messenger.spawn_serve(free_addr(), free_addr());
@@ -132,11 +139,12 @@ async fn a_failing_bridge_stops_serve_with_the_part_named() {
     assert!(is_free(server.mqtt) && is_free(server.ws));
 }
 
+crate::util::server::on_both_engines!(an_unparsable_bridge_broker_exits_64_without_binding);
+
 /// Bad `[bridge]` settings found only by parsing them: exit 64 naming the key,
 /// before anything listens.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unparsable_bridge_broker_exits_64_without_binding() {
-    let messenger = Messenger::new();
+async fn an_unparsable_bridge_broker_exits_64_without_binding(backend: Backend) {
+    let messenger = Messenger::on(backend);
     let (mqtt, ws) = (free_addr(), free_addr());
     let mut cmd = messenger.command(&["bridge"]);
     cmd.env("MESSENGER_BRIDGE__BROKER", "no-port-here");
@@ -155,11 +163,12 @@ async fn an_unparsable_bridge_broker_exits_64_without_binding() {
     assert!(is_free(mqtt) && is_free(ws));
 }
 
+crate::util::server::on_both_engines!(a_missing_apns_key_file_exits_64_without_binding);
+
 /// A push key file that is missing: exit 64 naming the setting and the file,
 /// before anything listens (the broker used to be listening by then).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_apns_key_file_exits_64_without_binding() {
-    let messenger = Messenger::new();
+async fn a_missing_apns_key_file_exits_64_without_binding(backend: Backend) {
+    let messenger = Messenger::on(backend);
     let (mqtt, ws) = (free_addr(), free_addr());
     let mut cmd = messenger.command(&["serve"]);
     cmd.env("MESSENGER_BROKER__LISTEN", mqtt.to_string())

@@ -190,13 +190,13 @@ async fn replies_edits_deletions_and_reactions_are_timeline_events(backend: Back
     assert!(message(&history(&carol, &group).await, by_bob.seq).deleted);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_refusal_of_the_contract_changes_nothing() {
+on_both_engines!(every_refusal_of_the_contract_changes_nothing);
+async fn every_refusal_of_the_contract_changes_nothing(backend: Backend) {
     let limits = Limits {
         edit_window_secs: 1,
         ..crate::util::server::unlimited()
     };
-    let server = TestServer::build(Backend::Embedded, USERS, limits, 30).await;
+    let server = TestServer::build(backend, USERS, limits, 30).await;
     let (alice, _alice_events) = server.device("alice", "pw-a", "phone").await;
     let (bob, _bob_events) = server.device("bob", "pw-b", "phone").await;
     let conv = dm("alice", "bob");

@@ -12,7 +12,7 @@ use messenger_client::{ClientConfig, Transport as ClientTransport, Trust};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 use crate::util::process::{free_addr, free_addr_below_ephemeral, is_free, Messenger, Server};
-use crate::util::server::next_message;
+use crate::util::server::{next_message, on_both_engines, Backend};
 use crate::util::{did, uid, ClientOptions, Transport, PATIENCE};
 
 /// Exit code for bad configuration.
@@ -164,9 +164,9 @@ struct Trusted {
     stranger_ca: PathBuf,
 }
 
-/// [`Trusted`], accepting on TLS and WSS.
-async fn trusted_server() -> Trusted {
-    let messenger = Messenger::new();
+/// [`Trusted`], accepting on TLS and WSS, storing where `backend` says.
+async fn trusted_server(backend: Backend) -> Trusted {
+    let messenger = Messenger::on(backend);
     add_users(&messenger, &["alice", "bob"]).await;
     let (ca, cert, key) = Pki::new("server").write(messenger.dir(), "");
     let (stranger_ca, _, _) = Pki::new("stranger").write(messenger.dir(), "stranger-");
@@ -183,17 +183,18 @@ async fn trusted_server() -> Trusted {
     }
 }
 
+on_both_engines!(clients_trusting_the_ca_chat_over_tls_and_wss);
+
 /// Trusting the CA, alice (CLI, MQTT over TLS) and bob (client library, WSS)
 /// chat; a client trusting another CA is refused; plain MQTT to the TLS port fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_trusting_the_ca_chat_over_tls_and_wss() {
+async fn clients_trusting_the_ca_chat_over_tls_and_wss(backend: Backend) {
     let Trusted {
         messenger,
         server: _server,
         at,
         ca,
         stranger_ca,
-    } = trusted_server().await;
+    } = trusted_server(backend).await;
 
     let sent = over_tls(
         &messenger,
@@ -283,12 +284,13 @@ async fn clients_trusting_the_ca_chat_over_tls_and_wss() {
     bob.disconnect().await;
 }
 
+on_both_engines!(with_plain_mqtt_off_nothing_answers_plain_mqtt);
+
 /// `broker.listen = ""` (and no plain WebSocket): the plain port is not bound,
 /// the loopback listener the fronts use refuses a device that dials it directly,
 /// and the bridge (which does dial it) serves TLS clients.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_plain_mqtt_off_nothing_answers_plain_mqtt() {
-    let messenger = Messenger::new();
+async fn with_plain_mqtt_off_nothing_answers_plain_mqtt(backend: Backend) {
+    let messenger = Messenger::on(backend);
     add_users(&messenger, &["alice", "bob"]).await;
     let (ca, cert, key) = Pki::new("server").write(messenger.dir(), "");
     let at = Listeners::free();
@@ -352,12 +354,13 @@ async fn with_plain_mqtt_off_nothing_answers_plain_mqtt() {
     assert!(refused.contains("broker.listen is empty"), "{refused}");
 }
 
+on_both_engines!(certificate_reload_on_sighup);
+
 /// SIGHUP with new files: a new connection sees the new certificate (trusting the
 /// new CA works, the old CA no longer does) while a connection opened before keeps
 /// working; a reload of a bad file keeps the certificate in use and says why.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificate_reload_on_sighup() {
-    let messenger = Messenger::new();
+async fn certificate_reload_on_sighup(backend: Backend) {
+    let messenger = Messenger::on(backend);
     add_users(&messenger, &["alice", "bob"]).await;
     let (old_ca, cert, key) = Pki::new("old").write(messenger.dir(), "");
     let at = Listeners::free();
@@ -408,10 +411,11 @@ async fn certificate_reload_on_sighup() {
     bob.disconnect().await;
 }
 
+on_both_engines!(bad_certificates_exit_64_naming_the_key);
+
 /// Bad certificate files: `serve` exits 64 before binding anything, naming the key.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_certificates_exit_64_naming_the_key() {
-    let messenger = Messenger::new();
+async fn bad_certificates_exit_64_naming_the_key(backend: Backend) {
+    let messenger = Messenger::on(backend);
     let dir = messenger.dir();
     let (_, cert, key) = Pki::new("good").write(dir, "");
     let (_, other_cert, _) = Pki::new("other").write(dir, "other-");
@@ -529,18 +533,19 @@ async fn bad_certificates_exit_64_naming_the_key() {
     assert!(outcome.failed().contains("nowhere.pem"));
 }
 
+on_both_engines!(files_travel_over_https_with_tls);
+
 /// With `--tls`, `send --file` uploads and `download` fetches over HTTPS on the
 /// web listener over TLS (`broker.wss_listen`), trusting `--ca-file`; a client
 /// trusting another CA is refused and writes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn files_travel_over_https_with_tls() {
+async fn files_travel_over_https_with_tls(backend: Backend) {
     let Trusted {
         messenger,
         server: _server,
         at,
         ca,
         stranger_ca,
-    } = trusted_server().await;
+    } = trusted_server(backend).await;
     let bytes: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(messenger.dir().join("notes.bin"), &bytes).expect("write the file");
     let web = at.wss.to_string();

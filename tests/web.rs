@@ -19,6 +19,7 @@ use tempfile::TempDir;
 use tokio::net::TcpStream;
 
 use crate::util::process::{free_addr, free_addr_below_ephemeral, Messenger, Server};
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{Transport, PATIENCE};
 
 /// How long a wait on the page may take: sign-in hashes a password, and the
@@ -28,11 +29,12 @@ const PAGE_PATIENCE: Duration = Duration::from_secs(30);
 /// How often a wait on the page looks again.
 const POLL: Duration = Duration::from_millis(50);
 
-/// A server with alice, bob and carol (password `pw`) whose web listener accepts, on
+/// A server storing where `backend` says, with alice, bob and carol (password
+/// `pw`), whose web listener accepts, on
 /// ports below the ephemeral range (the browsers keep dialling them while the
 /// server is restarted).
-async fn server() -> (Messenger, Server) {
-    let messenger = Messenger::new();
+async fn server(backend: Backend) -> (Messenger, Server) {
+    let messenger = Messenger::on(backend);
     for user in ["alice", "bob", "carol"] {
         messenger
             .run(&["user", "add", user, "--password", "pw"])
@@ -63,9 +65,9 @@ async fn start(messenger: &Messenger, mqtt: SocketAddr, ws: SocketAddr) -> Serve
     server
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_and_its_files_are_served_with_types_validators_and_a_policy() {
-    let (_messenger, server) = server().await;
+on_both_engines!(the_page_and_its_files_are_served_with_types_validators_and_a_policy);
+async fn the_page_and_its_files_are_served_with_types_validators_and_a_policy(backend: Backend) {
+    let (_messenger, server) = server(backend).await;
     let base = format!("http://{}", server.ws);
     let http = reqwest::Client::new();
 
@@ -503,10 +505,10 @@ fn screenshot_dir() -> PathBuf {
     dir
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_people_chat_in_browsers_through_a_restart() {
+on_both_engines!(two_people_chat_in_browsers_through_a_restart);
+async fn two_people_chat_in_browsers_through_a_restart(backend: Backend) {
     let tools = tools();
-    let (messenger, mut server) = server().await;
+    let (messenger, mut server) = server(backend).await;
     let base = format!("http://{}/", server.ws);
     let profiles = TempDir::new().expect("profiles");
     let driver = Driver::start(&tools, &profiles.path().join("chromedriver.log")).await;
@@ -729,10 +731,12 @@ const PNG: &[u8] = &[
     0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_browsers() {
+on_both_engines!(replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_browsers);
+async fn replies_edits_reactions_deletions_files_groups_paging_and_sign_out_in_browsers(
+    backend: Backend,
+) {
     let tools = tools();
-    let (_messenger, server) = server().await;
+    let (_messenger, server) = server(backend).await;
     let base = format!("http://{}/", server.ws);
     let profiles = TempDir::new().expect("profiles");
     let driver = Driver::start(&tools, &profiles.path().join("chromedriver.log")).await;

@@ -337,8 +337,8 @@ impl Bridge {
             },
             None => Notify::Off,
         };
-        let store = tokio::task::spawn_blocking(move || -> Result<Box<dyn Store>, BridgeError> {
-            match storage.postgres_url() {
+        tokio::task::spawn_blocking(move || -> Result<Box<dyn Store>, BridgeError> {
+            let store: Box<dyn Store> = match storage.postgres_url() {
                 Some(url) => {
                     let mut client = postgres::connect(url)?;
                     postgres::migrate(&mut client)?;
@@ -350,7 +350,7 @@ impl Bridge {
                         instance,
                         ownership,
                     };
-                    Ok(Box::new(postgres::PostgresStore::new(
+                    Box::new(postgres::PostgresStore::new(
                         client,
                         connect,
                         limits,
@@ -358,19 +358,19 @@ impl Bridge {
                         liveness,
                         sharing,
                         storage.files_dir(),
-                    )?))
+                    )?)
                 }
-                None => Ok(Box::new(SqliteStore::open(
-                    &storage, limits, notify, liveness,
-                )?)),
-            }
+                None => Box::new(SqliteStore::open(&storage, limits, notify, liveness)?),
+            };
+            // Here, off the async workers: a PostgreSQL store it replaces is
+            // dropped, and its client must not close on an async worker.
+            Ok(fault::wrap(store, &storage.path))
         })
         .await
         .map_err(|e| BridgeError::Part {
             part: "store",
             cause: e.to_string(),
-        })??;
-        Ok(fault::wrap(store, &self.storage.path))
+        })?
     }
 }
 
@@ -488,8 +488,9 @@ async fn forget_dead_tokens(
 }
 
 /// A fault a test can inject into a debug build, to see the process notice a
-/// failing part: a file `<database>.fail-writer` beside the database makes the
-/// writer panic at its first batch. Release builds have no such hook.
+/// failing part: a file `<storage.path>.fail-writer` (beside the SQLite file; the
+/// path is set on PostgreSQL too) makes the writer panic at its first batch.
+/// Release builds have no such hook.
 mod fault {
     use messenger_store::Store;
 

@@ -48,24 +48,34 @@ pub(crate) const BRIDGE_USER: &str = "_bridge";
 /// Its password.
 pub(crate) const BRIDGE_PASSWORD: &str = "bridge-secret";
 
-/// Runs one test body over TCP and over WebSocket: `over_tcp_and_ws!(name)` next
-/// to `async fn name(transport: Transport)` yields the tests `name::tcp` and `name::ws`.
-macro_rules! over_tcp_and_ws {
+/// Runs one broker test body over TCP and over WebSocket with the accounts in
+/// SQLite, and over TCP with the accounts in PostgreSQL:
+/// `over_transports_and_engines!(name)` next to
+/// `async fn name(transport: Transport, backend: Backend)` yields `name::tcp`,
+/// `name::ws` and `name::postgres`.
+macro_rules! over_transports_and_engines {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
+            use $crate::util::{server::Backend, Transport};
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn tcp() {
-                super::$name($crate::util::Transport::Tcp).await;
+                super::$name(Transport::Tcp, Backend::Embedded).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn ws() {
-                super::$name($crate::util::Transport::Ws).await;
+                super::$name(Transport::Ws, Backend::Embedded).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Transport::Tcp, Backend::Postgres).await;
             }
         }
     )*};
 }
-pub(crate) use over_tcp_and_ws;
+pub(crate) use over_transports_and_engines;
 
 /// A user id, for tests.
 pub(crate) fn uid(s: &str) -> UserId {
@@ -128,6 +138,16 @@ impl TestBroker {
                 ..BrokerConfig::default()
             },
             postgres: None,
+        }
+    }
+
+    /// [`TestBroker::start`] with the accounts where `backend` keeps them: the
+    /// SQLite file, or a fresh database of the test binary's PostgreSQL.
+    pub(crate) fn on(backend: server::Backend) -> TestBrokerBuilder {
+        match backend {
+            server::Backend::Embedded => Self::start(),
+            server::Backend::Postgres => Self::start().postgres(postgres::database()),
+            server::Backend::Mosquitto => panic!("a TestBroker is the embedded broker"),
         }
     }
 
