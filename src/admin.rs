@@ -135,11 +135,11 @@ impl Admin {
     pub(crate) fn new(storage: &StorageConfig) -> Self {
         let mut registry = Registry::default();
         let size = Arc::new(match storage.postgres_url() {
-            Some(url) => StorageSize::Postgres(DatabaseSize {
+            Some(url) => StorageSize::Postgres(Box::new(DatabaseSize {
                 url: url.to_owned(),
                 bytes: AtomicI64::new(0),
                 client: std::sync::Mutex::new(None),
-            }),
+            })),
             None => StorageSize::Sqlite {
                 database: storage.path.clone(),
             },
@@ -284,7 +284,7 @@ enum StorageSize {
     /// The SQLite file and its WAL, read at each scrape.
     Sqlite { database: PathBuf },
     /// The PostgreSQL database, asked for before each scrape.
-    Postgres(DatabaseSize),
+    Postgres(Box<DatabaseSize>),
 }
 
 /// `pg_database_size` of the configured PostgreSQL database, as last asked for.
