@@ -338,10 +338,75 @@ async fn send_until_acked(
     panic!("{id} was never acked");
 }
 
+/// Sends `sends` messages as `user`'s raw device (ids `<user>-<n>`, into
+/// `dm:<user>:zed`), one every `pace` whether or not the earlier ones were
+/// answered, and each again after `retry` without an answer, until every one
+/// is acked; their seqs, by `n`.
+async fn stream_until_acked(
+    client: &mut crate::util::Client,
+    user: &str,
+    sends: usize,
+    pace: Duration,
+    retry: Duration,
+) -> Vec<i64> {
+    let request = |n: usize| {
+        format!(r#"{{"type":"send","id":"{user}-{n}","conv":"dm:{user}:zed","body":"m{n}"}}"#)
+    };
+    let mut last_sent: BTreeMap<usize, tokio::time::Instant> = BTreeMap::new();
+    let mut acked: BTreeMap<usize, i64> = BTreeMap::new();
+    let mut tick = tokio::time::interval(pace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acked.len() < sends {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user}: {} of {sends} acked",
+            acked.len()
+        );
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                let next = last_sent.len();
+                if next < sends {
+                    client.request(user, request(next).as_bytes()).await;
+                    last_sent.insert(next, now);
+                }
+                let due: Vec<usize> = last_sent
+                    .iter()
+                    .filter(|(n, at)| !acked.contains_key(n) && now - **at >= retry)
+                    .map(|(n, _)| *n)
+                    .collect();
+                for n in due {
+                    client.request(user, request(n).as_bytes()).await;
+                    last_sent.insert(n, now);
+                }
+            }
+            (topic, reply) = client.next_publish() => {
+                if !topic.ends_with("/dev/raw") {
+                    continue;
+                }
+                let reply: Value = serde_json::from_str(&reply).expect("JSON");
+                let n = reply["id"]
+                    .as_str()
+                    .and_then(|id| id.strip_prefix(&format!("{user}-")))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or_else(|| panic!("{user}: a reply to no send of this stream: {reply}"));
+                assert_eq!(reply["type"], "ack", "{reply}");
+                let seq = reply["seq"].as_i64().expect("seq");
+                // A repeat is answered with the stored seq.
+                assert_eq!(*acked.entry(n).or_insert(seq), seq, "{reply}");
+            }
+        }
+    }
+    acked.into_values().collect()
+}
+
 /// `messenger broker` and three `messenger bridge` processes on one database;
-/// one bridge is killed with SIGKILL in the middle of a stream of sends. The
-/// others take its users over when its leases run out; devices' retries
-/// complete; every acked message is stored exactly once; seqs stay gap-free.
+/// one bridge is killed with SIGKILL in the middle of a stream of sends, each
+/// device sending at a steady pace without waiting for answers. The others take
+/// its users over when its leases run out, first handling what reached them in
+/// the meantime; devices' retries complete; every acked message is stored
+/// exactly once; seqs stay gap-free; each device's sends are stored in the
+/// order they were sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
     let messenger = Messenger::new();
@@ -393,7 +458,8 @@ async fn a_bridge_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
-    const SENDS: usize = 30;
+    // 10 s of sends: the stream goes on past the takeover, 5 to 6 s after the kill.
+    const SENDS: usize = 200;
     let mut tasks = Vec::new();
     for user in senders {
         let mut client = broker
@@ -403,20 +469,23 @@ async fn a_bridge_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
             .expect("connect");
         client.subscribe(&[&format!("chat/{user}/dev/raw")]).await;
         tasks.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for n in 0..SENDS {
-                let id = format!("{user}-{n}");
-                let seq = send_until_acked(
-                    &mut client,
-                    user,
-                    &id,
-                    &format!("m{n}"),
-                    Duration::from_secs(5),
-                )
-                .await;
-                acked.push((id, seq));
-            }
-            acked
+            let seqs = stream_until_acked(
+                &mut client,
+                user,
+                SENDS,
+                Duration::from_millis(50),
+                Duration::from_secs(3),
+            )
+            .await;
+            // Sent in the order of n (one conversation per sender): stored in it.
+            assert!(
+                seqs.windows(2).all(|pair| pair[0] < pair[1]),
+                "{user}'s sends were stored out of order: {seqs:?}"
+            );
+            seqs.into_iter()
+                .enumerate()
+                .map(|(n, seq)| (format!("{user}-{n}"), seq))
+                .collect::<Vec<_>>()
         }));
     }
     // Kill ann's bridge once the stream is under way.

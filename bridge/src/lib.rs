@@ -10,6 +10,8 @@
 //! - `writer`: the thread that owns the store and hands it batches.
 //! - `mqtt`: the intake (event loop) and publisher (fan-out, replies, broker acks) tasks.
 //! - `outbox`: where each of the store's effects is published.
+//! - `passed`: other bridges' users' requests, kept a while in case their slot
+//!   is taken over (several bridges on one database).
 //! - `metrics`: requests by type and outcome, batches, commit latency, queue
 //!   depth, push counters, and the readiness signals (subscribed, storage writable).
 //!
@@ -24,6 +26,7 @@ pub mod config;
 mod metrics;
 mod mqtt;
 mod outbox;
+mod passed;
 mod request;
 mod writer;
 
@@ -244,6 +247,7 @@ impl Prepared {
             epoch,
             ready: bridge.ready.clone(),
             subscribed: metrics.subscribed.clone(),
+            passed: passed::Passed::new(ownership.mask()),
             ownership,
         };
         intake.run(eventloop, done_rx, shutdown.clone()).await;

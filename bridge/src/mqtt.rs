@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use messenger_protocol::topics::{self, Topic};
 use messenger_store::Input;
@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::passed::Passed;
 use crate::writer::{Batch, Job, Work};
-use messenger_store::slots::Ownership;
+use messenger_store::slots::{slot_of, Ownership, RENEW_EVERY};
 
 /// The intake's state across (re)connections.
 pub(crate) struct Intake {
@@ -38,6 +39,8 @@ pub(crate) struct Intake {
     /// The users this bridge handles (all of them unless several bridges share
     /// a database); the others' publishes are acked and passed over.
     pub(crate) ownership: Arc<Ownership>,
+    /// What was passed over lately, handled if its slot is taken over.
+    pub(crate) passed: Passed,
 }
 
 /// What to do after an event of the consumer connection.
@@ -56,11 +59,21 @@ impl Intake {
     ) {
         let mut draining = false;
         let mut failures: u32 = 0;
+        // A slot taken over while no publish comes: its kept work goes on at the next tick.
+        let mut handover = tokio::time::interval(RENEW_EVERY / 2);
+        handover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let polled = tokio::select! {
                 () = shutdown.cancelled(), if self.jobs.is_some() => {
                     info!("bridge stopping: finishing the batches in flight");
                     self.jobs = None;
+                    continue;
+                }
+                _ = handover.tick(), if self.jobs.is_some() => {
+                    let held = self.ownership.mask();
+                    if !self.hand_on_gained(held) {
+                        return;
+                    }
                     continue;
                 }
                 _ = &mut publisher_done, if !draining => {
@@ -133,24 +146,48 @@ impl Intake {
         Next::Continue
     }
 
-    /// A request or a presence change: to the writer, with the publish to ack.
+    /// A request or a presence change: to the writer, with the publish to ack;
+    /// one of a user another bridge handles is kept (see `passed`) and acked.
     fn received(&mut self, publish: Publish) -> Next {
         if self.jobs.is_none() {
             return Next::Continue;
         }
-        let work = match work_of(&publish) {
-            Work::Request { user, .. } | Work::Store(Input::Presence { user, .. })
-                if !self.ownership.owns(&user) =>
-            {
-                Work::Skip
+        // One reading of the slots held, for the handover and for this publish.
+        let held = self.ownership.mask();
+        if !self.hand_on_gained(held) {
+            return Next::Stop;
+        }
+        let work = work_of(&publish);
+        let passed_over = match &work {
+            Work::Request { user, .. } | Work::Store(Input::Presence { user, .. }) => {
+                held & (1 << slot_of(user)) == 0
             }
-            work => work,
+            _ => false,
+        };
+        let work = if passed_over {
+            self.passed.keep(work, Instant::now());
+            Work::Skip
+        } else {
+            work
         };
         if self.queue(work, Some(publish)) {
             Next::Continue
         } else {
             Next::Stop
         }
+    }
+
+    /// Hands the writer the kept work of the slots gained since the last look
+    /// (nothing to ack: it was acked when passed over); false once the writer is gone.
+    fn hand_on_gained(&mut self, held: u64) -> bool {
+        let gained = self.passed.gained(held, Instant::now());
+        if !gained.is_empty() {
+            info!(
+                requests = gained.len(),
+                "slots taken over: handling what was passed over lately for their users"
+            );
+        }
+        gained.into_iter().all(|work| self.queue(work, None))
     }
 
     /// Hands a job to the writer; false once the writer is gone.

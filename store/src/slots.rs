@@ -9,11 +9,27 @@
 //! SQLite there is one bridge, which owns every slot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use messenger_protocol::UserId;
 
 /// How many slots users are spread over (one bit each in [`Ownership`]).
 pub const SLOTS: u32 = 64;
+
+/// How long a slot's lease lasts unless renewed: how long a dead bridge's
+/// users wait for another bridge.
+pub const LEASE: Duration = Duration::from_secs(5);
+
+/// How often a bridge renews its leases and evens out the slots.
+pub const RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a bridge keeps the requests it passed over (other bridges' users),
+/// to handle them itself if it takes their slot over: those that reached the
+/// old holder after it stopped handling the slot (it died: at most a lease
+/// earlier; it gave the slot back: a lease round earlier) are then handled
+/// before anything newer of those users, in the order they came. A lease, two
+/// rounds and a second of slack.
+pub const HANDOVER_WINDOW: Duration = Duration::from_secs(7);
 
 /// The slot of `user`: FNV-1a over the id's bytes, the same on every bridge
 /// and every build.

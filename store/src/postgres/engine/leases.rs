@@ -23,14 +23,7 @@ use super::Connector;
 use crate::StoreError;
 
 use super::db::Db;
-use crate::slots::{Ownership, SLOTS};
-
-/// How long a lease lasts unless renewed: how long a dead bridge's users wait
-/// for another bridge.
-pub(crate) const LEASE: Duration = Duration::from_secs(5);
-
-/// How often a bridge renews its leases and evens out the slots.
-pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(500);
+use crate::slots::{Ownership, LEASE, RENEW_EVERY, SLOTS};
 
 /// The database's clock, ms since the epoch.
 macro_rules! db_now {
