@@ -83,3 +83,69 @@ fn quick_bench_reports_every_figure() {
     assert!(report["ack_p99_ms"].as_f64().unwrap() >= report["ack_p50_ms"].as_f64().unwrap());
     assert!(report["group_delivery_p99_ms"].as_f64().unwrap() > 0.0);
 }
+
+/// `--storage postgres --bridges 1,3` makes its own PostgreSQL and reports, for
+/// each number of bridges, every e2e figure (nothing but PostgreSQL ran: the
+/// SQLite rows say skipped, with no verdict).
+#[test]
+fn quick_bench_on_postgres_reports_each_bridge_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_messenger"))
+        .args([
+            "bench",
+            "--quick",
+            "--phases",
+            "paced,saturated",
+            "--storage",
+            "postgres",
+            "--bridges",
+            "1,3",
+            "--json",
+        ])
+        .arg(&json)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {table}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for skipped in ["e2e saturated on SQLite", "e2e paced on SQLite"] {
+        let row = table
+            .lines()
+            .find(|line| line.trim_start().starts_with(skipped))
+            .unwrap_or_else(|| panic!("no row {skipped:?} in {table}"));
+        assert!(row.contains("skipped"), "{row}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let runs = report["postgres"].as_array().expect("postgres runs");
+    let bridges: Vec<u64> = runs
+        .iter()
+        .map(|r| r["bridges"].as_u64().unwrap())
+        .collect();
+    assert_eq!(bridges, [1, 3], "{report}");
+    for run in runs {
+        for name in [
+            "msgs_per_s",
+            "ack_p99_ms",
+            "delivery_p99_ms",
+            "server_cpu_us_per_msg",
+            "paced_delivery_p99_ms",
+            "paced_ack_p99_ms",
+        ] {
+            let value = run[name].as_f64().unwrap_or(0.0);
+            assert!(
+                value.is_finite() && value > 0.0,
+                "{name} = {value} in {run}"
+            );
+        }
+        assert_eq!(run["errors"].as_u64(), Some(0), "{run}");
+        // No SQLite run to compare with.
+        assert_eq!(run["of_sqlite"].as_f64(), Some(0.0), "{run}");
+    }
+    assert_eq!(report["on_sqlite"], false);
+}

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::connections::Connections;
 use crate::e2e::{Messaging, RssSample};
 use crate::files::Files;
-use crate::options::{Durability, Options, Phase};
+use crate::options::{Durability, Options, Phase, Storage};
 use crate::raw::Raw;
 use crate::search::Search;
 use crate::tls::TlsComparison;
@@ -212,6 +212,8 @@ pub(crate) struct Report {
     pub(crate) durability: Durability,
     /// The phases that ran.
     pub(crate) phases: Vec<Phase>,
+    /// Whether the paced and saturated phases ran on SQLite (`--storage`).
+    pub(crate) on_sqlite: bool,
     /// The machine.
     pub(crate) machine: Machine,
     /// /proc/loadavg at the end.
@@ -381,6 +383,7 @@ impl Report {
             tls_server_cpu_us_per_msg: tls.tls.server_cpu_us_per_msg,
             durability: options.durability,
             phases: options.phases.clone(),
+            on_sqlite: options.on(Storage::Sqlite),
             machine,
             loadavg_end: loadavg(),
             total_secs: elapsed.as_secs_f64(),

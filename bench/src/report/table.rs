@@ -80,6 +80,9 @@ impl Report {
         if !self.ran(Phase::Saturated) {
             return vec![Row::skipped("e2e saturated")];
         }
+        if !self.on_sqlite {
+            return vec![Row::skipped("e2e saturated on SQLite")];
+        }
         let ratio = Row::new("e2e / raw", format!("{:.3}", self.e2e_ratio));
         let ratio = if self.ran(Phase::Raw) {
             ratio.against(self.e2e_ratio >= TARGET_RATIO, ">= 0.25")
@@ -187,6 +190,9 @@ impl Report {
     fn paced_rows(&self) -> Vec<Row> {
         if !self.ran(Phase::Paced) {
             return vec![Row::skipped("e2e paced")];
+        }
+        if !self.on_sqlite {
+            return vec![Row::skipped("e2e paced on SQLite")];
         }
         vec![
             Row::new(
