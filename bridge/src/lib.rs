@@ -358,7 +358,8 @@ impl Bridge {
                         liveness,
                         sharing,
                         storage.files_dir(),
-                    )?))
+                    )?
+                    .with_retention(storage.retention_days)))
                 }
                 None => Ok(Box::new(SqliteStore::open(
                     &storage, limits, notify, liveness,
