@@ -350,16 +350,18 @@ impl Bridge {
                         instance,
                         ownership,
                     };
-                    Ok(Box::new(postgres::PostgresStore::new(
-                        client,
-                        connect,
-                        limits,
-                        notify,
-                        liveness,
-                        sharing,
-                        storage.files_dir(),
-                    )?
-                    .with_retention(storage.retention_days)))
+                    Ok(Box::new(
+                        postgres::PostgresStore::new(
+                            client,
+                            connect,
+                            limits,
+                            notify,
+                            liveness,
+                            sharing,
+                            storage.files_dir(),
+                        )?
+                        .with_retention(storage.retention_days),
+                    ))
                 }
                 None => Ok(Box::new(SqliteStore::open(
                     &storage, limits, notify, liveness,

@@ -69,9 +69,7 @@ use tracing::{debug, info, warn};
 use super::context::{int, nat};
 use super::db::{Db, Fault, Statements};
 use super::files;
-pub(crate) use crate::sqlite::retention::{
-    DAY_MS, PASS_INTERVAL, STEP_EVENTS, STEP_INBOX_ROWS,
-};
+pub(crate) use crate::sqlite::retention::{DAY_MS, PASS_INTERVAL, STEP_EVENTS, STEP_INBOX_ROWS};
 
 /// Conversations trimmed in one step at most (their prefixes are read in one
 /// statement).
@@ -130,6 +128,7 @@ impl Retention {
         let run = step_in_transaction(client, statements, files_dir, cutoff, now_ms);
         match run {
             Ok(Stepped::Busy) => {
+                debug!("retention: another bridge is in a step");
                 self.due = Instant::now() + BUSY_RETRY;
                 After::Wait
             }
@@ -142,7 +141,10 @@ impl Retention {
                 self.due = Instant::now() + BUSY_RETRY;
                 After::Wait
             }
-            Ok(Stepped::Went { .. }) => After::More,
+            Ok(Stepped::Went { removed }) => {
+                debug!(removed, "retention step");
+                After::More
+            }
             Ok(Stepped::PassDone { in_pass }) => {
                 if in_pass > 0 {
                     info!(
@@ -230,7 +232,12 @@ struct Pass {
 
 /// One step inside the open transaction: takes the pass, removes what is due,
 /// and moves the pass on.
-fn step(db: &Db<'_>, files_dir: &Path, cutoff_ms: u64, now_ms: u64) -> Result<Stepped, postgres::Error> {
+fn step(
+    db: &Db<'_>,
+    files_dir: &Path,
+    cutoff_ms: u64,
+    now_ms: u64,
+) -> Result<Stepped, postgres::Error> {
     let Some(pass) = take_pass(db)? else {
         return Ok(Stepped::Busy);
     };
@@ -266,7 +273,8 @@ fn step(db: &Db<'_>, files_dir: &Path, cutoff_ms: u64, now_ms: u64) -> Result<St
             convs.push((conv.clone(), at));
         }
     }
-    let capped = convs.len() > STEP_CONVERSATIONS;
+    // Past the cap, the step ends before the first row of the first one left out.
+    let left_out = convs.get(STEP_CONVERSATIONS).map(|(_, first)| *first);
     convs.truncate(STEP_CONVERSATIONS);
     let names: Vec<&str> = convs.iter().map(|(c, _)| c.as_str()).collect();
     let prefixes = old_prefixes(db, &names, cutoff_ms)?;
@@ -292,10 +300,12 @@ fn step(db: &Db<'_>, files_dir: &Path, cutoff_ms: u64, now_ms: u64) -> Result<St
     let blocked = lock(db, &names, &mut planned)?;
     let removed = remove(db, files_dir, &names, &planned.remove)?;
     // Where the next step goes on: before the first conversation not done.
-    let stop = planned.stop.or(capped.then_some(STEP_CONVERSATIONS));
+    let stop = match planned.stop {
+        Some(at) => convs.get(at).map(|(_, first)| *first),
+        None => left_out,
+    };
     let (after, pass_done) = match stop {
-        Some(at) => {
-            let first = convs.get(at).map_or(aged.len(), |(_, first)| *first);
+        Some(first) => {
             let after = match first.checked_sub(1) {
                 Some(before) => Some(aged[before].clone()),
                 None => pass.after.clone(),
@@ -426,11 +436,15 @@ fn lock(db: &Db<'_>, convs: &[&str], planned: &mut Plan) -> Result<bool, postgre
             .or_default()
             .push(row.try_get(1)?);
     }
-    let cut = planned.remove.iter().enumerate().find_map(|(at, (conv, seqs))| {
-        let held = locked.get(convs[*conv]).map_or(&[][..], Vec::as_slice);
-        let run = seqs.iter().take_while(|seq| held.contains(seq)).count();
-        (run < seqs.len()).then_some((at, *conv, run))
-    });
+    let cut = planned
+        .remove
+        .iter()
+        .enumerate()
+        .find_map(|(at, (conv, seqs))| {
+            let held = locked.get(convs[*conv]).map_or(&[][..], Vec::as_slice);
+            let run = seqs.iter().take_while(|seq| held.contains(seq)).count();
+            (run < seqs.len()).then_some((at, *conv, run))
+        });
     let Some((at, conv, run)) = cut else {
         return Ok(false);
     };
@@ -595,7 +609,11 @@ mod tests {
 
     #[test]
     fn a_plan_stops_in_the_conversation_that_spends_the_events() {
-        let trims = [trim(1..=3, true, 2), trim(1..=4, true, 2), trim(1..=1, true, 2)];
+        let trims = [
+            trim(1..=3, true, 2),
+            trim(1..=4, true, 2),
+            trim(1..=1, true, 2),
+        ];
         let planned = plan(&trims, budget(5, 1000));
         assert_eq!(planned.remove, [(0, vec![1, 2, 3]), (1, vec![1, 2])]);
         assert_eq!(planned.stop, Some(1));
@@ -620,7 +638,12 @@ mod tests {
 
     #[test]
     fn a_conversation_with_nothing_old_is_done() {
-        let trims = [trim(1..=0, true, 2), trim(3..=3, true, 2)];
+        let nothing = Trim {
+            seqs: Vec::new(),
+            complete: true,
+            rows_per_event: 2,
+        };
+        let trims = [nothing, trim(3..=3, true, 2)];
         let planned = plan(&trims, budget(100, 1000));
         assert_eq!(planned.remove, [(1, vec![3])]);
         assert_eq!(planned.stop, None);
