@@ -1,8 +1,8 @@
-//! `storage.retention_days` end to end: messages aged in the SQLite file while
-//! the server is down are removed after a restart with retention on, while
-//! newer ones stay, sends keep being acked and a sync from the start delivers
-//! what remains; an old message's file goes with it; bad values exit 64 naming
-//! the key.
+//! `storage.retention_days` end to end, on both engines from one body:
+//! messages aged in the database while the server is down are removed after a
+//! restart with retention on, while newer ones stay, sends keep being acked
+//! and a sync from the start delivers what remains; an old message's file goes
+//! with it; bad values exit 64 naming the key.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,7 +13,9 @@ use messenger_protocol::ConvId;
 
 use crate::admin::wait_for_status;
 use crate::util::client::GRANTED;
+use crate::util::postgres::blocking;
 use crate::util::process::{free_addr, Messenger};
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{uid, Transport, PATIENCE};
 
 /// The exit code for bad configuration (EX_USAGE).
@@ -21,6 +23,31 @@ const EXIT_CONFIG: i32 = 64;
 
 /// A day in ms.
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Makes the events of `m`'s database that `filter` (an SQL condition both
+/// engines read alike) picks `days` older, in the SQLite file or the
+/// PostgreSQL database; how many it aged.
+async fn age_events(m: &Messenger, filter: &str, days: i64) -> u64 {
+    let sql = format!(
+        "UPDATE events SET ts = ts - {} WHERE {filter}",
+        days * DAY_MS
+    );
+    match m.postgres_url().map(str::to_owned) {
+        Some(url) => blocking(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+            client.execute(sql.as_str(), &[]).expect("ageing")
+        }),
+        None => {
+            let db = m.db();
+            tokio::task::spawn_blocking(move || {
+                let conn = rusqlite::Connection::open(db).expect("open the database");
+                conn.execute(&sql, []).expect("ageing") as u64
+            })
+            .await
+            .expect("join")
+        }
+    }
+}
 
 /// The message seqs of `conv` that `client` reads in `history` (one page is enough here).
 async fn history(client: &Client, conv: &ConvId) -> BTreeSet<u64> {
@@ -35,9 +62,9 @@ async fn history(client: &Client, conv: &ConvId) -> BTreeSet<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_messages_go_new_ones_stay_and_sends_go_on() {
-    let m = Messenger::new();
+on_both_engines!(old_messages_go_new_ones_stay_and_sends_go_on);
+async fn old_messages_go_new_ones_stay_and_sends_go_on(backend: Backend) {
+    let m = Messenger::on(backend);
     for user in ["ann", "bob"] {
         m.run(&["user", "add", user, "--password", "pw"]).await.ok();
     }
@@ -54,18 +81,7 @@ async fn old_messages_go_new_ones_stay_and_sends_go_on() {
     assert!(server.exit_status(PATIENCE).await.success());
 
     // Seqs 1..=4 are three days old now.
-    let db = m.db();
-    let aged = tokio::task::spawn_blocking(move || {
-        let conn = rusqlite::Connection::open(db).expect("open the database");
-        conn.execute(
-            "UPDATE events SET ts = ts - ?1 WHERE seq <= 4",
-            [3 * DAY_MS],
-        )
-        .expect("ageing")
-    })
-    .await
-    .expect("join");
-    assert_eq!(aged, 4);
+    assert_eq!(age_events(&m, "seq <= 4", 3).await, 4);
 
     let retention = [("MESSENGER_STORAGE__RETENTION_DAYS", "1")];
     let mut server = m.spawn_role("serve", server.mqtt, server.ws, free_addr(), &retention);
@@ -127,9 +143,9 @@ fn stored_files(m: &Messenger) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_old_message_takes_its_file_with_it() {
-    let m = Messenger::new();
+on_both_engines!(an_old_message_takes_its_file_with_it);
+async fn an_old_message_takes_its_file_with_it(backend: Backend) {
+    let m = Messenger::on(backend);
     for user in ["ann", "bob"] {
         m.run(&["user", "add", user, "--password", "pw"]).await.ok();
     }
@@ -169,15 +185,7 @@ async fn an_old_message_takes_its_file_with_it() {
     assert!(server.exit_status(PATIENCE).await.success());
 
     // The first message is three days old now.
-    let db = m.db();
-    let aged = tokio::task::spawn_blocking(move || {
-        let conn = rusqlite::Connection::open(db).expect("open the database");
-        conn.execute("UPDATE events SET ts = ts - ?1 WHERE seq = 1", [3 * DAY_MS])
-            .expect("ageing")
-    })
-    .await
-    .expect("join");
-    assert_eq!(aged, 1);
+    assert_eq!(age_events(&m, "seq = 1", 3).await, 1);
 
     let retention = [("MESSENGER_STORAGE__RETENTION_DAYS", "1")];
     let mut server = m.spawn_role("serve", server.mqtt, server.ws, free_addr(), &retention);
@@ -215,9 +223,9 @@ async fn an_old_message_takes_its_file_with_it() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_retention_days_exit_64_naming_the_key() {
-    let m = Messenger::new();
+on_both_engines!(bad_retention_days_exit_64_naming_the_key);
+async fn bad_retention_days_exit_64_naming_the_key(backend: Backend) {
+    let m = Messenger::on(backend);
     for bad in ["-1", "36501", "10000000000", "soon"] {
         let mut cmd = m.command(&["serve"]);
         cmd.env("MESSENGER_STORAGE__RETENTION_DAYS", bad);
