@@ -2,7 +2,8 @@
 //! messages aged in the database while the server is down are removed after a
 //! restart with retention on, while newer ones stay, sends keep being acked
 //! and a sync from the start delivers what remains; an old message's file goes
-//! with it; bad values exit 64 naming the key.
+//! with it; bad values exit 64 naming the key. On PostgreSQL, an old message
+//! another transaction holds is left to a later step without stalling sends.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -129,6 +130,89 @@ async fn old_messages_go_new_ones_stay_and_sends_go_on(backend: Backend) {
         .filter_map(|e| e["seq"].as_u64())
         .collect();
     assert_eq!(seqs, (5..=6 + sent).collect::<Vec<_>>(), "{sync}");
+}
+
+/// PostgreSQL only (SQLite has one writer and no row locks): a transaction
+/// that holds an old message's row, as a batch reacting to it does, neither
+/// stalls the bridge nor loses the message: retention removes what comes
+/// before it, sends are acked meanwhile, and the rest goes once it lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_old_message_waits_for_the_next_step_and_sends_go_on() {
+    let m = Messenger::on(Backend::Postgres);
+    for user in ["ann", "bob"] {
+        m.run(&["user", "add", user, "--password", "pw"]).await.ok();
+    }
+    let conv = ConvId::direct(&uid("ann"), &uid("bob")).expect("dm");
+    let mut server = m.serve().await;
+    let ann = server.library("ann", "phone").await.0;
+    for i in 0..6 {
+        ann.send(&conv, &format!("message {i}"))
+            .await
+            .expect("acked");
+    }
+    drop(ann);
+    server.terminate();
+    assert!(server.exit_status(PATIENCE).await.success());
+    assert_eq!(age_events(&m, "seq <= 4", 3).await, 4);
+
+    // The holder is a thread of its own (the sync client must not live on
+    // the test's runtime); it lets go when `release` sends or is dropped.
+    let url = m.postgres_url().expect("postgres").to_owned();
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        client
+            .batch_execute(
+                "BEGIN; SELECT 1 FROM events WHERE conv = 'dm:ann:bob' AND seq = 3 FOR SHARE",
+            )
+            .expect("hold seq 3");
+        held_tx.send(()).expect("the test waits");
+        let _ = released.recv();
+        client.batch_execute("COMMIT").expect("let go");
+    });
+    blocking(|| held.recv()).expect("seq 3 is held");
+    let retention = [("MESSENGER_STORAGE__RETENTION_DAYS", "1")];
+    let mut server = m.spawn_role("serve", server.mqtt, server.ws, free_addr(), &retention);
+    server.wait_until_accepting().await;
+    wait_for_status(&server, "/readyz", 200).await;
+    let ann = server.library("ann", "phone").await.0;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while history(&ann, &conv).await != BTreeSet::from([3, 4, 5, 6]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seqs 1 and 2 did not go: {:?}\n{}",
+            history(&ann, &conv).await,
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ack = tokio::time::timeout(PATIENCE, ann.send(&conv, "while held"))
+        .await
+        .expect("a send is acked while the old row is held")
+        .expect("acked");
+    assert_eq!(ack.seq, 7);
+    assert_eq!(
+        history(&ann, &conv).await,
+        BTreeSet::from([3, 4, 5, 6, 7]),
+        "the held message and what follows it stay"
+    );
+
+    release.send(()).expect("the holder waits");
+    blocking(|| holder.join()).expect("the holder let go");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while history(&ann, &conv).await != BTreeSet::from([5, 6, 7]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seqs 3 and 4 did not go once let go of: {:?}\n{}",
+            history(&ann, &conv).await,
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server
+        .wait_for_log("retention pass removed old events removed=4", 1)
+        .await;
 }
 
 /// The names in the files directory (the default: `files` beside the database).
