@@ -69,7 +69,7 @@ use tracing::{debug, info, warn};
 use super::context::{int, nat};
 use super::db::{Db, Fault, Statements};
 use super::files;
-pub(crate) use crate::sqlite::retention::{DAY_MS, PASS_INTERVAL, STEP_EVENTS, STEP_INBOX_ROWS};
+use crate::sqlite::retention::{DAY_MS, PASS_INTERVAL, STEP_EVENTS, STEP_INBOX_ROWS};
 
 /// Conversations trimmed in one step at most (their prefixes are read in one
 /// statement).
