@@ -2,7 +2,8 @@
 //! bridges' slot leases, and every guarantee of one bridge holding under
 //! concurrency (seqs and useqs gap-free, a device's requests in order, a repeat
 //! stored once, receipts never backwards, presence published on change only);
-//! a bridge killed with SIGKILL in the middle of a stream of sends.
+//! a bridge killed with SIGKILL in the middle of a stream of sends; two bridges
+//! sharing retention's pass.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -602,4 +603,268 @@ async fn postgres_restarting_mid_stream_loses_nothing_acked() {
     assert_eq!(stored.len(), acked.len());
     assert_gap_free(&url);
     drop(server);
+}
+
+/// Two `messenger bridge` processes with retention on, on one database that
+/// holds more old events than one step removes, in several 1-1 chats and a
+/// group: every old event goes exactly once (the passes' logged counts add up
+/// to the events aged), nothing younger goes, receipts and conversations stay,
+/// and sends are acked all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bridges_run_retention_on_one_database_without_doing_it_twice() {
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+    /// Messages each sender sends before the ageing; the first `OLD` of each chat age.
+    const BEFORE: usize = 120;
+    const OLD: i64 = 100;
+    let messenger = Messenger::new();
+    let url = database();
+    let env = on_postgres(&url);
+    let env_with = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
+        env.iter().chain(extra).cloned().collect()
+    };
+    let senders = ["ann", "ben", "cat", "dan"];
+    for user in senders.iter().chain(&["zed"]) {
+        let mut cmd = messenger.command(&["user", "add", user, "--password", "pw"]);
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        messenger.run_command(cmd).await.ok();
+    }
+    let broker_env = env_with(&[]);
+    let broker_env: Vec<(&str, &str)> = broker_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut broker = messenger.spawn_named(
+        "broker",
+        "broker",
+        free_addr_below_ephemeral(),
+        free_addr(),
+        free_addr(),
+        &broker_env,
+    );
+    broker.wait_until_accepting().await;
+    let start_bridges = |retention: &str| {
+        ["b1", "b2"].map(|name| {
+            let vars = env_with(&[
+                ("MESSENGER_BRIDGE__INSTANCE", name.to_owned()),
+                ("MESSENGER_STORAGE__RETENTION_DAYS", retention.to_owned()),
+            ]);
+            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            messenger.spawn_named(name, "bridge", broker.mqtt, free_addr(), free_addr(), &vars)
+        })
+    };
+    let wait_for_spread = |url: String| async move {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+        while slot_spread(&url) != (2, 0) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bridges did not share the slots"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    // The history, without retention: each sender's chat with zed, and a group
+    // of all five whose creation and messages have an inbox row per member.
+    let bridges = start_bridges("0");
+    wait_for_spread(url.clone()).await;
+    let mut clients = Vec::new();
+    for user in senders {
+        let mut client = broker
+            .device(Transport::Tcp, &format!("{user}:raw"), "pw")
+            .connect()
+            .await
+            .expect("connect");
+        client.subscribe(&[&format!("chat/{user}/dev/raw")]).await;
+        clients.push((user, client));
+    }
+    let (_, ann) = &mut clients[0];
+    ann.request(
+        "ann",
+        br#"{"type":"group_create","id":"g","name":"all","members":["ben","cat","dan","zed"]}"#,
+    )
+    .await;
+    let created = replies(ann, 1).await.remove(0);
+    let group = created["conv"].as_str().expect("a group").to_owned();
+    for n in 0..10 {
+        let body = format!(r#"{{"type":"send","id":"g{n}","conv":"{group}","body":"to all {n}"}}"#);
+        ann.request("ann", body.as_bytes()).await;
+        assert_eq!(replies(ann, 1).await[0]["type"], "ack");
+    }
+    let mut tasks = Vec::new();
+    for (user, mut client) in clients {
+        tasks.push(tokio::spawn(async move {
+            for n in 0..BEFORE {
+                let id = format!("{user}-{n}");
+                send_until_acked(&mut client, user, &id, "old", Duration::from_secs(5)).await;
+            }
+            (user, client)
+        }));
+    }
+    let mut clients = Vec::new();
+    for task in tasks {
+        clients.push(task.await.expect("sender task"));
+    }
+    // zed reads its chat with ann: a receipt, which stays.
+    let mut zed = broker
+        .device(Transport::Tcp, "zed:raw", "pw")
+        .connect()
+        .await
+        .expect("connect");
+    zed.subscribe(&["chat/zed/dev/raw"]).await;
+    zed.request(
+        "zed",
+        format!(
+            r#"{{"type":"receipt","id":"r","conv":"dm:ann:zed","seq":{BEFORE},"status":"read"}}"#
+        )
+        .as_bytes(),
+    )
+    .await;
+    let count = |sql: &str| query(&url, sql)[0].get::<_, i64>(0);
+    let receipts = "SELECT COUNT(*) FROM inbox WHERE rstatus IS NOT NULL";
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while count(receipts) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receipt was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for mut bridge in bridges {
+        bridge.terminate();
+        assert!(bridge.exit_status(PATIENCE).await.success());
+    }
+
+    // The first OLD events of each chat, and the whole group so far, are three days old.
+    let aged = query(
+        &url,
+        &format!(
+            "WITH a AS (UPDATE events SET ts = ts - {} WHERE seq <= {OLD} OR conv LIKE 'g:%' RETURNING 1)
+             SELECT COUNT(*) FROM a",
+            3 * DAY_MS
+        ),
+    )[0]
+    .get::<_, i64>(0);
+    let group_events = 1 + 10;
+    assert_eq!(aged, senders.len() as i64 * OLD + group_events);
+    assert!(
+        aged > 256,
+        "more than one step's worth, so both bridges may take turns"
+    );
+    let receipts = count(receipts);
+    let young = count("SELECT COUNT(*) FROM events WHERE seq > 100 AND conv NOT LIKE 'g:%'");
+
+    // Both bridges with retention on; sends go on while they remove the old events.
+    let bridges = start_bridges("1");
+    let mut tasks = Vec::new();
+    for (user, mut client) in clients {
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for n in 0..20 {
+                let id = format!("{user}-later-{n}");
+                seqs.push(
+                    send_until_acked(&mut client, user, &id, "new", Duration::from_secs(5)).await,
+                );
+            }
+            seqs
+        }));
+    }
+    for task in tasks {
+        let seqs = tokio::time::timeout(PATIENCE * 3, task)
+            .await
+            .expect("sends are acked")
+            .expect("sender task");
+        let first = i64::try_from(BEFORE).expect("small") + 1;
+        assert_eq!(seqs, (first..first + 20).collect::<Vec<_>>());
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    let old = "SELECT COUNT(*) FROM events WHERE seq <= 100 OR conv LIKE 'g:%'";
+    while count(old) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old events still there: {}\nb1:\n{}\nb2:\n{}",
+            count(old),
+            bridges[0].log(),
+            bridges[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The pass is logged once it is complete, by the bridge that completed it.
+    let logged = |bridges: &[Server; 2]| -> i64 {
+        bridges
+            .iter()
+            .flat_map(|b| {
+                b.log()
+                    .lines()
+                    .filter(|l| l.contains("retention pass removed old events"))
+                    .filter_map(|l| {
+                        let (_, rest) = l.split_once("removed=")?;
+                        rest.split(|c: char| !c.is_ascii_digit())
+                            .next()?
+                            .parse::<i64>()
+                            .ok()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while logged(&bridges) < aged {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the passes logged {} of {aged} removals\nb1:\n{}\nb2:\n{}",
+            logged(&bridges),
+            bridges[0].log(),
+            bridges[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(logged(&bridges), aged, "nothing removed twice");
+
+    // What is younger stayed, with everything that hangs on it; what is older
+    // went with its inbox rows and request ids; conversations and receipts stay.
+    let new = i64::try_from(senders.len() * 20).expect("small");
+    assert_eq!(
+        count("SELECT COUNT(*) FROM events WHERE conv NOT LIKE 'g:%'"),
+        young + new
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM inbox WHERE rstatus IS NULL"),
+        2 * (young + new),
+        "the young events' inbox rows, and only theirs"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM requests"),
+        count("SELECT COUNT(*) FROM events WHERE req_id IS NOT NULL"),
+        "request ids went with their events"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM inbox WHERE rstatus IS NOT NULL"),
+        receipts
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM conversations"), 5);
+    assert_eq!(
+        count(&format!(
+            "SELECT last_seq FROM conversations WHERE conv = '{group}'"
+        )),
+        group_events
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM members WHERE conv LIKE 'g:%'"),
+        5,
+        "the group's members stay"
+    );
+    assert_eq!(
+        count("SELECT MIN(read_seq) FROM members WHERE conv = 'dm:ann:zed' AND \"user\" = 'zed'"),
+        i64::try_from(BEFORE).expect("small")
+    );
+    for (_, seqs) in query(
+        &url,
+        "SELECT conv, array_agg(seq ORDER BY seq) FROM events GROUP BY conv",
+    )
+    .iter()
+    .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<i64>>(1)))
+    {
+        assert_eq!(
+            seqs,
+            ((OLD + 1)..=(OLD + seqs.len() as i64)).collect::<Vec<_>>()
+        );
+    }
+    broker.terminate();
 }

@@ -1,8 +1,9 @@
-//! `storage.retention_days` end to end: messages aged in the SQLite file while
-//! the server is down are removed after a restart with retention on, while
-//! newer ones stay, sends keep being acked and a sync from the start delivers
-//! what remains; an old message's file goes with it; bad values exit 64 naming
-//! the key.
+//! `storage.retention_days` end to end, on both engines from one body:
+//! messages aged in the database while the server is down are removed after a
+//! restart with retention on, while newer ones stay, sends keep being acked
+//! and a sync from the start delivers what remains; an old message's file goes
+//! with it; bad values exit 64 naming the key. On PostgreSQL, an old message
+//! another transaction holds is left to a later step without stalling sends.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,7 +14,9 @@ use messenger_protocol::ConvId;
 
 use crate::admin::wait_for_status;
 use crate::util::client::GRANTED;
+use crate::util::postgres::blocking;
 use crate::util::process::{free_addr, Messenger};
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{uid, Transport, PATIENCE};
 
 /// The exit code for bad configuration (EX_USAGE).
@@ -21,6 +24,31 @@ const EXIT_CONFIG: i32 = 64;
 
 /// A day in ms.
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Makes the events of `m`'s database that `filter` (an SQL condition both
+/// engines read alike) picks `days` older, in the SQLite file or the
+/// PostgreSQL database; how many it aged.
+async fn age_events(m: &Messenger, filter: &str, days: i64) -> u64 {
+    let sql = format!(
+        "UPDATE events SET ts = ts - {} WHERE {filter}",
+        days * DAY_MS
+    );
+    match m.postgres_url().map(str::to_owned) {
+        Some(url) => blocking(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+            client.execute(sql.as_str(), &[]).expect("ageing")
+        }),
+        None => {
+            let db = m.db();
+            tokio::task::spawn_blocking(move || {
+                let conn = rusqlite::Connection::open(db).expect("open the database");
+                conn.execute(&sql, []).expect("ageing") as u64
+            })
+            .await
+            .expect("join")
+        }
+    }
+}
 
 /// The message seqs of `conv` that `client` reads in `history` (one page is enough here).
 async fn history(client: &Client, conv: &ConvId) -> BTreeSet<u64> {
@@ -35,9 +63,9 @@ async fn history(client: &Client, conv: &ConvId) -> BTreeSet<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_messages_go_new_ones_stay_and_sends_go_on() {
-    let m = Messenger::new();
+on_both_engines!(old_messages_go_new_ones_stay_and_sends_go_on);
+async fn old_messages_go_new_ones_stay_and_sends_go_on(backend: Backend) {
+    let m = Messenger::on(backend);
     for user in ["ann", "bob"] {
         m.run(&["user", "add", user, "--password", "pw"]).await.ok();
     }
@@ -54,18 +82,7 @@ async fn old_messages_go_new_ones_stay_and_sends_go_on() {
     assert!(server.exit_status(PATIENCE).await.success());
 
     // Seqs 1..=4 are three days old now.
-    let db = m.db();
-    let aged = tokio::task::spawn_blocking(move || {
-        let conn = rusqlite::Connection::open(db).expect("open the database");
-        conn.execute(
-            "UPDATE events SET ts = ts - ?1 WHERE seq <= 4",
-            [3 * DAY_MS],
-        )
-        .expect("ageing")
-    })
-    .await
-    .expect("join");
-    assert_eq!(aged, 4);
+    assert_eq!(age_events(&m, "seq <= 4", 3).await, 4);
 
     let retention = [("MESSENGER_STORAGE__RETENTION_DAYS", "1")];
     let mut server = m.spawn_role("serve", server.mqtt, server.ws, free_addr(), &retention);
@@ -115,6 +132,89 @@ async fn old_messages_go_new_ones_stay_and_sends_go_on() {
     assert_eq!(seqs, (5..=6 + sent).collect::<Vec<_>>(), "{sync}");
 }
 
+/// PostgreSQL only (SQLite has one writer and no row locks): a transaction
+/// that holds an old message's row, as a batch reacting to it does, neither
+/// stalls the bridge nor loses the message: retention removes what comes
+/// before it, sends are acked meanwhile, and the rest goes once it lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_old_message_waits_for_the_next_step_and_sends_go_on() {
+    let m = Messenger::on(Backend::Postgres);
+    for user in ["ann", "bob"] {
+        m.run(&["user", "add", user, "--password", "pw"]).await.ok();
+    }
+    let conv = ConvId::direct(&uid("ann"), &uid("bob")).expect("dm");
+    let mut server = m.serve().await;
+    let ann = server.library("ann", "phone").await.0;
+    for i in 0..6 {
+        ann.send(&conv, &format!("message {i}"))
+            .await
+            .expect("acked");
+    }
+    drop(ann);
+    server.terminate();
+    assert!(server.exit_status(PATIENCE).await.success());
+    assert_eq!(age_events(&m, "seq <= 4", 3).await, 4);
+
+    // The holder is a thread of its own (the sync client must not live on
+    // the test's runtime); it lets go when `release` sends or is dropped.
+    let url = m.postgres_url().expect("postgres").to_owned();
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        client
+            .batch_execute(
+                "BEGIN; SELECT 1 FROM events WHERE conv = 'dm:ann:bob' AND seq = 3 FOR SHARE",
+            )
+            .expect("hold seq 3");
+        held_tx.send(()).expect("the test waits");
+        let _ = released.recv();
+        client.batch_execute("COMMIT").expect("let go");
+    });
+    blocking(|| held.recv()).expect("seq 3 is held");
+    let retention = [("MESSENGER_STORAGE__RETENTION_DAYS", "1")];
+    let mut server = m.spawn_role("serve", server.mqtt, server.ws, free_addr(), &retention);
+    server.wait_until_accepting().await;
+    wait_for_status(&server, "/readyz", 200).await;
+    let ann = server.library("ann", "phone").await.0;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while history(&ann, &conv).await != BTreeSet::from([3, 4, 5, 6]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seqs 1 and 2 did not go: {:?}\n{}",
+            history(&ann, &conv).await,
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ack = tokio::time::timeout(PATIENCE, ann.send(&conv, "while held"))
+        .await
+        .expect("a send is acked while the old row is held")
+        .expect("acked");
+    assert_eq!(ack.seq, 7);
+    assert_eq!(
+        history(&ann, &conv).await,
+        BTreeSet::from([3, 4, 5, 6, 7]),
+        "the held message and what follows it stay"
+    );
+
+    release.send(()).expect("the holder waits");
+    blocking(|| holder.join()).expect("the holder let go");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while history(&ann, &conv).await != BTreeSet::from([5, 6, 7]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seqs 3 and 4 did not go once let go of: {:?}\n{}",
+            history(&ann, &conv).await,
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server
+        .wait_for_log("retention pass removed old events removed=4", 1)
+        .await;
+}
+
 /// The names in the files directory (the default: `files` beside the database).
 fn stored_files(m: &Messenger) -> BTreeSet<String> {
     std::fs::read_dir(m.dir().join("data").join("files"))
@@ -127,9 +227,9 @@ fn stored_files(m: &Messenger) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_old_message_takes_its_file_with_it() {
-    let m = Messenger::new();
+on_both_engines!(an_old_message_takes_its_file_with_it);
+async fn an_old_message_takes_its_file_with_it(backend: Backend) {
+    let m = Messenger::on(backend);
     for user in ["ann", "bob"] {
         m.run(&["user", "add", user, "--password", "pw"]).await.ok();
     }
@@ -169,15 +269,7 @@ async fn an_old_message_takes_its_file_with_it() {
     assert!(server.exit_status(PATIENCE).await.success());
 
     // The first message is three days old now.
-    let db = m.db();
-    let aged = tokio::task::spawn_blocking(move || {
-        let conn = rusqlite::Connection::open(db).expect("open the database");
-        conn.execute("UPDATE events SET ts = ts - ?1 WHERE seq = 1", [3 * DAY_MS])
-            .expect("ageing")
-    })
-    .await
-    .expect("join");
-    assert_eq!(aged, 1);
+    assert_eq!(age_events(&m, "seq = 1", 3).await, 1);
 
     let retention = [("MESSENGER_STORAGE__RETENTION_DAYS", "1")];
     let mut server = m.spawn_role("serve", server.mqtt, server.ws, free_addr(), &retention);
@@ -215,9 +307,9 @@ async fn an_old_message_takes_its_file_with_it() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_retention_days_exit_64_naming_the_key() {
-    let m = Messenger::new();
+on_both_engines!(bad_retention_days_exit_64_naming_the_key);
+async fn bad_retention_days_exit_64_naming_the_key(backend: Backend) {
+    let m = Messenger::on(backend);
     for bad in ["-1", "36501", "10000000000", "soon"] {
         let mut cmd = m.command(&["serve"]);
         cmd.env("MESSENGER_STORAGE__RETENTION_DAYS", bad);

@@ -31,7 +31,7 @@ mod operator;
 // `messenger backup` under load and its restore; `messenger export` of one user's readable data.
 mod backup;
 
-// `storage.retention_days`: old messages removed after a restart, new ones and sends unaffected.
+// `storage.retention_days` on both engines: old messages removed after a restart, new ones and sends unaffected.
 mod retention;
 
 // The account store on SQLite and PostgreSQL from one test body; `storage.url` refusals.
@@ -43,7 +43,7 @@ mod migrate;
 // `messenger user remove --erase`: the account goes and its messages' text is erased.
 mod erase;
 
-// Several bridges on one PostgreSQL database: guarantees under concurrency, a bridge killed mid-stream.
+// Several bridges on one PostgreSQL database: guarantees under concurrency, a bridge killed mid-stream, retention shared.
 mod bridges;
 
 // Durable 1-1 messaging through the real bridge, on the embedded broker and on Mosquitto.

@@ -354,15 +354,18 @@ impl Bridge {
                         instance,
                         ownership,
                     };
-                    Box::new(postgres::PostgresStore::new(
-                        client,
-                        connect,
-                        limits,
-                        notify,
-                        liveness,
-                        sharing,
-                        storage.files_dir(),
-                    )?)
+                    Box::new(
+                        postgres::PostgresStore::new(
+                            client,
+                            connect,
+                            limits,
+                            notify,
+                            liveness,
+                            sharing,
+                            storage.files_dir(),
+                        )?
+                        .with_retention(storage.retention_days),
+                    )
                 }
                 None => Box::new(SqliteStore::open(&storage, limits, notify, liveness)?),
             };

@@ -111,12 +111,6 @@ impl StorageConfig {
             }
             _ => {}
         }
-        if self.backend == Backend::Postgres && self.retention_days > 0 {
-            return Err(ConfigError::invalid(
-                "storage.retention_days",
-                "be 0 when storage.backend is \"postgres\" (retention runs on SQLite only so far)",
-            ));
-        }
         if self.retention_days > MAX_RETENTION_DAYS {
             return Err(ConfigError::invalid(
                 "storage.retention_days",

@@ -216,4 +216,19 @@ CREATE INDEX uploads_by_sha ON uploads (sha256);
 CREATE INDEX uploads_by_age ON uploads (created_ms);
 CREATE INDEX attachments_by_message ON attachments (conv, seq);
 ",
+    "
+-- Retention (`storage.retention_days`, `engine::retention`): old events found
+-- by age, and the pass every bridge carries on. One row, a reference table:
+-- the bridge that locks it runs the next step of the pass.
+CREATE INDEX events_by_age ON events (ts, conv, seq);
+CREATE TABLE retention (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    after_ts     BIGINT,                       -- the pass goes on after this event (by age);
+    after_conv   TEXT,                         -- NULL: a new pass, from the oldest
+    after_seq    BIGINT,
+    removed      BIGINT NOT NULL DEFAULT 0,    -- events removed in the pass so far
+    next_pass_ms BIGINT NOT NULL DEFAULT 0     -- no new pass begins before this
+);
+INSERT INTO retention (id) VALUES (1);
+",
 ];

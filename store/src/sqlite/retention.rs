@@ -45,7 +45,7 @@ pub(crate) const STEP_CONVERSATIONS: usize = 512;
 pub(crate) const PASS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A day in ms, the unit of `retention_days`.
-const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+pub(crate) const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Where a pass goes on from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,8 @@
 //! - `presence`: device rows and each user's aggregate.
 //! - `files`: the sweep of uploads, and the bytes of those let go of, removed
 //!   at the end of the batch under per-hash advisory locks.
+//! - `retention`: removing events older than `storage.retention_days`, a step
+//!   at a time between batches, one bridge's step at a time.
 
 mod blocks;
 mod context;
@@ -33,6 +35,7 @@ mod listing;
 mod messages;
 mod presence;
 mod pushes;
+mod retention;
 mod search;
 mod texts;
 mod timeline;
@@ -90,6 +93,8 @@ pub struct PostgresStore {
     leases: Leases,
     /// The files directory (`storage.files_dir()`), shared with every node.
     files_dir: PathBuf,
+    /// Removes old events between batches, when `storage.retention_days` is set.
+    retention: Option<retention::Retention>,
 }
 
 impl PostgresStore {
@@ -121,7 +126,15 @@ impl PostgresStore {
             liveness,
             leases,
             files_dir,
+            retention: None,
         })
+    }
+
+    /// The store with `storage.retention_days` of retention (0: keep for ever,
+    /// the default): events older than that are removed between batches.
+    pub fn with_retention(mut self, days: u32) -> Self {
+        self.retention = retention::Retention::new(days);
+        self
     }
 
     /// Replaces a broken connection, with backoff, until `deadline`.
@@ -176,7 +189,26 @@ impl crate::Store for PostgresStore {
 
     fn between_batches(&mut self) -> Housekeeping {
         self.rates.forget_idle();
-        Housekeeping::Done
+        let Some(retention) = self.retention.as_mut() else {
+            return Housekeeping::Done;
+        };
+        let after = retention.run_if_due(
+            &mut self.client,
+            &self.statements,
+            &self.files_dir,
+            crate::sqlite::now_ms(),
+        );
+        match after {
+            retention::After::More => Housekeeping::More,
+            retention::After::Wait => Housekeeping::Done,
+            retention::After::Reconnect => {
+                // One attempt; a batch that finds it still broken tries for longer.
+                if let Err(err) = self.reconnect(Instant::now()) {
+                    warn!(cause = %err, "retention: PostgreSQL is still unreachable");
+                }
+                Housekeeping::Done
+            }
+        }
     }
 }
 
