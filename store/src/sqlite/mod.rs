@@ -422,7 +422,7 @@ pub(crate) fn fits(out: Vec<Effect>, limits: &Limits) -> Result<Vec<Effect>, Fai
 }
 
 /// The wall clock in ms since the epoch, the unit of `ts`.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
