@@ -1,6 +1,8 @@
-//! `messenger backup` and `messenger export` against a running `messenger serve`:
-//! a backup taken under load restores into a fresh server with every message
-//! acked before it; an export holds exactly what its user may read.
+//! `messenger backup` and `messenger export` against a running `messenger serve`,
+//! on both engines: a backup taken under load restores into a fresh server with
+//! every message acked before it (SQLite: the copied file; PostgreSQL:
+//! `pg_dump`'s file through `pg_restore` into a fresh database); an export
+//! holds exactly what its user may read.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +14,13 @@ use messenger_protocol::ConvId;
 use serde_json::Value;
 
 use crate::util::process::Messenger;
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{uid, PATIENCE};
+
+on_both_engines!(
+    a_backup_under_load_restores_every_message_acked_before_it,
+    an_export_holds_exactly_what_the_user_may_read,
+);
 
 fn dm(a: &str, b: &str) -> ConvId {
     ConvId::direct(&uid(a), &uid(b)).expect("two distinct users")
@@ -46,10 +54,10 @@ async fn message_seqs(client: &Client, conv: &ConvId) -> BTreeSet<u64> {
 }
 
 /// Senders keep sending with acks while the backup runs; restored into a fresh
-/// directory, a fresh server has every message acked before the backup began.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_under_load_restores_every_message_acked_before_it() {
-    let messenger = Messenger::new();
+/// directory (or database), a fresh server has every message acked before the
+/// backup began.
+async fn a_backup_under_load_restores_every_message_acked_before_it(backend: Backend) {
+    let messenger = Messenger::on(backend);
     add_users(&messenger, &["alice", "bob"]).await;
     let server = messenger.serve().await;
     let conv = dm("alice", "bob");
@@ -78,7 +86,10 @@ async fn a_backup_under_load_restores_every_message_acked_before_it() {
     }
 
     let before: BTreeSet<u64> = acked.lock().expect("lock").clone();
-    let file = messenger.dir().join("backup.db");
+    let file = messenger.dir().join(match backend {
+        Backend::Postgres => "backup.dump",
+        _ => "backup.db",
+    });
     let out = messenger
         .run(&["backup", &file.display().to_string()])
         .await
@@ -108,10 +119,7 @@ async fn a_backup_under_load_restores_every_message_acked_before_it() {
     }
     drop(server);
 
-    // Restore as docs/OPERATIONS.md says: the file at storage.path, nothing beside it.
-    let fresh = Messenger::new();
-    std::fs::create_dir_all(fresh.db().parent().expect("a directory")).expect("data dir");
-    std::fs::copy(&file, fresh.db()).expect("restore");
+    let fresh = restore(backend, &file).await;
     let restored = fresh.serve().await;
     let bob = restored.library("bob", "phone").await.0;
     let seqs = message_seqs(&bob, &conv).await;
@@ -131,12 +139,40 @@ async fn a_backup_under_load_restores_every_message_acked_before_it() {
     assert_eq!(ack.seq, last + 1);
 }
 
+/// Restores the backup `file` as docs/OPERATIONS.md says, into a fresh
+/// installation: on SQLite the file at storage.path, nothing beside it; on
+/// PostgreSQL `pg_restore` into a fresh, empty database.
+async fn restore(backend: Backend, file: &std::path::Path) -> Messenger {
+    if backend != Backend::Postgres {
+        let fresh = Messenger::new();
+        std::fs::create_dir_all(fresh.db().parent().expect("a directory")).expect("data dir");
+        std::fs::copy(file, fresh.db()).expect("restore");
+        return fresh;
+    }
+    let url = crate::util::postgres::database();
+    let mut cmd = std::process::Command::new("pg_restore");
+    cmd.arg("--no-owner")
+        .arg("--exit-on-error")
+        .arg("--dbname")
+        .arg(&url)
+        .arg(file);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("running pg_restore");
+    assert!(
+        out.status.success(),
+        "pg_restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Messenger::on_database(url)
+}
+
 /// The export holds the user's dm and groups, events as `history` shows them
 /// (edits, deletions and reactions folded in; a left group up to the leaving),
 /// their receipts, and nothing of other users' private chats.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_export_holds_exactly_what_the_user_may_read() {
-    let messenger = Messenger::new();
+async fn an_export_holds_exactly_what_the_user_may_read(backend: Backend) {
+    let messenger = Messenger::on(backend);
     add_users(&messenger, &["alice", "bob", "carol"]).await;
     let server = messenger.serve().await;
     let alice = server.library("alice", "phone").await.0;

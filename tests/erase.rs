@@ -6,11 +6,14 @@ use messenger_protocol::wire::Request;
 use messenger_protocol::ConvId;
 
 use crate::util::process::Messenger;
-use crate::util::uid;
+use crate::util::server::{on_both_engines, Backend};
+use crate::users::devices_of;
+use crate::util::{uid, PATIENCE};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_erased_user_leaves_deletions_where_their_messages_were() {
-    let messenger = Messenger::new();
+on_both_engines!(an_erased_user_leaves_deletions_where_their_messages_were);
+
+async fn an_erased_user_leaves_deletions_where_their_messages_were(backend: Backend) {
+    let messenger = Messenger::on(backend);
     for user in ["alice", "bob"] {
         messenger
             .run(&["user", "add", user, "--password", "pw"])
@@ -44,6 +47,20 @@ async fn an_erased_user_leaves_deletions_where_their_messages_were() {
         .send(&team, "sensitive in a group")
         .await
         .expect("ack");
+
+    // `user list` counts alice's phone, online (as the bridge recorded it).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let list = messenger.run(&["user", "list"]).await.ok();
+        if devices_of(&list, "alice") == (1, 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's phone is not listed online: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let out = messenger
         .run(&["user", "remove", "alice", "--erase"])
@@ -88,6 +105,38 @@ async fn an_erased_user_leaves_deletions_where_their_messages_were() {
     assert!(found.results.is_empty(), "{:?}", found.results);
     let kept = bob.search("keeps", None, None, 20).await.expect("search");
     assert_eq!(kept.results.len(), 1);
+
+    // In the database: nothing of alice's is left but her erased messages.
+    for (what, sql) in [
+        (
+            "text",
+            "SELECT COUNT(*) FROM events
+             WHERE sender = 'alice' AND kind IN ('message', 'edit') AND body IS NOT NULL",
+        ),
+        (
+            "live messages",
+            "SELECT COUNT(*) FROM events
+             WHERE sender = 'alice' AND kind = 'message' AND COALESCE(deleted, FALSE) = FALSE",
+        ),
+        ("memberships", "SELECT COUNT(*) FROM members WHERE \"user\" = 'alice'"),
+        ("inbox", "SELECT COUNT(*) FROM inbox WHERE \"user\" = 'alice'"),
+        ("devices", "SELECT COUNT(*) FROM devices WHERE \"user\" = 'alice'"),
+        ("reactions", "SELECT COUNT(*) FROM reactions WHERE seq = 1"),
+        ("account", "SELECT COUNT(*) FROM users WHERE name = 'alice'"),
+        (
+            "request ids",
+            "SELECT COUNT(*) FROM events WHERE sender = 'alice' AND req_id IS NOT NULL",
+        ),
+    ] {
+        assert_eq!(messenger.count(sql).await, 0, "{what}");
+    }
+    assert_eq!(
+        messenger
+            .count("SELECT COUNT(*) FROM conversations WHERE kind = 'dm' AND closed")
+            .await,
+        1,
+        "the 1-1 chat is closed"
+    );
 
     let err = messenger
         .run(&["user", "remove", "nobody", "--erase"])

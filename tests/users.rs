@@ -1,12 +1,40 @@
 //! `messenger user ...`: managing accounts from the command line, alone and
-//! while `messenger serve` runs on the same SQLite file.
+//! while `messenger serve` runs on the same database, on both engines.
 
 use messenger_accounts::Verdict;
 use rumqttc::ConnectReturnCode;
 
 use crate::util::client::GRANTED;
 use crate::util::process::Messenger;
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{refusal, Transport};
+
+on_both_engines!(
+    user_commands_manage_accounts,
+    bad_user_input_fails_and_changes_nothing,
+    user_commands_work_while_serve_runs,
+);
+
+/// `user list`'s DEVICES and ONLINE columns for `user`, under the header that
+/// names them.
+pub(crate) fn devices_of(out: &str, user: &str) -> (u64, u64) {
+    let header = out.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("DEVICES") && header.ends_with("ONLINE"),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .skip(1)
+        .find(|line| line.split_whitespace().next() == Some(user))
+        .unwrap_or_else(|| panic!("{user} is not listed: {out}"));
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    let number = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
+    (
+        number(columns[columns.len() - 2]),
+        number(columns[columns.len() - 1]),
+    )
+}
 
 /// The user ids of `user list` (its first column, under the header).
 fn listed(out: &str) -> Vec<String> {
@@ -17,10 +45,9 @@ fn listed(out: &str) -> Vec<String> {
         .collect()
 }
 
-/// add, list, passwd, token and remove do what they say, in the SQLite file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_commands_manage_accounts() {
-    let m = Messenger::new();
+/// add, list, passwd, token and remove do what they say, in the database.
+async fn user_commands_manage_accounts(backend: Backend) {
+    let m = Messenger::on(backend);
     let out = m
         .run(&["user", "add", "bob", "--password", "bob-pw"])
         .await
@@ -49,6 +76,10 @@ async fn user_commands_manage_accounts() {
     let token = token.trim();
     assert!(token.starts_with("mtk_"), "{token}");
     assert_eq!(m.verify("alice", token).await, Verdict::Accepted);
+    // A device with a token counts, not online.
+    let list = m.run(&["user", "list"]).await.ok();
+    assert_eq!(devices_of(&list, "alice"), (1, 0), "{list}");
+    assert_eq!(devices_of(&list, "bob"), (0, 0), "{list}");
 
     assert_eq!(
         m.run(&["user", "remove", "bob"]).await.ok(),
@@ -59,9 +90,8 @@ async fn user_commands_manage_accounts() {
 }
 
 /// Bad input fails with a clear message and leaves the store as it was.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_user_input_fails_and_changes_nothing() {
-    let m = Messenger::new();
+async fn bad_user_input_fails_and_changes_nothing(backend: Backend) {
+    let m = Messenger::on(backend);
     m.run(&["user", "add", "alice", "--password", "alice-pw"])
         .await
         .ok();
@@ -96,6 +126,11 @@ async fn bad_user_input_fails_and_changes_nothing() {
         ),
         (&["user", "remove", "zed"], "user zed does not exist"),
         (
+            &["user", "remove", "zed", "--erase"],
+            "user zed does not exist",
+        ),
+        (&["user", "remove", "Zed"], "invalid user id"),
+        (
             &["user", "token", "zed", "--device", "phone"],
             "user zed does not exist",
         ),
@@ -119,9 +154,8 @@ async fn bad_user_input_fails_and_changes_nothing() {
 /// While `serve` runs: a user added from the CLI can sign in at once; `passwd`
 /// cuts their connection and only the new password works; `remove` cuts them
 /// and refuses them from then on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_commands_work_while_serve_runs() {
-    let m = Messenger::new();
+async fn user_commands_work_while_serve_runs(backend: Backend) {
+    let m = Messenger::on(backend);
     let server = m.serve().await;
     m.run(&["user", "add", "alice", "--password", "alice-pw"])
         .await
@@ -147,7 +181,6 @@ async fn user_commands_work_while_serve_runs() {
         .await
         .expect("the new password signs in");
     assert_eq!(phone.subscribe(&["chat/alice/inbox"]).await, [GRANTED]);
-
     m.run(&["user", "remove", "alice"]).await.ok();
     phone.disconnected().await;
     let result = server

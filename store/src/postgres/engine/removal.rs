@@ -23,6 +23,9 @@
 //! tokens and revocation go last in the same transaction: every broker node
 //! reads the revocation and cuts the user's connections.
 //!
+//! A device's presence change that comes after the removal (its connection
+//! cut) records nothing: `presence` makes no row for a user that does not exist.
+//!
 //! Erasing locks each message's row as a `delete` does (`FOR NO KEY UPDATE`),
 //! so an edit or a reaction never lands on an erased message.
 
@@ -121,8 +124,10 @@ fn purge(ctx: &Ctx<'_, '_>) -> Result<(), StoreError> {
     for sql in [
         "DELETE FROM memberships WHERE \"user\" = $1",
         "DELETE FROM inbox WHERE \"user\" = $1",
-        "DELETE FROM devices WHERE \"user\" = $1",
+        // Presence first: it waits for a device's change in flight (which
+        // holds the row), and the devices' delete then sees that change.
         "DELETE FROM presence WHERE \"user\" = $1",
+        "DELETE FROM devices WHERE \"user\" = $1",
         "DELETE FROM push_tokens WHERE \"user\" = $1",
         "DELETE FROM mutes WHERE \"user\" = $1",
         "DELETE FROM blocks WHERE blocker = $1 OR blocked = $1",
