@@ -59,7 +59,12 @@ async fn message_seqs(client: &Client, conv: &ConvId) -> BTreeSet<u64> {
 async fn a_backup_under_load_restores_every_message_acked_before_it(backend: Backend) {
     let messenger = Messenger::on(backend);
     add_users(&messenger, &["alice", "bob"]).await;
-    let server = messenger.serve().await;
+    let mut server = messenger.serve().await;
+    // The first sends go out at once: the bridge has subscribed to them (on
+    // PostgreSQL it takes its slots' leases first).
+    server
+        .wait_for_log("Adding subscription on topic chat/+/out/+", 1)
+        .await;
     let conv = dm("alice", "bob");
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -81,7 +86,12 @@ async fn a_backup_under_load_restores_every_message_acked_before_it(backend: Bac
     }
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while acked.lock().expect("lock").len() < 200 {
-        assert!(tokio::time::Instant::now() < deadline, "too few acks");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "too few acks: {}\n{}",
+            acked.lock().expect("lock").len(),
+            server.log()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 
@@ -113,6 +123,15 @@ async fn a_backup_under_load_restores_every_message_acked_before_it(backend: Bac
         .failed();
     assert!(refused.contains("already exists"), "{refused}");
     assert_eq!(std::fs::metadata(&file).expect("the copy").len(), size);
+    if backend == Backend::Postgres {
+        // Without pg_dump on PATH: a clear error, and no file left behind.
+        let other = messenger.dir().join("other.dump");
+        let mut cmd = messenger.command(&["backup", &other.display().to_string()]);
+        cmd.env("PATH", messenger.dir());
+        let err = messenger.run_command(cmd).await.failed();
+        assert!(err.contains("cannot run pg_dump"), "{err}");
+        assert!(!other.exists(), "no file is left behind");
+    }
     stop.store(true, Ordering::SeqCst);
     while let Some(done) = senders.join_next().await {
         done.expect("sender");
@@ -120,7 +139,10 @@ async fn a_backup_under_load_restores_every_message_acked_before_it(backend: Bac
     drop(server);
 
     let fresh = restore(backend, &file).await;
-    let restored = fresh.serve().await;
+    let mut restored = fresh.serve().await;
+    restored
+        .wait_for_log("Adding subscription on topic chat/+/out/+", 1)
+        .await;
     let bob = restored.library("bob", "phone").await.0;
     let seqs = message_seqs(&bob, &conv).await;
     let missing: Vec<_> = before.difference(&seqs).collect();
