@@ -27,7 +27,10 @@ pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
         }
         (UserCommand::List, Some(url)) => {
             let mut client = crate::database::open(url)?;
-            print!("{}", list(messenger_store::postgres::list_users(&mut client)?));
+            print!(
+                "{}",
+                list(messenger_store::postgres::list_users(&mut client)?)
+            );
             Ok(())
         }
         (cmd, _) => account_command(settings, path, cmd),

@@ -5,9 +5,9 @@ use messenger_client::HistoryItem;
 use messenger_protocol::wire::Request;
 use messenger_protocol::ConvId;
 
+use crate::users::devices_of;
 use crate::util::process::Messenger;
 use crate::util::server::{on_both_engines, Backend};
-use crate::users::devices_of;
 use crate::util::{uid, PATIENCE};
 
 on_both_engines!(an_erased_user_leaves_deletions_where_their_messages_were);
@@ -118,9 +118,18 @@ async fn an_erased_user_leaves_deletions_where_their_messages_were(backend: Back
             "SELECT COUNT(*) FROM events
              WHERE sender = 'alice' AND kind = 'message' AND COALESCE(deleted, FALSE) = FALSE",
         ),
-        ("memberships", "SELECT COUNT(*) FROM members WHERE \"user\" = 'alice'"),
-        ("inbox", "SELECT COUNT(*) FROM inbox WHERE \"user\" = 'alice'"),
-        ("devices", "SELECT COUNT(*) FROM devices WHERE \"user\" = 'alice'"),
+        (
+            "memberships",
+            "SELECT COUNT(*) FROM members WHERE \"user\" = 'alice'",
+        ),
+        (
+            "inbox",
+            "SELECT COUNT(*) FROM inbox WHERE \"user\" = 'alice'",
+        ),
+        (
+            "devices",
+            "SELECT COUNT(*) FROM devices WHERE \"user\" = 'alice'",
+        ),
         ("reactions", "SELECT COUNT(*) FROM reactions WHERE seq = 1"),
         ("account", "SELECT COUNT(*) FROM users WHERE name = 'alice'"),
         (

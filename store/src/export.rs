@@ -177,7 +177,8 @@ pub(crate) fn write(
                 let mut after: Option<UserId> = None;
                 let mut first = true;
                 loop {
-                    let (page, more) = source.member_rows(&conv, after.as_ref(), MEMBERS_PER_PAGE)?;
+                    let (page, more) =
+                        source.member_rows(&conv, after.as_ref(), MEMBERS_PER_PAGE)?;
                     for item in &page {
                         if !first {
                             put(out, b",")?;

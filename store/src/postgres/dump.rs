@@ -128,7 +128,10 @@ fn environment(config: &Config) -> Vec<(&'static str, OsString)> {
         env.push(("PGDATABASE", dbname.into()));
     }
     if let Some(timeout) = config.get_connect_timeout() {
-        env.push(("PGCONNECT_TIMEOUT", timeout.as_secs().max(1).to_string().into()));
+        env.push((
+            "PGCONNECT_TIMEOUT",
+            timeout.as_secs().max(1).to_string().into(),
+        ));
     }
     env
 }

@@ -15,8 +15,8 @@ use super::context::{Ctx, Kind};
 use super::messages::Order;
 use super::Notify;
 use crate::config::Limits;
-use crate::export::{Membership, Source, CONVERSATIONS_PER_PAGE};
 pub use crate::export::ExportSummary;
+use crate::export::{Membership, Source, CONVERSATIONS_PER_PAGE};
 use crate::rate::{Allowance, RateLimits};
 use crate::{Failure, StoreError};
 
@@ -107,11 +107,7 @@ impl Source for Ctx<'_> {
 }
 
 /// A page of `user`'s rows of `members` (current and former), by conversation id.
-fn memberships(
-    conn: &Connection,
-    user: &UserId,
-    after: &str,
-) -> rusqlite::Result<Vec<Membership>> {
+fn memberships(conn: &Connection, user: &UserId, after: &str) -> rusqlite::Result<Vec<Membership>> {
     let mut stmt = conn.prepare_cached(
         "SELECT m.conv, c.kind, c.name, m.role, m.left_seq, m.delivered_seq, m.read_seq
          FROM members m JOIN conversations c ON c.conv = m.conv

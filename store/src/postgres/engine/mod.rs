@@ -55,8 +55,8 @@ use std::collections::{HashMap, HashSet};
 
 use self::context::{Ctx, Looked};
 use self::db::{Db, Fault, Statements};
-use self::leases::Leases;
 pub use self::export::export_user;
+use self::leases::Leases;
 pub use self::leases::{slot_spread, Sharing};
 pub use self::removal::{erase_user, remove_user};
 use crate::config::Limits;

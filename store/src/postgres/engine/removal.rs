@@ -51,7 +51,7 @@ pub fn remove_user(client: &mut Client, user: &UserId) -> Result<(), StoreError>
 }
 
 /// Removes an account as [`remove_user`] does, then erases the text of every
-/// message it sent as `delete` does, [`ERASE_BATCH`] messages per transaction.
+/// message it sent as `delete` does, 500 messages per transaction (`ERASE_BATCH`).
 /// A user that no longer exists (an erase cut short) has what is left of their
 /// messages erased, and their attachments let go of (the bytes of uploads no
 /// other message carries are removed from `files_dir`). Returns how many were
@@ -94,10 +94,7 @@ fn purge(ctx: &Ctx<'_, '_>) -> Result<(), StoreError> {
         &[&user],
     )?;
     // Read under that lock: no batch adds the user to a conversation now.
-    let rows = db.rows(
-        "SELECT conv FROM memberships WHERE \"user\" = $1",
-        &[&user],
-    )?;
+    let rows = db.rows("SELECT conv FROM memberships WHERE \"user\" = $1", &[&user])?;
     let mut convs = Vec::with_capacity(rows.len());
     for row in &rows {
         convs.push(row.try_get::<_, String>(0)?);
@@ -145,9 +142,7 @@ fn purge(ctx: &Ctx<'_, '_>) -> Result<(), StoreError> {
     db.exec("DELETE FROM requests WHERE sender = $1", &[&user])?;
     // A new account of that name numbers its inbox from 1 again, as on SQLite.
     db.exec("DELETE FROM user_seqs WHERE \"user\" = $1", &[&user])?;
-    let removed = db.with_tx(|tx| {
-        Ok(messenger_accounts::remove_user_postgres(tx, ctx.user))
-    })?;
+    let removed = db.with_tx(|tx| Ok(messenger_accounts::remove_user_postgres(tx, ctx.user)))?;
     removed?;
     Ok(())
 }
