@@ -5,6 +5,7 @@ use messenger_client::HistoryItem;
 use messenger_protocol::wire::Request;
 use messenger_protocol::ConvId;
 
+use crate::limits::count;
 use crate::users::devices_of;
 use crate::util::process::Messenger;
 use crate::util::server::{on_both_engines, Backend};
@@ -107,42 +108,32 @@ async fn an_erased_user_leaves_deletions_where_their_messages_were(backend: Back
     assert_eq!(kept.results.len(), 1);
 
     // In the database: nothing of alice's is left but her erased messages.
-    for (what, sql) in [
+    for (what, table, filter) in [
         (
             "text",
-            "SELECT COUNT(*) FROM events
-             WHERE sender = 'alice' AND kind IN ('message', 'edit') AND body IS NOT NULL",
+            "events",
+            "sender = 'alice' AND kind IN ('message', 'edit') AND body IS NOT NULL",
         ),
         (
             "live messages",
-            "SELECT COUNT(*) FROM events
-             WHERE sender = 'alice' AND kind = 'message' AND COALESCE(deleted, FALSE) = FALSE",
+            "events",
+            "sender = 'alice' AND kind = 'message' AND COALESCE(deleted, FALSE) = FALSE",
         ),
-        (
-            "memberships",
-            "SELECT COUNT(*) FROM members WHERE \"user\" = 'alice'",
-        ),
-        (
-            "inbox",
-            "SELECT COUNT(*) FROM inbox WHERE \"user\" = 'alice'",
-        ),
-        (
-            "devices",
-            "SELECT COUNT(*) FROM devices WHERE \"user\" = 'alice'",
-        ),
-        ("reactions", "SELECT COUNT(*) FROM reactions WHERE seq = 1"),
-        ("account", "SELECT COUNT(*) FROM users WHERE name = 'alice'"),
         (
             "request ids",
-            "SELECT COUNT(*) FROM events WHERE sender = 'alice' AND req_id IS NOT NULL",
+            "events",
+            "sender = 'alice' AND req_id IS NOT NULL",
         ),
+        ("memberships", "members", "\"user\" = 'alice'"),
+        ("inbox", "inbox", "\"user\" = 'alice'"),
+        ("devices", "devices", "\"user\" = 'alice'"),
+        ("reactions", "reactions", "seq = 1"),
+        ("account", "users", "name = 'alice'"),
     ] {
-        assert_eq!(messenger.count(sql).await, 0, "{what}");
+        assert_eq!(count(&messenger, table, filter), 0, "{what}");
     }
     assert_eq!(
-        messenger
-            .count("SELECT COUNT(*) FROM conversations WHERE kind = 'dm' AND closed")
-            .await,
+        count(&messenger, "conversations", "kind = 'dm' AND closed = TRUE"),
         1,
         "the 1-1 chat is closed"
     );

@@ -10,6 +10,7 @@ use messenger_protocol::wire::{ErrorCode, Event, Request};
 use messenger_protocol::ConvId;
 use rumqttc::ConnectReturnCode;
 
+use crate::limits::count;
 use crate::util::client::GRANTED;
 use crate::util::process::Messenger;
 use crate::util::server::{on_both_engines, Backend};
@@ -296,13 +297,12 @@ async fn a_removal_while_messages_flow_to_the_user_leaves_nothing_of_them(backen
         tables.push("memberships");
     }
     for table in tables {
-        let sql = format!("SELECT COUNT(*) FROM {table} WHERE \"user\" = 'alice'");
-        assert_eq!(m.count(&sql).await, 0, "{table}");
+        assert_eq!(count(&m, table, "\"user\" = 'alice'"), 0, "{table}");
     }
     if backend == Backend::Postgres {
         // Bob's batches lock (and make) her counter row, at 0: nothing counted.
-        let sql = "SELECT COUNT(*) FROM user_seqs WHERE \"user\" = 'alice' AND last_useq > 0";
-        assert_eq!(m.count(sql).await, 0, "user_seqs");
+        let filter = "\"user\" = 'alice' AND last_useq > 0";
+        assert_eq!(count(&m, "user_seqs", filter), 0, "user_seqs");
     }
     // A new account of that name starts empty.
     m.run(&["user", "add", "alice", "--password", "pw"])

@@ -216,25 +216,6 @@ impl Messenger {
         .expect("join")
     }
 
-    /// The number the query `sql` (written for both engines: `"user"` quoted,
-    /// `TRUE`/`FALSE` for flags) returns, read from the installation's database.
-    pub(crate) async fn count(&self, sql: &str) -> i64 {
-        let sql = sql.to_owned();
-        if let Some(url) = self.postgres.clone() {
-            return super::postgres::blocking(move || {
-                let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-                client.query_one(&sql, &[]).expect("query").get(0)
-            });
-        }
-        let db = self.db();
-        tokio::task::spawn_blocking(move || {
-            let conn = rusqlite::Connection::open(db).expect("open the database");
-            conn.query_row(&sql, [], |r| r.get(0)).expect("query")
-        })
-        .await
-        .expect("join")
-    }
-
     /// `messenger serve` on free ports (revocations polled every 100 ms); returns
     /// once its MQTT port accepts connections.
     /// Its MQTT port is below the ephemeral range: a test may restart it on the same

@@ -11,7 +11,7 @@ use messenger_protocol::{ConvId, UserId};
 use postgres::Client;
 
 use super::context::{int, nat, opt_nat, Ctx};
-use super::operator::transaction;
+use super::operator::{transaction, OnConflict};
 use crate::config::Limits;
 use crate::export::{ExportSummary, Membership, Source, CONVERSATIONS_PER_PAGE};
 use crate::sqlite::context::Kind;
@@ -32,6 +32,8 @@ pub fn export_user(
     transaction(
         client,
         "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        // Pages are written out as they are read: never twice.
+        OnConflict::Fail,
         user,
         &mut |ctx| {
             let ctx = Ctx {

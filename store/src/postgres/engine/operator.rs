@@ -16,14 +16,24 @@ use crate::rate::{Allowance, RateLimits};
 use crate::sqlite::pushes::Notify;
 use crate::StoreError;
 
+/// How a transaction that failed on a conflict with another one goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnConflict {
+    /// It runs again (up to `CONFLICT_RUNS` times): its work has no effect
+    /// outside the database before the commit.
+    RunAgain,
+    /// It fails (its work wrote out what it read, e.g. an export).
+    Fail,
+}
+
 /// Runs `work` in a transaction opened with `begin`, committed if it succeeds,
-/// rolled back otherwise; again (up to `CONFLICT_RUNS` times) when it failed on
-/// a conflict with another transaction. `work` gets a context for `user` (the
-/// subject of the command; its device is `operator`) with the server's default
-/// limits.
+/// rolled back otherwise, and run again on a conflict if `on_conflict` says so.
+/// `work` gets a context for `user` (the subject of the command; its device is
+/// `operator`) with the server's default limits.
 pub(super) fn transaction<T>(
     client: &mut Client,
     begin: &str,
+    on_conflict: OnConflict,
     user: &UserId,
     work: &mut dyn FnMut(&Ctx<'_, '_>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
@@ -62,7 +72,8 @@ pub(super) fn transaction<T>(
                 // Nothing of it stays (on a broken connection the server has
                 // rolled it back already).
                 let _ = client.batch_execute("ROLLBACK");
-                if fault != Some(Fault::Conflict) || runs >= CONFLICT_RUNS {
+                let again = on_conflict == OnConflict::RunAgain && runs < CONFLICT_RUNS;
+                if fault != Some(Fault::Conflict) || !again {
                     return Err(err);
                 }
                 tracing::info!(runs, "another transaction got there first: running again");

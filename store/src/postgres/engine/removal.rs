@@ -37,7 +37,7 @@ use postgres::Client;
 
 use super::context::{int, nat, Ctx};
 use super::files;
-use super::operator::transaction;
+use super::operator::{transaction, OnConflict};
 use crate::StoreError;
 
 /// Messages erased per transaction (as on SQLite).
@@ -47,7 +47,9 @@ pub(crate) const ERASE_BATCH: usize = crate::sqlite::removal::ERASE_BATCH;
 /// module's documentation), in one transaction on `client`: safe while bridges
 /// run on the database. `NotFound` for a user that does not exist.
 pub fn remove_user(client: &mut Client, user: &UserId) -> Result<(), StoreError> {
-    transaction(client, "BEGIN", user, &mut |ctx| purge(ctx))
+    transaction(client, "BEGIN", OnConflict::RunAgain, user, &mut |ctx| {
+        purge(ctx)
+    })
 }
 
 /// Removes an account as [`remove_user`] does, then erases the text of every
@@ -62,13 +64,15 @@ pub fn erase_user(client: &mut Client, files_dir: &Path, user: &UserId) -> Resul
         Err(err @ StoreError::Account(AccountsError::NotFound(_))) => Some(err),
         Err(err) => return Err(err),
     };
-    let keys = transaction(client, "BEGIN", user, &mut |ctx| live_messages(ctx))?;
+    let keys = transaction(client, "BEGIN", OnConflict::RunAgain, user, &mut |ctx| {
+        live_messages(ctx)
+    })?;
     if let (Some(err), true) = (gone, keys.is_empty()) {
         return Err(err);
     }
     let mut erased = 0;
     for batch in keys.chunks(ERASE_BATCH) {
-        erased += transaction(client, "BEGIN", user, &mut |ctx| {
+        erased += transaction(client, "BEGIN", OnConflict::RunAgain, user, &mut |ctx| {
             let n = erase_messages(ctx, batch)?;
             let released = ctx.released.take();
             files::remove_unused(ctx.db, files_dir, released)?;
