@@ -3,7 +3,7 @@
 //! subscription to the blocker's status is refused (SUBACK 0x80) and a status
 //! they subscribed to before is withheld; unblocking restores both. Bad input
 //! changes nothing; the CLI, `messenger export` and `messenger user remove`.
-//! On both engines, but for `export` and `user remove` (SQLite only).
+//! On both engines.
 
 use serde_json::Value;
 
