@@ -200,7 +200,7 @@ async fn user_commands_work_while_serve_runs(backend: Backend) {
 }
 
 /// `user remove` while bob keeps sending to alice, in their 1-1 chat and in a
-/// group, and receipts flow (on PostgreSQL the removal takes the locks the
+/// group, and receipts flow in both (on PostgreSQL the removal takes the locks the
 /// bridge's batches take): every send is either acked or, in the 1-1 chat once
 /// she is gone, refused with `unknown_user`; the group goes on without her; and
 /// nothing of hers is left in the database: no inbox row, no membership, no
@@ -216,7 +216,7 @@ async fn a_removal_while_messages_flow_to_the_user_leaves_nothing_of_them(backen
         .await;
     let alice = server.library("alice", "phone").await.0;
     let bob = Arc::new(server.library("bob", "phone").await.0);
-    let carol = server.library("carol", "phone").await.0;
+    let carol = Arc::new(server.library("carol", "phone").await.0);
     let dm = ConvId::direct(&uid("alice"), &uid("bob")).expect("dm");
     alice.send(&dm, "hello bob").await.expect("ack");
     let reply = bob
@@ -269,6 +269,18 @@ async fn a_removal_while_messages_flow_to_the_user_leaves_nothing_of_them(backen
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     });
+    // Carol reads in the group, so her receipts go to alice meanwhile.
+    let (reading, group) = (carol.clone(), team.clone());
+    let carol_reads = tokio::spawn(async move {
+        let mut seq = 0;
+        loop {
+            seq += 1;
+            if reading.mark_read(&group, seq).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     m.run(&["user", "remove", "alice"]).await.ok();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -278,6 +290,7 @@ async fn a_removal_while_messages_flow_to_the_user_leaves_nothing_of_them(backen
         results.push(done.expect("sender"));
     }
     reader.abort();
+    carol_reads.abort();
     for (conv, acked, refused) in results {
         assert!(acked > 0, "{conv}: nothing acked before the removal");
         if conv == dm {

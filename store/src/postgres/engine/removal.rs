@@ -14,8 +14,10 @@
 //! row (a batch locks it first for a 1-1 chat with the user, and to deliver
 //! anything to the user), then the rows of every conversation the user is in,
 //! in conversation order (a batch locks a conversation's row to store an event
-//! in it, before it reads its members). So a batch that stores an event for the
-//! user either commits first (the removal then sees its inbox rows and removes
+//! in it, before it reads its members), then those conversations' `members`
+//! rows (a receipt locks its sender's row there before it reads the members it
+//! delivers to). So a batch that stores an event or a receipt for the user
+//! either commits first (the removal then sees its inbox rows and removes
 //! them) or waits for the removal and then sees the user gone (the 1-1 chat
 //! closed: `unknown_user`). A deadlock with a batch that locks in the other
 //! order (a group's row, then the user's `user_seqs` row) is found by the
@@ -106,6 +108,13 @@ fn purge(ctx: &Ctx<'_, '_>) -> Result<(), StoreError> {
     db.rows(
         "SELECT conv FROM conversations WHERE conv = ANY($1)
          ORDER BY conv COLLATE \"C\" FOR UPDATE",
+        &[&convs],
+    )?;
+    // And their members' rows: a receipt locks its sender's row before it
+    // reads the members it delivers to, without the conversation's row.
+    db.rows(
+        "SELECT 1 FROM members WHERE conv = ANY($1)
+         ORDER BY conv COLLATE \"C\", \"user\" COLLATE \"C\" FOR SHARE",
         &[&convs],
     )?;
     db.exec(
