@@ -1,5 +1,7 @@
-//! `messenger backup FILE`: a consistent copy of the SQLite file while the
-//! server runs (the store's `backup`, on SQLite's online backup API).
+//! `messenger backup FILE`: a consistent copy of the database while the server
+//! runs: the SQLite file through SQLite's online backup API (the store's
+//! `backup`), or the PostgreSQL database through `pg_dump`'s custom format
+//! (the store's `postgres::dump`, restored with `pg_restore`).
 
 use std::path::Path;
 
@@ -7,9 +9,23 @@ use anyhow::Context;
 
 use crate::settings::Settings;
 
-/// Copies the configured SQLite file to `file`, which must not exist.
+/// Copies the configured database to `file`, which must not exist.
 pub(crate) fn run(settings: &Settings, file: &Path) -> anyhow::Result<()> {
-    crate::database::sqlite_only(settings, "backup", "back the database up with pg_dump")?;
+    if let Some(url) = settings.storage.postgres_url() {
+        // Reached (and its schema brought up to date) first, so that a bad
+        // `storage.url` is bad configuration naming the key, as for every command.
+        crate::database::open(url)?;
+        let report = messenger_store::postgres::dump(url, file)
+            .with_context(|| format!("backing up storage.url to {}", file.display()))?;
+        println!(
+            "backed up {} to {} with pg_dump (custom format): {} bytes in {} ms",
+            report.database,
+            file.display(),
+            report.bytes,
+            report.elapsed.as_millis()
+        );
+        return Ok(());
+    }
     let path = &settings.storage.path;
     let report = messenger_store::backup(path, file)
         .with_context(|| format!("backing up {} to {}", path.display(), file.display()))?;

@@ -52,15 +52,3 @@ pub(crate) fn check(settings: &Settings) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Refuses, as bad configuration, a command that works on the SQLite file only
-/// when the storage is PostgreSQL, saying what to use instead.
-pub(crate) fn sqlite_only(settings: &Settings, command: &str, instead: &str) -> anyhow::Result<()> {
-    if settings.storage.postgres_url().is_none() {
-        return Ok(());
-    }
-    Err(config_failure(anyhow::anyhow!(
-        "storage.backend = \"postgres\": `messenger {command}` works on the SQLite file only \
-         so far; {instead}"
-    )))
-}

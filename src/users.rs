@@ -1,6 +1,5 @@
 //! `messenger user ...`: the account store from the command line.
 
-use messenger_accounts::Accounts;
 use messenger_protocol::{DeviceId, UserId};
 
 use crate::chat::format_ts;
@@ -11,14 +10,40 @@ use crate::settings::Settings;
 /// the PostgreSQL database).
 pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
     let path = &settings.storage.path;
-    let on_postgres = settings.storage.postgres_url().is_some();
-    if matches!(cmd, UserCommand::Remove { .. }) {
-        crate::database::sqlite_only(
-            settings,
-            "user remove",
-            "`messenger user disable` signs the account out and keeps it from signing in",
-        )?;
+    let postgres = settings.storage.postgres_url();
+    match (cmd, postgres) {
+        (UserCommand::Remove { name, erase }, Some(url)) => {
+            let user = UserId::parse(&name)?;
+            let mut client = crate::database::open(url)?;
+            if erase {
+                let files = settings.storage.files_dir();
+                let erased = messenger_store::postgres::erase_user(&mut client, &files, &user)?;
+                println!("removed {user}; erased the text of {erased} messages");
+            } else {
+                messenger_store::postgres::remove_user(&mut client, &user)?;
+                println!("removed {user}");
+            }
+            Ok(())
+        }
+        (UserCommand::List, Some(url)) => {
+            let mut client = crate::database::open(url)?;
+            print!(
+                "{}",
+                list(messenger_store::postgres::list_users(&mut client)?)
+            );
+            Ok(())
+        }
+        (cmd, _) => account_command(settings, path, cmd),
     }
+}
+
+/// The commands that go through the account store (and, on SQLite, removal and
+/// the list, which read and write the shared file).
+fn account_command(
+    settings: &Settings,
+    path: &std::path::Path,
+    cmd: UserCommand,
+) -> anyhow::Result<()> {
     let accounts = crate::database::accounts(settings)?;
     match cmd {
         UserCommand::Add { name, password } => {
@@ -41,8 +66,7 @@ pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
             let erased = messenger_store::erase_user(path, &settings.storage.files_dir(), &user)?;
             println!("removed {user}; erased the text of {erased} messages");
         }
-        UserCommand::List if on_postgres => print!("{}", list_accounts(&accounts)?),
-        UserCommand::List => print!("{}", list(path)?),
+        UserCommand::List => print!("{}", list(messenger_store::list_users(path)?)),
         UserCommand::Disable { name } => {
             let user = UserId::parse(&name)?;
             if accounts.set_disabled(&user, true)? {
@@ -68,33 +92,15 @@ pub(crate) fn run(settings: &Settings, cmd: UserCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `messenger user list` on PostgreSQL: the accounts alone (devices and presence
-/// are the engine's, not built there yet).
-fn list_accounts(accounts: &Accounts) -> anyhow::Result<String> {
-    let time = |ms: i64| format_ts(u64::try_from(ms).unwrap_or(0));
-    let mut out = format!(
-        "{:<32}  {:<19}  {:<19}\n",
-        "USER", "CREATED (UTC)", "DISABLED SINCE"
-    );
-    for account in accounts.accounts()? {
-        out.push_str(&format!(
-            "{:<32}  {:<19}  {:<19}\n",
-            account.user.as_str(),
-            time(account.created_ms),
-            account.disabled_ms.map_or_else(|| "-".to_owned(), time),
-        ));
-    }
-    Ok(out)
-}
-
-/// `messenger user list`: a header, then one line per account.
-fn list(path: &std::path::Path) -> anyhow::Result<String> {
+/// `messenger user list`: a header, then one line per account (the same on
+/// both engines).
+fn list(summaries: Vec<messenger_store::UserSummary>) -> String {
     let time = |ms: i64| format_ts(u64::try_from(ms).unwrap_or(0));
     let mut out = format!(
         "{:<32}  {:<19}  {:<19}  {:>7}  {:>6}\n",
         "USER", "CREATED (UTC)", "DISABLED SINCE", "DEVICES", "ONLINE"
     );
-    for summary in messenger_store::list_users(path)? {
+    for summary in summaries {
         let account = &summary.account;
         out.push_str(&format!(
             "{:<32}  {:<19}  {:<19}  {:>7}  {:>6}\n",
@@ -105,5 +111,5 @@ fn list(path: &std::path::Path) -> anyhow::Result<String> {
             summary.online,
         ));
     }
-    Ok(out)
+    out
 }

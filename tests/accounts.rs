@@ -226,9 +226,24 @@ async fn user_commands_run_on_postgres() {
         (users, tokens)
     });
     assert_eq!(counted, (1, 1));
-    // Removal takes conversations with it: refused until the engine exists.
-    let out = on_postgres(&messenger, &url, &["user", "remove", "ann"]).await;
-    postgres::assert_refused(&out, "storage.backend", "SQLite file only", "user remove");
+    // Removal takes the account's rows with it, in the database.
+    let out = on_postgres(&messenger, &url, &["user", "remove", "ann"])
+        .await
+        .ok();
+    assert_eq!(out, "removed ann\n");
+    let left = blocking(|| {
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
+        let users: i64 = client
+            .query_one("SELECT COUNT(*) FROM users", &[])
+            .expect("count")
+            .get(0);
+        let tokens: i64 = client
+            .query_one("SELECT COUNT(*) FROM token_hashes", &[])
+            .expect("count")
+            .get(0);
+        (users, tokens)
+    });
+    assert_eq!(left, (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
-//! `messenger backup` and `messenger export` against a running `messenger serve`:
-//! a backup taken under load restores into a fresh server with every message
-//! acked before it; an export holds exactly what its user may read.
+//! `messenger backup` and `messenger export` against a running `messenger serve`,
+//! on both engines: a backup taken under load restores into a fresh server with
+//! every message acked before it (SQLite: the copied file; PostgreSQL:
+//! `pg_dump`'s file through `pg_restore` into a fresh database); an export
+//! holds exactly what its user may read.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +14,13 @@ use messenger_protocol::ConvId;
 use serde_json::Value;
 
 use crate::util::process::Messenger;
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{uid, PATIENCE};
+
+on_both_engines!(
+    a_backup_under_load_restores_every_message_acked_before_it,
+    an_export_holds_exactly_what_the_user_may_read,
+);
 
 fn dm(a: &str, b: &str) -> ConvId {
     ConvId::direct(&uid(a), &uid(b)).expect("two distinct users")
@@ -46,12 +54,17 @@ async fn message_seqs(client: &Client, conv: &ConvId) -> BTreeSet<u64> {
 }
 
 /// Senders keep sending with acks while the backup runs; restored into a fresh
-/// directory, a fresh server has every message acked before the backup began.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_under_load_restores_every_message_acked_before_it() {
-    let messenger = Messenger::new();
+/// directory (or database), a fresh server has every message acked before the
+/// backup began.
+async fn a_backup_under_load_restores_every_message_acked_before_it(backend: Backend) {
+    let messenger = Messenger::on(backend);
     add_users(&messenger, &["alice", "bob"]).await;
-    let server = messenger.serve().await;
+    let mut server = messenger.serve().await;
+    // The first sends go out at once: the bridge has subscribed to them (on
+    // PostgreSQL it takes its slots' leases first).
+    server
+        .wait_for_log("Adding subscription on topic chat/+/out/+", 1)
+        .await;
     let conv = dm("alice", "bob");
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -73,12 +86,20 @@ async fn a_backup_under_load_restores_every_message_acked_before_it() {
     }
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while acked.lock().expect("lock").len() < 200 {
-        assert!(tokio::time::Instant::now() < deadline, "too few acks");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "too few acks: {}\n{}",
+            acked.lock().expect("lock").len(),
+            server.log()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 
     let before: BTreeSet<u64> = acked.lock().expect("lock").clone();
-    let file = messenger.dir().join("backup.db");
+    let file = messenger.dir().join(match backend {
+        Backend::Postgres => "backup.dump",
+        _ => "backup.db",
+    });
     let out = messenger
         .run(&["backup", &file.display().to_string()])
         .await
@@ -102,17 +123,26 @@ async fn a_backup_under_load_restores_every_message_acked_before_it() {
         .failed();
     assert!(refused.contains("already exists"), "{refused}");
     assert_eq!(std::fs::metadata(&file).expect("the copy").len(), size);
+    if backend == Backend::Postgres {
+        // Without pg_dump on PATH: a clear error, and no file left behind.
+        let other = messenger.dir().join("other.dump");
+        let mut cmd = messenger.command(&["backup", &other.display().to_string()]);
+        cmd.env("PATH", messenger.dir());
+        let err = messenger.run_command(cmd).await.failed();
+        assert!(err.contains("cannot run pg_dump"), "{err}");
+        assert!(!other.exists(), "no file is left behind");
+    }
     stop.store(true, Ordering::SeqCst);
     while let Some(done) = senders.join_next().await {
         done.expect("sender");
     }
     drop(server);
 
-    // Restore as docs/OPERATIONS.md says: the file at storage.path, nothing beside it.
-    let fresh = Messenger::new();
-    std::fs::create_dir_all(fresh.db().parent().expect("a directory")).expect("data dir");
-    std::fs::copy(&file, fresh.db()).expect("restore");
-    let restored = fresh.serve().await;
+    let fresh = restore(backend, &file).await;
+    let mut restored = fresh.serve().await;
+    restored
+        .wait_for_log("Adding subscription on topic chat/+/out/+", 1)
+        .await;
     let bob = restored.library("bob", "phone").await.0;
     let seqs = message_seqs(&bob, &conv).await;
     let missing: Vec<_> = before.difference(&seqs).collect();
@@ -131,12 +161,40 @@ async fn a_backup_under_load_restores_every_message_acked_before_it() {
     assert_eq!(ack.seq, last + 1);
 }
 
+/// Restores the backup `file` as docs/OPERATIONS.md says, into a fresh
+/// installation: on SQLite the file at storage.path, nothing beside it; on
+/// PostgreSQL `pg_restore` into a fresh, empty database.
+async fn restore(backend: Backend, file: &std::path::Path) -> Messenger {
+    if backend != Backend::Postgres {
+        let fresh = Messenger::new();
+        std::fs::create_dir_all(fresh.db().parent().expect("a directory")).expect("data dir");
+        std::fs::copy(file, fresh.db()).expect("restore");
+        return fresh;
+    }
+    let url = crate::util::postgres::database();
+    let mut cmd = std::process::Command::new("pg_restore");
+    cmd.arg("--no-owner")
+        .arg("--exit-on-error")
+        .arg("--dbname")
+        .arg(&url)
+        .arg(file);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("running pg_restore");
+    assert!(
+        out.status.success(),
+        "pg_restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Messenger::on_database(url)
+}
+
 /// The export holds the user's dm and groups, events as `history` shows them
 /// (edits, deletions and reactions folded in; a left group up to the leaving),
 /// their receipts, and nothing of other users' private chats.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_export_holds_exactly_what_the_user_may_read() {
-    let messenger = Messenger::new();
+async fn an_export_holds_exactly_what_the_user_may_read(backend: Backend) {
+    let messenger = Messenger::on(backend);
     add_users(&messenger, &["alice", "bob", "carol"]).await;
     let server = messenger.serve().await;
     let alice = server.library("alice", "phone").await.0;

@@ -3,7 +3,7 @@
 //! subscription to the blocker's status is refused (SUBACK 0x80) and a status
 //! they subscribed to before is withheld; unblocking restores both. Bad input
 //! changes nothing; the CLI, `messenger export` and `messenger user remove`.
-//! On both engines, but for `export` and `user remove` (SQLite only).
+//! On both engines.
 
 use serde_json::Value;
 
@@ -17,6 +17,7 @@ on_both_engines!(
     a_blocked_user_cannot_write_nor_see_presence_until_unblocked,
     bad_block_requests_get_clear_errors_and_change_nothing,
     the_cli_blocks_lists_and_unblocks,
+    export_lists_blocks_and_removal_drops_them,
 );
 
 async fn ask(device: &mut Client, user: &str, request: &str) -> Value {
@@ -263,10 +264,9 @@ async fn the_cli_blocks_lists_and_unblocks(backend: Backend) {
 }
 
 /// `export` lists a user's blocks; `user remove` drops the blocks of the user
-/// removed. SQLite only: both are refused on PostgreSQL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn export_lists_blocks_and_removal_drops_them() {
-    let (messenger, server) = serve_with(Backend::Embedded, &["alice", "bob", "carol"], &[]).await;
+/// removed.
+async fn export_lists_blocks_and_removal_drops_them(backend: Backend) {
+    let (messenger, server) = serve_with(backend, &["alice", "bob", "carol"], &[]).await;
     cli_blocks_bob(&messenger, &server).await;
     let out = messenger.dir().join("alice.json");
     messenger

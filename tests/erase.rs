@@ -5,12 +5,16 @@ use messenger_client::HistoryItem;
 use messenger_protocol::wire::Request;
 use messenger_protocol::ConvId;
 
+use crate::limits::count;
+use crate::users::devices_of;
 use crate::util::process::Messenger;
-use crate::util::uid;
+use crate::util::server::{on_both_engines, Backend};
+use crate::util::{uid, PATIENCE};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_erased_user_leaves_deletions_where_their_messages_were() {
-    let messenger = Messenger::new();
+on_both_engines!(an_erased_user_leaves_deletions_where_their_messages_were);
+
+async fn an_erased_user_leaves_deletions_where_their_messages_were(backend: Backend) {
+    let messenger = Messenger::on(backend);
     for user in ["alice", "bob"] {
         messenger
             .run(&["user", "add", user, "--password", "pw"])
@@ -44,6 +48,20 @@ async fn an_erased_user_leaves_deletions_where_their_messages_were() {
         .send(&team, "sensitive in a group")
         .await
         .expect("ack");
+
+    // `user list` counts alice's phone, online (as the bridge recorded it).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let list = messenger.run(&["user", "list"]).await.ok();
+        if devices_of(&list, "alice") == (1, 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's phone is not listed online: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let out = messenger
         .run(&["user", "remove", "alice", "--erase"])
@@ -88,6 +106,37 @@ async fn an_erased_user_leaves_deletions_where_their_messages_were() {
     assert!(found.results.is_empty(), "{:?}", found.results);
     let kept = bob.search("keeps", None, None, 20).await.expect("search");
     assert_eq!(kept.results.len(), 1);
+
+    // In the database: nothing of alice's is left but her erased messages.
+    for (what, table, filter) in [
+        (
+            "text",
+            "events",
+            "sender = 'alice' AND kind IN ('message', 'edit') AND body IS NOT NULL",
+        ),
+        (
+            "live messages",
+            "events",
+            "sender = 'alice' AND kind = 'message' AND COALESCE(deleted, FALSE) = FALSE",
+        ),
+        (
+            "request ids",
+            "events",
+            "sender = 'alice' AND req_id IS NOT NULL",
+        ),
+        ("memberships", "members", "\"user\" = 'alice'"),
+        ("inbox", "inbox", "\"user\" = 'alice'"),
+        ("devices", "devices", "\"user\" = 'alice'"),
+        ("reactions", "reactions", "seq = 1"),
+        ("account", "users", "name = 'alice'"),
+    ] {
+        assert_eq!(count(&messenger, table, filter), 0, "{what}");
+    }
+    assert_eq!(
+        count(&messenger, "conversations", "kind = 'dm' AND closed = TRUE"),
+        1,
+        "the 1-1 chat is closed"
+    );
 
     let err = messenger
         .run(&["user", "remove", "nobody", "--erase"])

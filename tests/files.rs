@@ -31,6 +31,7 @@ on_both_engines!(
     a_cut_upload_leaves_nothing_behind,
     a_stalled_upload_gets_408_and_leaves_nothing,
     a_file_goes_with_the_last_message_that_carries_it,
+    erasing_a_user_lets_go_of_the_files_of_their_messages,
     uploads_no_message_carries_are_swept,
     bytes_two_uploads_share_stay_while_either_row_does,
     wrong_passwords_over_http_count_in_the_sign_in_throttle,
@@ -635,11 +636,10 @@ async fn a_file_goes_with_the_last_message_that_carries_it(backend: Backend) {
     }
 }
 
-/// `user remove --erase` lets go of the files of the messages it erases.
-/// SQLite only: `user remove` is refused on PostgreSQL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn erasing_a_user_lets_go_of_the_files_of_their_messages() {
-    let (messenger, server) = server_with(Backend::Embedded, &[]).await;
+/// `user remove --erase` lets go of the files of the messages it erases (on
+/// PostgreSQL their bytes go under their hash locks).
+async fn erasing_a_user_lets_go_of_the_files_of_their_messages(backend: Backend) {
+    let (messenger, server) = server_with(backend, &[]).await;
     let (path, _) = random_file(messenger.dir(), "c.bin", 3000);
     let carols = upload(&web(&server, "carol", "pw"), &path).await;
     let (carol, _) = server.library("carol", "phone").await;

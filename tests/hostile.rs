@@ -3,7 +3,6 @@
 //! user name after an account was removed. Each test fails on the code before
 //! its fix.
 
-use messenger_accounts::Accounts;
 use messenger_bridge::config::Limits;
 use messenger_protocol::ConvId;
 use serde_json::{json, Value};
@@ -16,6 +15,7 @@ on_both_engines!(
     device_ids_per_user_are_capped,
     a_request_whose_error_would_be_huge_does_not_stop_delivery,
     numbers_out_of_range_are_bad_requests_naming_the_field,
+    a_new_account_with_a_removed_users_name_starts_empty,
 );
 
 const USERS: &[(&str, &str)] = &[("alice", "alice-pw"), ("bob", "bob-pw")];
@@ -380,14 +380,13 @@ async fn device_ids_per_user_are_capped(backend: Backend) {
 /// devices, tokens and memberships with it; the 1-1 chat refuses new messages
 /// with `unknown_user`; a new account of that name starts empty, cannot read the
 /// old chats, and a request id of the old account's is no repeat for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_account_with_a_removed_users_name_starts_empty() {
+async fn a_new_account_with_a_removed_users_name_starts_empty(backend: Backend) {
     let users = [
         ("alice", "alice-pw"),
         ("bob", "bob-pw"),
         ("victim", "old-pw"),
     ];
-    let server = TestServer::start(Backend::Embedded, &users).await;
+    let server = TestServer::start(backend, &users).await;
     let mut bob = raw(&server, "bob", "bob-pw").await;
     let mut old = raw(&server, "victim", "old-pw").await;
     let said = old
@@ -410,11 +409,7 @@ async fn a_new_account_with_a_removed_users_name_starts_empty() {
     let token = old.reply("victim", br#"{"type":"token","id":"t"}"#).await;
     assert_eq!(token["type"], "token");
 
-    let db = server.db().clone();
-    tokio::task::spawn_blocking(move || messenger_store::remove_user(&db, &uid("victim")))
-        .await
-        .expect("join")
-        .expect("remove");
+    server.remove_user("victim").await;
     old.disconnected().await;
 
     // The first half: the chat with a removed user takes no new messages, and
@@ -444,15 +439,7 @@ async fn a_new_account_with_a_removed_users_name_starts_empty() {
     assert_eq!(names, ["alice", "bob"]);
 
     // The second half: a new account of that name starts empty.
-    let db = server.db().clone();
-    tokio::task::spawn_blocking(move || {
-        Accounts::open(&db)
-            .expect("accounts")
-            .add(&uid("victim"), "new-pw")
-    })
-    .await
-    .expect("join")
-    .expect("add");
+    server.add_user("victim", "new-pw").await;
     let mut new = raw(&server, "victim", "new-pw").await;
     let sync = new
         .reply("victim", br#"{"type":"sync","id":"s","after":0}"#)
@@ -506,13 +493,8 @@ async fn a_new_account_with_a_removed_users_name_starts_empty() {
         .await;
     assert_eq!(answer["seq"], 3, "{answer}");
     // The old device token is gone with the account.
-    let tokens: i64 = rusqlite::Connection::open(server.db())
-        .expect("db")
-        .query_row(
-            "SELECT COUNT(*) FROM device_tokens WHERE user = 'victim'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
+    let tokens = server
+        .count("SELECT COUNT(*) FROM device_tokens WHERE \"user\" = 'victim'")
+        .await;
     assert_eq!(tokens, 0);
 }

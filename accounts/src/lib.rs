@@ -410,6 +410,19 @@ pub fn issue_token(
     Ok(token)
 }
 
+/// Deletes a user and their tokens and records the revocation (which signs out
+/// their connections on every broker node), inside the caller's PostgreSQL
+/// transaction. `NotFound` if the user does not exist.
+pub fn remove_user_postgres(
+    tx: &mut impl postgres::GenericClient,
+    user: &UserId,
+) -> Result<(), AccountsError> {
+    if !records::postgres::remove_user(tx, user.as_str(), now_ms())? {
+        return Err(AccountsError::NotFound(user.clone()));
+    }
+    Ok(())
+}
+
 /// Issues a device token inside the caller's PostgreSQL transaction (the bridge
 /// issues tokens inside its own). `NotFound` if the user does not exist.
 pub fn issue_token_postgres(

@@ -22,6 +22,7 @@
 //!   copying a SQLite install into it.
 
 pub mod config;
+mod export;
 mod failure;
 mod outcome;
 pub mod postgres;
@@ -81,6 +82,15 @@ pub enum StoreError {
     /// PostgreSQL could not be reached again in time after the connection broke.
     #[error("storage: PostgreSQL is unreachable: {0}")]
     Unavailable(String),
+    /// The PostgreSQL connection string is unusable.
+    #[error(transparent)]
+    Connect(#[from] postgres::PostgresError),
+    /// `pg_dump` could not be run.
+    #[error("cannot run pg_dump ({0}): install PostgreSQL's client tools (the server's version or newer) so that pg_dump is on PATH")]
+    DumpMissing(String),
+    /// `pg_dump` ran and failed.
+    #[error("pg_dump failed: {0}")]
+    DumpFailed(String),
     /// Reading for an export failed (the cause is logged).
     #[error("reading: {0}")]
     Read(String),

@@ -100,6 +100,14 @@ impl Messenger {
         messenger
     }
 
+    /// A fresh installation on the PostgreSQL database `url` (e.g. one a backup
+    /// was restored into).
+    pub(crate) fn on_database(url: String) -> Self {
+        let mut messenger = Self::new();
+        messenger.postgres = Some(url);
+        messenger
+    }
+
     /// The PostgreSQL database, when the installation is on one.
     pub(crate) fn postgres_url(&self) -> Option<&str> {
         self.postgres.as_deref()
@@ -181,9 +189,23 @@ impl Messenger {
         }
     }
 
-    /// Checks a password against the SQLite file directly, as the broker would.
+    /// Checks a password against the installation's account store directly (the
+    /// SQLite file or the PostgreSQL database), as the broker would.
     pub(crate) async fn verify(&self, user: &str, password: &str) -> Verdict {
-        let (db, user, password) = (self.db(), uid(user), password.to_owned());
+        let (user, password) = (uid(user), password.to_owned());
+        if let Some(url) = self.postgres.clone() {
+            return super::postgres::blocking(move || {
+                let client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+                let reconnect = move || {
+                    postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())
+                };
+                Accounts::on_postgres(client, Box::new(reconnect))
+                    .expect("account store")
+                    .verify(&user, &did("phone"), &password)
+                    .expect("verify")
+            });
+        }
+        let db = self.db();
         tokio::task::spawn_blocking(move || {
             Accounts::open(&db)
                 .expect("account store")

@@ -207,11 +207,6 @@ impl TestServer {
         }
     }
 
-    /// The SQLite file.
-    pub(crate) fn db(&self) -> &PathBuf {
-        &self.db
-    }
-
     /// The PostgreSQL database, for [`Backend::Postgres`].
     pub(crate) fn postgres_url(&self) -> Option<&str> {
         match &self.broker {
@@ -258,6 +253,50 @@ impl TestServer {
                 })
                 .await
                 .expect("join")
+            }
+        }
+    }
+
+    /// Removes `user` as `messenger user remove` does, on the bridge's database.
+    pub(crate) async fn remove_user(&self, user: &str) {
+        let user = uid(user);
+        match self.postgres_url().map(str::to_owned) {
+            Some(url) => super::postgres::blocking(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+                messenger_store::postgres::remove_user(&mut client, &user).expect("remove");
+            }),
+            None => {
+                let db = self.db.clone();
+                tokio::task::spawn_blocking(move || messenger_store::remove_user(&db, &user))
+                    .await
+                    .expect("join")
+                    .expect("remove");
+            }
+        }
+    }
+
+    /// Adds the account `user` with `password` to the bridge's database.
+    pub(crate) async fn add_user(&self, user: &str, password: &str) {
+        let (user, password) = (uid(user), password.to_owned());
+        match self.postgres_url().map(str::to_owned) {
+            Some(url) => super::postgres::blocking(move || {
+                let client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+                let reconnect = move || {
+                    postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())
+                };
+                Accounts::on_postgres(client, Box::new(reconnect))
+                    .expect("account store")
+                    .add(&user, &password)
+                    .expect("add");
+            }),
+            None => {
+                let db = self.db.clone();
+                tokio::task::spawn_blocking(move || {
+                    Accounts::open(&db).expect("accounts").add(&user, &password)
+                })
+                .await
+                .expect("join")
+                .expect("add");
             }
         }
     }

@@ -156,12 +156,9 @@ impl Records for PostgresRecords {
         let name = name.to_owned();
         self.with(move |c| {
             let mut tx = c.transaction()?;
-            let n = tx.execute("DELETE FROM users WHERE name = $1", &[&name])?;
-            if n == 0 {
+            if !remove_user(&mut tx, &name, now)? {
                 return Ok(false);
             }
-            drop_tokens(&mut tx, &name)?;
-            revoke(&mut tx, &name, now)?;
             tx.commit()?;
             Ok(true)
         })
@@ -316,6 +313,22 @@ impl Records for PostgresRecords {
             .is_some())
         })
     }
+}
+
+/// Deletes the user, their tokens (and lookup rows), and records the
+/// revocation, inside the caller's transaction; `false` if there is no such user.
+pub(crate) fn remove_user(
+    tx: &mut impl GenericClient,
+    name: &str,
+    now: i64,
+) -> Result<bool, postgres::Error> {
+    let n = tx.execute("DELETE FROM users WHERE name = $1", &[&name])?;
+    if n == 0 {
+        return Ok(false);
+    }
+    drop_tokens(tx, name)?;
+    revoke(tx, name, now)?;
+    Ok(true)
 }
 
 /// Stores a device's token hash (replacing its old one) inside the caller's

@@ -2,16 +2,25 @@
 //! and copying a single-node SQLite install into an empty database (`copy`,
 //! `messenger migrate --to`).
 //!
-//! `engine` is the store that handles requests there ([`PostgresStore`]).
+//! `engine` is the store that handles requests there ([`PostgresStore`]), and
+//! the operator's commands on it ([`remove_user`], [`erase_user`],
+//! [`export_user`]); `roster` lists the accounts ([`list_users`]); `dump`
+//! backs the database up with `pg_dump` ([`dump`]).
 
 mod copy;
+mod dump;
 mod engine;
+mod roster;
 pub(crate) mod schema;
 
 /// The synchronous PostgreSQL client (rust-postgres), as [`connect`] returns it.
 pub use ::postgres::Client;
 pub use copy::{copy_from_sqlite, CopyError, CopyReport};
-pub use engine::{slot_spread, Connector, PostgresStore, Sharing};
+pub use dump::{dump, DumpReport};
+pub use engine::{
+    erase_user, export_user, remove_user, slot_spread, Connector, PostgresStore, Sharing,
+};
+pub use roster::list_users;
 
 use std::time::Duration;
 

@@ -17,7 +17,8 @@ use crate::Effect;
 /// Records a device's presence; returns the status publish if the user's aggregate changed.
 ///
 /// A user has at most `max_devices` devices: presence from one more device id
-/// is refused (logged, nothing stored or published).
+/// is refused (logged, nothing stored or published). Presence of a user that
+/// does not exist (a device whose account was just removed) records nothing.
 pub(crate) fn update(
     conn: &Connection,
     user: &UserId,
@@ -32,6 +33,11 @@ pub(crate) fn update(
         )?
         .execute(params![user.as_str(), device.as_str(), online, now])?;
     if known == 0 {
+        // The last word of a device cut by its account's removal: nothing to
+        // record for a user that no longer exists.
+        if !messenger_accounts::user_exists(conn, user)? {
+            return Ok(Vec::new());
+        }
         if device_count(conn, user)? >= max_devices {
             refused(user, device, max_devices);
             return Ok(vec![Effect::Forget {

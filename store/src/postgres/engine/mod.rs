@@ -24,17 +24,22 @@
 //!   at the end of the batch under per-hash advisory locks.
 //! - `retention`: removing events older than `storage.retention_days`, a step
 //!   at a time between batches, one bridge's step at a time.
+//! - `operator`, `removal`, `export`: the operator's commands (`messenger user
+//!   remove [--erase]`, `messenger export`) in transactions of their own.
 
 mod blocks;
 mod context;
 mod db;
+mod export;
 mod files;
 mod groups;
 mod leases;
 mod listing;
 mod messages;
+mod operator;
 mod presence;
 mod pushes;
+mod removal;
 mod retention;
 mod search;
 mod texts;
@@ -53,8 +58,10 @@ use std::collections::{HashMap, HashSet};
 
 use self::context::{Ctx, Looked};
 use self::db::{Db, Fault, Statements};
+pub use self::export::export_user;
 use self::leases::Leases;
 pub use self::leases::{slot_spread, Sharing};
+pub use self::removal::{erase_user, remove_user};
 use crate::config::Limits;
 use crate::rate::{Ledger, RateLimits};
 use crate::slots::slot_of;
@@ -64,7 +71,7 @@ use crate::{Effect, Failure, Housekeeping, Input, Liveness, Outcome, StoreError}
 
 /// How many times a batch runs again after conflicts with other bridges before
 /// its conflicting request is answered `internal` instead.
-const CONFLICT_RUNS: u32 = 8;
+pub(super) const CONFLICT_RUNS: u32 = 8;
 
 /// How long a batch keeps trying to reach a database that went away before it
 /// fails (its requests are then answered `internal`).

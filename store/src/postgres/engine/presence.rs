@@ -25,16 +25,22 @@ pub(super) fn update(
     max_devices: usize,
 ) -> Result<Vec<Effect>, postgres::Error> {
     // The user's presence row, locked to the commit (created offline if new, so
-    // that the first device online is a change).
+    // that the first device online is a change). None for a user that does not
+    // exist: the last word of a device cut by its account's removal
+    // (`removal`, which deletes this row first) records nothing.
     db.exec(
-        "INSERT INTO presence (\"user\", online, last_seen) VALUES ($1, FALSE, NULL)
+        "INSERT INTO presence (\"user\", online, last_seen)
+         SELECT $1, FALSE, NULL WHERE EXISTS (SELECT 1 FROM users WHERE name = $1)
          ON CONFLICT (\"user\") DO NOTHING",
         &[&user.as_str()],
     )?;
-    let stored = db.one(
+    let Some(stored) = db.opt(
         "SELECT online, last_seen FROM presence WHERE \"user\" = $1 FOR UPDATE",
         &[&user.as_str()],
-    )?;
+    )?
+    else {
+        return Ok(Vec::new());
+    };
     let (was_online, seen): (bool, Option<u64>) = (stored.try_get(0)?, opt_nat(&stored, 1)?);
     let known = db.exec(
         "UPDATE devices SET online = $3, changed_ms = $4 WHERE \"user\" = $1 AND device = $2",

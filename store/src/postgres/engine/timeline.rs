@@ -178,7 +178,7 @@ impl Ctx<'_, '_> {
     /// `uploads` row of each file no other message carries. The upload catalog
     /// is not on PostgreSQL yet (each broker node keeps its uploads), so the
     /// bytes on disk are left where they are.
-    fn detach(&self, conv: &str, seq: u64) -> Result<(), postgres::Error> {
+    pub(super) fn detach(&self, conv: &str, seq: u64) -> Result<(), postgres::Error> {
         let files = self.db.rows(
             "DELETE FROM attachments WHERE conv = $1 AND seq = $2 RETURNING file",
             &[&conv, &int(seq)],
