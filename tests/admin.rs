@@ -3,13 +3,11 @@
 //! bad configuration (exit 64) before anything listens; each on SQLite and on
 //! PostgreSQL (where the storage size is the database's).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::util::client::GRANTED;
-use crate::util::process::{free_addr, free_addr_below_ephemeral, is_free, Messenger, Server};
+use crate::util::process::{free_addr, free_addr_below_ephemeral, is_free, Messenger};
 use crate::util::server::{on_both_engines, Backend};
 use crate::util::{Transport, PATIENCE};
 
@@ -22,55 +20,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// The service password `messenger broker` and `messenger bridge` share.
 const SERVICE_PASSWORD: &str = "bridge-secret";
 
-/// `GET path` over plain HTTP/1.1; the status code and the body.
-pub(crate) async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(admin)
-        .await
-        .unwrap_or_else(|err| panic!("connecting to the admin listener {admin}: {err}"));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut response = String::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
-        .await
-        .expect("a response in time")
-        .expect("reading the response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Polls `path` until it answers `status`; the body then.
-pub(crate) async fn wait_for_status(server: &Server, path: &str, status: u16) -> String {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if tokio::net::TcpStream::connect(server.admin).await.is_ok() {
-            let (got, body) = get(server.admin, path).await;
-            if got == status {
-                return body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{path} still answers {got} ({body:?}), not {status}, after {PATIENCE:?}:\n{}",
-                server.log()
-            );
-        } else {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the admin listener {} is not up after {PATIENCE:?}:\n{}",
-                server.admin,
-                server.log()
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
+pub(crate) use crate::util::process::{get, wait_for_status};
 
 /// The value of one series (`name{labels}` exactly as rendered) in a `/metrics` body.
 fn value(metrics: &str, series: &str) -> f64 {

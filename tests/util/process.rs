@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use messenger_accounts::{Accounts, Verdict};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{did, uid, ClientOptions, Transport, PATIENCE};
 
@@ -217,7 +218,8 @@ impl Messenger {
     }
 
     /// `messenger serve` on free ports (revocations polled every 100 ms); returns
-    /// once its MQTT port accepts connections.
+    /// once its MQTT port accepts connections and it is ready (`/readyz`: the
+    /// bridge has subscribed).
     /// Its MQTT port is below the ephemeral range: a test may restart it on the same
     /// port while devices are dialling it (see [`free_addr_below_ephemeral`]).
     pub(crate) async fn serve(&self) -> Server {
@@ -229,6 +231,9 @@ impl Messenger {
     pub(crate) async fn serve_on(&self, mqtt: SocketAddr, ws: SocketAddr) -> Server {
         let mut server = self.spawn_serve(mqtt, ws);
         server.wait_until_accepting().await;
+        // As a load balancer would: a device that sends before the bridge has
+        // subscribed gets no answer until its retry.
+        wait_for_status(&server, "/readyz", 200).await;
         server
     }
 
@@ -423,5 +428,55 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// `GET path` over plain HTTP/1.1; the status code and the body.
+pub(crate) async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .unwrap_or_else(|err| panic!("connecting to the admin listener {admin}: {err}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .expect("a response in time")
+        .expect("reading the response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `path` until it answers `status`; the body then.
+pub(crate) async fn wait_for_status(server: &Server, path: &str, status: u16) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if tokio::net::TcpStream::connect(server.admin).await.is_ok() {
+            let (got, body) = get(server.admin, path).await;
+            if got == status {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path} still answers {got} ({body:?}), not {status}, after {PATIENCE:?}:\n{}",
+                server.log()
+            );
+        } else {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the admin listener {} is not up after {PATIENCE:?}:\n{}",
+                server.admin,
+                server.log()
+            );
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
