@@ -241,13 +241,23 @@ impl Prepared {
             pusher,
         };
         info!(broker = %address, "bridge starting");
+        let passed = Arc::new(std::sync::Mutex::new(passed::Passed::new(ownership.mask())));
+        if bridge.storage.postgres_url().is_some() {
+            tokio::spawn(mqtt::hand_on_taken_slots(
+                passed.clone(),
+                ownership.clone(),
+                jobs_tx.clone(),
+                epoch.clone(),
+                shutdown.clone(),
+            ));
+        }
         let intake = mqtt::Intake {
             client,
             jobs: Some(jobs_tx),
             epoch,
             ready: bridge.ready.clone(),
             subscribed: metrics.subscribed.clone(),
-            passed: passed::Passed::new(ownership.mask()),
+            passed,
             ownership,
         };
         intake.run(eventloop, done_rx, shutdown.clone()).await;

@@ -8,7 +8,7 @@
 //! to the broker, in receive order (rumqttd drops a client that acks out of order).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use messenger_protocol::topics::{self, Topic};
@@ -39,8 +39,9 @@ pub(crate) struct Intake {
     /// The users this bridge handles (all of them unless several bridges share
     /// a database); the others' publishes are acked and passed over.
     pub(crate) ownership: Arc<Ownership>,
-    /// What was passed over lately, handled if its slot is taken over.
-    pub(crate) passed: Passed,
+    /// What was passed over lately, handled if its slot is taken over; shared
+    /// with [`hand_on_taken_slots`], which looks while no publish comes.
+    pub(crate) passed: Arc<Mutex<Passed>>,
 }
 
 /// What to do after an event of the consumer connection.
@@ -59,21 +60,11 @@ impl Intake {
     ) {
         let mut draining = false;
         let mut failures: u32 = 0;
-        // A slot taken over while no publish comes: its kept work goes on at the next tick.
-        let mut handover = tokio::time::interval(RENEW_EVERY / 2);
-        handover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let polled = tokio::select! {
                 () = shutdown.cancelled(), if self.jobs.is_some() => {
                     info!("bridge stopping: finishing the batches in flight");
                     self.jobs = None;
-                    continue;
-                }
-                _ = handover.tick(), if self.jobs.is_some() => {
-                    let held = self.ownership.mask();
-                    if !self.hand_on_gained(held) {
-                        return;
-                    }
                     continue;
                 }
                 _ = &mut publisher_done, if !draining => {
@@ -149,12 +140,16 @@ impl Intake {
     /// A request or a presence change: to the writer, with the publish to ack;
     /// one of a user another bridge handles is kept (see `passed`) and acked.
     fn received(&mut self, publish: Publish) -> Next {
-        if self.jobs.is_none() {
+        let Some(jobs) = &self.jobs else {
             return Next::Continue;
-        }
+        };
+        let epoch = self.epoch.load(Ordering::Acquire);
+        // Held while queueing, so that work handed on after a handover goes
+        // before this publish, whichever task hands it on.
+        let mut passed = self.passed.lock().unwrap_or_else(PoisonError::into_inner);
         // One reading of the slots held, for the handover and for this publish.
         let held = self.ownership.mask();
-        if !self.hand_on_gained(held) {
+        if !hand_on(&mut passed, held, jobs, epoch) {
             return Next::Stop;
         }
         let work = work_of(&publish);
@@ -165,29 +160,21 @@ impl Intake {
             _ => false,
         };
         let work = if passed_over {
-            self.passed.keep(work, Instant::now());
+            passed.keep(work, Instant::now());
             Work::Skip
         } else {
             work
         };
-        if self.queue(work, Some(publish)) {
+        let job = Job {
+            work,
+            ack: Some(publish),
+            epoch,
+        };
+        if jobs.send(job).is_ok() {
             Next::Continue
         } else {
             Next::Stop
         }
-    }
-
-    /// Hands the writer the kept work of the slots gained since the last look
-    /// (nothing to ack: it was acked when passed over); false once the writer is gone.
-    fn hand_on_gained(&mut self, held: u64) -> bool {
-        let gained = self.passed.gained(held, Instant::now());
-        if !gained.is_empty() {
-            info!(
-                requests = gained.len(),
-                "slots taken over: handling what was passed over lately for their users"
-            );
-        }
-        gained.into_iter().all(|work| self.queue(work, None))
     }
 
     /// Hands a job to the writer; false once the writer is gone.
@@ -199,6 +186,57 @@ impl Intake {
             epoch: self.epoch.load(Ordering::Acquire),
         };
         jobs.send(job).is_ok()
+    }
+}
+
+/// Hands the writer the kept work of the slots gained since the last look
+/// (nothing to ack: it was acked when passed over); false once the writer is gone.
+fn hand_on(passed: &mut Passed, held: u64, jobs: &mpsc::UnboundedSender<Job>, epoch: u64) -> bool {
+    let gained = passed.gained(held, Instant::now());
+    if !gained.is_empty() {
+        info!(
+            requests = gained.len(),
+            "slots taken over: handling what was passed over lately for their users"
+        );
+    }
+    gained.into_iter().all(|work| {
+        jobs.send(Job {
+            work,
+            ack: None,
+            epoch,
+        })
+        .is_ok()
+    })
+}
+
+/// Several bridges: hands on the kept work of a slot taken over while no publish
+/// comes (the intake does when one does), looking twice per lease round until
+/// `shutdown` or the writer is gone. A task of its own: a timer in the intake's
+/// `select!` would drop its `EventLoop::poll` in the middle (of a reconnection,
+/// say), which rumqttc does not survive.
+pub(crate) async fn hand_on_taken_slots(
+    passed: Arc<Mutex<Passed>>,
+    ownership: Arc<Ownership>,
+    jobs: mpsc::UnboundedSender<Job>,
+    epoch: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(RENEW_EVERY / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut passed = passed.lock().unwrap_or_else(PoisonError::into_inner);
+        if !hand_on(
+            &mut passed,
+            ownership.mask(),
+            &jobs,
+            epoch.load(Ordering::Acquire),
+        ) {
+            return;
+        }
     }
 }
 
