@@ -8,6 +8,7 @@
 //! test that skipped would pass without having run.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -205,7 +206,10 @@ struct Driver {
 impl Driver {
     async fn start(tools: &Tools, log: &Path) -> Self {
         let addr = free_addr();
+        // A process group of its own: dropping the driver kills the browsers it
+        // started too, even when the test panicked before closing them.
         let child = Command::new(&tools.chromedriver)
+            .process_group(0)
             .arg(format!("--port={}", addr.port()))
             .arg("--allowed-ips=127.0.0.1")
             .arg(format!("--log-path={}", log.display()))
@@ -271,6 +275,12 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The whole group: chromedriver and every browser process under it.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

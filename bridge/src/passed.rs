@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use bytes::Bytes;
 use messenger_store::slots::{slot_of, HANDOVER_WINDOW};
 use messenger_store::Input;
 use serde::Deserialize;
@@ -75,6 +76,20 @@ impl Passed {
         let slot = match &work {
             Work::Request { user, .. } | Work::Store(Input::Presence { user, .. }) => slot_of(user),
             _ => return,
+        };
+        // A payload is a view of the MQTT client's read buffer: kept as is, it
+        // would hold that whole buffer for the window. Its own copy holds itself.
+        let work = match work {
+            Work::Request {
+                user,
+                device,
+                payload,
+            } => Work::Request {
+                user,
+                device,
+                payload: Bytes::copy_from_slice(&payload),
+            },
+            work => work,
         };
         let kept = Kept {
             at: now,
@@ -138,7 +153,6 @@ fn handed_on(work: &Work) -> bool {
 mod tests {
     use std::time::Duration;
 
-    use bytes::Bytes;
     use messenger_protocol::{DeviceId, UserId};
 
     use super::*;
