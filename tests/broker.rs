@@ -524,12 +524,13 @@ async fn removing_a_user_cuts_their_connection(transport: Transport, backend: Ba
     assert_eq!(bob.subscribe(&["chat/bob/inbox"]).await, [GRANTED]);
 }
 
+on_both_engines!(idle_websocket_handshake_does_not_block_others);
+
 /// An idle TCP connection to the WebSocket port that never sends its HTTP
 /// upgrade does not hold up a later WebSocket client: the later one is served
 /// while the idle one is still open (its handshake timeout is far away).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_websocket_handshake_does_not_block_others() {
-    let broker = TestBroker::start()
+async fn idle_websocket_handshake_does_not_block_others(backend: Backend) {
+    let broker = TestBroker::on(backend)
         .users(&[("alice", "alice-pw")])
         .config(|c| c.ws_handshake_timeout_ms = 60_000)
         .await;
@@ -546,12 +547,13 @@ async fn idle_websocket_handshake_does_not_block_others() {
     );
 }
 
+on_both_engines!(idle_websocket_handshake_times_out);
+
 /// A WebSocket client that does not finish its HTTP upgrade within
 /// `ws_handshake_timeout_ms` is disconnected.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_websocket_handshake_times_out() {
+async fn idle_websocket_handshake_times_out(backend: Backend) {
     let timeout = Duration::from_millis(300);
-    let broker = TestBroker::start()
+    let broker = TestBroker::on(backend)
         .config(|c| c.ws_handshake_timeout_ms = 300)
         .await;
     let started = Instant::now();
@@ -596,13 +598,14 @@ async fn a_password_change_spares_sign_ins_made_after_it(backend: Backend) {
     assert_eq!(new.subscribe(&["chat/alice/inbox"]).await, [GRANTED]);
 }
 
+on_both_engines!(the_last_member_of_a_shared_group_leaving_unacked_stops_nothing);
+
 /// The bridge's account may take the request stream through a shared
 /// subscription. When the last member of such a group leaves with a request it
 /// has not acked, the broker goes on routing for everyone (upstream rumqttd
 /// panicked in its router thread there: vendor/rumqttd/PATCHES.md, patch 11).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_member_of_a_shared_group_leaving_unacked_stops_nothing() {
-    let broker = three_users(Backend::Embedded).await;
+async fn the_last_member_of_a_shared_group_leaving_unacked_stops_nothing(backend: Backend) {
+    let broker = three_users(backend).await;
     let mut options = broker.bridge();
     options.tune(|o| {
         o.set_clean_session(false).set_manual_acks(true);

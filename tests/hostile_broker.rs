@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use ws_stream_tungstenite::WsStream;
 
 use crate::util::raw::{self, RawConnection, CONNACK_ACCEPTED};
-use crate::util::server::Backend;
+use crate::util::server::{on_both_engines, Backend};
 use crate::util::{
     did, over_transports_and_engines, refusal, uid, TestBroker, TestBrokerBuilder, Transport,
     BRIDGE_PASSWORD, BRIDGE_USER, PATIENCE,
@@ -60,13 +60,14 @@ async fn raw_ws(
     ws
 }
 
+on_both_engines!(ws_fragments_beyond_one_packet_are_cut);
+
 /// A client that sends an endless fragmented message (64 KiB non-final fragments,
 /// no MQTT CONNECT) is cut off once the fragments exceed one MQTT packet (128 KiB),
 /// instead of the server holding them all; other clients still sign in. The
 /// CONNECT timeout (which would end it anyway) is set beyond the test's patience.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ws_fragments_beyond_one_packet_are_cut() {
-    let broker = alice_and_bob(Backend::Embedded)
+async fn ws_fragments_beyond_one_packet_are_cut(backend: Backend) {
+    let broker = alice_and_bob(backend)
         .config(|c| c.connect_timeout_ms = 60_000)
         .await;
     let mut ws = raw_ws(&broker).await;
@@ -99,12 +100,13 @@ async fn ws_fragments_beyond_one_packet_are_cut() {
         .expect("the server still serves WebSocket clients");
 }
 
+on_both_engines!(ws_more_than_one_packet_before_connack_is_cut);
+
 /// A client that sends more than one packet's worth of bytes (here 1 KiB packets,
 /// so 17 KiB with the slack: a CONNECT and then 128 KiB of PINGREQs) before the broker has answered its
 /// CONNECT is cut off without an answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ws_more_than_one_packet_before_connack_is_cut() {
-    let broker = alice_and_bob(Backend::Embedded)
+async fn ws_more_than_one_packet_before_connack_is_cut(backend: Backend) {
+    let broker = alice_and_bob(backend)
         .config(|c| c.max_packet_bytes = 1024)
         .await;
     let mut conn = RawConnection::open(&broker, Transport::Ws).await;
@@ -168,10 +170,11 @@ async fn upgrade(broker: &TestBroker, protocols: &[&str]) -> (u16, Vec<String>) 
     (status, offered)
 }
 
+on_both_engines!(ws_subprotocol_mqtt_is_echoed_when_offered);
+
 /// `mqtt` is echoed when offered: alone, among others in one header, or in one of several headers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ws_subprotocol_mqtt_is_echoed_when_offered() {
-    let broker = alice_and_bob(Backend::Embedded).await;
+async fn ws_subprotocol_mqtt_is_echoed_when_offered(backend: Backend) {
+    let broker = alice_and_bob(backend).await;
     for offer in [
         &["mqtt"][..],
         &["foo, mqtt"],
@@ -186,17 +189,19 @@ async fn ws_subprotocol_mqtt_is_echoed_when_offered() {
     }
 }
 
+on_both_engines!(ws_without_subprotocol_gets_none);
+
 /// With no subprotocol offered, the upgrade succeeds without one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ws_without_subprotocol_gets_none() {
-    let broker = alice_and_bob(Backend::Embedded).await;
+async fn ws_without_subprotocol_gets_none(backend: Backend) {
+    let broker = alice_and_bob(backend).await;
     assert_eq!(upgrade(&broker, &[]).await, (101, vec![]));
 }
 
+on_both_engines!(ws_unknown_subprotocols_are_refused_with_400);
+
 /// Offering only subprotocols the server does not speak gets HTTP 400.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ws_unknown_subprotocols_are_refused_with_400() {
-    let broker = alice_and_bob(Backend::Embedded).await;
+async fn ws_unknown_subprotocols_are_refused_with_400(backend: Backend) {
+    let broker = alice_and_bob(backend).await;
     for offer in [&["mqttv3.1"][..], &["foo, bar"], &["foo", "bar"], &["MQTT"]] {
         assert_eq!(upgrade(&broker, offer).await, (400, vec![]), "{offer:?}");
     }

@@ -121,12 +121,13 @@ async fn mosquitto_sub_is_refused_another_users_inbox(backend: Backend) {
     );
 }
 
+on_both_engines!(generated_acl_holds_on_a_mosquitto_broker);
+
 /// The ACL that `messenger acl --format mosquitto` prints holds on a real
 /// Mosquitto broker: no forbidden publish is routed, no forbidden subscription
 /// receives anything, allowed traffic flows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generated_acl_holds_on_a_mosquitto_broker() {
-    let messenger = Messenger::new();
+async fn generated_acl_holds_on_a_mosquitto_broker(backend: Backend) {
+    let messenger = Messenger::on(backend);
     let acl = messenger.run(&["acl", "--format", "mosquitto"]).await.ok();
     let broker = Mosquitto::start(
         messenger.dir(),
