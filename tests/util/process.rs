@@ -29,17 +29,28 @@ pub(crate) fn free_addr() -> SocketAddr {
 /// a server that a client starts dialling before the server listens: a connect to
 /// a closed port in the ephemeral range can pick that same port as its source and
 /// connect to itself (TCP simultaneous open), which then holds the port.
+///
+/// Never the same port twice in one test binary: a port handed out is free
+/// again until its server binds it, and another pick (of the same test, or of
+/// a test running beside it) must not take it meanwhile.
 pub(crate) fn free_addr_below_ephemeral() -> SocketAddr {
     use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let start: u16 = rand::thread_rng().gen_range(0..12_000);
-    (0..12_000u16)
+    let addr = (0..12_000u16)
         .map(|i| 20_000 + (start + i) % 12_000)
+        .filter(|port| !handed_out.contains(port))
         .find_map(|port| {
             TcpListener::bind(("127.0.0.1", port))
                 .and_then(|l| l.local_addr())
                 .ok()
         })
-        .expect("a free port below the ephemeral range")
+        .expect("a free port below the ephemeral range");
+    handed_out.push(addr.port());
+    addr
 }
 
 /// Whether nothing listens on `addr` (binding it succeeds).
