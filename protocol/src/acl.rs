@@ -6,6 +6,9 @@
 //! any user's `status`. The service account consumes `out` and `presence`
 //! (optionally through `$share/<group>/` shared subscriptions, to scale out) and
 //! publishes `inbox`, `dev` and `status`. Everything else is refused.
+//!
+//! The same rules are rendered for Mosquitto ([`mosquitto_acl`]) and as NATS
+//! permissions ([`nats_permissions`], for a broker tier on NATS; issue 16).
 
 use crate::ids::{DeviceId, UserId};
 use crate::topics::{Topic, OUT_FILTER, PRESENCE_FILTER};
@@ -92,6 +95,46 @@ pub fn mosquitto_acl(service_user: &str) -> String {
     )
 }
 
+/// The NATS subjects a principal may publish and subscribe to, for a broker tier
+/// on NATS (MQTT topic `a/b/c` is subject `a.b.c`, `+` is `*`, `#` is `>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsPermissions {
+    /// Subjects (with NATS wildcards) the principal may publish to.
+    pub publish: Vec<String>,
+    /// Subjects (with NATS wildcards) the principal may subscribe to.
+    pub subscribe: Vec<String>,
+}
+
+/// The rules of [`may_publish`] and [`may_subscribe`] as NATS permissions.
+///
+/// One rule cannot be said in NATS permissions: a user may subscribe to any one
+/// user's `status/<user>` but not to `status/+` (every status at once), while a
+/// NATS permission that allows every `status.<user>` allows the wildcard
+/// subscription `status.*` too. Nor are ids checked for their form where a
+/// NATS wildcard stands (`status/Not-An-Id` is allowed there, and receives
+/// nothing). The service account's JetStream and reply
+/// subjects are the deployment's (`messenger nats-config`), not these.
+pub fn nats_permissions(who: &Principal) -> NatsPermissions {
+    let owned = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
+    match who {
+        Principal::User(user) => {
+            let u = user.as_str();
+            NatsPermissions {
+                publish: vec![format!("chat.{u}.out.*"), format!("presence.{u}.*")],
+                subscribe: vec![
+                    format!("chat.{u}.inbox"),
+                    format!("chat.{u}.dev.*"),
+                    "status.*".to_owned(),
+                ],
+            }
+        }
+        Principal::Service => NatsPermissions {
+            publish: owned(&["chat.*.inbox", "chat.*.dev.*", "status.*", "presence.*.*"]),
+            subscribe: owned(&["chat.*.out.*", "presence.*.*"]),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +216,115 @@ mod tests {
         assert!(!may_will(&a, "presence/bob/phone"));
         assert!(!may_will(&a, "status/alice"));
         assert!(!may_will(&a, "chat/alice/out/phone"));
+    }
+
+    /// An MQTT topic or filter as a NATS subject.
+    fn subject(topic: &str) -> String {
+        topic
+            .split('/')
+            .map(|level| match level {
+                "+" => "*",
+                "#" => ">",
+                other => other,
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// Whether the NATS permission `pattern` covers every subject of `subject`
+    /// (a subscription with wildcards needs a pattern at least as wide).
+    fn covers(pattern: &str, subject: &str) -> bool {
+        let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
+        loop {
+            match (p.next(), s.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(token)) if token != ">" => {}
+                (Some(a), Some(b)) if a == b && a != "*" && a != ">" => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    fn allowed(list: &[String], topic: &str) -> bool {
+        list.iter().any(|pattern| covers(pattern, &subject(topic)))
+    }
+
+    #[test]
+    fn nats_permissions_say_what_the_acl_says() {
+        let a = alice();
+        let user = nats_permissions(&a);
+        let topics = [
+            "chat/alice/out/phone",
+            "presence/alice/phone",
+            "chat/bob/out/phone",
+            "presence/bob/phone",
+            "chat/alice/inbox",
+            "chat/alice/dev/phone",
+            "chat/bob/inbox",
+            "chat/bob/dev/phone",
+            "status/alice",
+            "status/bob",
+            "other",
+            "chat/alice/out/phone/extra",
+        ];
+        for topic in topics {
+            assert_eq!(
+                allowed(&user.publish, topic),
+                may_publish(&a, topic),
+                "user publish {topic}"
+            );
+        }
+        let filters = [
+            "chat/alice/inbox",
+            "chat/alice/dev/phone",
+            "chat/alice/dev/+",
+            "status/bob",
+            "#",
+            "chat/#",
+            "chat/+/inbox",
+            "chat/bob/inbox",
+            "chat/bob/dev/+",
+            "chat/alice/#",
+            "chat/alice/out/+",
+            "status/#",
+            "presence/+/+",
+            "presence/alice/phone",
+            "chat/alice/dev/#",
+        ];
+        for filter in filters {
+            assert_eq!(
+                allowed(&user.subscribe, filter),
+                may_subscribe(&a, filter),
+                "user subscribe {filter}"
+            );
+        }
+        // The one rule NATS permissions cannot say (see `nats_permissions`).
+        assert!(!may_subscribe(&a, "status/+"));
+        assert!(allowed(&user.subscribe, "status/+"));
+
+        let s = Principal::Service;
+        let service = nats_permissions(&s);
+        for topic in [
+            "chat/bob/inbox",
+            "chat/bob/dev/phone",
+            "status/bob",
+            "presence/bob/phone",
+            "chat/bob/out/phone",
+            "other",
+        ] {
+            assert_eq!(
+                allowed(&service.publish, topic),
+                may_publish(&s, topic),
+                "service publish {topic}"
+            );
+        }
+        for filter in ["chat/+/out/+", "presence/+/+", "#", "chat/+/inbox"] {
+            assert_eq!(
+                allowed(&service.subscribe, filter),
+                may_subscribe(&s, filter),
+                "service subscribe {filter}"
+            );
+        }
     }
 }
