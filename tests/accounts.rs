@@ -213,37 +213,29 @@ async fn user_commands_run_on_postgres() {
     );
     // In the database, not in a SQLite file.
     assert!(!messenger.db().exists(), "no SQLite file was made");
-    let counted = blocking(|| {
-        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
-        let users: i64 = client
-            .query_one("SELECT COUNT(*) FROM users", &[])
-            .expect("count")
-            .get(0);
-        let tokens: i64 = client
-            .query_one("SELECT COUNT(*) FROM token_hashes", &[])
-            .expect("count")
-            .get(0);
-        (users, tokens)
-    });
+    let counted = accounts_and_tokens(&url);
     assert_eq!(counted, (1, 1));
     // Removal takes the account's rows with it, in the database.
     let out = on_postgres(&messenger, &url, &["user", "remove", "ann"])
         .await
         .ok();
     assert_eq!(out, "removed ann\n");
-    let left = blocking(|| {
-        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
-        let users: i64 = client
-            .query_one("SELECT COUNT(*) FROM users", &[])
-            .expect("count")
-            .get(0);
-        let tokens: i64 = client
-            .query_one("SELECT COUNT(*) FROM token_hashes", &[])
-            .expect("count")
-            .get(0);
-        (users, tokens)
-    });
+    let left = accounts_and_tokens(&url);
     assert_eq!(left, (0, 0));
+}
+
+/// How many accounts and device tokens the database at `url` holds.
+fn accounts_and_tokens(url: &str) -> (i64, i64) {
+    blocking(|| {
+        let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).expect("connect");
+        let mut count = |table: &str| -> i64 {
+            client
+                .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
+                .expect("count")
+                .get(0)
+        };
+        (count("users"), count("token_hashes"))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

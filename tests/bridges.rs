@@ -308,6 +308,64 @@ fn on_postgres(url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `messenger broker` and the users on the database at `url`, for processes of
+/// their own (`messenger bridge`) to join.
+struct OnPostgres {
+    messenger: Messenger,
+    env: Vec<(&'static str, String)>,
+    broker: Server,
+}
+
+impl OnPostgres {
+    /// Adds `users` (password `pw`) to the database at `url`, then starts
+    /// `messenger broker` on it once it accepts.
+    async fn start(url: &str, users: &[&str]) -> Self {
+        let messenger = Messenger::new();
+        let env = on_postgres(url);
+        for user in users {
+            let mut cmd = messenger.command(&["user", "add", user, "--password", "pw"]);
+            cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+            messenger.run_command(cmd).await.ok();
+        }
+        let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut broker = messenger.spawn_named(
+            "broker",
+            "broker",
+            free_addr_below_ephemeral(),
+            free_addr(),
+            free_addr(),
+            &vars,
+        );
+        broker.wait_until_accepting().await;
+        Self {
+            messenger,
+            env,
+            broker,
+        }
+    }
+
+    /// `messenger bridge` with instance `name` against the broker, with `extra`
+    /// settings besides.
+    fn bridge(&self, name: &str, extra: &[(&'static str, String)]) -> Server {
+        let instance = [("MESSENGER_BRIDGE__INSTANCE", name.to_owned())];
+        let vars: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .chain(&instance)
+            .chain(extra)
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        self.messenger.spawn_named(
+            name,
+            "bridge",
+            self.broker.mqtt,
+            free_addr(),
+            free_addr(),
+            &vars,
+        )
+    }
+}
+
 /// Sends `body` as `user`'s raw device with request id `id` until it is acked,
 /// again after `retry` without an answer (the same id: a repeat is stored once).
 async fn send_until_acked(
@@ -410,36 +468,12 @@ async fn stream_until_acked(
 /// order they were sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
-    let messenger = Messenger::new();
     let url = database();
-    let env = on_postgres(&url);
-    let env_refs = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
-        env.iter().chain(extra).cloned().collect()
-    };
-    for user in ["ann", "ben", "cat", "dan", "zed"] {
-        let mut cmd = messenger.command(&["user", "add", user, "--password", "pw"]);
-        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        messenger.run_command(cmd).await.ok();
-    }
-    let broker_env = env_refs(&[]);
-    let broker_env: Vec<(&str, &str)> = broker_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut broker = messenger.spawn_named(
-        "broker",
-        "broker",
-        free_addr_below_ephemeral(),
-        free_addr(),
-        free_addr(),
-        &broker_env,
-    );
-    broker.wait_until_accepting().await;
-    let mut bridges: Vec<(String, Server)> = Vec::new();
-    for name in ["b1", "b2", "b3"] {
-        let vars = env_refs(&[("MESSENGER_BRIDGE__INSTANCE", name.to_owned())]);
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let bridge =
-            messenger.spawn_named(name, "bridge", broker.mqtt, free_addr(), free_addr(), &vars);
-        bridges.push((name.to_owned(), bridge));
-    }
+    let fixture = OnPostgres::start(&url, &["ann", "ben", "cat", "dan", "zed"]).await;
+    let broker = &fixture.broker;
+    let mut bridges: Vec<(String, Server)> = ["b1", "b2", "b3"]
+        .map(|name| (name.to_owned(), fixture.bridge(name, &[])))
+        .into();
     let senders = ["ann", "ben", "cat", "dan"];
     // Wait for the three to share the slots, then pick the bridge of ann.
     let deadline = tokio::time::Instant::now() + PATIENCE * 3;
@@ -616,37 +650,17 @@ async fn two_bridges_run_retention_on_one_database_without_doing_it_twice() {
     /// Messages each sender sends before the ageing; the first `OLD` of each chat age.
     const BEFORE: usize = 120;
     const OLD: i64 = 100;
-    let messenger = Messenger::new();
     let url = database();
-    let env = on_postgres(&url);
-    let env_with = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
-        env.iter().chain(extra).cloned().collect()
-    };
     let senders = ["ann", "ben", "cat", "dan"];
-    for user in senders.iter().chain(&["zed"]) {
-        let mut cmd = messenger.command(&["user", "add", user, "--password", "pw"]);
-        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        messenger.run_command(cmd).await.ok();
-    }
-    let broker_env = env_with(&[]);
-    let broker_env: Vec<(&str, &str)> = broker_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut broker = messenger.spawn_named(
-        "broker",
-        "broker",
-        free_addr_below_ephemeral(),
-        free_addr(),
-        free_addr(),
-        &broker_env,
-    );
-    broker.wait_until_accepting().await;
+    let users: Vec<&str> = senders.iter().chain(&["zed"]).copied().collect();
+    let fixture = OnPostgres::start(&url, &users).await;
+    let broker = &fixture.broker;
     let start_bridges = |retention: &str| {
         ["b1", "b2"].map(|name| {
-            let vars = env_with(&[
-                ("MESSENGER_BRIDGE__INSTANCE", name.to_owned()),
-                ("MESSENGER_STORAGE__RETENTION_DAYS", retention.to_owned()),
-            ]);
-            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            messenger.spawn_named(name, "bridge", broker.mqtt, free_addr(), free_addr(), &vars)
+            fixture.bridge(
+                name,
+                &[("MESSENGER_STORAGE__RETENTION_DAYS", retention.to_owned())],
+            )
         })
     };
     let wait_for_spread = |url: String| async move {

@@ -2,14 +2,12 @@
 //! `user disable` / `enable`, `admin sessions`, `admin kick`, and their bad input
 //! (unknown or malformed users, nobody to kick, no server to reach).
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rumqttc::ConnectReturnCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::client::GRANTED;
-use crate::util::process::{free_addr, Messenger, Outcome, Server};
+use crate::util::process::{free_addr, http, Messenger, Outcome, Server};
 use crate::util::server::{on_both_engines, Backend};
 use crate::util::{refusal, Transport, PATIENCE};
 
@@ -207,7 +205,7 @@ async fn bad_admin_input_fails_clearly_and_changes_nothing(backend: Backend) {
         "alice was not disabled\n"
     );
     // A program that does not send the caller header (a web page) is refused.
-    let (status, body) = raw_post(server.admin, "/kick?user=alice").await;
+    let (status, body) = http(server.admin, "POST", "/kick?user=alice").await;
     assert_eq!(status, 403, "{body}");
     // Nothing was cut: alice's device still works.
     assert_eq!(phone.subscribe(&["chat/alice/inbox"]).await, [GRANTED]);
@@ -241,29 +239,4 @@ async fn admin_commands_without_a_server_fail_at_once(backend: Backend) {
     // The fixture's default: admin.listen = "".
     let stderr = m.run(&["admin", "sessions"]).await.failed();
     assert!(stderr.contains("admin.listen is empty"), "{stderr}");
-}
-
-/// `POST path` without the caller header; the status code and the body.
-async fn raw_post(admin: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(admin)
-        .await
-        .expect("connecting to the admin listener");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .expect("a response in time")
-    .expect("reading the response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, response)
 }

@@ -15,7 +15,7 @@ use messenger_protocol::ConvId;
 use crate::admin::wait_for_status;
 use crate::util::client::GRANTED;
 use crate::util::postgres::blocking;
-use crate::util::process::{free_addr, Messenger};
+use crate::util::process::{free_addr, Messenger, Server};
 use crate::util::server::{on_both_engines, Backend};
 use crate::util::{uid, Transport, PATIENCE};
 
@@ -63,9 +63,9 @@ async fn history(client: &Client, conv: &ConvId) -> BTreeSet<u64> {
         .collect()
 }
 
-on_both_engines!(old_messages_go_new_ones_stay_and_sends_go_on);
-async fn old_messages_go_new_ones_stay_and_sends_go_on(backend: Backend) {
-    let m = Messenger::on(backend);
+/// ann and bob, six messages from ann to bob through `serve`, then `serve`
+/// stopped with SIGTERM: their chat, and the stopped server (for its ports).
+async fn six_messages_then_stop(m: &Messenger) -> (ConvId, Server) {
     for user in ["ann", "bob"] {
         m.run(&["user", "add", user, "--password", "pw"]).await.ok();
     }
@@ -80,6 +80,13 @@ async fn old_messages_go_new_ones_stay_and_sends_go_on(backend: Backend) {
     drop(ann);
     server.terminate();
     assert!(server.exit_status(PATIENCE).await.success());
+    (conv, server)
+}
+
+on_both_engines!(old_messages_go_new_ones_stay_and_sends_go_on);
+async fn old_messages_go_new_ones_stay_and_sends_go_on(backend: Backend) {
+    let m = Messenger::on(backend);
+    let (conv, server) = six_messages_then_stop(&m).await;
 
     // Seqs 1..=4 are three days old now.
     assert_eq!(age_events(&m, "seq <= 4", 3).await, 4);
@@ -139,20 +146,7 @@ async fn old_messages_go_new_ones_stay_and_sends_go_on(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_old_message_waits_for_the_next_step_and_sends_go_on() {
     let m = Messenger::on(Backend::Postgres);
-    for user in ["ann", "bob"] {
-        m.run(&["user", "add", user, "--password", "pw"]).await.ok();
-    }
-    let conv = ConvId::direct(&uid("ann"), &uid("bob")).expect("dm");
-    let mut server = m.serve().await;
-    let ann = server.library("ann", "phone").await.0;
-    for i in 0..6 {
-        ann.send(&conv, &format!("message {i}"))
-            .await
-            .expect("acked");
-    }
-    drop(ann);
-    server.terminate();
-    assert!(server.exit_status(PATIENCE).await.success());
+    let (conv, server) = six_messages_then_stop(&m).await;
     assert_eq!(age_events(&m, "seq <= 4", 3).await, 4);
 
     // The holder is a thread of its own (the sync client must not live on

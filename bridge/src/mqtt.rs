@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::passed::Passed;
 use crate::writer::{Batch, Job, Work};
-use messenger_store::slots::{slot_of, Ownership, RENEW_EVERY};
+use messenger_store::slots::{holds, Ownership, RENEW_EVERY};
 
 /// The intake's state across (re)connections.
 pub(crate) struct Intake {
@@ -155,7 +155,7 @@ impl Intake {
         let work = work_of(&publish);
         let passed_over = match &work {
             Work::Request { user, .. } | Work::Store(Input::Presence { user, .. }) => {
-                held & (1 << slot_of(user)) == 0
+                !holds(held, user)
             }
             _ => false,
         };

@@ -42,6 +42,11 @@ pub fn slot_of(user: &UserId) -> u32 {
     u32::try_from(hash % u64::from(SLOTS)).unwrap_or(0)
 }
 
+/// Whether `user`'s slot is among `slots` (one bit each, as [`Ownership::mask`]).
+pub fn holds(slots: u64, user: &UserId) -> bool {
+    slots & (1 << slot_of(user)) != 0
+}
+
 /// The slots this bridge holds, as of its last lease round: what its intake
 /// takes on (the store checks each batch against the leases themselves).
 #[derive(Debug)]
@@ -56,11 +61,6 @@ impl Ownership {
     /// No slot yet.
     pub fn none() -> Self {
         Self(AtomicU64::new(0))
-    }
-
-    /// Whether this bridge handles `user`.
-    pub fn owns(&self, user: &UserId) -> bool {
-        self.0.load(Ordering::Acquire) & (1 << slot_of(user)) != 0
     }
 
     /// The slots held, one bit each.
@@ -93,6 +93,9 @@ mod tests {
         assert_eq!(used.len(), SLOTS as usize, "1000 users fill every slot");
         let owned = Ownership::none();
         owned.set(1 << slot("alice"));
-        assert!(owned.owns(&UserId::parse("alice").expect("user id")));
+        assert!(holds(
+            owned.mask(),
+            &UserId::parse("alice").expect("user id")
+        ));
     }
 }

@@ -444,10 +444,18 @@ impl Drop for Server {
 
 /// `GET path` over plain HTTP/1.1; the status code and the body.
 pub(crate) async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
+    http(admin, "GET", path).await
+}
+
+/// `method path` over plain HTTP/1.1, with no body and no caller header (as a
+/// program other than `messenger` would send it); the status code and the body.
+pub(crate) async fn http(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(admin)
         .await
         .unwrap_or_else(|err| panic!("connecting to the admin listener {admin}: {err}"));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await.expect("request");
     let mut response = String::new();
     tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))

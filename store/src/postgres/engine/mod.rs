@@ -64,7 +64,7 @@ pub use self::leases::{slot_spread, Sharing};
 pub use self::removal::{erase_user, remove_user};
 use crate::config::Limits;
 use crate::rate::{Ledger, RateLimits};
-use crate::slots::slot_of;
+use crate::slots::{holds, slot_of};
 use crate::sqlite::fits;
 use crate::sqlite::pushes::Notify;
 use crate::{Effect, Failure, Housekeeping, Input, Liveness, Outcome, StoreError};
@@ -302,7 +302,7 @@ impl PostgresStore {
             let db = Db::new(&mut self.client, &self.statements);
             let held =
                 leases::held(&db, self.leases.instance(), &slots_of(inputs)).map_err(Stop::of)?;
-            let ours = |user: &messenger_protocol::UserId| held & (1 << slot_of(user)) != 0;
+            let ours = |user: &messenger_protocol::UserId| holds(held, user);
             lock_users(&db, inputs, &ours).map_err(Stop::of)?;
             let looked = look_up(&db, inputs, &ours).map_err(Stop::of)?;
             let mut outcomes = Vec::with_capacity(inputs.len());
