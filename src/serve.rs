@@ -84,6 +84,7 @@ fn bridge(settings: &Settings) -> Bridge {
         storage: settings.storage.clone(),
         limits: settings.limits.clone(),
         push: settings.push.clone(),
+        nats: settings.nats.clone(),
         liveness: None,
         ready: None,
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use messenger_bridge::config::{BridgeConfig, Limits, PushConfig, StorageConfig};
+use messenger_bridge::config::{BridgeConfig, Limits, NatsConfig, PushConfig, StorageConfig};
 use messenger_broker::{BrokerConfig, TlsConfig};
 use serde::Deserialize;
 
@@ -32,6 +32,8 @@ pub(crate) struct Settings {
     pub(crate) push: PushConfig,
     /// The admin HTTP listener (metrics, health).
     pub(crate) admin: AdminConfig,
+    /// The broker tier on a NATS cluster (`messenger bridge` with `nats.servers`).
+    pub(crate) nats: NatsConfig,
 }
 
 /// Room in an MQTT packet for what is not the payload: the fixed header, the

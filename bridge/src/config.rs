@@ -85,6 +85,92 @@ impl BridgeConfig {
     }
 }
 
+/// The `[nats]` table: the broker tier on a NATS cluster. Off while `servers`
+/// is empty; then the bridge takes requests from its broker's MQTT session.
+///
+/// On: each bridge answers the nodes' auth callout (sign-in and per-user
+/// permissions from the shared accounts), takes requests from a JetStream
+/// durable consumer of its own on the nodes' MQTT stream, publishes events as an
+/// MQTT client of the nodes in `mqtt`, and disconnects revoked users everywhere.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// The nodes' NATS client listeners, `host:port`, tried in turn.
+    pub servers: Vec<String>,
+    /// The nodes' MQTT listeners, `host:port`: where the bridge publishes events
+    /// (the first that answers; the next on failure).
+    pub mqtt: Vec<String>,
+    /// The account nkey seed (`SA…`) that signs the auth callout's answers: the
+    /// nodes' `auth_callout.issuer` is its public key.
+    pub issuer_seed_file: std::path::PathBuf,
+    /// The NATS account devices and the bridge are placed in.
+    pub account: String,
+    /// The callout account's user, whose connections answer sign-ins.
+    pub auth_user: String,
+    /// Its password.
+    pub auth_password: String,
+    /// The system account's user, whose requests disconnect revoked users.
+    pub system_user: String,
+    /// Its password.
+    pub system_password: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            mqtt: Vec::new(),
+            issuer_seed_file: "nats/issuer.seed".into(),
+            account: "MSG".into(),
+            auth_user: "auth".into(),
+            auth_password: String::new(),
+            system_user: "sys".into(),
+            system_password: String::new(),
+        }
+    }
+}
+
+impl NatsConfig {
+    /// True when the bridge runs on a NATS cluster.
+    pub fn enabled(&self) -> bool {
+        !self.servers.is_empty()
+    }
+
+    /// Checks the table when on, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        for (key, list) in [("nats.servers", &self.servers), ("nats.mqtt", &self.mqtt)] {
+            if list.is_empty() {
+                return Err(ConfigError::invalid(key, "list at least one host:port"));
+            }
+            for address in list {
+                address.parse::<BrokerAddress>().map_err(|_| {
+                    ConfigError::invalid(key, format!("list host:port addresses, got {address:?}"))
+                })?;
+            }
+        }
+        for (key, value) in [
+            ("nats.account", &self.account),
+            ("nats.auth_user", &self.auth_user),
+            ("nats.auth_password", &self.auth_password),
+            ("nats.system_user", &self.system_user),
+            ("nats.system_password", &self.system_password),
+        ] {
+            if value.is_empty() {
+                return Err(ConfigError::invalid(key, "not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `mqtt`, parsed.
+    pub fn mqtt_addresses(&self) -> Vec<BrokerAddress> {
+        self.mqtt.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+}
+
 /// A broker's MQTT address: `host:port` (IPv6 hosts in brackets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddress {

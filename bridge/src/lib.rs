@@ -25,6 +25,7 @@ pub mod config;
 
 mod metrics;
 mod mqtt;
+pub mod nats;
 mod outbox;
 mod passed;
 mod request;
@@ -47,7 +48,7 @@ pub use messenger_push::PushError;
 pub use messenger_store::Liveness;
 pub use metrics::BridgeMetrics;
 
-use config::{BridgeConfig, BrokerAddress, Limits, PushConfig, StorageConfig};
+use config::{BridgeConfig, BrokerAddress, Limits, NatsConfig, PushConfig, StorageConfig};
 
 /// Failures of the bridge.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,8 @@ pub struct Bridge {
     pub limits: Limits,
     /// Push notifications to offline users (off unless APNs or FCM is configured).
     pub push: PushConfig,
+    /// The broker tier on a NATS cluster (off unless `nats.servers` is set).
+    pub nats: NatsConfig,
     /// Where the broker can tell which client ids are connected (the embedded
     /// broker can): devices that look online without a connection are then
     /// marked offline every keepalive period. `None` with an external broker,

@@ -138,6 +138,7 @@ impl Server {
             },
             limits: crate::util::server::unlimited(),
             push,
+            nats: Default::default(),
             ready: None,
             liveness: Some(Arc::new(move |client_id: &str| {
                 liveness.is_connected(client_id)

@@ -387,6 +387,7 @@ impl TestServer {
             liveness,
             ready: Some(ready.clone()),
             push: Default::default(),
+            nats: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
