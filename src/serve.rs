@@ -50,7 +50,22 @@ pub(crate) fn broker_only(settings: Settings) -> anyhow::Result<()> {
 /// The bridge alone, against the broker at `bridge.broker` (any MQTT 3.1.1 broker).
 pub(crate) fn bridge_only(settings: Settings) -> anyhow::Result<()> {
     crate::database::check(&settings)?;
-    let prepared = bridge(&settings).prepare().map_err(config_failure)?;
+    let mut prepared = bridge(&settings).prepare().map_err(config_failure)?;
+    if prepared.on_nats() {
+        // The bridge answers the cluster's sign-ins from the shared accounts.
+        let broker = &settings.broker;
+        prepared = prepared.with_sign_in(messenger_bridge::nats::SignIn {
+            accounts: Arc::new(crate::database::accounts(&settings)?),
+            throttle: messenger_accounts::throttle::Policy {
+                free_per_user: broker.sign_in_free_failures,
+                free_per_address: broker.sign_in_free_failures_per_address,
+                first_backoff: Duration::from_millis(broker.sign_in_backoff_ms),
+                max_backoff: Duration::from_millis(broker.sign_in_max_backoff_ms),
+            },
+            failure_delay: Duration::from_millis(broker.sign_in_failure_delay_ms),
+            revocation_poll: Duration::from_millis(broker.revocation_poll_ms),
+        });
+    }
     let listener = admin::bind(&settings.admin).map_err(config_failure)?;
     let mut admin = Admin::new(&settings.storage);
     prepared.register_metrics(&mut admin.registry);

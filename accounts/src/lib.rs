@@ -16,6 +16,7 @@
 
 mod records;
 pub mod schema;
+pub mod throttle;
 
 pub use records::postgres::Connector;
 

@@ -193,7 +193,7 @@ fn seed_messages(db: &std::path::Path, partners: usize, messages: u64) -> anyhow
         while inputs.len() < SEED_BATCH && n < messages {
             let other = &others[(n as usize) % others.len()];
             let conv = ConvId::direct(&reader, other)?;
-            let sender = if (n / others.len() as u64) % 2 == 0 {
+            let sender = if (n / others.len() as u64).is_multiple_of(2) {
                 reader.clone()
             } else {
                 other.clone()

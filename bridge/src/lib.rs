@@ -65,6 +65,9 @@ pub enum BridgeError {
     /// A setting is invalid.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The NATS cluster (`[nats]`) could not be used.
+    #[error("nats: {0}")]
+    Nats(String),
     /// A part of the bridge failed or panicked.
     #[error("the bridge's {part} failed: {cause}")]
     Part {
@@ -121,11 +124,20 @@ impl Bridge {
     /// Blocking (files).
     pub fn prepare(self) -> Result<Prepared, BridgeError> {
         self.config.validate()?;
+        self.nats.validate()?;
+        let callout = if self.nats.enabled() {
+            let issuer = nats::Issuer::from_file(&self.nats.issuer_seed_file)
+                .map_err(|e| BridgeError::Nats(format!("nats.issuer_seed_file: {e}")))?;
+            Some((Arc::new(issuer), None))
+        } else {
+            None
+        };
         let push = self.start_push()?;
         Ok(Prepared {
             bridge: self,
             push,
             metrics: BridgeMetrics::default(),
+            callout,
         })
     }
 }
@@ -135,6 +147,8 @@ pub struct Prepared {
     bridge: Bridge,
     push: Option<(messenger_push::Service, mpsc::UnboundedReceiver<DeadToken>)>,
     metrics: BridgeMetrics,
+    /// On a NATS cluster: the issuer key and what sign-ins are checked against.
+    callout: Option<(Arc<nats::Issuer>, Option<Arc<nats::SignIn>>)>,
 }
 
 impl Prepared {
@@ -147,6 +161,21 @@ impl Prepared {
     /// The bridge's metrics, which also say whether it is ready.
     pub fn metrics(&self) -> BridgeMetrics {
         self.metrics.clone()
+    }
+
+    /// Whether the bridge runs on a NATS cluster (and so answers its sign-ins:
+    /// see [`Prepared::with_sign_in`]).
+    pub fn on_nats(&self) -> bool {
+        self.callout.is_some()
+    }
+
+    /// The account store and sign-in policy the auth callout checks devices
+    /// against (on a NATS cluster; ignored otherwise).
+    pub fn with_sign_in(mut self, sign_in: nats::SignIn) -> Self {
+        if let Some((_, slot)) = &mut self.callout {
+            *slot = Some(Arc::new(sign_in));
+        }
+        self
     }
 
     /// Lets the bridge ask the broker which client ids are connected (see [`Bridge::liveness`]).
@@ -168,10 +197,13 @@ impl Prepared {
             bridge,
             push,
             metrics,
+            callout,
         } = self;
-        let address = match broker {
-            Some(address) => address,
-            None => bridge.config.broker_address()?,
+        let nats_addresses = bridge.nats.mqtt_addresses();
+        let address = match (broker, nats_addresses.first()) {
+            (Some(address), _) => address,
+            (None, Some(first)) if callout.is_some() => first.clone(),
+            (None, _) => bridge.config.broker_address()?,
         };
         // Parts stop on `shutdown`, or when one of them fails.
         let shutdown = shutdown.child_token();
@@ -180,6 +212,15 @@ impl Prepared {
             .open_store(push.as_ref().map(|(s, _)| s.sink()), ownership.clone())
             .await?;
         metrics.storage_ok.set(1);
+        let cluster = match &callout {
+            Some((issuer, sign_in)) => {
+                let sign_in = sign_in.clone().ok_or_else(|| {
+                    BridgeError::Nats("no account store for the auth callout".into())
+                })?;
+                Some(nats::connect(&bridge.nats, &bridge.config, issuer.clone(), sign_in).await?)
+            }
+            None => None,
+        };
         let (consumer, producer) = bridge.connections(&address);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let (batches_tx, batches_rx) = mpsc::channel(64);
@@ -231,19 +272,27 @@ impl Prepared {
         )?;
         let (client, eventloop) = consumer;
         let (producer, producer_loop) = producer;
+        let failover = cluster.as_ref().map(|_| mqtt::Failover {
+            options: nats_addresses
+                .iter()
+                .map(|a| bridge.producer_options(a))
+                .collect(),
+            next: 1,
+            jobs: jobs_tx.clone(),
+        });
         let parts = Parts {
             writer,
-            producer: tokio::spawn(mqtt::produce(producer_loop, shutdown.clone())),
+            producer: tokio::spawn(mqtt::produce(producer_loop, failover, shutdown.clone())),
             publisher: tokio::spawn(mqtt::publisher(
                 producer,
-                client.clone(),
+                cluster.is_none().then(|| client.clone()),
                 batches_rx,
                 epoch.clone(),
                 done_tx,
             )),
             pusher,
         };
-        info!(broker = %address, "bridge starting");
+        info!(broker = %address, nats = cluster.is_some(), "bridge starting");
         let passed = Arc::new(std::sync::Mutex::new(passed::Passed::new(ownership.mask())));
         if bridge.storage.postgres_url().is_some() {
             tokio::spawn(mqtt::hand_on_taken_slots(
@@ -254,16 +303,39 @@ impl Prepared {
                 shutdown.clone(),
             ));
         }
-        let intake = mqtt::Intake {
-            client,
-            jobs: Some(jobs_tx),
-            epoch,
-            ready: bridge.ready.clone(),
-            subscribed: metrics.subscribed.clone(),
-            passed,
-            ownership,
-        };
-        intake.run(eventloop, done_rx, shutdown.clone()).await;
+        match cluster {
+            Some(cluster) => {
+                let intake = nats::intake::Intake {
+                    js: cluster.jetstream(),
+                    durable: format!("bridge-{}", bridge.config.instance),
+                    max_ack_pending: i64::from(nats::MAX_ACK_PENDING),
+                    connects: cluster.connects.clone(),
+                    jobs: jobs_tx,
+                    passed,
+                    ownership,
+                    subscribed: metrics.subscribed.clone(),
+                    ready: bridge.ready.clone(),
+                };
+                let others = cluster.spawn(shutdown.clone());
+                intake.run(shutdown.clone()).await;
+                shutdown.cancel();
+                for task in others {
+                    let _ = task.await;
+                }
+            }
+            None => {
+                let intake = mqtt::Intake {
+                    client,
+                    jobs: Some(jobs_tx),
+                    epoch,
+                    ready: bridge.ready.clone(),
+                    subscribed: metrics.subscribed.clone(),
+                    passed,
+                    ownership,
+                };
+                intake.run(eventloop, done_rx, shutdown.clone()).await;
+            }
+        }
         // The intake ends on shutdown, or when the writer is gone (it failed).
         shutdown.cancel();
         let result = parts.join().await;
@@ -301,11 +373,7 @@ impl Bridge {
     /// a persistent session that takes requests and acks them) and the producer
     /// (`<instance>-out`, which publishes); see `mqtt`.
     fn connections(&self, address: &BrokerAddress) -> (Connection, Connection) {
-        let max_packet = self
-            .limits
-            .max_reply_bytes()
-            .max(self.limits.max_request_bytes())
-            * 2;
+        let max_packet = self.max_packet();
         let options = mqtt::options(
             address,
             format!("{}:{}", self.config.username, self.config.instance),
@@ -315,11 +383,40 @@ impl Bridge {
             max_packet,
         );
         let (producer, mut producer_loop) =
-            AsyncClient::new(mqtt::producer_options(&options, max_packet), 10_000);
+            AsyncClient::new(self.producer_options(address), 10_000);
         producer_loop.set_network_options(mqtt::network());
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         eventloop.set_network_options(mqtt::network());
         ((client, eventloop), (producer, producer_loop))
+    }
+
+    /// The producer's options for `address` (on a NATS cluster, one per node:
+    /// the producer fails over between them).
+    fn producer_options(&self, address: &BrokerAddress) -> rumqttc::MqttOptions {
+        let max_packet = self.max_packet();
+        let consumer = mqtt::options(
+            address,
+            format!("{}:{}", self.config.username, self.config.instance),
+            &self.config.username,
+            &self.config.password,
+            self.config.mqtt_keepalive(),
+            max_packet,
+        );
+        let mut options = mqtt::producer_options(&consumer, max_packet);
+        if self.nats.enabled() {
+            // Events in flight survive a node's loss: the session (and the
+            // producer's unacknowledged publishes) lives in the cluster.
+            options.set_clean_session(false);
+        }
+        options
+    }
+
+    /// Twice the larger of the largest request and reply.
+    fn max_packet(&self) -> usize {
+        self.limits
+            .max_reply_bytes()
+            .max(self.limits.max_request_bytes())
+            * 2
     }
 
     /// Builds the push service if APNs or FCM is configured (reads key files).

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::passed::Passed;
-use crate::writer::{Batch, Job, Work};
+use crate::writer::{Ack, Batch, Job, Work};
 use messenger_store::slots::{holds, Ownership, RENEW_EVERY};
 
 /// The intake's state across (re)connections.
@@ -144,33 +144,15 @@ impl Intake {
             return Next::Continue;
         };
         let epoch = self.epoch.load(Ordering::Acquire);
-        // Held while queueing, so that work handed on after a handover goes
-        // before this publish, whichever task hands it on.
-        let mut passed = self.passed.lock().unwrap_or_else(PoisonError::into_inner);
-        // One reading of the slots held, for the handover and for this publish.
-        let held = self.ownership.mask();
-        if !hand_on(&mut passed, held, jobs, epoch) {
-            return Next::Stop;
-        }
         let work = work_of(&publish);
-        let passed_over = match &work {
-            Work::Request { user, .. } | Work::Store(Input::Presence { user, .. }) => {
-                !holds(held, user)
-            }
-            _ => false,
-        };
-        let work = if passed_over {
-            passed.keep(work, Instant::now());
-            Work::Skip
-        } else {
-            work
-        };
-        let job = Job {
+        if route(
+            &self.passed,
+            &self.ownership,
+            jobs,
             work,
-            ack: Some(publish),
+            Ack::Mqtt(publish),
             epoch,
-        };
-        if jobs.send(job).is_ok() {
+        ) {
             Next::Continue
         } else {
             Next::Stop
@@ -178,7 +160,7 @@ impl Intake {
     }
 
     /// Hands a job to the writer; false once the writer is gone.
-    fn queue(&mut self, work: Work, ack: Option<Publish>) -> bool {
+    fn queue(&mut self, work: Work, ack: Option<Ack>) -> bool {
         let Some(jobs) = &self.jobs else { return true };
         let job = Job {
             work,
@@ -187,6 +169,45 @@ impl Intake {
         };
         jobs.send(job).is_ok()
     }
+}
+
+/// Hands `work` to the writer with its `ack`, unless it is for a user another
+/// bridge handles: that is kept (see `passed`) and only acked. Kept work of
+/// slots taken over goes first. False once the writer is gone.
+pub(crate) fn route(
+    passed: &Mutex<Passed>,
+    ownership: &Ownership,
+    jobs: &mpsc::UnboundedSender<Job>,
+    work: Work,
+    ack: Ack,
+    epoch: u64,
+) -> bool {
+    // Held while queueing, so that work handed on after a handover goes
+    // before this one, whichever task hands it on.
+    let mut passed = passed.lock().unwrap_or_else(PoisonError::into_inner);
+    // One reading of the slots held, for the handover and for this work.
+    let held = ownership.mask();
+    if !hand_on(&mut passed, held, jobs, epoch) {
+        return false;
+    }
+    let passed_over = match &work {
+        Work::Request { user, .. } | Work::Store(Input::Presence { user, .. }) => {
+            !holds(held, user)
+        }
+        _ => false,
+    };
+    let work = if passed_over {
+        passed.keep(work, Instant::now());
+        Work::Skip
+    } else {
+        work
+    };
+    let job = Job {
+        work,
+        ack: Some(ack),
+        epoch,
+    };
+    jobs.send(job).is_ok()
 }
 
 /// Hands the writer the kept work of the slots gained since the last look
@@ -242,14 +263,19 @@ pub(crate) async fn hand_on_taken_slots(
 
 /// What a publish on one of the bridge's subscriptions asks for.
 fn work_of(publish: &Publish) -> Work {
-    match Topic::parse(&publish.topic) {
+    work_of_topic(&publish.topic, &publish.payload)
+}
+
+/// What a publish on `topic` with `payload` asks for.
+pub(crate) fn work_of_topic(topic: &str, payload: &bytes::Bytes) -> Work {
+    match Topic::parse(topic) {
         Some(Topic::Out(user, device)) => Work::Request {
             user,
             device,
-            payload: publish.payload.clone(),
+            payload: payload.clone(),
         },
         Some(Topic::Presence(user, device)) => {
-            let online = match &publish.payload[..] {
+            let online = match &payload[..] {
                 b"online" => true,
                 b"offline" => false,
                 // The bridge's own clearing of a refused device's retained presence.
@@ -270,7 +296,7 @@ fn work_of(publish: &Publish) -> Work {
 }
 
 /// Exponential backoff with jitter: 100 ms doubling to 10 s, each within ±50%.
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     let base = 100u64
         .saturating_mul(1 << failures.min(7).saturating_sub(1))
         .min(10_000);
@@ -283,7 +309,7 @@ fn backoff(failures: u32) -> Duration {
 /// writer is done, disconnects the producer and reports.
 pub(crate) async fn publisher(
     producer: AsyncClient,
-    consumer: AsyncClient,
+    consumer: Option<AsyncClient>,
     mut batches: mpsc::Receiver<Batch>,
     epoch: Arc<AtomicU64>,
     done: oneshot::Sender<()>,
@@ -298,11 +324,21 @@ pub(crate) async fn publisher(
             }
         }
         let current = epoch.load(Ordering::Acquire);
-        for (publish, from) in batch.acks {
-            // An ack for an earlier connection would confuse the broker; it redelivers those.
-            if from == current {
-                if let Err(err) = consumer.ack(&publish).await {
-                    warn!(cause = %err, "cannot ack");
+        for (ack, from) in batch.acks {
+            match ack {
+                // An ack for an earlier connection would confuse the broker; it redelivers those.
+                Ack::Mqtt(publish) => {
+                    if let (Some(consumer), true) = (&consumer, from == current) {
+                        if let Err(err) = consumer.ack(&publish).await {
+                            warn!(cause = %err, "cannot ack");
+                        }
+                    }
+                }
+                // A lost ack means a redelivery, answered as a repeat.
+                Ack::JetStream(message) => {
+                    if let Err(err) = message.ack().await {
+                        warn!(cause = %err, "cannot ack");
+                    }
                 }
             }
         }
@@ -311,14 +347,48 @@ pub(crate) async fn publisher(
     let _ = done.send(());
 }
 
+/// On a NATS cluster: the producer's options for every node, tried in turn,
+/// and where to ask for statuses again when the session is new.
+pub(crate) struct Failover {
+    /// One per node (the same client id and persistent session).
+    pub(crate) options: Vec<MqttOptions>,
+    /// The node tried after the next failure.
+    pub(crate) next: usize,
+    /// The writer's jobs.
+    pub(crate) jobs: mpsc::UnboundedSender<Job>,
+}
+
 /// Drives the producer connection's event loop (it only publishes) until it has
-/// sent its DISCONNECT, reconnecting with backoff meanwhile.
-pub(crate) async fn produce(mut eventloop: EventLoop, shutdown: CancellationToken) {
+/// sent its DISCONNECT, reconnecting with backoff meanwhile (on a cluster, to
+/// the next node).
+pub(crate) async fn produce(
+    mut eventloop: EventLoop,
+    mut failover: Option<Failover>,
+    shutdown: CancellationToken,
+) {
     let mut failures: u32 = 0;
     loop {
         match eventloop.poll().await {
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => failures = 0,
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                failures = 0;
+                if let Some(failover) = &failover {
+                    let (host, port) = eventloop.mqtt_options.broker_address();
+                    info!(node = %format!("{host}:{port}"), session_present = ack.session_present, "bridge's producer connected");
+                    // A new session on the cluster: its retained statuses may be
+                    // missing too (a cluster started afresh).
+                    if !ack.session_present {
+                        let job = Job {
+                            work: Work::Store(Input::Republish),
+                            ack: None,
+                            epoch: 0,
+                        };
+                        if failover.jobs.send(job).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
             Ok(_) => {}
             Err(err) => {
                 if shutdown.is_cancelled() {
@@ -327,6 +397,12 @@ pub(crate) async fn produce(mut eventloop: EventLoop, shutdown: CancellationToke
                 failures = failures.saturating_add(1);
                 let delay = backoff(failures);
                 warn!(cause = %err, retry_in_ms = delay.as_millis() as u64, "bridge's producer lost the broker");
+                if let Some(failover) = &mut failover {
+                    if let Some(options) = failover.options.get(failover.next) {
+                        eventloop.mqtt_options = options.clone();
+                    }
+                    failover.next = (failover.next + 1) % failover.options.len().max(1);
+                }
                 tokio::time::sleep(delay).await;
             }
         }

@@ -34,11 +34,19 @@ const MAX_BATCH: usize = 1024;
 /// A job for the writer.
 pub(crate) struct Job {
     pub(crate) work: Work,
-    /// The inbound publish to ack to the broker once the batch is durable: an
-    /// opaque handle the writer only carries.
-    pub(crate) ack: Option<Publish>,
+    /// What to acknowledge once the batch is durable: an opaque handle the
+    /// writer only carries.
+    pub(crate) ack: Option<Ack>,
     /// The MQTT connection it arrived on (acks for an older connection are dropped).
     pub(crate) epoch: u64,
+}
+
+/// A request's acknowledgement, sent once the batch that handled it is durable.
+pub(crate) enum Ack {
+    /// An inbound MQTT publish, acked to the broker on the consumer connection.
+    Mqtt(Publish),
+    /// A message of the bridge's JetStream consumer (a NATS cluster).
+    JetStream(Box<async_nats::jetstream::Message>),
 }
 
 /// What a job asks for.
@@ -62,7 +70,7 @@ pub(crate) enum Work {
 /// The result of one committed batch, in order.
 pub(crate) struct Batch {
     pub(crate) publishes: Vec<Outgoing>,
-    pub(crate) acks: Vec<(Publish, u64)>,
+    pub(crate) acks: Vec<(Ack, u64)>,
 }
 
 fn now_ms() -> u64 {
@@ -158,8 +166,8 @@ fn process(
     let mut plan = Vec::with_capacity(jobs.len());
     let mut inputs = Vec::with_capacity(jobs.len());
     for job in jobs {
-        if let Some(publish) = job.ack {
-            acks.push((publish, job.epoch));
+        if let Some(ack) = job.ack {
+            acks.push((ack, job.epoch));
         }
         plan.push(decode(job.work, limits, &mut inputs));
     }

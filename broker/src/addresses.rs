@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::throttle::address_key;
+use messenger_accounts::throttle::address_key;
 
 /// Open connections per address, bounded by `max` (0: no bound).
 pub(crate) struct Addresses {

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::metrics::RefusedBecause;
-use crate::throttle::{Policy, Throttle};
+use messenger_accounts::throttle::{Policy, Throttle};
 
 /// The bridge's credentials.
 #[derive(Clone)]

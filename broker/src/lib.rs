@@ -38,7 +38,6 @@ mod http;
 mod metrics;
 mod mqtts;
 mod sessions;
-mod throttle;
 mod web;
 mod websocket;
 
@@ -464,7 +463,7 @@ fn shared_state(
     service: ServiceAccount,
     fronts_only: bool,
 ) -> Arc<Shared> {
-    let policy = throttle::Policy {
+    let policy = messenger_accounts::throttle::Policy {
         free_per_user: config.sign_in_free_failures,
         free_per_address: config.sign_in_free_failures_per_address,
         first_backoff: Duration::from_millis(config.sign_in_backoff_ms),

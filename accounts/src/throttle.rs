@@ -38,15 +38,15 @@ const FORGET_AFTER_WINDOWS: u32 = 10;
 
 /// How failures are counted and punished.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Policy {
+pub struct Policy {
     /// Failures of one user's password before its attempts are throttled.
-    pub(crate) free_per_user: u32,
+    pub free_per_user: u32,
     /// Failures from one source address before its attempts are throttled.
-    pub(crate) free_per_address: u32,
+    pub free_per_address: u32,
     /// The first window; it doubles with each failure after it, up to `max_backoff`.
-    pub(crate) first_backoff: Duration,
+    pub first_backoff: Duration,
     /// The longest window.
-    pub(crate) max_backoff: Duration,
+    pub max_backoff: Duration,
 }
 
 /// The failures of one key.
@@ -132,7 +132,7 @@ impl<K: Hash + Eq + Clone> Records<K> {
 
 /// The key of a source address: IPv6 clients usually hold a whole /64, so
 /// their addresses count together.
-pub(crate) fn address_key(addr: IpAddr) -> IpAddr {
+pub fn address_key(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -146,7 +146,7 @@ pub(crate) fn address_key(addr: IpAddr) -> IpAddr {
 }
 
 /// Failed password sign-ins per user and per source address.
-pub(crate) struct Throttle {
+pub struct Throttle {
     policy: Policy,
     users: Mutex<Records<String>>,
     addresses: Mutex<Records<IpAddr>>,
@@ -157,7 +157,8 @@ pub(crate) struct Throttle {
 }
 
 impl Throttle {
-    pub(crate) fn new(policy: Policy) -> Self {
+    /// Empty records, bounded by the default capacity.
+    pub fn new(policy: Policy) -> Self {
         Self::with_capacity(policy, MAX_RECORDS)
     }
 
@@ -173,7 +174,7 @@ impl Throttle {
 
     /// Whether a password attempt for `user` from `addr` may be checked now;
     /// `false`: refuse it unchecked.
-    pub(crate) fn admits(&self, user: &str, addr: Option<IpAddr>, now: Instant) -> bool {
+    pub fn admits(&self, user: &str, addr: Option<IpAddr>, now: Instant) -> bool {
         if lock(&self.users).blocked(user, now) && !addr.is_some_and(|a| self.trusts(user, a, now))
         {
             return false;
@@ -190,7 +191,7 @@ impl Throttle {
 
     /// Records a successful sign-in of `user` from `addr` (password or token): that
     /// address is spared the user's lockout for [`TRUST_FOR`].
-    pub(crate) fn trust(&self, user: &str, addr: IpAddr, now: Instant) {
+    pub fn trust(&self, user: &str, addr: IpAddr, now: Instant) {
         let mut trusted = lock(&self.trusted);
         let key = (user.to_owned(), address_key(addr));
         if !trusted.contains_key(&key) && trusted.len() >= self.cap {
@@ -210,7 +211,7 @@ impl Throttle {
 
     /// Records a failed password attempt: against `user` (when it names an
     /// account) and against `addr`.
-    pub(crate) fn failed(&self, user: Option<&str>, addr: Option<IpAddr>, now: Instant) {
+    pub fn failed(&self, user: Option<&str>, addr: Option<IpAddr>, now: Instant) {
         if let Some(user) = user {
             lock(&self.users).fail(
                 user.to_owned(),
@@ -230,7 +231,7 @@ impl Throttle {
     }
 
     /// Forgets `user`'s failures after a successful sign-in.
-    pub(crate) fn succeeded(&self, user: &str) {
+    pub fn succeeded(&self, user: &str) {
         lock(&self.users).clear(user);
     }
 }
