@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use messenger_bridge::config::BrokerAddress;
 
 /// An instant messenger on MQTT.
 #[derive(Debug, Parser)]
@@ -61,12 +62,77 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = AclFormat::Mosquitto)]
         format: AclFormat,
     },
+    /// Print one nats-server node's configuration, for the broker tier on a NATS
+    /// cluster: the service user (`bridge.username`/`bridge.password`), the `[nats]`
+    /// users and the issuer key of `nats.issuer_seed_file` come from the settings.
+    NatsConfig(NatsConfigArgs),
+    /// A NATS cluster with PostgreSQL and bridges on this machine, for trying it out and for tests.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Chat commands (send, download, edit, delete, react, search, listen, history, chat, block,
     /// unblock, blocks), signed in as one user.
     #[command(flatten)]
     Chat(Box<ChatCommand>),
     /// Measure throughput, latency, connections and memory against a server child process.
     Bench(Box<messenger_bench::BenchArgs>),
+}
+
+/// Where one nats-server node listens, and its place in the cluster.
+#[derive(Debug, Args)]
+pub(crate) struct NatsConfigArgs {
+    /// The node's name (`server_name`), unique in the cluster.
+    #[arg(long, default_value = "n1")]
+    pub(crate) name: String,
+    /// NATS client listener, host:port (the bridges connect here; keep it private).
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    pub(crate) listen: BrokerAddress,
+    /// Monitoring listener, host:port (`/healthz`; keep it private).
+    #[arg(long, default_value = "127.0.0.1:8222")]
+    pub(crate) http: BrokerAddress,
+    /// Route listener, host:port, which the other nodes' --routes name (keep it private).
+    #[arg(long, default_value = "127.0.0.1:6222")]
+    pub(crate) cluster: BrokerAddress,
+    /// The other nodes' route listeners, host:port,...; none: a single node.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    pub(crate) routes: Vec<BrokerAddress>,
+    /// MQTT listener, host:port (devices connect here).
+    #[arg(long, default_value = "0.0.0.0:1883")]
+    pub(crate) mqtt: BrokerAddress,
+    /// MQTT over WebSocket listener, host:port (path /mqtt, plain HTTP; off when not given).
+    #[arg(long)]
+    pub(crate) websocket: Option<BrokerAddress>,
+    /// JetStream's store directory (default: nats/<name>/jetstream under the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) store: Option<PathBuf>,
+    /// Copies of the MQTT streams (default: the node count, itself and --routes, up to 3).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub(crate) replicas: Option<u8>,
+    /// First write a new issuer seed to `nats.issuer_seed_file` (refused if the file exists).
+    #[arg(long)]
+    pub(crate) create_issuer_seed: bool,
+}
+
+/// Commands on a cluster of this machine.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Start N nats-server nodes, PostgreSQL and M bridges in DIR (empty or absent),
+    /// write DIR/cluster.json once all are ready, restart a node or bridge that
+    /// exits, and stop them all on SIGINT/SIGTERM.
+    Up(ClusterUpArgs),
+}
+
+/// What `messenger cluster up` starts.
+#[derive(Debug, Args)]
+pub(crate) struct ClusterUpArgs {
+    /// nats-server nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub(crate) nodes: u16,
+    /// `messenger bridge` processes (0: none).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=9))]
+    pub(crate) bridges: u16,
+    /// The cluster's directory: configuration, data, logs, pid files, cluster.json.
+    #[arg(long)]
+    pub(crate) dir: PathBuf,
 }
 
 /// The chat commands: a device of a user, through the client library.

@@ -6,10 +6,12 @@ mod admin_cli;
 mod backup;
 mod chat;
 mod cli;
+mod cluster;
 mod database;
 mod export;
 mod files;
 mod migrate;
+mod nats_config;
 mod serve;
 mod settings;
 mod users;
@@ -23,6 +25,8 @@ use settings::Settings;
 
 /// Exit code for bad configuration or usage (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code for a program this command needs that is not installed (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
+        Command::NatsConfig(args) => nats_config::run(&settings, args),
+        Command::Cluster(cli::ClusterCommand::Up(args)) => cluster::up(args),
         Command::Bench(args) => messenger_bench::run(*args).map(|table| print!("{table}")),
     };
     match result {
@@ -64,6 +70,10 @@ fn main() -> ExitCode {
         Err(err) if err.is::<ConfigFailure>() => {
             eprintln!("messenger: {err:#}");
             ExitCode::from(EXIT_CONFIG)
+        }
+        Err(err) if err.is::<Unavailable>() => {
+            eprintln!("messenger: {err:#}");
+            ExitCode::from(EXIT_UNAVAILABLE)
         }
         Err(err) => {
             eprintln!("messenger: {err:#}");
@@ -81,6 +91,17 @@ struct ConfigFailure(#[source] anyhow::Error);
 /// Marks an error as bad configuration.
 fn config_failure(err: impl Into<anyhow::Error>) -> anyhow::Error {
     anyhow::Error::new(ConfigFailure(err.into()))
+}
+
+/// A program a command needs is missing (nats-server for `cluster up`): exits
+/// [`EXIT_UNAVAILABLE`].
+#[derive(Debug, thiserror::Error)]
+#[error("a program this command needs is missing")]
+struct Unavailable(#[source] anyhow::Error);
+
+/// Marks an error as a missing program.
+fn unavailable(err: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(Unavailable(err.into()))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` or else `default`; colours only on a terminal.
