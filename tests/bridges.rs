@@ -26,7 +26,7 @@ const USERS: &[(&str, &str)] = &[
 ];
 
 /// How the slots stand on the database at `url`: (bridges holding slots, slots free).
-fn slot_spread(url: &str) -> (i64, i64) {
+pub(crate) fn slot_spread(url: &str) -> (i64, i64) {
     let url = url.to_owned();
     blocking(move || {
         let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
@@ -35,7 +35,7 @@ fn slot_spread(url: &str) -> (i64, i64) {
 }
 
 /// Runs one query on the database at `url`.
-fn query(url: &str, sql: &str) -> Vec<postgres::Row> {
+pub(crate) fn query(url: &str, sql: &str) -> Vec<postgres::Row> {
     let url = url.to_owned();
     let sql = sql.to_owned();
     blocking(move || {
@@ -74,7 +74,7 @@ async fn spread(url: &str, n: i64) -> HashMap<String, String> {
 }
 
 /// Every conversation's seqs are 1..=n and every user's useqs 1..=m.
-fn assert_gap_free(url: &str) {
+pub(crate) fn assert_gap_free(url: &str) {
     for (what, sql) in [
         (
             "seqs",
@@ -401,7 +401,7 @@ async fn send_until_acked(
 /// `dm:<user>:zed`), one every `pace` whether or not the earlier ones were
 /// answered, and each again after `retry` without an answer, until every one
 /// is acked; their seqs, by `n`.
-async fn stream_until_acked(
+pub(crate) async fn stream_until_acked(
     client: &mut crate::util::Client,
     user: &str,
     sends: usize,

@@ -6,14 +6,14 @@ use messenger_client::{ClientError, ClientEvent, HistoryItem};
 use messenger_protocol::wire::{ErrorCode, Event, Request, RequestId};
 use messenger_protocol::ConvId;
 
-use crate::util::server::{expect, next_message, on_both_engines, Backend, TestServer};
+use crate::util::server::{
+    expect, next_message, on_both_engines, on_engines_and_cluster, Backend, TestServer,
+};
 use crate::util::uid;
 
-on_both_engines!(
-    a_group_lives_its_whole_life,
-    group_limits_hold,
-    bursts_of_group_messages_never_stall_the_bridge,
-);
+on_both_engines!(a_group_lives_its_whole_life, group_limits_hold);
+
+on_engines_and_cluster!(bursts_of_group_messages_never_stall_the_bridge);
 
 const USERS: &[(&str, &str)] = &[
     ("alice", "pw-a"),

@@ -9,7 +9,8 @@ use messenger_protocol::ConvId;
 use serde_json::Value;
 
 use crate::util::server::{
-    expect, next_message, on_both_brokers, on_both_engines, Backend, TestServer,
+    expect, next_message, on_both_brokers, on_both_engines, on_engines_and_cluster, Backend,
+    TestServer,
 };
 use crate::util::{uid, PATIENCE};
 
@@ -31,10 +32,13 @@ on_both_brokers!(
 
 on_both_engines!(
     kill_9_mid_stream_loses_nothing_and_stores_nothing_twice,
-    offline_device_catches_up_without_gaps_or_repeats,
     a_websocket_device_chats_like_any_other,
-    sync_from_a_cursor_and_history_pages,
     history_and_seq_continue_across_a_bridge_restart,
+);
+
+on_engines_and_cluster!(
+    offline_device_catches_up_without_gaps_or_repeats,
+    sync_from_a_cursor_and_history_pages,
     a_repeated_request_is_delivered_again_with_the_same_useqs,
     every_kind_of_bad_input_is_refused_and_changes_nothing,
     refusals_surface_as_typed_errors,

@@ -7,13 +7,16 @@ use messenger_client::ClientEvent;
 use messenger_protocol::wire::Status;
 
 use crate::util::proxy::FreezingProxy;
-use crate::util::server::{expect, on_both_engines, Backend, TestServer};
+use crate::util::server::{expect, on_both_engines, on_engines_and_cluster, Backend, TestServer};
 use crate::util::{uid, PATIENCE};
 
-on_both_engines!(
+on_engines_and_cluster!(
     user_goes_offline_only_when_the_last_device_goes,
     a_half_open_connection_is_declared_dead,
     a_clean_disconnect_turns_the_user_offline,
+);
+
+on_both_engines!(
     status_is_right_after_a_bridge_restart,
     a_device_without_a_connection_is_reconciled_offline,
 );

@@ -89,6 +89,7 @@ impl Client {
     /// connection it subscribes to its inbox and reply topics, publishes `online`
     /// and syncs the inbox from its cursor.
     pub async fn connect(config: ClientConfig) -> Result<(Client, EventStream), ClientError> {
+        let brokers = config.every_broker()?;
         let options = config.mqtt_options()?;
         let (mqtt, mut eventloop) = AsyncClient::new(options, MQTT_CHANNEL_CAPACITY);
         // A request is one small packet: Nagle's algorithm would hold it back until
@@ -126,6 +127,8 @@ impl Client {
             tokens: tokens_rx,
             user: config.user.to_string(),
             password: config.password.clone(),
+            brokers,
+            next_broker: 1,
         };
         tokio::spawn(connection.run(shutdown.clone()));
         tokio::spawn(session.run(commands_rx, net_rx, shutdown.clone()));

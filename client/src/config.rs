@@ -39,6 +39,9 @@ pub enum Trust {
 pub struct ClientConfig {
     /// The broker's address, `host:port` (for either transport).
     pub broker: String,
+    /// More addresses of the same service (a cluster's other nodes), tried in
+    /// turn, after `broker`, each time the connection is lost; empty by default.
+    pub other_brokers: Vec<String>,
     /// TCP or WebSocket.
     pub transport: Transport,
     /// TLS over either transport (the broker's `tls_listen` or `wss_listen`
@@ -103,6 +106,7 @@ impl ClientConfig {
     ) -> Self {
         Self {
             broker: broker.into(),
+            other_brokers: Vec::new(),
             transport: Transport::Tcp,
             tls: None,
             user,
@@ -113,6 +117,18 @@ impl ClientConfig {
             start_after_useq: 0,
             max_packet_bytes: 128 * 1024,
         }
+    }
+
+    /// The options for `broker` and then for each of `other_brokers`, in turn.
+    pub(crate) fn every_broker(&self) -> Result<Vec<MqttOptions>, ClientError> {
+        std::iter::once(&self.broker)
+            .chain(&self.other_brokers)
+            .map(|broker| {
+                let mut one = self.clone();
+                one.broker = broker.clone();
+                one.mqtt_options()
+            })
+            .collect()
     }
 
     /// The MQTT client id, `<user>:<device>`.

@@ -62,6 +62,10 @@ pub(crate) struct Connection {
     pub(crate) user: String,
     /// The password from the configuration.
     pub(crate) password: String,
+    /// The options for each of the service's addresses (one but on a cluster).
+    pub(crate) brokers: Vec<rumqttc::MqttOptions>,
+    /// The one tried after the next lost connection.
+    pub(crate) next_broker: usize,
 }
 
 impl Connection {
@@ -135,6 +139,14 @@ impl Connection {
                         }
                         ConnectionError::RequestsDone => return,
                         _ => {}
+                    }
+                    if self.brokers.len() > 1 {
+                        // A cluster: the next node (the session lives in the cluster).
+                        if let Some(options) = self.brokers.get(self.next_broker) {
+                            self.eventloop.mqtt_options = options.clone();
+                            self.apply(&creds);
+                        }
+                        self.next_broker = (self.next_broker + 1) % self.brokers.len();
                     }
                     let delay = backoff.next_delay(&mut rand::thread_rng());
                     debug!(?delay, "waiting before reconnecting");

@@ -147,7 +147,9 @@ impl TestBroker {
         match backend {
             server::Backend::Embedded => Self::start(),
             server::Backend::Postgres => Self::start().postgres(postgres::database()),
-            server::Backend::Mosquitto => panic!("a TestBroker is the embedded broker"),
+            server::Backend::Mosquitto | server::Backend::Cluster => {
+                panic!("a TestBroker is the embedded broker")
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::Cluster;
 use super::mosquitto::Mosquitto;
 use super::{
     did, uid, ClientOptions, TestBroker, Transport, BRIDGE_PASSWORD, BRIDGE_USER, PATIENCE,
@@ -31,6 +33,9 @@ pub(crate) enum Backend {
     /// The embedded broker; accounts and storage on PostgreSQL (a database of
     /// the test binary's shared server).
     Postgres,
+    /// A NATS cluster of the test's own (`messenger cluster up`: three nodes,
+    /// two bridges, its PostgreSQL); each new device signs in on the next node.
+    Cluster,
 }
 
 enum Broker {
@@ -40,11 +45,16 @@ enum Broker {
         broker: Mosquitto,
         _dir: TempDir,
     },
+    Cluster {
+        cluster: Box<Cluster>,
+        /// How many addresses were handed out (devices go round the nodes).
+        handed: AtomicUsize,
+    },
 }
 
-/// Runs one test body against both brokers and both engines:
+/// Runs one test body against every broker tier and both engines:
 /// `on_both_brokers!(name)` next to `async fn name(backend: Backend)` yields
-/// `name::embedded`, `name::mosquitto` and `name::postgres`.
+/// `name::embedded`, `name::mosquitto`, `name::postgres` and `name::cluster`.
 macro_rules! on_both_brokers {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -62,10 +72,41 @@ macro_rules! on_both_brokers {
             async fn postgres() {
                 super::$name($crate::util::server::Backend::Postgres).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name($crate::util::server::Backend::Cluster).await;
+            }
         }
     )*};
 }
 pub(crate) use on_both_brokers;
+
+/// Runs one test body on both storage engines (the embedded broker) and on a
+/// NATS cluster: `on_engines_and_cluster!(name)` next to
+/// `async fn name(backend: Backend)` yields `name::sqlite`, `name::postgres`
+/// and `name::cluster`.
+macro_rules! on_engines_and_cluster {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::util::server::Backend::Embedded).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::util::server::Backend::Postgres).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name($crate::util::server::Backend::Cluster).await;
+            }
+        }
+    )*};
+}
+pub(crate) use on_engines_and_cluster;
 
 /// Runs one test body on both storage engines (the embedded broker):
 /// `on_both_engines!(name)` next to `async fn name(backend: Backend)` yields
@@ -153,6 +194,27 @@ impl TestServer {
                 let db = broker.db_path();
                 (Broker::Embedded(Box::new(broker)), db)
             }
+            Backend::Cluster => {
+                let cluster = Cluster::start(3, 2).await;
+                let db = cluster.dir().join("unused.db");
+                let broker = Broker::Cluster {
+                    cluster: Box::new(cluster),
+                    handed: AtomicUsize::new(0),
+                };
+                let server = Self {
+                    broker,
+                    db,
+                    bridge: None,
+                    more_bridges: Vec::new(),
+                    limits,
+                    keepalive_secs,
+                };
+                for (user, password) in users {
+                    server.add_user(user, password).await;
+                }
+                // Its bridges run already (cluster.json is written once they are ready).
+                return server;
+            }
             Backend::Mosquitto => {
                 let users: Vec<(String, String)> = users
                     .iter()
@@ -189,11 +251,23 @@ impl TestServer {
         server
     }
 
-    /// The broker's MQTT address.
+    /// The broker's MQTT address (on a cluster, the next node's, round the nodes).
     pub(crate) fn addr(&self) -> SocketAddr {
         match &self.broker {
             Broker::Embedded(b) => b.mqtt_addr(),
             Broker::Mosquitto { broker, .. } => broker.addr(),
+            Broker::Cluster { cluster, handed } => {
+                let nodes = cluster.description().mqtt.len();
+                cluster.mqtt(handed.fetch_add(1, Ordering::Relaxed) % nodes)
+            }
+        }
+    }
+
+    /// The cluster, for [`Backend::Cluster`].
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        match &self.broker {
+            Broker::Cluster { cluster, .. } => Some(cluster),
+            _ => None,
         }
     }
 
@@ -204,6 +278,7 @@ impl TestServer {
             Broker::Mosquitto { .. } => {
                 panic!("the Mosquitto test broker has no WebSocket listener")
             }
+            Broker::Cluster { .. } => panic!("use the cluster's websocket URLs"),
         }
     }
 
@@ -212,6 +287,7 @@ impl TestServer {
         match &self.broker {
             Broker::Embedded(b) => b.postgres_url(),
             Broker::Mosquitto { .. } => None,
+            Broker::Cluster { cluster, .. } => Some(&cluster.description().postgres),
         }
     }
 
@@ -373,6 +449,7 @@ impl TestServer {
         let liveness = match &self.broker {
             Broker::Embedded(b) => Some(b.liveness()),
             Broker::Mosquitto { .. } => None,
+            Broker::Cluster { .. } => panic!("a cluster's bridges are its own processes"),
         };
         let bridge = Bridge {
             config: BridgeConfig {

@@ -417,8 +417,9 @@ async fn kick(system: &async_nats::Client, user: &str) -> usize {
         for conn in reply.data.map(|d| d.connections).unwrap_or_default() {
             let subject = format!("$SYS.REQ.SERVER.{}.KICK", reply.server.id);
             let body = json!({"cid": conn.cid}).to_string();
-            match system.publish(subject, body.into()).await {
-                Ok(()) => cut += 1,
+            // The node acts only on a request (it answers whether it closed it).
+            match system.request(subject, body.into()).await {
+                Ok(_) => cut += 1,
                 Err(err) => warn!(cause = %err, "cannot close a revoked connection"),
             }
         }

@@ -112,10 +112,14 @@ impl Intake {
             .get_or_create_consumer(&self.durable, config)
             .await
             .map_err(|e| format!("consumer {}: {e}", self.durable))?;
-        consumer
-            .reset(None)
-            .await
-            .map_err(|e| format!("resetting consumer {}: {e}", self.durable))?;
+        // Nothing delivered and unacknowledged (a consumer just made, say,
+        // whose replicas may still be electing a leader): nothing to reset.
+        if consumer.cached_info().num_ack_pending > 0 {
+            consumer
+                .reset(None)
+                .await
+                .map_err(|e| format!("resetting consumer {}: {e}", self.durable))?;
+        }
         let mut messages = consumer
             .messages()
             .await
