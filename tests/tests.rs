@@ -46,6 +46,10 @@ mod erase;
 // Several bridges on one PostgreSQL database: guarantees under concurrency, a bridge killed mid-stream, retention shared.
 mod bridges;
 
+// The broker tier on a NATS cluster: `messenger nats-config` checked by nats-server,
+// `messenger cluster up` (nodes, PostgreSQL, a killed node restarted, SIGTERM), bad input.
+mod cluster;
+
 // Durable 1-1 messaging through the real bridge, on the embedded broker and on Mosquitto.
 mod messaging;
 

@@ -12,6 +12,8 @@
 //! - [`process`]: the real `messenger` binary in its own temp directory.
 //! - [`stock`]: `mosquitto_pub`, `mosquitto_sub` and a Mosquitto broker.
 //! - [`postgres`]: one PostgreSQL server per test binary, a database per test.
+//! - [`cluster`]: `messenger cluster up` (nats-server nodes, PostgreSQL, bridges)
+//!   as a child process group, per test or one per test binary.
 //!
 //! Nothing here sleeps in place of waiting: every wait is on an event (or, for a
 //! process or a port, a short poll), under [`PATIENCE`]. To show that something did *not* happen, tests use a positive
@@ -19,6 +21,7 @@
 //! never does).
 
 pub(crate) mod client;
+pub(crate) mod cluster;
 pub(crate) mod mosquitto;
 pub(crate) mod postgres;
 pub(crate) mod process;
