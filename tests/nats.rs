@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use messenger_client::{ClientEvent, HistoryItem};
+use messenger_client::ClientEvent;
 use messenger_protocol::{ConvId, UserId};
 use rumqttc::ConnectReturnCode;
 

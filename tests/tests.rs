@@ -50,6 +50,10 @@ mod bridges;
 // `messenger cluster up` (nodes, PostgreSQL, a killed node restarted, SIGTERM), bad input.
 mod cluster;
 
+// The service on a NATS cluster under failure: a node and a bridge killed mid-stream, and
+// every ACL rule tried by a real client against a node.
+mod nats;
+
 // Durable 1-1 messaging through the real bridge, on the embedded broker and on Mosquitto.
 mod messaging;
 

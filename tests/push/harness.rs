@@ -75,6 +75,7 @@ impl Server {
         let postgres = match backend {
             Backend::Postgres => Some(crate::util::postgres::database()),
             Backend::Embedded | Backend::Mosquitto => None,
+            Backend::Cluster => panic!("the push harness runs its own bridges"),
         };
         let accounts_url = postgres.clone();
         let service_password = "bridge-secret".to_owned();
