@@ -557,10 +557,19 @@ fn postmaster_pid(dir: &Path) -> anyhow::Result<u32> {
 
 /// Resolves once the postmaster `pid` no longer runs (looked for every `poll`).
 async fn postgres_stopped(pid: u32, poll: Duration) {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    while proc.exists() {
+    while runs(pid) {
         tokio::time::sleep(poll).await;
     }
+}
+
+/// Whether process `pid` exists and is not a zombie (the postmaster is not
+/// this process's child: nothing here reaps it).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
 }
 
 /// SIGINT and SIGTERM, listened to from the start (a signal during startup

@@ -418,7 +418,8 @@ mod tests {
     #[test]
     fn credentials_nats_server_cannot_take_are_refused_naming_the_key() {
         assert!(credentials().validate().is_ok());
-        let cases: [(fn(&mut Credentials), &str); 6] = [
+        type Edit = fn(&mut Credentials);
+        let cases: [(Edit, &str); 6] = [
             (|c| c.bridge_password.clear(), "bridge.password"),
             (|c| c.auth_password.clear(), "nats.auth_password"),
             (|c| c.system_password.clear(), "nats.system_password"),

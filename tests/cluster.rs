@@ -1,7 +1,8 @@
 //! The broker tier on a NATS cluster, as deployed: `messenger nats-config`'s
 //! output is a configuration nats-server accepts; `messenger cluster up` starts
-//! nodes and PostgreSQL, restarts a killed node, stops everything on SIGTERM,
-//! and refuses bad input before starting anything.
+//! nodes and PostgreSQL, restarts a killed node, stops everything on SIGTERM
+//! (and, failing, when PostgreSQL dies), and refuses bad input before starting
+//! anything.
 
 use std::process::Command;
 
@@ -162,6 +163,21 @@ async fn cluster_up_runs_nodes_and_postgres_restarts_a_killed_node_and_stops_on_
         .run(&["cluster", "up", "--bridges", "0", "--dir", &dir])
         .await;
     assert_eq!(out.status.code(), Some(64), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_stops_everything_and_fails_when_postgresql_dies() {
+    let cluster = Cluster::start(1, 0).await;
+    let node = cluster.pid("n1");
+    cluster.kill("pg");
+    let status = cluster.exit_status().await;
+    assert!(!status.success(), "{status}:\n{}", cluster.log());
+    assert!(!alive(node), "n1 stopped");
+    assert!(
+        cluster.log().contains("PostgreSQL stopped"),
+        "{}",
+        cluster.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

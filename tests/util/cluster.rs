@@ -332,6 +332,11 @@ impl Cluster {
             .status()
             .expect("running kill");
         assert!(status.success(), "kill -TERM {pid}: {status}");
+        self.exit_status().await
+    }
+
+    /// Waits (up to the time a shutdown may take) for `cluster up` to exit.
+    pub(crate) async fn exit_status(&self) -> ExitStatus {
         let deadline = tokio::time::Instant::now() + SHUTDOWN;
         loop {
             if let Some(status) = self.lock().try_wait().expect("try_wait") {
@@ -339,7 +344,7 @@ impl Cluster {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "cluster up still running {SHUTDOWN:?} after SIGTERM:\n{}",
+                "cluster up still running after {SHUTDOWN:?}:\n{}",
                 self.log()
             );
             tokio::time::sleep(POLL).await;
