@@ -278,7 +278,7 @@ impl Prepared {
                 .map(|a| bridge.producer_options(a))
                 .collect(),
             next: 1,
-            jobs: jobs_tx.clone(),
+            jobs: jobs_tx.downgrade(),
         });
         let parts = Parts {
             writer,
@@ -456,9 +456,13 @@ impl Bridge {
                 Some(url) => {
                     let mut client = postgres::connect(url)?;
                     postgres::migrate(&mut client)?;
+                    let client = bounded_transactions(client)?;
                     let url = url.to_owned();
-                    let connect: postgres::Connector =
-                        Arc::new(move || postgres::connect(&url).map_err(|e| e.to_string()));
+                    let connect: postgres::Connector = Arc::new(move || {
+                        postgres::connect(&url)
+                            .and_then(bounded_transactions)
+                            .map_err(|e| e.to_string())
+                    });
                     ownership.set_none();
                     let sharing = postgres::Sharing {
                         instance,
@@ -489,6 +493,24 @@ impl Bridge {
             cause: e.to_string(),
         })?
     }
+}
+
+/// How long the database lets one of the bridge's transactions sit idle
+/// before it ends the session: a bridge paused in the middle of a batch (a
+/// frozen process, a suspended machine) would otherwise hold its slots' locks,
+/// and no other bridge could take its users over, until its connection died.
+const IDLE_IN_TRANSACTION: &str = "5s";
+
+/// `client`, with the bridge's bound on idle transactions.
+fn bounded_transactions(
+    mut client: postgres::Client,
+) -> Result<postgres::Client, postgres::PostgresError> {
+    client
+        .batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"
+        ))
+        .map_err(postgres::PostgresError::from)?;
+    Ok(client)
 }
 
 impl Parts {

@@ -354,8 +354,8 @@ pub(crate) struct Failover {
     pub(crate) options: Vec<MqttOptions>,
     /// The node tried after the next failure.
     pub(crate) next: usize,
-    /// The writer's jobs.
-    pub(crate) jobs: mpsc::UnboundedSender<Job>,
+    /// The writer's jobs (weak: the writer ends once the intake lets go).
+    pub(crate) jobs: mpsc::WeakUnboundedSender<Job>,
 }
 
 /// Drives the producer connection's event loop (it only publishes) until it has
@@ -383,8 +383,8 @@ pub(crate) async fn produce(
                             ack: None,
                             epoch: 0,
                         };
-                        if failover.jobs.send(job).is_err() {
-                            return;
+                        if let Some(jobs) = failover.jobs.upgrade() {
+                            let _ = jobs.send(job);
                         }
                     }
                 }

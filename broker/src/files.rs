@@ -124,7 +124,11 @@ impl UploadLimit {
 
     /// Takes one upload from `user`'s allowance, or says how long until one is allowed.
     fn check(&self, user: &UserId) -> Result<(), Duration> {
-        if self.checks.fetch_add(1, Ordering::Relaxed).is_multiple_of(FORGET_EVERY_CHECKS) {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(FORGET_EVERY_CHECKS)
+        {
             self.limiter.retain_recent();
         }
         self.limiter

@@ -208,7 +208,7 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 let _ = Command::new("kill")
-                    .arg("-KILL")
+                    .args(["-KILL", "--"])
                     .arg(format!("-{}", child.id()))
                     .status();
                 panic!("no cluster.json after {STARTUP:?}:\n{}", read(&log));
@@ -370,12 +370,15 @@ impl Drop for Cluster {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(None) = child.try_wait() {
             let group = format!("-{}", child.id());
-            let _ = Command::new("kill").args(["-TERM", &group]).status();
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
             let deadline = Instant::now() + SHUTDOWN;
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(POLL);
             }
-            let _ = Command::new("kill").args(["-KILL", &group]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .stderr(Stdio::null())
+                .status();
             let _ = child.wait();
         }
         // PostgreSQL leaves the group (pg_ctl starts it in a session of its
