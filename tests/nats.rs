@@ -322,7 +322,8 @@ fn signal(pid: u32, signal: &str) {
 /// Every rule of the topic ACL, tried by a real MQTT client against a node:
 /// refused sign-ins (always CONNACK 5 on a cluster: the callout cannot say
 /// 4), refused subscriptions (0x80), and forged publishes that are PUBACKed and
-/// dropped, each beside a positive control that shows the path works.
+/// dropped, each beside a positive control that shows the path works; and a
+/// removed user's connection cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acl_rule_is_refused_on_a_cluster_node() {
     let server = TestServer::start(Backend::Cluster, USERS).await;
@@ -425,4 +426,22 @@ async fn every_acl_rule_is_refused_on_a_cluster_node() {
     if let Ok((topic, body)) = seen {
         assert!(!body.contains("forged"), "{topic}: {body}");
     }
+    // Revocation reaches every node: ben, removed, is cut off on his node, and
+    // his password no longer signs in.
+    server.remove_user("ben").await;
+    ben.disconnected().await;
+    // (The node may close the first attempt while it still tears the old
+    // session down; no attempt signs in.)
+    let mut code = None;
+    for _ in 0..5 {
+        match raw("ben:phone", "ben-pw").connect().await {
+            Ok(_) => panic!("a removed user signed in"),
+            Err(rumqttc::ConnectionError::ConnectionRefused(c)) => {
+                code = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert_eq!(code, Some(ConnectReturnCode::NotAuthorized));
 }
