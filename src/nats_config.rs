@@ -244,8 +244,12 @@ pub(crate) fn render(node: &Node, credentials: &Credentials) -> String {
             list(&routes)
         ));
     }
+    // ack_wait: a delivery to a device's session that is not acknowledged comes
+    // again after 2 s, not the default 30 s. Under a burst the nodes hold some
+    // deliveries as sent that the device never gets (docs/BENCHMARKS.md, round 9).
+    line("# ack_wait: an unacknowledged delivery to a device comes again after 2 s".into());
     line(format!(
-        "mqtt {{ listen: {}, stream_replicas: {}, max_ack_pending: 100 }}",
+        "mqtt {{ listen: {}, stream_replicas: {}, max_ack_pending: 100, ack_wait: \"2s\" }}",
         address(&node.mqtt),
         node.replicas
     ));
@@ -384,7 +388,7 @@ mod tests {
             "http: \"127.0.0.1:8222\"\n",
             "jetstream { store_dir: \"/var/lib/nats/n1\", max_file_store: 1G, max_memory_store: 256M }\n",
             "cluster { name: \"messenger\", listen: \"10.0.0.1:6222\", routes: [\"nats://10.0.0.2:6222\", \"nats://10.0.0.3:6222\"] }\n",
-            "mqtt { listen: \"0.0.0.0:1883\", stream_replicas: 3, max_ack_pending: 100 }\n",
+            "mqtt { listen: \"0.0.0.0:1883\", stream_replicas: 3, max_ack_pending: 100, ack_wait: \"2s\" }\n",
             "websocket { listen: \"0.0.0.0:8080\", no_tls: true }\n",
             "  AUTH { users: [ { user: \"auth\", password: \"a-pw\" } ] }\n",
             "  MSG {\n    jetstream: enabled\n",
