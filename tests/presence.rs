@@ -39,6 +39,21 @@ async fn status(events: &mut messenger_client::EventStream, online: bool) -> Sta
     .await
 }
 
+/// Follows alice's status; returns once the broker holds the subscription: a
+/// request sent after it is answered (a broker handles one connection's
+/// packets in order). A NATS node sets a subscription up as a JetStream
+/// consumer, and a status published meanwhile can be missed.
+async fn follow_alice(client: &messenger_client::Client) {
+    client
+        .subscribe_status(&uid("alice"))
+        .await
+        .expect("subscribe");
+    client
+        .blocks()
+        .await
+        .expect("a request after the subscription is answered");
+}
+
 /// A plain MQTT device of alice's with the presence last will, `online` published.
 async fn device(
     server: &TestServer,
@@ -84,9 +99,7 @@ async fn bridge_sees(server: &TestServer, device: &str, online: bool) {
 async fn user_goes_offline_only_when_the_last_device_goes(backend: Backend) {
     let server = TestServer::start(backend, USERS).await;
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
-    bob.subscribe_status(&uid("alice"))
-        .await
-        .expect("subscribe");
+    follow_alice(&bob).await;
     let phone = device(&server, "phone", Duration::from_secs(5), None).await;
     let laptop = device(&server, "laptop", Duration::from_secs(5), None).await;
     assert!(status(&mut bob_events, true).await.online);
@@ -106,10 +119,7 @@ async fn user_goes_offline_only_when_the_last_device_goes(backend: Backend) {
 
     // A later subscriber gets the retained status.
     let (carol_view, mut later) = server.device("bob", "bob-pw", "tablet").await;
-    carol_view
-        .subscribe_status(&uid("alice"))
-        .await
-        .expect("subscribe");
+    follow_alice(&carol_view).await;
     let retained = status(&mut later, false).await;
     assert_eq!(retained.last_seen, Some(last_seen));
 
@@ -121,9 +131,7 @@ async fn user_goes_offline_only_when_the_last_device_goes(backend: Backend) {
 async fn a_half_open_connection_is_declared_dead(backend: Backend) {
     let server = TestServer::start(backend, USERS).await;
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
-    bob.subscribe_status(&uid("alice"))
-        .await
-        .expect("subscribe");
+    follow_alice(&bob).await;
     let proxy = FreezingProxy::start(server.addr()).await;
     let _phone = device(&server, "phone", Duration::from_secs(1), Some(proxy.addr())).await;
     status(&mut bob_events, true).await;
@@ -139,9 +147,7 @@ async fn a_half_open_connection_is_declared_dead(backend: Backend) {
 async fn a_clean_disconnect_turns_the_user_offline(backend: Backend) {
     let server = TestServer::start(backend, USERS).await;
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
-    bob.subscribe_status(&uid("alice"))
-        .await
-        .expect("subscribe");
+    follow_alice(&bob).await;
     let (alice, _events) = server.device("alice", "alice-pw", "phone").await;
     status(&mut bob_events, true).await;
     alice.disconnect().await;
@@ -153,9 +159,7 @@ async fn a_clean_disconnect_turns_the_user_offline(backend: Backend) {
 async fn status_is_right_after_a_bridge_restart(backend: Backend) {
     let mut server = TestServer::build(backend, USERS, Default::default(), 1).await;
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
-    bob.subscribe_status(&uid("alice"))
-        .await
-        .expect("subscribe");
+    follow_alice(&bob).await;
     let phone = device(&server, "phone", Duration::from_secs(5), None).await;
     status(&mut bob_events, true).await;
     bridge_sees(&server, "phone", true).await;
@@ -172,9 +176,7 @@ async fn a_device_without_a_connection_is_reconciled_offline(backend: Backend) {
     // after the whole server restarted): within one keepalive period it is corrected.
     let mut server = TestServer::build(backend, USERS, Default::default(), 1).await;
     let (bob, mut bob_events) = server.device("bob", "bob-pw", "phone").await;
-    bob.subscribe_status(&uid("alice"))
-        .await
-        .expect("subscribe");
+    follow_alice(&bob).await;
     server.stop_bridge().await;
     server
         .execute(

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use messenger_store::slots::Ownership;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::mqtt::{route, work_of_topic};
 use crate::passed::Passed;
@@ -160,6 +160,7 @@ impl Intake {
                 return Ok(Stopped::Reset);
             }
             expected = Some(sequence + 1);
+            debug!(subject = %message.subject, sequence, "from the requests stream");
             let work = match topic {
                 Some(topic) => work_of_topic(&topic, &message.payload),
                 None => Work::Skip,
