@@ -149,3 +149,53 @@ fn quick_bench_on_postgres_reports_each_bridge_count() {
     }
     assert_eq!(report["on_sqlite"], false);
 }
+
+/// `--cluster 3` runs the e2e phases on a NATS cluster too (`messenger cluster
+/// up`), beside the single node, and reports its figures with the CPU of each
+/// part; a single node of the cluster is refused.
+#[test]
+fn quick_bench_on_a_cluster_reports_its_figures_by_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_messenger"))
+        .args(["bench", "--quick", "--phases", "paced,saturated"])
+        .args(["--cluster", "3", "--json"])
+        .arg(&json)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {table}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(table.contains("cluster, 3 nodes: e2e msgs/s"), "{table}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let cluster = &report["cluster"];
+    assert_eq!(cluster["nodes"], 3, "{report}");
+    for name in ["msgs_per_s", "delivery_p99_ms", "paced_delivery_p99_ms"] {
+        let value = cluster["figures"][name].as_f64().unwrap_or(0.0);
+        assert!(value > 0.0, "cluster {name} = {value}");
+    }
+    let parts: Vec<&str> = cluster["cpu_us_per_msg_by_part"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .map(|p| p[0].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(parts, ["NATS", "bridges", "PostgreSQL"], "{report}");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_messenger"))
+        .args(["bench", "--quick", "--cluster", "1"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--cluster must be"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

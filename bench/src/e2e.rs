@@ -20,7 +20,7 @@ use super::options::{Options, Phase};
 use super::pacer::Pacer;
 use super::patience::{drain, PATIENCE};
 use super::seed::{self, Identity};
-use super::server::{cpu_secs_of, us_per_msg, Role, Server, ServerSpec};
+use super::server::{cpu_secs_of, us_per_msg, Measured, Role, Server, ServerSpec};
 use super::stats::Summary;
 
 /// How long the long run may go without a single delivery before it is declared stuck.
@@ -73,6 +73,9 @@ pub(crate) struct Saturated {
     pub(crate) server_cpu_us_per_msg: f64,
     /// The load generator's (this process's) CPU time per delivered message, microseconds.
     pub(crate) bench_cpu_us_per_msg: f64,
+    /// The server's CPU time per delivered message by part (a cluster's NATS
+    /// nodes, bridges, PostgreSQL), microseconds; empty for one process.
+    pub(crate) parts_cpu_us_per_msg: Vec<(&'static str, f64)>,
 }
 
 /// Everything measured on the messaging server.
@@ -151,6 +154,43 @@ pub(crate) async fn run(
     Ok(result)
 }
 
+/// The paced and saturated 1-1 phases on a NATS cluster: the users seeded in
+/// its database, each pair's two devices on two different nodes.
+pub(crate) async fn run_on_cluster(
+    options: &Options,
+    cluster: &crate::cluster::Cluster,
+) -> anyhow::Result<Messaging> {
+    let devices: Vec<(String, String)> = (0..2 * options.pairs)
+        .map(|n| (seed::user_name(n), "p".to_owned()))
+        .collect();
+    let url = cluster.postgres_url().to_owned();
+    let seeded = url.clone();
+    let identities =
+        tokio::task::spawn_blocking(move || seed::seed_postgres(&seeded, &devices)).await??;
+    shared_out(&url, cluster.bridges()).await?;
+    let fleet = pairs_across(cluster.addrs(), identities);
+    fleet.wait_ready(PATIENCE).await?;
+    fleet.wait_bridge(0, PATIENCE).await?;
+    let warm = (2 * options.pairs * options.window * 4) as u64;
+    fleet.closed_loop(warm, options.window).await?;
+    let metrics = &fleet.shared.metrics;
+    drain(
+        || metrics.deliveries.count() + errors(&fleet) >= warm,
+        "warm-up messages",
+    )
+    .await
+    .with_context(|| metrics.describe())?;
+    let mut result = Messaging::default();
+    if options.runs(Phase::Paced) {
+        result.paced = paced(&fleet, options).await?;
+    }
+    if options.runs(Phase::Saturated) {
+        result.saturated = saturated(&fleet, cluster, options).await?;
+    }
+    fleet.stop().await;
+    Ok(result)
+}
+
 /// Waits until `bridges` bridges hold every slot of the users between them (a
 /// request of a user whose slot is changing hands is passed over).
 async fn shared_out(url: &str, bridges: usize) -> anyhow::Result<()> {
@@ -178,12 +218,28 @@ fn pairs(server: &Server, identities: Vec<Identity>) -> Fleet {
     pairs_at(server.addr(), None, identities)
 }
 
+/// Device 2k and 2k+1 talk to each other, device `n` on `addrs[n % len]`:
+/// with two nodes or more, the two ends of every pair are on different nodes.
+fn pairs_across(addrs: &[std::net::SocketAddr], identities: Vec<Identity>) -> Fleet {
+    let (specs, options) = pair_specs(identities, None);
+    Fleet::start_across(addrs, specs, options)
+}
+
 /// [`pairs`] against `addr`, over TLS with `tls`.
 pub(crate) fn pairs_at(
     addr: std::net::SocketAddr,
     tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     identities: Vec<Identity>,
 ) -> Fleet {
+    let (specs, options) = pair_specs(identities, tls);
+    Fleet::start(addr, specs, options)
+}
+
+/// The devices of [`pairs_at`]: device 2k and 2k+1 in `dm:<a>:<b>`.
+fn pair_specs(
+    identities: Vec<Identity>,
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+) -> (Vec<Spec>, FleetOptions) {
     let users: Vec<String> = identities.iter().map(|id| id.user.clone()).collect();
     let specs = identities
         .into_iter()
@@ -202,15 +258,12 @@ pub(crate) fn pairs_at(
             }
         })
         .collect();
-    Fleet::start(
-        addr,
-        specs,
-        FleetOptions {
-            inflight: 100,
-            channel: 256,
-            tls,
-        },
-    )
+    let options = FleetOptions {
+        inflight: 100,
+        channel: 256,
+        tls,
+    };
+    (specs, options)
 }
 
 /// `error` replies (and refused sends) so far.
@@ -268,9 +321,14 @@ struct Baseline {
     rss: u64,
     server_cpu: f64,
     bench_cpu: f64,
+    parts: Vec<(&'static str, f64)>,
 }
 
-async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow::Result<Saturated> {
+async fn saturated(
+    fleet: &Fleet,
+    server: &impl Measured,
+    options: &Options,
+) -> anyhow::Result<Saturated> {
     let metrics = &fleet.shared.metrics;
     metrics.reset();
     let total = options.messages;
@@ -292,6 +350,7 @@ async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow:
                 rss: server.rss_bytes()?,
                 server_cpu: server.cpu_secs()?,
                 bench_cpu: cpu_secs_of("self")?,
+                parts: server.cpu_parts(),
             });
             info!(delivered, "long run: baseline taken");
         }
@@ -333,6 +392,7 @@ async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow:
         rss: rss_end,
         server_cpu: 0.0,
         bench_cpu: 0.0,
+        parts: Vec::new(),
     });
     let delivered = metrics.deliveries.count();
     let window = end.duration_since(base.at).as_secs_f64();
@@ -344,6 +404,18 @@ async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow:
     let counted = delivered.saturating_sub(base.delivered);
     let server_cpu_us_per_msg = us_per_msg(server_cpu_end - base.server_cpu, counted);
     let bench_cpu_us_per_msg = us_per_msg(bench_cpu_end - base.bench_cpu, counted);
+    let parts_cpu_us_per_msg = server
+        .cpu_parts()
+        .into_iter()
+        .map(|(part, end)| {
+            let start = base
+                .parts
+                .iter()
+                .find(|(p, _)| *p == part)
+                .map_or(0.0, |(_, s)| *s);
+            (part, us_per_msg(end - start, counted))
+        })
+        .collect();
     let mut acks = metrics.acks.take();
     let mut deliveries = metrics.deliveries.take();
     acks.drain(..(base.acks as usize).min(acks.len()));
@@ -360,6 +432,7 @@ async fn saturated(fleet: &Fleet, server: &Server, options: &Options) -> anyhow:
         secs: start.elapsed().as_secs_f64(),
         server_cpu_us_per_msg,
         bench_cpu_us_per_msg,
+        parts_cpu_us_per_msg,
     };
     info!(
         msgs_per_s = result.msgs_per_s as u64,

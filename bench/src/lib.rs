@@ -14,6 +14,7 @@
 //! - `server`: the server under test, a child process of this same executable.
 //! - `scratch`: the run's directories under the system's temp directory.
 //! - [`postgres`]: a PostgreSQL server made for a run (`--storage postgres`).
+//! - `cluster`: a NATS cluster made for a run (`--cluster N`).
 //! - `seed`: users and device tokens written into a server's SQLite file.
 //! - `devices`: simulated devices on rumqttc, and what they observe.
 //! - `pacer`: sends at a fixed rate; `patience`: how long any wait may take.
@@ -21,6 +22,7 @@
 //! - `raw`, `e2e`, `groups`, `connections`, `search`, `files`, `tls`: the phases.
 //! - `report`: the table and the JSON file.
 
+mod cluster;
 mod connections;
 mod devices;
 mod e2e;
@@ -136,6 +138,22 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
             on_postgres.push((bridges, e2e::run(options, spec, true, false).await?));
         }
     }
+    let on_cluster =
+        if options.cluster > 0 && (options.runs(Phase::Paced) || options.runs(Phase::Saturated)) {
+            info!(nodes = options.cluster, "e2e on a NATS cluster");
+            let mut cluster = cluster::Cluster::start(
+                &scratch.dir("cluster")?,
+                options.cluster,
+                1,
+                &options.server_env,
+            )
+            .await?;
+            let run = e2e::run_on_cluster(options, &cluster).await;
+            cluster.stop().await?;
+            Some((options.cluster, run?))
+        } else {
+            None
+        };
     let connections = if options.runs(Phase::Connections) {
         info!(devices = options.connections, "connections");
         connections::run(options, spec("connections")?).await?
@@ -178,6 +196,7 @@ async fn measure(options: &Options) -> anyhow::Result<Report> {
             files: &files,
             tls: &tls,
             postgres: &on_postgres,
+            cluster: on_cluster.as_ref(),
         },
         started.elapsed(),
     ))

@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// On PostgreSQL: how many bridges share the database, one run each (comma-separated) [1,3].
     #[arg(long, value_delimiter = ',', default_value = "1,3")]
     bridges: Vec<usize>,
+    /// The paced and saturated phases also on a NATS cluster of this many nodes
+    /// (`messenger cluster up`, one bridge, each pair's devices on two nodes); 0: off [0].
+    #[arg(long, default_value_t = 0)]
+    cluster: usize,
     /// Raw: seconds of saturated publishing [5; quick 1].
     #[arg(long)]
     raw_secs: Option<f64>,
@@ -155,6 +159,7 @@ pub(crate) struct Options {
     pub(crate) durability: Durability,
     pub(crate) storage: Vec<Storage>,
     pub(crate) bridges: Vec<usize>,
+    pub(crate) cluster: usize,
     pub(crate) raw_secs: f64,
     pub(crate) raw_paced_secs: f64,
     pub(crate) raw_publishers: usize,
@@ -199,6 +204,7 @@ impl Options {
             durability: a.durability,
             storage: a.storage.clone(),
             bridges: a.bridges.clone(),
+            cluster: a.cluster,
             raw_secs: pick(a.raw_secs, 5.0, 1.0),
             raw_paced_secs: if q { 0.5 } else { 3.0 },
             raw_publishers: count(a.raw_publishers, 2, 2),
@@ -266,6 +272,9 @@ impl Options {
         }
         if self.bridges.is_empty() || self.bridges.iter().any(|n| !(1..=8).contains(n)) {
             bail!("--bridges must be 1 to 8, comma-separated");
+        }
+        if self.cluster == 1 || self.cluster > 9 {
+            bail!("--cluster must be 0 (off) or 2 to 9 nodes");
         }
         if self.tls_connections == 0 || self.tls_messages == 0 {
             bail!("--tls-connections and --tls-messages must be at least 1");

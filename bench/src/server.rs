@@ -19,6 +19,28 @@ const START_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a server may take to stop after SIGTERM before it is killed.
 const STOP_PATIENCE: Duration = Duration::from_secs(15);
 
+/// What the long run samples of the server under test.
+pub(crate) trait Measured {
+    /// Resident memory of the server's processes.
+    fn rss_bytes(&self) -> anyhow::Result<u64>;
+    /// CPU time (user + system) of the server's processes so far, seconds.
+    fn cpu_secs(&self) -> anyhow::Result<f64>;
+    /// The CPU time of each part, when the server has several kinds of parts.
+    fn cpu_parts(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+}
+
+impl Measured for Server {
+    fn rss_bytes(&self) -> anyhow::Result<u64> {
+        Server::rss_bytes(self)
+    }
+
+    fn cpu_secs(&self) -> anyhow::Result<f64> {
+        Server::cpu_secs(self)
+    }
+}
+
 /// Which long-running command the child runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {

@@ -165,6 +165,16 @@ pub(crate) struct Fleet {
 impl Fleet {
     /// Creates the clients and starts connecting them to `addr`.
     pub(crate) fn start(addr: SocketAddr, specs: Vec<Spec>, options: FleetOptions) -> Self {
+        Self::start_across(&[addr], specs, options)
+    }
+
+    /// Creates the clients and starts connecting them, device `n` to
+    /// `addrs[n % addrs.len()]` (a cluster's nodes, in turn).
+    pub(crate) fn start_across(
+        addrs: &[SocketAddr],
+        specs: Vec<Spec>,
+        options: FleetOptions,
+    ) -> Self {
         let shared = Arc::new(Shared {
             metrics: Metrics::default(),
             ready: AtomicUsize::new(0),
@@ -177,7 +187,8 @@ impl Fleet {
         let stop = CancellationToken::new();
         let mut devices = Vec::with_capacity(specs.len());
         let mut tasks = Vec::with_capacity(specs.len());
-        for spec in specs {
+        for (n, spec) in specs.into_iter().enumerate() {
+            let addr = addrs[n % addrs.len().max(1)];
             let (client, mut eventloop) =
                 AsyncClient::new(mqtt_options(addr, &spec, &options), options.channel);
             // User devices send each small packet at once (TCP_NODELAY), as a chat app

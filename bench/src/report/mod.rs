@@ -222,6 +222,20 @@ pub(crate) struct Report {
     pub(crate) total_secs: f64,
     /// E2E on PostgreSQL (`--storage postgres`), one run per `--bridges` count.
     pub(crate) postgres: Vec<OnPostgres>,
+    /// E2E on a NATS cluster (`--cluster N`), if it ran.
+    pub(crate) cluster: Option<OnCluster>,
+}
+
+/// The paced and saturated e2e figures on a NATS cluster (one bridge,
+/// PostgreSQL), each pair's devices on two different nodes.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct OnCluster {
+    /// NATS nodes.
+    pub(crate) nodes: usize,
+    /// The figures, as on PostgreSQL (`bridges` is the cluster's bridges).
+    pub(crate) figures: OnPostgres,
+    /// Saturated: CPU time per message of each part (NATS, bridges, PostgreSQL), microseconds.
+    pub(crate) cpu_us_per_msg_by_part: Vec<(String, f64)>,
 }
 
 /// The paced and saturated e2e figures on PostgreSQL with some number of bridges.
@@ -288,6 +302,8 @@ pub(crate) struct Extra<'a> {
     pub(crate) tls: &'a TlsComparison,
     /// E2E on PostgreSQL, by bridges.
     pub(crate) postgres: &'a [(usize, Messaging)],
+    /// E2E on a NATS cluster of so many nodes.
+    pub(crate) cluster: Option<&'a (usize, Messaging)>,
 }
 
 impl Report {
@@ -392,6 +408,16 @@ impl Report {
                 .iter()
                 .map(|(bridges, run)| OnPostgres::new(*bridges, run, sat.msgs_per_s))
                 .collect(),
+            cluster: extra.cluster.map(|(nodes, run)| OnCluster {
+                nodes: *nodes,
+                figures: OnPostgres::new(1, run, sat.msgs_per_s),
+                cpu_us_per_msg_by_part: run
+                    .saturated
+                    .parts_cpu_us_per_msg
+                    .iter()
+                    .map(|(part, us)| ((*part).to_owned(), *us))
+                    .collect(),
+            }),
         }
     }
 }
@@ -425,6 +451,7 @@ mod tests {
                 files: &Files::default(),
                 tls: &TlsComparison::default(),
                 postgres: &[],
+                cluster: None,
             },
             Duration::from_secs(1),
         )

@@ -31,6 +31,7 @@ impl Report {
             self.file_rows(),
             self.tls_rows(),
             self.postgres_rows(),
+            self.cluster_rows(),
         ]
         .into_iter()
         .flatten()
@@ -182,6 +183,59 @@ impl Report {
                 )
                 .against(run.paced_delivery_p99_ms < 20.0, "p99 < 20 ms"),
             );
+        }
+        rows
+    }
+
+    /// E2E on a NATS cluster (nothing unless `--cluster N`): sender and
+    /// recipient on different nodes.
+    fn cluster_rows(&self) -> Vec<Row> {
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        let run = &cluster.figures;
+        let on = format!("cluster, {} nodes", cluster.nodes);
+        let mut rows = Vec::new();
+        if self.ran(Phase::Saturated) {
+            rows.push(Row::new(
+                format!("{on}: e2e msgs/s"),
+                format!("{:.0}", run.msgs_per_s),
+            ));
+            rows.push(Row::new(
+                format!("{on}: ack p50 / p99, delivery p50 / p99 ms"),
+                latencies(&[
+                    run.ack_p50_ms,
+                    run.ack_p99_ms,
+                    run.delivery_p50_ms,
+                    run.delivery_p99_ms,
+                ]),
+            ));
+            let parts = cluster
+                .cpu_us_per_msg_by_part
+                .iter()
+                .map(|(part, us)| format!("{part} {us:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            rows.push(Row::new(
+                format!("{on}: CPU us/msg ({:.1} in all)", run.server_cpu_us_per_msg),
+                parts,
+            ));
+        } else {
+            rows.push(Row::skipped(&format!("{on}: e2e saturated")));
+        }
+        if self.ran(Phase::Paced) {
+            rows.push(
+                Row::new(
+                    format!(
+                        "{on}: paced {:.0} msg/s delivery p50 / p99 ms",
+                        self.paced_rate
+                    ),
+                    latencies(&[run.paced_delivery_p50_ms, run.paced_delivery_p99_ms]),
+                )
+                .against(run.paced_delivery_p99_ms < 50.0, "p99 < 50 ms"),
+            );
+        } else {
+            rows.push(Row::skipped(&format!("{on}: paced")));
         }
         rows
     }
