@@ -401,7 +401,7 @@ async fn send_until_acked(
 /// `dm:<user>:zed`), one every `pace` whether or not the earlier ones were
 /// answered, and each again after `retry` without an answer, until every one
 /// is acked; their seqs, by `n`.
-pub(crate) async fn stream_until_acked(
+async fn stream_until_acked(
     client: &mut crate::util::Client,
     user: &str,
     sends: usize,
@@ -459,6 +459,33 @@ pub(crate) async fn stream_until_acked(
     acked.into_values().collect()
 }
 
+/// `user`'s raw device (`<user>:raw`) streams `sends` messages into
+/// `dm:<user>:zed`, one every 50 ms, each resent after 3 s without an answer,
+/// until all are acked, and checks they were stored in the order sent (one
+/// conversation per sender); their seqs.
+pub(crate) fn stream_in_order(
+    mut client: crate::util::Client,
+    user: &'static str,
+    sends: usize,
+) -> tokio::task::JoinHandle<Vec<i64>> {
+    tokio::spawn(async move {
+        client.subscribe(&[&format!("chat/{user}/dev/raw")]).await;
+        let seqs = stream_until_acked(
+            &mut client,
+            user,
+            sends,
+            Duration::from_millis(50),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(
+            seqs.windows(2).all(|pair| pair[0] < pair[1]),
+            "{user}'s sends were stored out of order: {seqs:?}"
+        );
+        seqs
+    })
+}
+
 /// `messenger broker` and three `messenger bridge` processes on one database;
 /// one bridge is killed with SIGKILL in the middle of a stream of sends, each
 /// device sending at a steady pace without waiting for answers. The others take
@@ -497,26 +524,14 @@ async fn a_bridge_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
     const SENDS: usize = 200;
     let mut tasks = Vec::new();
     for user in senders {
-        let mut client = broker
+        let client = broker
             .device(Transport::Tcp, &format!("{user}:raw"), "pw")
             .connect()
             .await
             .expect("connect");
-        client.subscribe(&[&format!("chat/{user}/dev/raw")]).await;
+        let stream = stream_in_order(client, user, SENDS);
         tasks.push(tokio::spawn(async move {
-            let seqs = stream_until_acked(
-                &mut client,
-                user,
-                SENDS,
-                Duration::from_millis(50),
-                Duration::from_secs(3),
-            )
-            .await;
-            // Sent in the order of n (one conversation per sender): stored in it.
-            assert!(
-                seqs.windows(2).all(|pair| pair[0] < pair[1]),
-                "{user}'s sends were stored out of order: {seqs:?}"
-            );
+            let seqs = stream.await.expect("sender task");
             seqs.into_iter()
                 .enumerate()
                 .map(|(n, seq)| (format!("{user}-{n}"), seq))

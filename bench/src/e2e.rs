@@ -127,24 +127,7 @@ pub(crate) async fn run(
     let mut result = Messaging::default();
     if one_to_one && (options.runs(Phase::Paced) || options.runs(Phase::Saturated)) {
         let fleet = pairs(&server, identities);
-        fleet.wait_ready(PATIENCE).await?;
-        fleet.wait_bridge(0, PATIENCE).await?;
-        // Warm-up: creates every conversation and the bridge's statement cache.
-        let warm = (pair_devices * options.window * 4) as u64;
-        fleet.closed_loop(warm, options.window).await?;
-        let metrics = &fleet.shared.metrics;
-        drain(
-            || metrics.deliveries.count() + errors(&fleet) >= warm,
-            "warm-up messages",
-        )
-        .await
-        .with_context(|| metrics.describe())?;
-        if options.runs(Phase::Paced) {
-            result.paced = paced(&fleet, options).await?;
-        }
-        if options.runs(Phase::Saturated) {
-            result.saturated = saturated(&fleet, &server, options).await?;
-        }
+        one_to_one_phases(&fleet, &server, options, &mut result).await?;
         fleet.stop().await;
     }
     if groups && options.runs(Phase::Groups) {
@@ -169,26 +152,39 @@ pub(crate) async fn run_on_cluster(
         tokio::task::spawn_blocking(move || seed::seed_postgres(&seeded, &devices)).await??;
     shared_out(&url, cluster.bridges()).await?;
     let fleet = pairs_across(cluster.addrs(), identities);
+    let mut result = Messaging::default();
+    let run = one_to_one_phases(&fleet, cluster, options, &mut result).await;
+    fleet.stop().await;
+    run?;
+    Ok(result)
+}
+
+/// Warms the pairs up (every conversation created, the bridge's statements
+/// cached), then runs the paced and saturated phases selected.
+async fn one_to_one_phases(
+    fleet: &Fleet,
+    server: &impl Measured,
+    options: &Options,
+    result: &mut Messaging,
+) -> anyhow::Result<()> {
     fleet.wait_ready(PATIENCE).await?;
     fleet.wait_bridge(0, PATIENCE).await?;
-    let warm = (2 * options.pairs * options.window * 4) as u64;
+    let warm = (fleet.devices.len() * options.window * 4) as u64;
     fleet.closed_loop(warm, options.window).await?;
     let metrics = &fleet.shared.metrics;
     drain(
-        || metrics.deliveries.count() + errors(&fleet) >= warm,
+        || metrics.deliveries.count() + errors(fleet) >= warm,
         "warm-up messages",
     )
     .await
     .with_context(|| metrics.describe())?;
-    let mut result = Messaging::default();
     if options.runs(Phase::Paced) {
-        result.paced = paced(&fleet, options).await?;
+        result.paced = paced(fleet, options).await?;
     }
     if options.runs(Phase::Saturated) {
-        result.saturated = saturated(&fleet, cluster, options).await?;
+        result.saturated = saturated(fleet, server, options).await?;
     }
-    fleet.stop().await;
-    Ok(result)
+    Ok(())
 }
 
 /// Waits until `bridges` bridges hold every slot of the users between them (a

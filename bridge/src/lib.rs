@@ -373,36 +373,31 @@ impl Bridge {
     /// a persistent session that takes requests and acks them) and the producer
     /// (`<instance>-out`, which publishes); see `mqtt`.
     fn connections(&self, address: &BrokerAddress) -> (Connection, Connection) {
-        let max_packet = self.max_packet();
-        let options = mqtt::options(
+        let (producer, mut producer_loop) =
+            AsyncClient::new(self.producer_options(address), 10_000);
+        producer_loop.set_network_options(mqtt::network());
+        let (client, mut eventloop) = AsyncClient::new(self.consumer_options(address), 10_000);
+        eventloop.set_network_options(mqtt::network());
+        ((client, eventloop), (producer, producer_loop))
+    }
+
+    /// The consumer's options for `address`.
+    fn consumer_options(&self, address: &BrokerAddress) -> rumqttc::MqttOptions {
+        mqtt::options(
             address,
             format!("{}:{}", self.config.username, self.config.instance),
             &self.config.username,
             &self.config.password,
             self.config.mqtt_keepalive(),
-            max_packet,
-        );
-        let (producer, mut producer_loop) =
-            AsyncClient::new(self.producer_options(address), 10_000);
-        producer_loop.set_network_options(mqtt::network());
-        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-        eventloop.set_network_options(mqtt::network());
-        ((client, eventloop), (producer, producer_loop))
+            self.max_packet(),
+        )
     }
 
     /// The producer's options for `address` (on a NATS cluster, one per node:
     /// the producer fails over between them).
     fn producer_options(&self, address: &BrokerAddress) -> rumqttc::MqttOptions {
-        let max_packet = self.max_packet();
-        let consumer = mqtt::options(
-            address,
-            format!("{}:{}", self.config.username, self.config.instance),
-            &self.config.username,
-            &self.config.password,
-            self.config.mqtt_keepalive(),
-            max_packet,
-        );
-        let mut options = mqtt::producer_options(&consumer, max_packet);
+        let mut options =
+            mqtt::producer_options(&self.consumer_options(address), self.max_packet());
         if self.nats.enabled() {
             // Events in flight survive a node's loss: the session (and the
             // producer's unacknowledged publishes) lives in the cluster.
