@@ -101,7 +101,7 @@ pub(crate) struct NatsConfigArgs {
     /// MQTT over WebSocket listener, host:port (path /mqtt, plain HTTP; off when not given).
     #[arg(long)]
     pub(crate) websocket: Option<BrokerAddress>,
-    /// JetStream's store directory (default: nats/<name>/jetstream under the current directory).
+    /// JetStream's store directory (default: `nats/<name>/jetstream` under the current directory).
     #[arg(long, value_name = "DIR")]
     pub(crate) store: Option<PathBuf>,
     /// Copies of the MQTT streams (default: the node count, itself and --routes, up to 3).

@@ -7,16 +7,16 @@
 //! next window, up to a maximum. A successful sign-in clears the user's record
 //! (not the address's: one valid account must not reset an address that guesses
 //! others' passwords). Both maps are bounded: a record is forgotten once it has
-//! been quiet for [`FORGET_AFTER_WINDOWS`] maximum windows, and a full map drops
+//! been quiet for `FORGET_AFTER_WINDOWS` (10) maximum windows, and a full map drops
 //! its oldest record.
 //!
 //! A user's lockout would also shut the real user out, so it spares the
 //! addresses the user signed in from successfully (with the password or a
-//! device token) in the last [`TRUST_FOR`]: guessing one user's password from
+//! device token) in the last `TRUST_FOR` (30 days): guessing one user's password from
 //! many addresses costs the guesser time, while the user, at an address they
 //! used before, still gets their password checked (that address's own record
 //! still applies). Elsewhere the lockout lasts at most `max_backoff`. At most
-//! [`MAX_RECORDS`] such pairs are kept; a full map forgets the oldest.
+//! `MAX_RECORDS` (65,536) such pairs are kept; a full map forgets the oldest.
 //!
 //! Every method takes the current instant, so tests drive the clock.
 
@@ -190,7 +190,7 @@ impl Throttle {
     }
 
     /// Records a successful sign-in of `user` from `addr` (password or token): that
-    /// address is spared the user's lockout for [`TRUST_FOR`].
+    /// address is spared the user's lockout for `TRUST_FOR` (30 days).
     pub fn trust(&self, user: &str, addr: IpAddr, now: Instant) {
         let mut trusted = lock(&self.trusted);
         let key = (user.to_owned(), address_key(addr));
