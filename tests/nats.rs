@@ -304,6 +304,53 @@ fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill {signal} {pid}: {status}");
 }
 
+/// A node killed with SIGKILL publishes none of its devices' last wills; the
+/// bridges, reconciling presence with the nodes' connections, mark them
+/// offline: a follower on another node sees the user go offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_devices_of_a_killed_node_go_offline() {
+    let server = TestServer::start(Backend::Cluster, USERS).await;
+    let cluster = server.cluster().expect("a cluster");
+    let (ben, mut ben_events) = device_on(&server, 0, "ben", "phone").await;
+    ben.subscribe_status(&uid("ann")).await.expect("subscribe");
+    // Answered after the SUBSCRIBE: the subscription is in place.
+    ben.blocks().await.expect("blocks");
+    let node = cluster.mqtt(2);
+    let mut ann = crate::util::ClientOptions::new(
+        (node, node),
+        crate::util::Transport::Tcp,
+        "ann:phone",
+        "ann-pw",
+    )
+    .will("presence/ann/phone", "offline");
+    ann.tune(|o| {
+        o.set_keep_alive(Duration::from_secs(60))
+            .set_clean_session(false);
+    });
+    let mut ann = ann.connect().await.expect("ann connects");
+    ann.publish("presence/ann/phone", "online", true).await;
+    let online = |online: bool| {
+        move |event| match event {
+            ClientEvent::Status(s) if s.user.as_str() == "ann" && s.online == online => Some(()),
+            _ => None,
+        }
+    };
+    crate::util::server::expect(&mut ben_events, online(true)).await;
+    let old = cluster.kill("n3");
+    tokio::time::timeout(FAILOVER, async {
+        loop {
+            let event = ben_events.next().await.expect("ben's events go on");
+            if online(false)(event).is_some() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("ann shown offline after her node died");
+    cluster.wait_restarted("n3", old).await;
+    drop(ann);
+}
+
 /// Every rule of the topic ACL, tried by a real MQTT client against a node:
 /// refused sign-ins (always CONNACK 5 on a cluster: the callout cannot say
 /// 4), refused subscriptions (0x80), and forged publishes that are PUBACKed and

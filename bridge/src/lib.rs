@@ -194,11 +194,16 @@ impl Prepared {
         shutdown: CancellationToken,
     ) -> Result<(), BridgeError> {
         let Prepared {
-            bridge,
+            mut bridge,
             push,
             metrics,
             callout,
         } = self;
+        // On a cluster, presence is reconciled with the nodes' connections.
+        let connected = Arc::new(nats::liveness::Connected::default());
+        if callout.is_some() {
+            bridge.liveness = Some(connected.liveness());
+        }
         let nats_addresses = bridge.nats.mqtt_addresses();
         let address = match (broker, nats_addresses.first()) {
             (Some(address), _) => address,
@@ -217,7 +222,16 @@ impl Prepared {
                 let sign_in = sign_in.clone().ok_or_else(|| {
                     BridgeError::Nats("no account store for the auth callout".into())
                 })?;
-                Some(nats::connect(&bridge.nats, &bridge.config, issuer.clone(), sign_in).await?)
+                Some(
+                    nats::connect(
+                        &bridge.nats,
+                        &bridge.config,
+                        issuer.clone(),
+                        sign_in,
+                        connected.clone(),
+                    )
+                    .await?,
+                )
             }
             None => None,
         };

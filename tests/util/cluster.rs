@@ -411,6 +411,8 @@ fn command(dir: &Path) -> Command {
         .env("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0")
         .env("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0")
         .env("MESSENGER_LIMITS__UPLOADS_PER_MIN", "0")
+        // Presence reconciled with the nodes' connections every 5 s.
+        .env("MESSENGER_BRIDGE__KEEPALIVE_SECS", "5")
         .env("RUST_LOG", "info");
     cmd
 }

@@ -6,6 +6,8 @@
 //!   and disconnects revoked users on every node.
 //! - `intake`: requests from a JetStream durable consumer of the bridge's own
 //!   on the nodes' MQTT stream, acknowledged after commit.
+//! - `liveness`: which devices are connected to some node, for presence
+//!   reconciliation (a dead node publishes none of its devices' wills).
 //!
 //! Events still go out as MQTT publishes at QoS 1 (the producer, on a
 //! persistent session that fails over between the nodes): that is how the
@@ -15,6 +17,7 @@
 mod callout;
 pub(crate) mod intake;
 pub mod keys;
+pub(crate) mod liveness;
 
 use std::sync::Arc;
 
@@ -44,6 +47,8 @@ pub(crate) struct Cluster {
     /// Counts the service connection's (re)connections.
     pub(crate) connects: watch::Receiver<u64>,
     callout: callout::Callout,
+    /// Where the nodes' connections are kept, and how often they are polled.
+    connected: (Arc<liveness::Connected>, std::time::Duration),
 }
 
 /// Connects to the nodes three times (service, callout, system account) and
@@ -53,6 +58,7 @@ pub(crate) async fn connect(
     bridge: &BridgeConfig,
     issuer: Arc<Issuer>,
     sign_in: Arc<SignIn>,
+    connected: Arc<liveness::Connected>,
 ) -> Result<Cluster, BridgeError> {
     let servers: Vec<async_nats::ServerAddr> = nats
         .servers
@@ -116,6 +122,7 @@ pub(crate) async fn connect(
             account: nats.account.clone(),
             service: bridge.username.clone(),
         },
+        connected: (connected, bridge.reconcile_every()),
     })
 }
 
@@ -129,8 +136,15 @@ impl Cluster {
     pub(crate) fn spawn(self, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
         let accounts = self.callout.sign_in.accounts.clone();
         let every = self.callout.sign_in.revocation_poll;
+        let (connected, poll) = self.connected;
         vec![
             tokio::spawn(self.callout.run(self.auth, self.requests, shutdown.clone())),
+            tokio::spawn(liveness::watch(
+                self.system.clone(),
+                connected,
+                poll,
+                shutdown.clone(),
+            )),
             tokio::spawn(callout::cut_revoked(self.system, accounts, every, shutdown)),
         ]
     }
