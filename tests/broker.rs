@@ -11,7 +11,8 @@ use crate::util::client::{GRANTED, REFUSED};
 use crate::util::raw::{self, RawConnection};
 use crate::util::server::{on_both_engines, Backend};
 use crate::util::{
-    did, over_transports_and_engines, refusal, uid, Client, TestBroker, Transport, PATIENCE,
+    did, over_transports_and_engines, over_transports_engines_and_cluster, refusal, uid, Client,
+    TestBroker, Transport, PATIENCE,
 };
 
 /// alice, bob and carol, each with password `<name>-pw`, their accounts where
@@ -35,20 +36,29 @@ async fn sign_in(broker: &TestBroker, transport: Transport, client_id: &str) -> 
         .unwrap_or_else(|err| panic!("{client_id} cannot sign in: {err}"))
 }
 
-over_transports_and_engines!(
+// The topic ACL and sign-in rules a NATS cluster applies too, from the same
+// bodies (a cluster refuses every sign-in with 5: `Backend::bad_credentials`).
+over_transports_engines_and_cluster!(
     right_password_is_accepted,
     bad_credentials_are_refused_with_4,
     client_id_of_another_user_is_refused_with_5,
-    malformed_client_ids_are_refused_with_2,
-    last_will_off_own_presence_is_refused_with_5,
     forbidden_filters_get_0x80_and_leak_nothing,
-    publishing_as_another_user_is_acked_and_dropped,
     users_cannot_publish_to_inbox_dev_or_status,
     forged_retained_status_is_not_kept,
+    device_token_signs_in_only_its_device,
+);
+
+// The embedded broker's own: CONNACK 2 for every malformed id and 5 for a
+// forbidden will at CONNECT (a cluster accepts the CONNECT and drops the will),
+// the service account's MQTT subscriptions (replies only on a cluster), MQTT
+// session details of rumqttd, and revocation with the will published.
+over_transports_and_engines!(
+    malformed_client_ids_are_refused_with_2,
+    last_will_off_own_presence_is_refused_with_5,
+    publishing_as_another_user_is_acked_and_dropped,
     resumed_session_gets_retained_status_again_on_resubscribe,
     unsubscribe_of_a_filter_never_subscribed_gets_its_unsuback,
     second_connect_on_a_connection_is_refused,
-    device_token_signs_in_only_its_device,
     removing_a_user_cuts_their_connection,
 );
 
@@ -71,7 +81,7 @@ async fn right_password_is_accepted(transport: Transport, backend: Backend) {
     );
 }
 
-/// A wrong password and an unknown user both get CONNACK 4, over the right
+/// A wrong password and an unknown user both get CONNACK 4 (5 on a cluster), over the right
 /// transport; the right password still works afterwards.
 async fn bad_credentials_are_refused_with_4(transport: Transport, backend: Backend) {
     let broker = three_users(backend).await;
@@ -87,7 +97,7 @@ async fn bad_credentials_are_refused_with_4(transport: Transport, backend: Backe
             .await;
         assert_eq!(
             refusal(result),
-            ConnectReturnCode::BadUserNamePassword,
+            backend.bad_credentials(),
             "{client_id} with {password:?}"
         );
     }
@@ -96,7 +106,7 @@ async fn bad_credentials_are_refused_with_4(transport: Transport, backend: Backe
         .device(transport, "Alice:phone", "alice-pw")
         .connect()
         .await;
-    assert_eq!(refusal(result), ConnectReturnCode::BadUserNamePassword);
+    assert_eq!(refusal(result), backend.bad_credentials());
     sign_in(&broker, transport, "alice:phone").await;
 }
 
@@ -479,11 +489,7 @@ async fn device_token_signs_in_only_its_device(transport: Transport, backend: Ba
             .username(username)
             .connect()
             .await;
-        assert_eq!(
-            refusal(result),
-            ConnectReturnCode::BadUserNamePassword,
-            "{client_id}"
-        );
+        assert_eq!(refusal(result), backend.bad_credentials(), "{client_id}");
     }
     // The password still works for any device.
     sign_in(&broker, transport, "alice:laptop").await;

@@ -175,6 +175,23 @@ impl Cluster {
         .expect("starting the cluster panicked")
     }
 
+    /// [`Cluster::start`] from a blocking context.
+    pub(crate) fn start_now(nodes: u16, bridges: u16) -> Cluster {
+        let (mut cluster, temp) = Self::start_blocking(nodes, bridges);
+        cluster._temp = Some(temp);
+        cluster
+    }
+
+    /// The service account's password (`bridge.password` in the cluster's
+    /// `messenger.toml`).
+    pub(crate) fn service_password(&self) -> String {
+        let toml = std::fs::read_to_string(self.config_path()).expect("messenger.toml");
+        toml.lines()
+            .find_map(|line| line.strip_prefix("password = "))
+            .map(|quoted| quoted.trim().trim_matches('"').to_owned())
+            .expect("bridge.password in messenger.toml")
+    }
+
     fn start_blocking(nodes: u16, bridges: u16) -> (Cluster, TempDir) {
         super::init_logs();
         let temp = tempfile::tempdir().expect("temp dir");

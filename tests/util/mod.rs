@@ -80,6 +80,37 @@ macro_rules! over_transports_and_engines {
 }
 pub(crate) use over_transports_and_engines;
 
+/// [`over_transports_and_engines`] and, over TCP, on a NATS cluster: also
+/// yields `name::cluster`.
+macro_rules! over_transports_engines_and_cluster {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use $crate::util::{server::Backend, Transport};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                super::$name(Transport::Tcp, Backend::Embedded).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ws() {
+                super::$name(Transport::Ws, Backend::Embedded).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Transport::Tcp, Backend::Postgres).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name(Transport::Tcp, Backend::Cluster).await;
+            }
+        }
+    )*};
+}
+pub(crate) use over_transports_engines_and_cluster;
+
 /// A user id, for tests.
 pub(crate) fn uid(s: &str) -> UserId {
     UserId::parse(s).expect("valid user id in test")
@@ -108,12 +139,26 @@ pub(crate) fn init_logs() {
 /// stops the broker (closing every connection) and deletes the directory.
 pub(crate) struct TestBroker {
     /// Declared first so it stops before the directory goes away.
-    broker: RunningBroker,
+    broker: Tier,
     accounts: Arc<Accounts>,
     /// The PostgreSQL database holding the accounts, when not the SQLite file.
     postgres: Option<String>,
     /// Holds the SQLite file.
     _dir: TempDir,
+}
+
+/// The broker tier a [`TestBroker`] runs.
+enum Tier {
+    /// The embedded broker.
+    Embedded(RunningBroker),
+    /// A NATS cluster (`messenger cluster up`, bridges included); each new
+    /// device signs in on the next node.
+    Cluster {
+        cluster: Box<cluster::Cluster>,
+        handed: std::sync::atomic::AtomicUsize,
+        /// The service account's password, from the cluster's configuration.
+        service_password: String,
+    },
 }
 
 /// What [`TestBroker::start`] will start; `.await` it.
@@ -122,6 +167,8 @@ pub(crate) struct TestBrokerBuilder {
     config: BrokerConfig,
     /// A PostgreSQL database for the accounts (see [`TestBrokerBuilder::postgres`]).
     postgres: Option<String>,
+    /// A NATS cluster instead of the embedded broker ([`server::Backend::Cluster`]).
+    cluster: bool,
 }
 
 impl TestBroker {
@@ -141,6 +188,7 @@ impl TestBroker {
                 ..BrokerConfig::default()
             },
             postgres: None,
+            cluster: false,
         }
     }
 
@@ -150,22 +198,35 @@ impl TestBroker {
         match backend {
             server::Backend::Embedded => Self::start(),
             server::Backend::Postgres => Self::start().postgres(postgres::database()),
-            server::Backend::Mosquitto | server::Backend::Cluster => {
-                panic!("a TestBroker is the embedded broker")
-            }
+            server::Backend::Cluster => TestBrokerBuilder {
+                cluster: true,
+                ..Self::start()
+            },
+            server::Backend::Mosquitto => panic!("a TestBroker is ours or a NATS cluster"),
         }
     }
 
     /// The MQTT over TCP address.
     pub(crate) fn mqtt_addr(&self) -> std::net::SocketAddr {
-        self.broker.mqtt_addr()
+        match &self.broker {
+            Tier::Embedded(broker) => broker.mqtt_addr(),
+            Tier::Cluster {
+                cluster, handed, ..
+            } => {
+                let nodes = cluster.description().mqtt.len();
+                cluster.mqtt(handed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % nodes)
+            }
+        }
     }
 
     /// The MQTT over WebSocket address.
     pub(crate) fn ws_addr(&self) -> std::net::SocketAddr {
-        self.broker
-            .ws_addr()
-            .expect("test brokers always listen on WebSocket")
+        match &self.broker {
+            Tier::Embedded(broker) => broker
+                .ws_addr()
+                .expect("test brokers always listen on WebSocket"),
+            Tier::Cluster { .. } => panic!("cluster bodies run over TCP"),
+        }
     }
 
     /// A device signing in as `client_id` (`<user>:<device>`, the user part is the username).
@@ -175,21 +236,23 @@ impl TestBroker {
         client_id: &str,
         password: &str,
     ) -> ClientOptions {
-        ClientOptions::new(
-            (self.mqtt_addr(), self.ws_addr()),
-            transport,
-            client_id,
-            password,
-        )
+        let mqtt = self.mqtt_addr();
+        let ws = match &self.broker {
+            Tier::Embedded(_) => self.ws_addr(),
+            Tier::Cluster { .. } => mqtt,
+        };
+        ClientOptions::new((mqtt, ws), transport, client_id, password)
     }
 
     /// The bridge's service account, over TCP.
     pub(crate) fn bridge(&self) -> ClientOptions {
-        self.device(
-            Transport::Tcp,
-            &format!("{BRIDGE_USER}:main"),
-            BRIDGE_PASSWORD,
-        )
+        let password = match &self.broker {
+            Tier::Embedded(_) => BRIDGE_PASSWORD,
+            Tier::Cluster {
+                service_password, ..
+            } => service_password.as_str(),
+        };
+        self.device(Transport::Tcp, &format!("{BRIDGE_USER}:main"), password)
     }
 
     /// The SQLite file (the bridge of a [`server::TestServer`] shares it).
@@ -204,7 +267,10 @@ impl TestBroker {
 
     /// What the bridge asks to reconcile presence with open connections.
     pub(crate) fn liveness(&self) -> messenger_bridge::Liveness {
-        let liveness = self.broker.liveness();
+        let Tier::Embedded(broker) = &self.broker else {
+            panic!("a cluster's bridges reconcile presence themselves");
+        };
+        let liveness = broker.liveness();
         Arc::new(move |client_id: &str| liveness.is_connected(client_id))
     }
 
@@ -247,9 +313,13 @@ impl TestBrokerBuilder {
 
     /// Blocking: creates the store and users, then starts the broker (which
     /// builds and blocks on its own runtime, so it cannot run on an async worker).
-    fn start_blocking(self) -> TestBroker {
+    fn start_blocking(mut self) -> TestBroker {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = self.cluster.then(|| cluster::Cluster::start_now(3, 2));
+        if let Some(cluster) = &cluster {
+            self.postgres = Some(cluster.description().postgres.clone());
+        }
         let accounts = Arc::new(match &self.postgres {
             Some(url) => {
                 let mut client = messenger_store::postgres::connect(url).expect("connect");
@@ -266,12 +336,26 @@ impl TestBrokerBuilder {
                 .add(&uid(name), password)
                 .expect("adding a test user");
         }
-        let service = ServiceAccount {
-            username: BRIDGE_USER.into(),
-            password: BRIDGE_PASSWORD.into(),
+        let broker = match cluster {
+            Some(cluster) => {
+                let service_password = cluster.service_password();
+                Tier::Cluster {
+                    cluster: Box::new(cluster),
+                    handed: std::sync::atomic::AtomicUsize::new(0),
+                    service_password,
+                }
+            }
+            None => {
+                let service = ServiceAccount {
+                    username: BRIDGE_USER.into(),
+                    password: BRIDGE_PASSWORD.into(),
+                };
+                Tier::Embedded(
+                    messenger_broker::start(&self.config, accounts.clone(), service)
+                        .expect("broker starts"),
+                )
+            }
         };
-        let broker = messenger_broker::start(&self.config, accounts.clone(), service)
-            .expect("broker starts");
         TestBroker {
             broker,
             accounts,

@@ -52,6 +52,17 @@ enum Broker {
     },
 }
 
+impl Backend {
+    /// The CONNACK code of a refused password or token: 4 (bad user name or
+    /// password), but 5 on a cluster, whose auth callout can only refuse.
+    pub(crate) fn bad_credentials(self) -> rumqttc::ConnectReturnCode {
+        match self {
+            Backend::Cluster => rumqttc::ConnectReturnCode::NotAuthorized,
+            _ => rumqttc::ConnectReturnCode::BadUserNamePassword,
+        }
+    }
+}
+
 /// Runs one test body against every broker tier and both engines:
 /// `on_both_brokers!(name)` next to `async fn name(backend: Backend)` yields
 /// `name::embedded`, `name::mosquitto`, `name::postgres` and `name::cluster`.
