@@ -150,7 +150,7 @@ pub(crate) struct TestBroker {
 /// The broker tier a [`TestBroker`] runs.
 enum Tier {
     /// The embedded broker.
-    Embedded(RunningBroker),
+    Embedded(Box<RunningBroker>),
     /// A NATS cluster (`messenger cluster up`, bridges included); each new
     /// device signs in on the next node.
     Cluster {
@@ -350,10 +350,10 @@ impl TestBrokerBuilder {
                     username: BRIDGE_USER.into(),
                     password: BRIDGE_PASSWORD.into(),
                 };
-                Tier::Embedded(
+                Tier::Embedded(Box::new(
                     messenger_broker::start(&self.config, accounts.clone(), service)
                         .expect("broker starts"),
-                )
+                ))
             }
         };
         TestBroker {
