@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::server::{cpu_secs_of, rss_of, Measured};
+use crate::server::{cpu_secs_of, rss_of, Measured, LIMITS_OFF};
 
 /// How long the cluster may take to be ready.
 const START_PATIENCE: Duration = Duration::from_secs(120);
@@ -60,12 +60,7 @@ impl Cluster {
             .args(["--bridges", &bridges.to_string(), "--dir"])
             .arg(&dir)
             .current_dir(parent)
-            .env("MESSENGER_LIMITS__MAX_DEVICES_PER_USER", "10000")
-            .env("MESSENGER_LIMITS__MAX_DEVICES", "10000")
-            .env("MESSENGER_LIMITS__SENDS_PER_SEC", "0")
-            .env("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0")
-            .env("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0")
-            .env("MESSENGER_LIMITS__UPLOADS_PER_MIN", "0")
+            .envs(LIMITS_OFF)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

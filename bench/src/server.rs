@@ -19,6 +19,18 @@ const START_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a server may take to stop after SIGTERM before it is killed.
 const STOP_PATIENCE: Duration = Duration::from_secs(15);
 
+/// The per-user limits off for the servers under test: `--devices-per-user`
+/// (100 by default) devices of one user connect at once, and a simulated user
+/// sends far above a person's rate (`--server-env` may turn them on).
+pub(crate) const LIMITS_OFF: [(&str, &str); 6] = [
+    ("MESSENGER_LIMITS__MAX_DEVICES_PER_USER", "10000"),
+    ("MESSENGER_LIMITS__MAX_DEVICES", "10000"),
+    ("MESSENGER_LIMITS__SENDS_PER_SEC", "0"),
+    ("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0"),
+    ("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0"),
+    ("MESSENGER_LIMITS__UPLOADS_PER_MIN", "0"),
+];
+
 /// What the long run samples of the server under test.
 pub(crate) trait Measured {
     /// Resident memory of the server's processes.
@@ -263,13 +275,7 @@ impl Server {
             // The abuse limits off: every simulated device comes from one address, and
             // a simulated user sends far above a person's rate (`--server-env` may turn them on).
             .env("MESSENGER_BROKER__MAX_CONNECTIONS_PER_IP", "0")
-            // `--devices-per-user` (100 by default) devices of one user connect at once.
-            .env("MESSENGER_LIMITS__MAX_DEVICES_PER_USER", "10000")
-            .env("MESSENGER_LIMITS__MAX_DEVICES", "10000")
-            .env("MESSENGER_LIMITS__SENDS_PER_SEC", "0")
-            .env("MESSENGER_LIMITS__GROUP_CREATES_PER_HOUR", "0")
-            .env("MESSENGER_LIMITS__TOKEN_REQUESTS_PER_MIN", "0")
-            .env("MESSENGER_LIMITS__UPLOADS_PER_MIN", "0")
+            .envs(LIMITS_OFF)
             // Metrics on, as in production, on a port of its own (`--server-env` may turn it off).
             .env("MESSENGER_ADMIN__LISTEN", "127.0.0.1:0")
             .envs(

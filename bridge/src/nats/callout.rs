@@ -40,8 +40,6 @@ const AUTH_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
 const QUEUE: &str = "messenger-auth";
 /// How long an answer is valid for the node.
 const ANSWER_FOR: Duration = Duration::from_secs(10);
-/// How long a revocation waits for the nodes' lists of connections.
-const CONNZ_WAIT: Duration = Duration::from_millis(500);
 
 /// What the callout needs to sign devices in.
 pub struct SignIn {
@@ -374,48 +372,17 @@ pub(crate) async fn cut_revoked(
 
 /// Closes every connection of `user` on every node; how many were closed.
 async fn kick(system: &async_nats::Client, user: &str) -> usize {
-    #[derive(Deserialize)]
-    struct Reply {
-        server: Server,
-        data: Option<Connz>,
-    }
-    #[derive(Deserialize)]
-    struct Server {
-        id: String,
-    }
-    #[derive(Deserialize)]
-    struct Connz {
-        #[serde(default)]
-        connections: Vec<Conn>,
-    }
-    #[derive(Deserialize)]
-    struct Conn {
-        cid: u64,
-    }
-    let inbox = system.new_inbox();
-    let mut replies = match system.subscribe(inbox.clone()).await {
-        Ok(s) => s,
-        Err(err) => {
-            warn!(cause = %err, "cannot list connections");
+    let answers = match super::liveness::connz(system, json!({"user": user})).await {
+        Ok(answers) => answers,
+        Err(cause) => {
+            warn!(%cause, "cannot list connections");
             return 0;
         }
     };
-    let filter = json!({"user": user, "state": 0}).to_string();
-    if let Err(err) = system
-        .publish_with_reply("$SYS.REQ.SERVER.PING.CONNZ", inbox, filter.into())
-        .await
-    {
-        warn!(cause = %err, "cannot list connections");
-        return 0;
-    }
     let mut cut = 0;
-    let deadline = tokio::time::Instant::now() + CONNZ_WAIT;
-    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        let Ok(reply) = serde_json::from_slice::<Reply>(&message.payload) else {
-            continue;
-        };
-        for conn in reply.data.map(|d| d.connections).unwrap_or_default() {
-            let subject = format!("$SYS.REQ.SERVER.{}.KICK", reply.server.id);
+    for answer in answers {
+        for conn in answer.data.map(|d| d.connections).unwrap_or_default() {
+            let subject = format!("$SYS.REQ.SERVER.{}.KICK", answer.server.id);
             let body = json!({"cid": conn.cid}).to_string();
             // The node acts only on a request (it answers whether it closed it).
             match system.request(subject, body.into()).await {

@@ -88,57 +88,91 @@ pub(crate) async fn watch(
     }
 }
 
-/// One round of CONNZ requests: every answering node's MQTT client ids.
+/// One node's answer to a CONNZ request (the fields the bridge reads).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Connz {
+    /// The node.
+    pub(crate) server: ConnzServer,
+    /// Its connections, when it could list them.
+    pub(crate) data: Option<ConnzData>,
+}
+
+/// The node that answered.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConnzServer {
+    /// Its id (new at each start).
+    pub(crate) id: String,
+    /// Its configured name.
+    #[serde(default)]
+    pub(crate) name: String,
+}
+
+/// One page of a node's connections.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConnzData {
+    /// The connections of this page.
+    #[serde(default)]
+    pub(crate) connections: Vec<ConnzConnection>,
+    /// All the node's connections that match, over every page.
+    #[serde(default)]
+    pub(crate) total: usize,
+}
+
+/// One connection.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConnzConnection {
+    /// The node's connection id.
+    pub(crate) cid: u64,
+    /// The MQTT client id, for MQTT connections.
+    #[serde(default)]
+    pub(crate) mqtt_client: Option<String>,
+}
+
+/// Asks every node for its open connections matching `filter` (CONNZ options,
+/// `state` set here); the answers that came within [`ANSWER_WAIT`].
+pub(crate) async fn connz(
+    system: &async_nats::Client,
+    mut filter: serde_json::Value,
+) -> Result<Vec<Connz>, String> {
+    filter["state"] = json!(0);
+    let inbox = system.new_inbox();
+    let mut replies = system
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    system
+        .publish_with_reply(
+            "$SYS.REQ.SERVER.PING.CONNZ",
+            inbox,
+            filter.to_string().into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answers = Vec::new();
+    let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        if let Ok(answer) = serde_json::from_slice::<Connz>(&message.payload) {
+            answers.push(answer);
+        }
+    }
+    Ok(answers)
+}
+
+/// One round of CONNZ requests: every answering node's MQTT client ids, by
+/// node name (a node started again keeps its name, not its id).
 async fn poll(system: &async_nats::Client) -> Result<HashMap<String, HashSet<String>>, String> {
-    #[derive(Deserialize)]
-    struct Reply {
-        server: Server,
-        data: Option<Connz>,
-    }
-    #[derive(Deserialize)]
-    struct Server {
-        id: String,
-        #[serde(default)]
-        name: String,
-    }
-    #[derive(Deserialize)]
-    struct Connz {
-        #[serde(default)]
-        connections: Vec<Conn>,
-        #[serde(default)]
-        total: usize,
-    }
-    #[derive(Deserialize)]
-    struct Conn {
-        #[serde(default)]
-        mqtt_client: Option<String>,
-    }
     let mut answers: HashMap<String, HashSet<String>> = HashMap::new();
     let mut offset = 0;
     loop {
-        let inbox = system.new_inbox();
-        let mut replies = system
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        let filter = json!({"state": 0, "limit": PAGE, "offset": offset}).to_string();
-        system
-            .publish_with_reply("$SYS.REQ.SERVER.PING.CONNZ", inbox, filter.into())
-            .await
-            .map_err(|e| e.to_string())?;
+        let page = connz(system, json!({"limit": PAGE, "offset": offset})).await?;
         let mut more = false;
-        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
-        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
-            let Ok(reply) = serde_json::from_slice::<Reply>(&message.payload) else {
-                continue;
-            };
-            let Some(data) = reply.data else { continue };
+        for answer in page {
+            let Some(data) = answer.data else { continue };
             more |= data.total > offset + PAGE;
-            // By name: a node started again keeps it, not its id.
-            let node = if reply.server.name.is_empty() {
-                reply.server.id
+            let node = if answer.server.name.is_empty() {
+                answer.server.id
             } else {
-                reply.server.name
+                answer.server.name
             };
             answers.entry(node).or_default().extend(
                 data.connections
