@@ -293,6 +293,28 @@ async fn a_killed_bridge_hands_its_requests_on() {
     );
     assert_gap_free(&url);
     cluster.wait_restarted(&victim, old).await;
+    // Started again, it is ready again.
+    let bridge = cluster
+        .description()
+        .bridges
+        .iter()
+        .find(|b| b.instance == victim)
+        .expect("the victim in cluster.json");
+    let admin = bridge.admin.parse().expect("host:port");
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    loop {
+        let ready = tokio::net::TcpStream::connect(admin).await.is_ok()
+            && crate::util::process::get(admin, "/readyz").await.0 == 200;
+        if ready {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{victim} not ready again; its log:\n{}",
+            std::fs::read_to_string(&bridge.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Sends a signal (`-STOP`, ...) to a process.

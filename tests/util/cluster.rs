@@ -2,9 +2,8 @@
 //! and M bridges on loopback, in a temp directory, described by the
 //! `cluster.json` it writes once everything is ready.
 //!
-//! [`Cluster::start`] gives a test its own; [`shared`] one per test binary,
-//! stopped by a watchdog when the binary exits (as [`super::postgres`] does).
-//! The child leads its own process group, which its nodes and bridges join:
+//! [`Cluster::start`] gives a test its own (a cluster holds state in
+//! JetStream and PostgreSQL, so tests do not share one). The child leads its own process group, which its nodes and bridges join:
 //! dropping a [`Cluster`] sends SIGTERM to the group, then SIGKILL, so nothing
 //! outlives the test.
 
@@ -12,7 +11,7 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -90,8 +89,6 @@ pub(crate) struct NodeInfo {
 }
 
 /// One bridge in `cluster.json`.
-// Read by the bridge tests of issue 16, which come with the bridge's NATS mode.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct BridgeInfo {
     /// `b1`, `b2`, ...
@@ -111,55 +108,8 @@ pub(crate) struct Cluster {
     /// Where `cluster up` logs.
     log: PathBuf,
     description: Description,
-    /// Holds `dir`; `None` for the shared cluster, whose watchdog removes it.
+    /// Holds `dir`.
     _temp: Option<TempDir>,
-}
-
-// Read by the bridge tests of issue 16, which come with the bridge's NATS mode.
-#[allow(dead_code)]
-static SHARED: OnceLock<Cluster> = OnceLock::new();
-
-/// The test binary's cluster (3 nodes, 2 bridges), started on first use and
-/// stopped when the test binary exits. Its state (users, JetStream) is shared:
-/// tests use user names of their own.
-// Read by the bridge tests of issue 16, which come with the bridge's NATS mode.
-#[allow(dead_code)]
-pub(crate) fn shared() -> &'static Cluster {
-    tokio::task::block_in_place(|| {
-        SHARED.get_or_init(|| {
-            let (cluster, temp) = Cluster::start_blocking(3, 2);
-            watchdog(&cluster, temp.keep());
-            cluster
-        })
-    })
-}
-
-/// A shell that waits on its stdin, which nothing writes: when the test binary
-/// exits the pipe closes, and it stops the cluster (SIGTERM, then SIGKILL to
-/// its group) and removes its directory.
-// Read by the bridge tests of issue 16, which come with the bridge's NATS mode.
-#[allow(dead_code)]
-fn watchdog(cluster: &Cluster, temp: PathBuf) {
-    static WATCHDOG: OnceLock<Mutex<Child>> = OnceLock::new();
-    let pid = cluster.pid_of_up();
-    let script = format!(
-        "read _; kill -TERM {pid}; i=0; \
-         while kill -0 {pid} 2>/dev/null && [ $i -lt 400 ]; do sleep 0.1; i=$((i+1)); done; \
-         kill -KILL -{pid} 2>/dev/null; rm -rf '{}'",
-        temp.display()
-    );
-    let child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the cluster's watchdog");
-    assert!(
-        WATCHDOG.set(Mutex::new(child)).is_ok(),
-        "one shared cluster"
-    );
 }
 
 impl Cluster {
