@@ -26,12 +26,41 @@ const USERS: &[(&str, &str)] = &[
 ];
 
 /// How the slots stand on the database at `url`: (bridges holding slots, slots free).
-pub(crate) fn slot_spread(url: &str) -> (i64, i64) {
+fn slot_spread(url: &str) -> (i64, i64) {
     let url = url.to_owned();
     blocking(move || {
         let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
         messenger_store::postgres::slot_spread(&mut client).expect("slots")
     })
+}
+
+/// The bridge holding `user`'s slot on the database at `url`, if any.
+pub(crate) fn slot_owner(url: &str, user: &str) -> Option<String> {
+    let slot = messenger_store::slots::slot_of(&UserId::parse(user).expect("user"));
+    query(
+        url,
+        &format!("SELECT owner FROM bridge_slots WHERE slot = {slot}"),
+    )[0]
+    .get(0)
+}
+
+/// Waits (up to `patience`) until `bridges` bridges hold every slot between
+/// them; then the bridge holding `user`'s.
+pub(crate) async fn owner_once_shared(
+    url: &str,
+    bridges: i64,
+    user: &str,
+    patience: Duration,
+) -> String {
+    let deadline = tokio::time::Instant::now() + patience;
+    while slot_spread(url) != (bridges, 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridges did not share the slots"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    slot_owner(url, user).expect("a shared slot has an owner")
 }
 
 /// Runs one query on the database at `url`.
@@ -503,22 +532,7 @@ async fn a_bridge_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
         .into();
     let senders = ["ann", "ben", "cat", "dan"];
     // Wait for the three to share the slots, then pick the bridge of ann.
-    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
-    let victim = loop {
-        if slot_spread(&url) == (3, 0) {
-            let slot = messenger_store::slots::slot_of(&UserId::parse("ann").expect("user"));
-            let owner = query(
-                &url,
-                &format!("SELECT owner FROM bridge_slots WHERE slot = {slot}"),
-            );
-            break owner[0].get::<_, String>(0);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bridges did not share the slots"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let victim = owner_once_shared(&url, 3, "ann", PATIENCE * 3).await;
 
     // 10 s of sends: the stream goes on past the takeover, 5 to 6 s after the kill.
     const SENDS: usize = 200;

@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use messenger_client::ClientEvent;
-use messenger_protocol::{ConvId, UserId};
+use messenger_protocol::ConvId;
 use rumqttc::ConnectReturnCode;
 
-use crate::bridges::{assert_gap_free, query, slot_spread, stream_in_order};
+use crate::bridges::{assert_gap_free, owner_once_shared, query, slot_owner, stream_in_order};
 use crate::util::client::{GRANTED, REFUSED};
 use crate::util::cluster::{Cluster, FAILOVER};
 use crate::util::server::{Backend, TestServer};
@@ -220,22 +220,7 @@ async fn a_killed_bridge_hands_its_requests_on() {
     let server = TestServer::start(Backend::Cluster, USERS).await;
     let cluster = server.cluster().expect("a cluster");
     let url = server.postgres_url().expect("postgres").to_owned();
-    let deadline = tokio::time::Instant::now() + FAILOVER;
-    let victim = loop {
-        if slot_spread(&url) == (2, 0) {
-            let slot = messenger_store::slots::slot_of(&UserId::parse("ann").expect("user"));
-            let owner = query(
-                &url,
-                &format!("SELECT owner FROM bridge_slots WHERE slot = {slot}"),
-            );
-            break owner[0].get::<_, String>(0);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bridges did not share the slots"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let victim = owner_once_shared(&url, 2, "ann", FAILOVER).await;
     const SENDS: usize = 240;
     let senders = ["ann", "ben", "cat", "dan"];
     let mut tasks = Vec::new();
@@ -258,14 +243,8 @@ async fn a_killed_bridge_hands_its_requests_on() {
     }
     let old = cluster.pid(&victim);
     signal(old, "-STOP");
-    let slot = messenger_store::slots::slot_of(&UserId::parse("ann").expect("user"));
-    let owner = format!("SELECT owner FROM bridge_slots WHERE slot = {slot}");
     let deadline = tokio::time::Instant::now() + FAILOVER;
-    while query(&url, &owner)[0]
-        .get::<_, Option<String>>(0)
-        .as_deref()
-        == Some(&victim)
-    {
+    while slot_owner(&url, "ann").as_deref() == Some(&victim) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "nobody took the frozen bridge's users over"
