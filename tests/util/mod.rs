@@ -51,63 +51,61 @@ pub(crate) const BRIDGE_USER: &str = "_bridge";
 /// Its password.
 pub(crate) const BRIDGE_PASSWORD: &str = "bridge-secret";
 
+/// The test macros' one mechanism: `test_variants!([a(args), b(args)] name, ...)`
+/// yields, for each `name`, `mod name { async fn a() { super::name(args) } ... }`,
+/// each a multi-threaded tokio test (`Backend` and `Transport` in scope).
+macro_rules! test_variants {
+    ($variants:tt $($name:ident),* $(,)?) => {$(
+        $crate::util::test_variants!(@one $variants $name);
+    )*};
+    (@one [$($variant:ident($($arg:expr),*)),* $(,)?] $name:ident) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use $crate::util::{server::Backend, Transport};
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $variant() {
+                    super::$name($($arg),*).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use test_variants;
+
 /// Runs one broker test body over TCP and over WebSocket with the accounts in
 /// SQLite, and over TCP with the accounts in PostgreSQL:
 /// `over_transports_and_engines!(name)` next to
 /// `async fn name(transport: Transport, backend: Backend)` yields `name::tcp`,
 /// `name::ws` and `name::postgres`.
 macro_rules! over_transports_and_engines {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use $crate::util::{server::Backend, Transport};
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tcp() {
-                super::$name(Transport::Tcp, Backend::Embedded).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn ws() {
-                super::$name(Transport::Ws, Backend::Embedded).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(Transport::Tcp, Backend::Postgres).await;
-            }
-        }
-    )*};
+    ($($name:ident),* $(,)?) => {
+        $crate::util::test_variants!(
+            [
+                tcp(Transport::Tcp, Backend::Embedded),
+                ws(Transport::Ws, Backend::Embedded),
+                postgres(Transport::Tcp, Backend::Postgres),
+            ]
+            $($name),*
+        );
+    };
 }
 pub(crate) use over_transports_and_engines;
 
 /// [`over_transports_and_engines`] and, over TCP, on a NATS cluster: also
 /// yields `name::cluster`.
 macro_rules! over_transports_engines_and_cluster {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use $crate::util::{server::Backend, Transport};
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tcp() {
-                super::$name(Transport::Tcp, Backend::Embedded).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn ws() {
-                super::$name(Transport::Ws, Backend::Embedded).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(Transport::Tcp, Backend::Postgres).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cluster() {
-                super::$name(Transport::Tcp, Backend::Cluster).await;
-            }
-        }
-    )*};
+    ($($name:ident),* $(,)?) => {
+        $crate::util::test_variants!(
+            [
+                tcp(Transport::Tcp, Backend::Embedded),
+                ws(Transport::Ws, Backend::Embedded),
+                postgres(Transport::Tcp, Backend::Postgres),
+                cluster(Transport::Tcp, Backend::Cluster),
+            ]
+            $($name),*
+        );
+    };
 }
 pub(crate) use over_transports_engines_and_cluster;
 

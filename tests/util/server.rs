@@ -67,29 +67,17 @@ impl Backend {
 /// `on_both_brokers!(name)` next to `async fn name(backend: Backend)` yields
 /// `name::embedded`, `name::mosquitto`, `name::postgres` and `name::cluster`.
 macro_rules! on_both_brokers {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$name($crate::util::server::Backend::Embedded).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mosquitto() {
-                super::$name($crate::util::server::Backend::Mosquitto).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name($crate::util::server::Backend::Postgres).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cluster() {
-                super::$name($crate::util::server::Backend::Cluster).await;
-            }
-        }
-    )*};
+    ($($name:ident),* $(,)?) => {
+        $crate::util::test_variants!(
+            [
+                embedded(Backend::Embedded),
+                mosquitto(Backend::Mosquitto),
+                postgres(Backend::Postgres),
+                cluster(Backend::Cluster),
+            ]
+            $($name),*
+        );
+    };
 }
 pub(crate) use on_both_brokers;
 
@@ -98,24 +86,16 @@ pub(crate) use on_both_brokers;
 /// `async fn name(backend: Backend)` yields `name::sqlite`, `name::postgres`
 /// and `name::cluster`.
 macro_rules! on_engines_and_cluster {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name($crate::util::server::Backend::Embedded).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name($crate::util::server::Backend::Postgres).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cluster() {
-                super::$name($crate::util::server::Backend::Cluster).await;
-            }
-        }
-    )*};
+    ($($name:ident),* $(,)?) => {
+        $crate::util::test_variants!(
+            [
+                sqlite(Backend::Embedded),
+                postgres(Backend::Postgres),
+                cluster(Backend::Cluster),
+            ]
+            $($name),*
+        );
+    };
 }
 pub(crate) use on_engines_and_cluster;
 
@@ -123,19 +103,15 @@ pub(crate) use on_engines_and_cluster;
 /// `on_both_engines!(name)` next to `async fn name(backend: Backend)` yields
 /// `name::sqlite` and `name::postgres`.
 macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name($crate::util::server::Backend::Embedded).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name($crate::util::server::Backend::Postgres).await;
-            }
-        }
-    )*};
+    ($($name:ident),* $(,)?) => {
+        $crate::util::test_variants!(
+            [
+                sqlite(Backend::Embedded),
+                postgres(Backend::Postgres),
+            ]
+            $($name),*
+        );
+    };
 }
 pub(crate) use on_both_engines;
 
